@@ -1,0 +1,1 @@
+"""The kube-scheduler extender: wire types, the cluster cache, the HTTP service."""

@@ -1,0 +1,47 @@
+"""Wire types of ``k8s.io/kube-scheduler/extender/v1``, with the Go field names it uses on the wire.
+
+Only the envelope is modelled; Kubernetes objects inside (Pod, Node) stay raw dicts, because the
+extender reads a handful of their fields and re-encodes nodes unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_EXTENDER_SCORE = 10  # extenderv1.MaxExtenderPriority
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class NodeList(_Wire):
+    items: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ExtenderArgs(_Wire):
+    """Request of the filter and prioritize verbs."""
+
+    Pod: dict[str, Any]
+    Nodes: NodeList | None = None  # set when nodeCacheCapable is false
+    NodeNames: list[str] | None = None  # set when nodeCacheCapable is true
+
+
+class ExtenderFilterResult(_Wire):
+    Nodes: NodeList | None = None
+    NodeNames: list[str] | None = None
+    FailedNodes: dict[str, str] = Field(default_factory=dict)
+    FailedAndUnresolvableNodes: dict[str, str] = Field(default_factory=dict)
+    Error: str = ""
+
+
+class HostPriority(_Wire):
+    Host: str
+    Score: int = Field(ge=0, le=MAX_EXTENDER_SCORE)
+
+
+def to_extender_score(score: float) -> int:
+    """Map Fulcrum's internal 0..100 score to the extender's 0..10: the one place this happens."""
+    return max(0, min(MAX_EXTENDER_SCORE, round(score * MAX_EXTENDER_SCORE / 100)))

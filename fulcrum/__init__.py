@@ -1,0 +1,1 @@
+"""Fulcrum's command line and cluster harness: the one place that wires the layers together."""

@@ -1,0 +1,170 @@
+"""The ``fulcrum`` command: build, cluster up/down/env, serve, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fulcrum.binaries import BinaryError
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from fulcrum.binaries import ensure_binaries
+
+    for name, path in ensure_binaries().items():
+        print(f"{name:25} {path}")
+    return 0
+
+
+def _shape(args: argparse.Namespace) -> object:
+    from fulcrum.cluster import NodeShape
+
+    return NodeShape(
+        cpu=args.node_cpu,
+        memory=args.node_memory,
+        pods=args.node_pods,
+        ephemeral_storage=args.node_ephemeral_storage,
+        gpu=args.node_gpu,
+        gpu_model=args.node_gpu_model,
+    )
+
+
+def _cmd_cluster_up(args: argparse.Namespace) -> int:
+    import resource
+    import time
+
+    from fulcrum import cluster
+
+    started = time.monotonic()
+    cluster.up(
+        args.name,
+        nodes=args.nodes,
+        shape=_shape(args),  # type: ignore[arg-type]
+        extender=not args.no_extender,
+        extender_port=args.extender_port,
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"ready in {time.monotonic() - started:.1f} s "
+        f"(this command's peak RSS {rss:.0f} MiB; `fulcrum cluster status` shows the cluster's)"
+    )
+    return 0
+
+
+def _cmd_cluster_down(args: argparse.Namespace) -> int:
+    from fulcrum import cluster
+
+    cluster.down(args.name)
+    return 0
+
+
+def _cmd_cluster_env(args: argparse.Namespace) -> int:
+    from fulcrum import cluster
+
+    sys.stdout.write(cluster.env_exports(args.name))
+    return 0
+
+
+def _cmd_cluster_status(args: argparse.Namespace) -> int:
+    from fulcrum import cluster
+
+    print(cluster.status_report(args.name))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from extender.app import ExtenderSettings
+    from extender.serve import serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(ExtenderSettings(host=args.host, port=args.port), args.kubeconfig)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fulcrum.demo import run_demo
+
+    return run_demo(name=args.name, nodes=args.nodes, pods=args.pods, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fulcrum", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
+    build.set_defaults(func=_cmd_build)
+
+    cluster = sub.add_parser("cluster", help="local kwok clusters with Fulcrum registered")
+    csub = cluster.add_subparsers(dest="action", required=True)
+    up = csub.add_parser("up", help="create a cluster and register N kwok nodes")
+    up.add_argument("--name", default="fulcrum")
+    up.add_argument("--nodes", type=int, default=10)
+    up.add_argument("--node-cpu", default="32")
+    up.add_argument("--node-memory", default="256Gi")
+    up.add_argument("--node-pods", type=int, default=110)
+    up.add_argument("--node-ephemeral-storage", default="1Ti")
+    up.add_argument("--node-gpu", type=int, default=0)
+    up.add_argument("--node-gpu-model", default="")
+    up.add_argument("--no-extender", action="store_true", help="plain kube-scheduler")
+    up.add_argument("--extender-port", type=int, default=None)
+    up.set_defaults(func=_cmd_cluster_up)
+    for action, func, helptext in (
+        ("down", _cmd_cluster_down, "stop every process of the cluster and remove its files"),
+        ("env", _cmd_cluster_env, 'print shell exports: eval "$(fulcrum cluster env)"'),
+        ("status", _cmd_cluster_status, "nodes, pods, processes and memory of the cluster"),
+    ):
+        p = csub.add_parser(action, help=helptext)
+        p.add_argument("--name", default="fulcrum")
+        p.set_defaults(func=func)
+
+    serve = sub.add_parser("serve", help="run the scheduler extender")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8888)
+    serve.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="watch this cluster (needed for nodeCacheCapable and bind)",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    demo = sub.add_parser(
+        "demo", help="cluster up, place a workload, show the result, cluster down"
+    )
+    demo.add_argument("--name", default="fulcrum-demo")
+    demo.add_argument("--nodes", type=int, default=20)
+    demo.add_argument("--pods", type=int, default=60)
+    demo.add_argument("--keep", action="store_true", help="leave the cluster running")
+    demo.set_defaults(func=_cmd_demo)
+
+    sub.add_parser(
+        "simulate", help="replay a trace offline (see `fulcrum simulate --help`)", add_help=False
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        from scheduler.simulate_cli import main as simulate_main
+
+        return int(simulate_main(argv[1:]))
+    args = build_parser().parse_args(argv)
+    from extender.serve import ServeError
+    from fulcrum.cluster import ClusterError
+
+    try:
+        return int(args.func(args))
+    except (BinaryError, ClusterError, ServeError) as exc:
+        print(f"fulcrum: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Local kwok clusters on the real control plane, with Fulcrum registered as an extender.
+
+A cluster named NAME keeps all its state under ``<cache>/clusters/NAME/``: kwokctl's workdir
+(``KWOK_WORKDIR``), the KubeSchedulerConfiguration, and the extender's pid, port and log. ``down``
+stops every process started from there and removes the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
+
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+NODE_LABEL = "fulcrum.io/kwok-node"
+
+
+class ClusterError(RuntimeError):
+    """A cluster operation failed; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    cpu: str = "32"
+    memory: str = "256Gi"
+    pods: int = 110
+    ephemeral_storage: str = "1Ti"
+    gpu: int = 0
+    gpu_model: str = ""
+
+    def capacity(self) -> dict[str, str]:
+        capacity = {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "pods": str(self.pods),
+            "ephemeral-storage": self.ephemeral_storage,
+        }
+        if self.gpu:
+            capacity["nvidia.com/gpu"] = str(self.gpu)
+        return capacity
+
+
+@dataclass(frozen=True)
+class ExtenderRegistration:
+    """How kube-scheduler calls the extender (fields of KubeSchedulerConfiguration.extenders[])."""
+
+    port: int
+    weight: int = 5
+    node_cache_capable: bool = True
+    ignorable: bool = False
+    http_timeout: str = "5s"
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "urlPrefix": f"http://127.0.0.1:{self.port}",
+            "filterVerb": "filter",
+            "prioritizeVerb": "prioritize",
+            "weight": self.weight,
+            "nodeCacheCapable": self.node_cache_capable,
+            "enableHTTPS": False,
+            "httpTimeout": self.http_timeout,
+            "ignorable": self.ignorable,
+        }
+
+
+def scheduler_config(extender: ExtenderRegistration | None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        # The default 50 QPS would make the scheduler, not the extender, the bottleneck.
+        "clientConnection": {"qps": 5000, "burst": 10000},
+        "leaderElection": {"leaderElect": False},
+        "percentageOfNodesToScore": 100,
+        "profiles": [{"schedulerName": "default-scheduler"}],
+    }
+    if extender is not None:
+        config["extenders"] = [extender.to_config()]
+    return config
+
+
+@dataclass
+class ClusterState:
+    name: str
+    nodes: int = 0
+    extender_port: int | None = None
+    extender_pid: int | None = None
+    kubectl: str = ""
+    binaries: dict[str, str] = field(default_factory=dict)
+
+
+def state_dir(name: str) -> Path:
+    return cache_dir() / "clusters" / name
+
+
+def _kwok_workdir(name: str) -> Path:
+    return state_dir(name) / "kwok"
+
+
+def _contexts_file(name: str) -> Path:
+    """Where kwokctl may add and remove its context, instead of the user's ~/.kube/config."""
+    return state_dir(name) / "kwokctl-contexts.yaml"
+
+
+def kubeconfig_path(name: str) -> Path:
+    return _kwok_workdir(name) / "clusters" / name / "kubeconfig.yaml"
+
+
+def load_state(name: str) -> ClusterState:
+    path = state_dir(name) / "cluster.json"
+    if not path.exists():
+        raise ClusterError(
+            f"no cluster named {name!r}: create it with `fulcrum cluster up --name {name}`"
+        )
+    return ClusterState(**json.loads(path.read_text()))
+
+
+def _save_state(state: ClusterState) -> None:
+    (state_dir(state.name) / "cluster.json").write_text(json.dumps(asdict(state), indent=2))
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def _kwokctl(binaries: dict[str, Path], name: str, *args: str, timeout: float = 300) -> str:
+    env = dict(os.environ, KWOK_WORKDIR=str(_kwok_workdir(name)))
+    cmd = [str(binaries["kwokctl"]), *args, "--name", name]
+    try:
+        result = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"`kwokctl {' '.join(args)}` did not finish in {timeout:.0f} s") from exc
+    if result.returncode != 0:
+        out = (result.stdout + result.stderr).strip().splitlines()
+        raise ClusterError(
+            f"`kwokctl {' '.join(args)}` failed (exit {result.returncode}):\n  "
+            + "\n  ".join(out[-15:])
+        )
+    return result.stdout
+
+
+def _processes_under(path: Path) -> Iterator[int]:
+    """Pids of processes whose command line mentions ``path`` (the cluster's own)."""
+    needle = str(path).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                yield int(entry.name)
+        except OSError:
+            continue
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def _terminate(pids: list[int], grace: float = 10) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if _pid_alive(pid):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def node_manifest(name: str, shape: NodeShape) -> dict[str, Any]:
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+        NODE_LABEL: "true",
+    }
+    if shape.gpu_model:
+        labels["nvidia.com/gpu.product"] = shape.gpu_model
+    capacity = shape.capacity()
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": {FAKE_NODE_ANNOTATION: "fake"}},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def _core_api(name: str) -> Any:
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=str(kubeconfig_path(name)))
+    api_client.configuration.connection_pool_maxsize = 32
+    return client.CoreV1Api(api_client)
+
+
+def add_nodes(
+    name: str, count: int, shape: NodeShape, *, prefix: str = "kwok-node", start: int = 0
+) -> list[str]:
+    api = _core_api(name)
+    names = [f"{prefix}-{i:05d}" for i in range(start, start + count)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: api.create_node(node_manifest(n, shape)), names))
+    return names
+
+
+def wait_nodes_ready(
+    name: str, count: int, *, timeout: float = 600, log: Callable[[str], None]
+) -> None:
+    api = _core_api(name)
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        nodes = api.list_node(label_selector=f"{NODE_LABEL}=true").items
+        ready = sum(
+            1
+            for n in nodes
+            if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+        )
+        if ready != last:
+            log(f"  {ready}/{count} nodes Ready")
+            last = ready
+        if ready >= count:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"only {ready}/{count} nodes Ready after {timeout:.0f} s: is the kwok controller "
+                f"running? See `fulcrum cluster logs --name {name}` and kwokctl's logs under "
+                f"{_kwok_workdir(name)}"
+            )
+        time.sleep(1)
+
+
+def _start_extender(name: str, port: int, log: Callable[[str], None]) -> int:
+    logfile = state_dir(name) / "extender.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fulcrum.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--kubeconfig",
+        str(kubeconfig_path(name)),
+    ]
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=state_dir(name),
+        )
+    deadline = time.monotonic() + 120
+    import urllib.error
+    import urllib.request
+
+    while True:
+        if proc.poll() is not None:
+            tail = logfile.read_text(errors="replace").strip().splitlines()[-10:]
+            raise ClusterError("the Fulcrum extender exited at start-up:\n  " + "\n  ".join(tail))
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    log(f"  extender ready on 127.0.0.1:{port} (pid {proc.pid})")
+                    return proc.pid
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            _terminate([proc.pid])
+            raise ClusterError(f"the Fulcrum extender was not ready within 120 s; see {logfile}")
+        time.sleep(0.2)
+
+
+def up(
+    name: str = "fulcrum",
+    *,
+    nodes: int = 10,
+    shape: NodeShape | None = None,
+    extender: bool = True,
+    extender_port: int | None = None,
+    registration: ExtenderRegistration | None = None,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> ClusterState:
+    """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails."""
+    if (state_dir(name) / "cluster.json").exists():
+        raise ClusterError(
+            f"cluster {name!r} already exists: use it, or remove it with "
+            f"`fulcrum cluster down --name {name}`"
+        )
+    if extender_port is not None and _port_in_use(extender_port):
+        raise ClusterError(
+            f"extender port {extender_port} is already in use: stop what listens there "
+            f"(`ss -ltnp 'sport = :{extender_port}'`) or choose another --extender-port"
+        )
+    try:
+        binaries = ensure_binaries(log)
+    except BinaryError as exc:
+        raise ClusterError(str(exc)) from exc
+    directory = state_dir(name)
+    if directory.exists():
+        down(name, log=lambda _: None)  # leftovers of an interrupted run
+    directory.mkdir(parents=True)
+    port = extender_port or free_port()
+    reg = registration or ExtenderRegistration(port=port)
+    state = ClusterState(
+        name,
+        extender_port=port if extender else None,
+        kubectl=str(binaries["kubectl"]),
+        binaries={k: str(v) for k, v in binaries.items()},
+    )
+    _save_state(state)
+    config_path = directory / "scheduler-config.yaml"
+    config_path.write_text(yaml.safe_dump(scheduler_config(reg if extender else None)))
+    started = time.monotonic()
+    try:
+        log(
+            f"creating kwok cluster {name!r} (real kube-apiserver, etcd, controller-manager, "
+            "kube-scheduler)"
+        )
+        _kwokctl(
+            binaries,
+            name,
+            "create",
+            "cluster",
+            "--runtime",
+            "binary",
+            "--kubeconfig",
+            str(_contexts_file(name)),
+            "--wait",
+            "3m",
+            "--kube-apiserver-binary",
+            str(binaries["kube-apiserver"]),
+            "--kube-controller-manager-binary",
+            str(binaries["kube-controller-manager"]),
+            "--kube-scheduler-binary",
+            str(binaries["kube-scheduler"]),
+            "--kwok-controller-binary",
+            str(binaries["kwok"]),
+            "--etcd-binary",
+            str(binaries["etcd"]),
+            "--kube-scheduler-config",
+            str(config_path),
+            timeout=400,
+        )
+        if extender:
+            state.extender_pid = _start_extender(name, port, log)
+            _save_state(state)
+        if nodes:
+            log(f"registering {nodes} kwok nodes ({shape or NodeShape()})")
+            add_nodes(name, nodes, shape or NodeShape())
+            wait_nodes_ready(name, nodes, log=log)
+            state.nodes = nodes
+            _save_state(state)
+    except BaseException:
+        down(name, log=lambda _: None)
+        raise
+    log(
+        f"cluster {name!r} up in {time.monotonic() - started:.1f} s; "
+        f'use it with: eval "$(fulcrum cluster env --name {name})"'
+    )
+    return state
+
+
+def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
+    """Stop every process of cluster ``name`` and remove its files; safe to repeat."""
+    directory = state_dir(name)
+    if not directory.exists():
+        log(f"no cluster named {name!r}; nothing to do")
+        return
+    state_file = directory / "cluster.json"
+    state = ClusterState(**json.loads(state_file.read_text())) if state_file.exists() else None
+    if state and state.extender_pid and _pid_alive(state.extender_pid):
+        _terminate([state.extender_pid])
+    if state and state.binaries.get("kwokctl") and kubeconfig_path(name).parent.exists():
+        try:
+            _kwokctl(
+                {k: Path(v) for k, v in state.binaries.items()},
+                name,
+                "delete",
+                "cluster",
+                "--kubeconfig",
+                str(_contexts_file(name)),
+                timeout=120,
+            )
+        except ClusterError as exc:
+            log(f"kwokctl delete failed, stopping processes directly: {exc}")
+    leftovers = list(_processes_under(directory))
+    if leftovers:
+        _terminate(leftovers)
+    shutil.rmtree(directory, ignore_errors=True)
+    log(f"cluster {name!r} removed")
+
+
+def env_exports(name: str) -> str:
+    state = load_state(name)
+    kubectl_dir = str(Path(state.kubectl).parent)
+    return (
+        f"export KUBECONFIG={kubeconfig_path(name)}\n"
+        f"export PATH={kubectl_dir}:$PATH\n"
+        f"# cluster {name!r}: {state.nodes} kwok nodes; extender on "
+        f"{'127.0.0.1:' + str(state.extender_port) if state.extender_port else 'none'}\n"
+    )
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def status_report(name: str) -> str:
+    """Nodes, pods, and the cluster's processes with their resident memory."""
+    load_state(name)
+    api = _core_api(name)
+    nodes = api.list_node().items
+    ready = sum(
+        1
+        for n in nodes
+        if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+    )
+    phases: dict[str, int] = {}
+    for pod in api.list_pod_for_all_namespaces().items:
+        phases[pod.status.phase] = phases.get(pod.status.phase, 0) + 1
+    lines = [f"cluster {name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}"]
+    pids = sorted(set(_processes_under(state_dir(name))))
+    total = 0.0
+    for pid in pids:
+        rss = _rss_mib(pid)
+        total += rss
+        lines.append(f"  {pid:>8} {_process_name(pid):25} {rss:8.0f} MiB")
+    lines.append(f"  total resident memory: {total:.0f} MiB across {len(pids)} processes")
+    return "\n".join(lines)

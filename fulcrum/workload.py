@@ -1,0 +1,149 @@
+"""Workloads for demos and tests: create pods of given shapes, wait for placement, read results."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fulcrum.cluster import NODE_LABEL
+
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+
+
+@dataclass(frozen=True)
+class PodShape:
+    cpu: str
+    memory: str
+    gpu: int = 0
+
+
+DEFAULT_SHAPES = (PodShape("4", "8Gi"), PodShape("2", "16Gi"), PodShape("8", "4Gi"))
+
+
+def pod_manifest(
+    name: str, shape: PodShape, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    requests = {"cpu": shape.cpu, "memory": shape.memory}
+    if shape.gpu:
+        requests["nvidia.com/gpu"] = str(shape.gpu)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "fulcrum-workload", **(labels or {})}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": PAUSE_IMAGE,
+                    "resources": {"requests": requests, "limits": requests},
+                }
+            ],
+            "terminationGracePeriodSeconds": 0,
+        },
+    }
+
+
+def create_pods(
+    api: Any,
+    namespace: str,
+    count: int,
+    shapes: Sequence[PodShape] = DEFAULT_SHAPES,
+    *,
+    prefix: str = "pod",
+) -> list[str]:
+    names = [f"{prefix}-{i:05d}" for i in range(count)]
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: api.create_namespaced_pod(
+                    namespace, pod_manifest(names[i], shapes[i % len(shapes)])
+                ),
+                range(count),
+            )
+        )
+    return names
+
+
+def wait_bound(
+    api: Any,
+    namespace: str,
+    count: int,
+    *,
+    timeout: float = 300,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, str]:
+    """Pod name -> node, once ``count`` pods in ``namespace`` have a node; raises on timeout."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        pods = api.list_namespaced_pod(namespace).items
+        bound = {p.metadata.name: p.spec.node_name for p in pods if p.spec.node_name}
+        if len(bound) != last:
+            log(f"  {len(bound)}/{count} pods bound")
+            last = len(bound)
+        if len(bound) >= count:
+            return bound
+        if time.monotonic() > deadline:
+            pending = sorted(p.metadata.name for p in pods if not p.spec.node_name)
+            raise TimeoutError(
+                f"{len(pending)} pods still unbound after {timeout:.0f} s: {pending[:5]}"
+            )
+        time.sleep(0.5)
+
+
+def node_usage(api: Any) -> dict[str, tuple[float, float]]:
+    """Node -> (cpu requested / allocatable, memory requested / allocatable) for kwok nodes."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    nodes = {n.metadata.name: n for n in api.list_node(label_selector=f"{NODE_LABEL}=true").items}
+    used: dict[str, list[float]] = {name: [0.0, 0.0] for name in nodes}
+    for pod in api.list_pod_for_all_namespaces().items:
+        if pod.spec.node_name in used and pod.status.phase not in ("Succeeded", "Failed"):
+            for c in pod.spec.containers:
+                req = (c.resources.requests or {}) if c.resources else {}
+                used[pod.spec.node_name][0] += float(parse_quantity(req.get("cpu", "0")))
+                used[pod.spec.node_name][1] += float(parse_quantity(req.get("memory", "0")))
+    out = {}
+    for name, node in nodes.items():
+        alloc = node.status.allocatable
+        out[name] = (
+            used[name][0] / float(parse_quantity(alloc["cpu"])),
+            used[name][1] / float(parse_quantity(alloc["memory"])),
+        )
+    return out
+
+
+def extender_calls(port: int) -> dict[str, float]:
+    """Calls per verb, read from the extender's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    calls: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("fulcrum_extender_requests_total{"):
+            verb = line.split('verb="')[1].split('"')[0]
+            calls[verb] = float(line.rsplit(" ", 1)[1])
+    return calls
+
+
+def ensure_namespace(api: Any, namespace: str, *, timeout: float = 60) -> None:
+    """Create ``namespace`` if needed and wait for its default ServiceAccount (pods need it)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        api.create_namespace({"metadata": {"name": namespace}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.read_namespaced_service_account("default", namespace)
+            return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)

@@ -1,0 +1,1 @@
+"""Placement policies: one module per policy, each a pure function of (snapshot, pod)."""
