@@ -34,7 +34,8 @@ def quantity(resource: str, value: Any) -> int:
         raise QuantityError(f"{resource}: {value!r} is not a Kubernetes quantity") from exc
     if resource == CPU:
         amount = amount * 1000
-    return int(math.ceil(amount))
+    ceiling: int = math.ceil(amount)
+    return ceiling
 
 
 def to_resources(values: Mapping[str, Any] | None) -> Resources:

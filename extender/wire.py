@@ -18,6 +18,10 @@ class _Wire(BaseModel):
 
 
 class NodeList(_Wire):
+    """v1.NodeList, passed through unchanged apart from the filtered items."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     items: list[dict[str, Any]] = Field(default_factory=list)
 
 

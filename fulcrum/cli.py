@@ -141,18 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
     demo.set_defaults(func=_cmd_demo)
 
-    sub.add_parser(
-        "simulate", help="replay a trace offline (see `fulcrum simulate --help`)", add_help=False
-    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["simulate"]:
-        from scheduler.simulate_cli import main as simulate_main
-
-        return int(simulate_main(argv[1:]))
     args = build_parser().parse_args(argv)
     from extender.serve import ServeError
     from fulcrum.cluster import ClusterError

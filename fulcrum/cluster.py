@@ -139,7 +139,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -167,14 +167,14 @@ def _kwokctl(binaries: dict[str, Path], name: str, *args: str, timeout: float = 
     return result.stdout
 
 
-def _processes_under(path: Path) -> Iterator[int]:
-    """Pids of processes whose command line mentions ``path`` (the cluster's own)."""
+def processes_under(path: Path) -> Iterator[int]:
+    """Live processes whose command line mentions ``path`` (the cluster's own)."""
     needle = str(path).encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "cmdline").read_bytes():
+            if needle in (entry / "cmdline").read_bytes() and _pid_alive(int(entry.name)):
                 yield int(entry.name)
         except OSError:
             continue
@@ -223,7 +223,7 @@ def node_manifest(name: str, shape: NodeShape) -> dict[str, Any]:
     }
 
 
-def _core_api(name: str) -> Any:
+def core_api(name: str) -> Any:
     from kubernetes import client, config
 
     api_client = config.new_client_from_config(config_file=str(kubeconfig_path(name)))
@@ -234,7 +234,7 @@ def _core_api(name: str) -> Any:
 def add_nodes(
     name: str, count: int, shape: NodeShape, *, prefix: str = "kwok-node", start: int = 0
 ) -> list[str]:
-    api = _core_api(name)
+    api = core_api(name)
     names = [f"{prefix}-{i:05d}" for i in range(start, start + count)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda n: api.create_node(node_manifest(n, shape)), names))
@@ -244,7 +244,7 @@ def add_nodes(
 def wait_nodes_ready(
     name: str, count: int, *, timeout: float = 600, log: Callable[[str], None]
 ) -> None:
-    api = _core_api(name)
+    api = core_api(name)
     deadline = time.monotonic() + timeout
     last = -1
     while True:
@@ -326,7 +326,7 @@ def up(
             f"cluster {name!r} already exists: use it, or remove it with "
             f"`fulcrum cluster down --name {name}`"
         )
-    if extender_port is not None and _port_in_use(extender_port):
+    if extender_port is not None and port_in_use(extender_port):
         raise ClusterError(
             f"extender port {extender_port} is already in use: stop what listens there "
             f"(`ss -ltnp 'sport = :{extender_port}'`) or choose another --extender-port"
@@ -423,7 +423,7 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
             )
         except ClusterError as exc:
             log(f"kwokctl delete failed, stopping processes directly: {exc}")
-    leftovers = list(_processes_under(directory))
+    leftovers = list(processes_under(directory))
     if leftovers:
         _terminate(leftovers)
     shutil.rmtree(directory, ignore_errors=True)
@@ -461,7 +461,7 @@ def _process_name(pid: int) -> str:
 def status_report(name: str) -> str:
     """Nodes, pods, and the cluster's processes with their resident memory."""
     load_state(name)
-    api = _core_api(name)
+    api = core_api(name)
     nodes = api.list_node().items
     ready = sum(
         1
@@ -472,7 +472,7 @@ def status_report(name: str) -> str:
     for pod in api.list_pod_for_all_namespaces().items:
         phases[pod.status.phase] = phases.get(pod.status.phase, 0) + 1
     lines = [f"cluster {name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}"]
-    pids = sorted(set(_processes_under(state_dir(name))))
+    pids = sorted(set(processes_under(state_dir(name))))
     total = 0.0
     for pid in pids:
         rss = _rss_mib(pid)

@@ -25,7 +25,7 @@ def run_demo(*, name: str, nodes: int, pods: int, keep: bool) -> int:
     shape = cluster.NodeShape(cpu="32", memory="128Gi")
     state = cluster.up(name, nodes=nodes, shape=shape, log=_say)
     try:
-        api = cluster._core_api(name)
+        api = cluster.core_api(name)
         ensure_namespace(api, "demo")
         _say(
             f"creating {pods} pods of shapes "

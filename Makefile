@@ -1,0 +1,37 @@
+# Fulcrum: `make demo` runs the main job, `make test` runs every test. Both set up from scratch.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup binaries demo test lint unit integration clean
+
+$(BIN)/fulcrum: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/fulcrum binaries
+
+binaries: $(BIN)/fulcrum
+	$(BIN)/fulcrum build
+
+demo: setup
+	$(BIN)/fulcrum demo
+
+lint: $(BIN)/fulcrum
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: $(BIN)/fulcrum
+	$(BIN)/pytest -q tests/unit tests/contract
+
+integration: setup
+	$(BIN)/pytest -q -m integration tests/integration
+
+test: setup lint
+	$(BIN)/pytest -q tests
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,39 @@
+"""A real control plane (kube-apiserver, etcd, controller-manager, kube-scheduler) with kwok nodes.
+
+Every cluster a test starts is torn down by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from fulcrum import cluster
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class KwokCluster:
+    name: str
+    state: cluster.ClusterState
+    api: Any
+
+
+def _start(name: str, nodes: int, **kwargs: Any) -> KwokCluster:
+    state = cluster.up(name, nodes=nodes, log=print, **kwargs)
+    return KwokCluster(name, state, cluster.core_api(name))
+
+
+@pytest.fixture(scope="module")
+def kwok_cluster() -> Iterator[KwokCluster]:
+    name = f"it-{os.getpid()}"
+    started = _start(name, nodes=10)
+    try:
+        yield started
+    finally:
+        cluster.down(name, log=print)

@@ -1,0 +1,50 @@
+"""Hostile and malformed input gets a 4xx with a message, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from extender.app import ExtenderSettings, create_app
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(create_app(ExtenderSettings(max_body_bytes=10_000)))
+
+
+def test_oversized_body_is_413(client: TestClient) -> None:
+    reply = client.post("/filter", content=b"{" + b" " * 20_000 + b"}")
+    assert reply.status_code == 413
+    assert "limit" in reply.json()["Error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"not json", 400, "not JSON"),
+        (b"[1, 2]", 422, "ExtenderArgs"),
+        (b'{"Pod": "x", "NodeNames": []}', 422, "Pod"),
+        (b'{"Pod": {}}', 422, "Nodes or NodeNames"),
+        (b'{"Pod": {}, "NodeNames": ["n1"]}', 400, "--kubeconfig"),
+        (
+            b'{"Pod": {"spec": {"containers": [{"resources": {"requests": {"cpu": "x"}}}]}},'
+            b' "Nodes": {"items": []}}',
+            422,
+            "cpu",
+        ),
+    ],
+)
+@pytest.mark.parametrize("verb", ["filter", "prioritize"])
+def test_malformed_requests_are_4xx_with_a_message(
+    client: TestClient, verb: str, body: bytes, status: int, message: str
+) -> None:
+    reply = client.post(f"/{verb}", content=body)
+    assert reply.status_code == status
+    assert message in reply.json()["Error"]
+
+
+def test_errors_are_counted_per_verb(client: TestClient) -> None:
+    client.post("/filter", content=b"nope")
+    metrics = client.get("/metrics").text
+    assert 'fulcrum_extender_errors_total{status="400",verb="filter"} 1.0' in metrics
