@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,10 +18,20 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ValidationError
 
+from extender.bind import BindService
 from extender.cache import ClusterCache, NodeInfo
 from extender.decide import misfit, most_allocated_score
 from extender.resources import QuantityError, node_allocatable, pod_requests
-from extender.wire import ExtenderArgs, ExtenderFilterResult, HostPriority, to_extender_score
+from extender.wire import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    HostPriority,
+    to_extender_score,
+)
+
+Args = TypeVar("Args", bound=BaseModel)
 
 
 class ExtenderSettings(BaseModel):
@@ -64,7 +75,7 @@ def _json(result: BaseModel | list[HostPriority], status: int = 200) -> Response
     return Response(body, status_code=status, media_type="application/json")
 
 
-async def _read_args(request: Request, limit: int) -> ExtenderArgs:
+async def _read_args(request: Request, limit: int, model: type[Args]) -> Args:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
@@ -78,12 +89,12 @@ async def _read_args(request: Request, limit: int) -> ExtenderArgs:
     except orjson.JSONDecodeError as exc:
         raise BadRequest(400, f"request body is not JSON: {exc}") from exc
     try:
-        return ExtenderArgs.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise BadRequest(
-            422, f"{where}: {first['msg']} (expected ExtenderArgs with Pod and Nodes or NodeNames)"
+            422, f"{where}: {first['msg']} (expected {model.__name__}, extender/v1 wire format)"
         ) from exc
 
 
@@ -130,18 +141,24 @@ def _requests(args: ExtenderArgs) -> dict[str, int]:
         raise BadRequest(422, f"Pod.spec.containers[].resources.requests.{exc}") from exc
 
 
-def create_app(settings: ExtenderSettings, cache: ClusterCache | None = None) -> FastAPI:
+def create_app(
+    settings: ExtenderSettings,
+    cache: ClusterCache | None = None,
+    binder: BindService | None = None,
+) -> FastAPI:
     app = FastAPI(title="Fulcrum scheduler extender", docs_url=None, redoc_url=None)
     metrics = Metrics()
     app.state.metrics = metrics
 
     async def handle(
-        verb: str, request: Request, decide: Callable[[ExtenderArgs], Any]
+        verb: str, request: Request, model: type[Args], decide: Callable[[Args], Any]
     ) -> Response:
         started = time.perf_counter()
         metrics.calls.labels(verb).inc()
         try:
-            args = await _read_args(request, settings.max_body_bytes)
+            args = await _read_args(request, settings.max_body_bytes, model)
+            if verb == "bind":  # blocking apiserver call: keep it off the event loop
+                return _json(await run_in_threadpool(decide, args))
             return _json(decide(args))
         except BadRequest as exc:
             metrics.errors.labels(verb, str(exc.status)).inc()
@@ -188,13 +205,29 @@ def create_app(settings: ExtenderSettings, cache: ClusterCache | None = None) ->
             for name, node in _candidates(args, cache)
         ]
 
+    def do_bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
+        if binder is None:
+            raise BadRequest(
+                400,
+                "bind needs a cluster: run the extender with --kubeconfig, or remove "
+                "bindVerb from the scheduler's extender configuration",
+            )
+        error = binder.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        if error:
+            metrics.errors.labels("bind", "refused").inc()
+        return ExtenderBindingResult(Error=error)
+
     @app.post("/filter")
     async def filter_verb(request: Request) -> Response:
-        return await handle("filter", request, do_filter)
+        return await handle("filter", request, ExtenderArgs, do_filter)
 
     @app.post("/prioritize")
     async def prioritize_verb(request: Request) -> Response:
-        return await handle("prioritize", request, do_prioritize)
+        return await handle("prioritize", request, ExtenderArgs, do_prioritize)
+
+    @app.post("/bind")
+    async def bind_verb(request: Request) -> Response:
+        return await handle("bind", request, ExtenderBindingArgs, do_bind)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -55,7 +55,8 @@ class ClusterCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeInfo] = {}
-        self._pods: dict[str, PodInfo] = {}  # by uid, only pods with a node
+        self._pods: dict[str, PodInfo] = {}  # by uid, pods with a node
+        self._pending: dict[str, PodInfo] = {}  # by uid, pods waiting for one
         self._orphans: dict[str, set[str]] = {}  # node name -> uids of pods seen before it
         self.synced = {"nodes": threading.Event(), "pods": threading.Event()}
         self.last_event = time.monotonic()
@@ -95,7 +96,10 @@ class ClusterCache:
             if not node or phase in TERMINAL_PHASES:
                 if old is not None:
                     self._remove_pod(old)
+                if not node and phase not in TERMINAL_PHASES:
+                    self._pending[uid] = PodInfo(uid, _pod_key(pod), "", pod_requests(pod))
                 return
+            self._pending.pop(uid, None)
             if old is not None and old.node == node:
                 return  # requests of a bound pod only change by in-place resize: handled later
             if old is not None:
@@ -104,6 +108,7 @@ class ClusterCache:
 
     def delete_pod(self, uid: str) -> None:
         with self._lock:
+            self._pending.pop(uid, None)
             old = self._pods.get(uid)
             if old is not None:
                 self._remove_pod(old)
@@ -133,6 +138,20 @@ class ClusterCache:
         else:
             node.pods.discard(pod.uid)
 
+    def assume(self, uid: str, node: str) -> bool:
+        """Charge pending pod ``uid`` to ``node`` now (we bound it), ahead of the watch."""
+        with self._lock:
+            pending = self._pending.pop(uid, None)
+            if pending is None:
+                return uid in self._pods
+            self._add_pod(PodInfo(uid, pending.key, node, pending.requests))
+            return True
+
+    def bound_node(self, uid: str) -> str | None:
+        with self._lock:
+            pod = self._pods.get(uid)
+            return pod.node if pod else None
+
     # --- events and re-lists -------------------------------------------------------------------
     def apply(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
         self.last_event = time.monotonic()
@@ -156,7 +175,7 @@ class ClusterCache:
         else:
             keep = {o["metadata"]["uid"] for o in objects}
             with self._lock:
-                gone = [uid for uid in self._pods if uid not in keep]
+                gone = [uid for uid in [*self._pods, *self._pending] if uid not in keep]
             for uid in gone:
                 self.delete_pod(uid)
         for obj in objects:

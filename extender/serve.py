@@ -1,4 +1,4 @@
-"""Run the extender: an informer-fed cache (when given a kubeconfig) behind uvicorn.
+"""Run the extender: an informer-fed cache and a binder (given a kubeconfig) behind uvicorn.
 
 This module owns the extender process's Kubernetes client.
 """
@@ -10,11 +10,14 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from extender.app import ExtenderSettings, create_app
+from extender.bind import BindConflict, BindService, PodGone
 from extender.cache import ClusterCache, Informer
 
 log = logging.getLogger(__name__)
@@ -29,15 +32,51 @@ class ServeError(RuntimeError):
     """The extender cannot start; the message names the cause and the fix."""
 
 
-def start_cache(
-    kubeconfig: Path, *, sync_timeout: float = 120
-) -> tuple[ClusterCache, list[Informer]]:
+class KubeBinder:
+    """``pods/binding`` through the official client (implements ``extender.bind.Binder``)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        try:
+            # _preload_content=False: the reply is a Status, which the client cannot deserialise
+            self.api.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PodGone from exc
+            if exc.status == 409:
+                raise BindConflict from exc
+            raise
+
+    def current(self, namespace: str, name: str) -> tuple[str, str]:
+        try:
+            pod = self.api.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PodGone from exc
+            raise
+        return str(pod.metadata.uid), str(pod.spec.node_name or "")
+
+
+def core_api(kubeconfig: Path) -> Any:
     if not kubeconfig.is_file():
         raise ServeError(f"--kubeconfig {kubeconfig}: no such file")
     try:
-        api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        api_client = config.new_client_from_config(config_file=str(kubeconfig))
     except config.ConfigException as exc:
         raise ServeError(f"--kubeconfig {kubeconfig}: {exc}") from exc
+    api_client.configuration.connection_pool_maxsize = 16
+    return client.CoreV1Api(api_client)
+
+
+def start_cache(api: Any, *, sync_timeout: float = 120) -> tuple[ClusterCache, list[Informer]]:
     cache = ClusterCache()
     informers = [
         Informer("nodes", api.list_node, cache),
@@ -49,8 +88,8 @@ def start_cache(
     while not cache.ready:
         if time.monotonic() > deadline:
             raise ServeError(
-                f"cache did not sync within {sync_timeout:.0f} s: is the apiserver in "
-                f"{kubeconfig} reachable, and may this identity list nodes and pods?"
+                f"cache did not sync within {sync_timeout:.0f} s: is the apiserver reachable, "
+                "and may this identity list and watch nodes and pods?"
             )
         time.sleep(0.1)
     return cache, informers
@@ -72,15 +111,16 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
     check_port_free(settings.host, settings.port)
-    cache = None
+    cache = binder = None
     if kubeconfig is not None:
-        cache, _ = start_cache(kubeconfig)
+        api = core_api(kubeconfig)
+        cache, _ = start_cache(api)
+        binder = BindService(cache, KubeBinder(api))
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )
-    app = create_app(settings, cache)
     uvicorn.run(
-        app,
+        create_app(settings, cache, binder),
         host=settings.host,
         port=settings.port,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,

@@ -41,6 +41,17 @@ class ExtenderFilterResult(_Wire):
     Error: str = ""
 
 
+class ExtenderBindingArgs(_Wire):
+    PodName: str
+    PodNamespace: str
+    PodUID: str
+    Node: str
+
+
+class ExtenderBindingResult(_Wire):
+    Error: str = ""
+
+
 class HostPriority(_Wire):
     Host: str
     Score: int = Field(ge=0, le=MAX_EXTENDER_SCORE)

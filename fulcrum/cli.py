@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--node-ephemeral-storage", default="1Ti")
     up.add_argument("--node-gpu", type=int, default=0)
     up.add_argument("--node-gpu-model", default="")
-    up.add_argument("--no-extender", action="store_true", help="plain kube-scheduler")
+    up.add_argument(
+        "--no-extender",
+        action="store_true",
+        help="do not start the extender (fulcrum-scheduler still calls its port)",
+    )
     up.add_argument("--extender-port", type=int, default=None)
     up.set_defaults(func=_cmd_cluster_up)
     for action, func, helptext in (

@@ -12,9 +12,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
@@ -27,6 +30,7 @@ import yaml
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+FULCRUM_SCHEDULER = "fulcrum-scheduler"
 NODE_LABEL = "fulcrum.io/kwok-node"
 
 
@@ -70,6 +74,7 @@ class ExtenderRegistration:
             "urlPrefix": f"http://127.0.0.1:{self.port}",
             "filterVerb": "filter",
             "prioritizeVerb": "prioritize",
+            "bindVerb": "bind",
             "weight": self.weight,
             "nodeCacheCapable": self.node_cache_capable,
             "enableHTTPS": False,
@@ -78,19 +83,34 @@ class ExtenderRegistration:
         }
 
 
-def scheduler_config(extender: ExtenderRegistration | None) -> dict[str, Any]:
-    config: dict[str, Any] = {
+def scheduler_config(extender: ExtenderRegistration, kubeconfig: Path) -> dict[str, Any]:
+    """KubeSchedulerConfiguration of the ``fulcrum-scheduler`` kube-scheduler."""
+    return {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
         # The default 50 QPS would make the scheduler, not the extender, the bottleneck.
-        "clientConnection": {"qps": 5000, "burst": 10000},
+        "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 5000, "burst": 10000},
         "leaderElection": {"leaderElect": False},
         "percentageOfNodesToScore": 100,
-        "profiles": [{"schedulerName": "default-scheduler"}],
+        "profiles": [
+            {
+                "schedulerName": FULCRUM_SCHEDULER,
+                # Fulcrum decides placement: in-tree scorers that spread pods would fight it.
+                "plugins": {"score": {"disabled": [{"name": "NodeResourcesBalancedAllocation"}]}},
+                "pluginConfig": [
+                    {
+                        "name": "NodeResourcesFit",
+                        "args": {"scoringStrategy": {"type": "MostAllocated"}},
+                    },
+                    {
+                        "name": "PodTopologySpread",
+                        "args": {"defaultingType": "List", "defaultConstraints": []},
+                    },
+                ],
+            }
+        ],
+        "extenders": [extender.to_config()],
     }
-    if extender is not None:
-        config["extenders"] = [extender.to_config()]
-    return config
 
 
 @dataclass
@@ -99,6 +119,8 @@ class ClusterState:
     nodes: int = 0
     extender_port: int | None = None
     extender_pid: int | None = None
+    scheduler_pid: int | None = None
+    scheduler_port: int | None = None
     kubectl: str = ""
     binaries: dict[str, str] = field(default_factory=dict)
 
@@ -268,18 +290,28 @@ def wait_nodes_ready(
         time.sleep(1)
 
 
-def _start_extender(name: str, port: int, log: Callable[[str], None]) -> int:
-    logfile = state_dir(name) / "extender.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "fulcrum.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--kubeconfig",
-        str(kubeconfig_path(name)),
-    ]
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], logfile: Path, what: str) -> None:
+    context = ssl._create_unverified_context()  # kube-scheduler serves a self-signed cert
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            tail = logfile.read_text(errors="replace").strip().splitlines()[-10:]
+            raise ClusterError(f"{what} exited at start-up:\n  " + "\n  ".join(tail))
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            _terminate([proc.pid])
+            raise ClusterError(f"{what} was not ready within 120 s; see {logfile}")
+        time.sleep(0.2)
+
+
+def start_process(name: str, label: str, cmd: list[str], ready_url: str) -> int:
+    """Start a detached process of cluster ``name`` (log: ``<label>.log``); wait until ready."""
+    logfile = state_dir(name) / f"{label}.log"
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
             cmd,
@@ -289,25 +321,27 @@ def _start_extender(name: str, port: int, log: Callable[[str], None]) -> int:
             start_new_session=True,
             cwd=state_dir(name),
         )
-    deadline = time.monotonic() + 120
-    import urllib.error
-    import urllib.request
+    _wait_ready(ready_url, proc, logfile, label)
+    return proc.pid
 
-    while True:
-        if proc.poll() is not None:
-            tail = logfile.read_text(errors="replace").strip().splitlines()[-10:]
-            raise ClusterError("the Fulcrum extender exited at start-up:\n  " + "\n  ".join(tail))
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    log(f"  extender ready on 127.0.0.1:{port} (pid {proc.pid})")
-                    return proc.pid
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            _terminate([proc.pid])
-            raise ClusterError(f"the Fulcrum extender was not ready within 120 s; see {logfile}")
-        time.sleep(0.2)
+
+def start_extender(name: str, port: int) -> int:
+    cmd = [sys.executable, "-m", "fulcrum.cli", "serve", "--port", str(port)]
+    cmd += ["--kubeconfig", str(kubeconfig_path(name))]
+    return start_process(name, "extender", cmd, f"http://127.0.0.1:{port}/readyz")
+
+
+def stop_process(pid: int | None) -> None:
+    if pid is not None and _pid_alive(pid):
+        _terminate([pid])
+
+
+def _start_fulcrum_scheduler(name: str, kube_scheduler: Path, config: Path) -> tuple[int, int]:
+    port = free_port()
+    cmd = [str(kube_scheduler), f"--config={config}", "--bind-address=127.0.0.1"]
+    cmd += [f"--secure-port={port}", "--authorization-always-allow-paths=/healthz,/readyz,/metrics"]
+    pid = start_process(name, "fulcrum-scheduler", cmd, f"https://127.0.0.1:{port}/healthz")
+    return pid, port
 
 
 def up(
@@ -320,16 +354,23 @@ def up(
     registration: ExtenderRegistration | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> ClusterState:
-    """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails."""
+    """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails.
+
+    kwokctl runs the control plane with a plain ``default-scheduler``. Fulcrum adds a second
+    kube-scheduler, ``fulcrum-scheduler``, with the extender registered (``registration``; its
+    port is ``extender_port`` or a free one) and, unless ``extender`` is False, starts the
+    extender itself. Pods opt in with ``schedulerName: fulcrum-scheduler``.
+    """
     if (state_dir(name) / "cluster.json").exists():
         raise ClusterError(
             f"cluster {name!r} already exists: use it, or remove it with "
             f"`fulcrum cluster down --name {name}`"
         )
-    if extender_port is not None and port_in_use(extender_port):
+    port = registration.port if registration else extender_port
+    if extender and port is not None and port_in_use(port):
         raise ClusterError(
-            f"extender port {extender_port} is already in use: stop what listens there "
-            f"(`ss -ltnp 'sport = :{extender_port}'`) or choose another --extender-port"
+            f"extender port {port} is already in use: stop what listens there "
+            f"(`ss -ltnp 'sport = :{port}'`) or choose another --extender-port"
         )
     try:
         binaries = ensure_binaries(log)
@@ -339,17 +380,16 @@ def up(
     if directory.exists():
         down(name, log=lambda _: None)  # leftovers of an interrupted run
     directory.mkdir(parents=True)
-    port = extender_port or free_port()
-    reg = registration or ExtenderRegistration(port=port)
+    reg = registration or ExtenderRegistration(port=port or free_port())
     state = ClusterState(
         name,
-        extender_port=port if extender else None,
+        extender_port=reg.port,
         kubectl=str(binaries["kubectl"]),
         binaries={k: str(v) for k, v in binaries.items()},
     )
     _save_state(state)
-    config_path = directory / "scheduler-config.yaml"
-    config_path.write_text(yaml.safe_dump(scheduler_config(reg if extender else None)))
+    config_path = directory / "fulcrum-scheduler.yaml"
+    config_path.write_text(yaml.safe_dump(scheduler_config(reg, kubeconfig_path(name))))
     started = time.monotonic()
     try:
         log(
@@ -367,6 +407,7 @@ def up(
             str(_contexts_file(name)),
             "--wait",
             "3m",
+            "--disable-qps-limits",
             "--kube-apiserver-binary",
             str(binaries["kube-apiserver"]),
             "--kube-controller-manager-binary",
@@ -377,13 +418,16 @@ def up(
             str(binaries["kwok"]),
             "--etcd-binary",
             str(binaries["etcd"]),
-            "--kube-scheduler-config",
-            str(config_path),
             timeout=400,
         )
         if extender:
-            state.extender_pid = _start_extender(name, port, log)
-            _save_state(state)
+            state.extender_pid = start_extender(name, reg.port)
+            log(f"  extender ready on 127.0.0.1:{reg.port} (pid {state.extender_pid})")
+        state.scheduler_pid, state.scheduler_port = _start_fulcrum_scheduler(
+            name, binaries["kube-scheduler"], config_path
+        )
+        log(f"  {FULCRUM_SCHEDULER} ready (pid {state.scheduler_pid}), extender registered")
+        _save_state(state)
         if nodes:
             log(f"registering {nodes} kwok nodes ({shape or NodeShape()})")
             add_nodes(name, nodes, shape or NodeShape())
@@ -408,8 +452,9 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
         return
     state_file = directory / "cluster.json"
     state = ClusterState(**json.loads(state_file.read_text())) if state_file.exists() else None
-    if state and state.extender_pid and _pid_alive(state.extender_pid):
-        _terminate([state.extender_pid])
+    if state:
+        stop_process(state.scheduler_pid)
+        stop_process(state.extender_pid)
     if state and state.binaries.get("kwokctl") and kubeconfig_path(name).parent.exists():
         try:
             _kwokctl(

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from fulcrum.cluster import NODE_LABEL
+from fulcrum.cluster import FULCRUM_SCHEDULER, NODE_LABEL
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
@@ -25,7 +25,11 @@ DEFAULT_SHAPES = (PodShape("4", "8Gi"), PodShape("2", "16Gi"), PodShape("8", "4G
 
 
 def pod_manifest(
-    name: str, shape: PodShape, labels: dict[str, str] | None = None
+    name: str,
+    shape: PodShape,
+    *,
+    scheduler: str = FULCRUM_SCHEDULER,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     requests = {"cpu": shape.cpu, "memory": shape.memory}
     if shape.gpu:
@@ -35,6 +39,7 @@ def pod_manifest(
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "fulcrum-workload", **(labels or {})}},
         "spec": {
+            "schedulerName": scheduler,
             "containers": [
                 {
                     "name": "main",
@@ -54,17 +59,16 @@ def create_pods(
     shapes: Sequence[PodShape] = DEFAULT_SHAPES,
     *,
     prefix: str = "pod",
+    scheduler: str = FULCRUM_SCHEDULER,
 ) -> list[str]:
     names = [f"{prefix}-{i:05d}" for i in range(count)]
+
+    def create(i: int) -> None:
+        manifest = pod_manifest(names[i], shapes[i % len(shapes)], scheduler=scheduler)
+        api.create_namespaced_pod(namespace, manifest)
+
     with ThreadPoolExecutor(8) as pool:
-        list(
-            pool.map(
-                lambda i: api.create_namespaced_pod(
-                    namespace, pod_manifest(names[i], shapes[i % len(shapes)])
-                ),
-                range(count),
-            )
-        )
+        list(pool.map(create, range(count)))
     return names
 
 

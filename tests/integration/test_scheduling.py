@@ -12,7 +12,7 @@ from fulcrum.workload import create_pods, ensure_namespace, extender_calls, wait
 pytestmark = pytest.mark.integration
 
 
-def test_every_pod_is_bound_after_the_extender_filtered_and_scored_it(kwok_cluster) -> None:  # type: ignore[no-untyped-def]
+def test_every_pod_is_filtered_scored_and_bound_by_the_extender(kwok_cluster) -> None:  # type: ignore[no-untyped-def]
     api, port = kwok_cluster.api, kwok_cluster.state.extender_port
     before = extender_calls(port)
     ensure_namespace(api, "it-scheduling")
@@ -25,6 +25,7 @@ def test_every_pod_is_bound_after_the_extender_filtered_and_scored_it(kwok_clust
     after = extender_calls(port)
     assert after["filter"] - before.get("filter", 0) >= 50
     assert after["prioritize"] - before.get("prioritize", 0) >= 50
+    assert after["bind"] - before.get("bind", 0) == 50
 
 
 def test_down_leaves_no_process_port_or_file() -> None:

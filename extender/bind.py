@@ -1,0 +1,76 @@
+"""The bind verb: create ``pods/binding`` once per pod UID, and charge the cache at once.
+
+Idempotent per UID: a retried bind (say, after a lost reply) finds the pod already bound to the
+same node and succeeds without a second binding; a bind for a UID the pod no longer has (the pod
+was deleted and re-created under the same name) is refused, because the apiserver checks the
+binding's UID precondition.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from extender.cache import ClusterCache
+
+
+class BindConflict(Exception):
+    """The apiserver refused the binding (409): already bound, or the UID precondition failed."""
+
+
+class PodGone(Exception):
+    """The pod no longer exists (404)."""
+
+
+class Binder(Protocol):
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None: ...
+
+    def current(self, namespace: str, name: str) -> tuple[str, str]:
+        """(uid, node name or "") of the pod as the apiserver has it now."""
+        ...
+
+
+class BindService:
+    def __init__(self, cache: ClusterCache, binder: Binder) -> None:
+        self.cache, self.binder = cache, binder
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def _serialised(self, uid: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(uid, threading.Lock())
+        with lock:
+            yield
+        with self._guard:
+            self._locks.pop(uid, None)
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
+        """Bind the pod; "" on success, else an error a person can act on."""
+        pod = f"{namespace}/{name}"
+        with self._serialised(uid):
+            already = self.cache.bound_node(uid)
+            if already == node:
+                return ""
+            if already:
+                return f"pod {pod} (uid {uid}) is already bound to {already}, not {node}"
+            try:
+                self.binder.bind(namespace, name, uid, node)
+            except PodGone:
+                return f"pod {pod} no longer exists; nothing to bind"
+            except BindConflict:
+                try:
+                    current_uid, current_node = self.binder.current(namespace, name)
+                except PodGone:
+                    return f"pod {pod} no longer exists; nothing to bind"
+                if current_uid != uid:
+                    return (
+                        f"stale bind: pod {pod} now has uid {current_uid}, not {uid}; "
+                        "the scheduler will retry with the new pod"
+                    )
+                if current_node != node:
+                    return f"pod {pod} is already bound to {current_node or '?'}, not {node}"
+            self.cache.assume(uid, node)
+            return ""

@@ -1,0 +1,90 @@
+"""The bind verb is idempotent per pod UID and refuses stale UIDs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extender.bind import BindConflict, BindService, PodGone
+from extender.cache import ClusterCache
+
+
+class FakeApiserver:
+    """pods/binding semantics: one binding per pod, UID precondition checked."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, tuple[str, str]] = {}  # ns/name -> (uid, node)
+        self.bindings = 0
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        key = f"{namespace}/{name}"
+        if key not in self.pods:
+            raise PodGone
+        current_uid, current_node = self.pods[key]
+        if current_uid != uid or current_node:
+            raise BindConflict
+        self.pods[key] = (uid, node)
+        self.bindings += 1
+
+    def current(self, namespace: str, name: str) -> tuple[str, str]:
+        key = f"{namespace}/{name}"
+        if key not in self.pods:
+            raise PodGone
+        return self.pods[key]
+
+
+def pending_pod(uid: str) -> dict[str, Any]:
+    return {
+        "metadata": {"uid": uid, "namespace": "ns", "name": "p"},
+        "spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]},
+        "status": {"phase": "Pending"},
+    }
+
+
+def setup() -> tuple[ClusterCache, FakeApiserver, BindService]:
+    cache = ClusterCache()
+    cache.apply(
+        "nodes", "ADDED", {"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "4"}}}
+    )
+    cache.apply("pods", "ADDED", pending_pod("u1"))
+    apiserver = FakeApiserver()
+    apiserver.pods["ns/p"] = ("u1", "")
+    return cache, apiserver, BindService(cache, apiserver)
+
+
+def test_bind_charges_the_cache_at_once() -> None:
+    cache, apiserver, service = setup()
+    assert service.bind("ns", "p", "u1", "n1") == ""
+    assert apiserver.bindings == 1
+    assert cache.node("n1").requested["cpu"] == 1000  # type: ignore[union-attr]
+
+
+def test_a_retried_bind_succeeds_without_a_second_binding() -> None:
+    _, apiserver, service = setup()
+    service.bind("ns", "p", "u1", "n1")
+    assert service.bind("ns", "p", "u1", "n1") == ""
+    assert apiserver.bindings == 1
+
+
+def test_a_retry_after_a_restart_lost_the_cache_still_succeeds() -> None:
+    _, apiserver, _ = setup()
+    apiserver.pods["ns/p"] = ("u1", "n1")  # bound before the restart; the watch has not said so
+    fresh = ClusterCache()
+    fresh.apply("pods", "ADDED", pending_pod("u1"))
+    assert BindService(fresh, apiserver).bind("ns", "p", "u1", "n1") == ""
+    assert apiserver.bindings == 0
+
+
+def test_a_stale_uid_is_refused() -> None:
+    _, apiserver, service = setup()
+    apiserver.pods["ns/p"] = ("u2", "")  # deleted and re-created under the same name
+    error = service.bind("ns", "p", "u1", "n1")
+    assert "stale bind" in error and "u2" in error
+    assert apiserver.bindings == 0
+
+
+def test_binding_elsewhere_is_refused_and_a_gone_pod_is_reported() -> None:
+    _, apiserver, service = setup()
+    service.bind("ns", "p", "u1", "n1")
+    assert "already bound to n1" in service.bind("ns", "p", "u1", "n2")
+    del apiserver.pods["ns/p"]
+    assert "no longer exists" in BindService(ClusterCache(), apiserver).bind("ns", "p", "u9", "n1")
