@@ -263,6 +263,13 @@ def add_nodes(
     return names
 
 
+def _schedulable(node: Any) -> bool:
+    """Ready, and the node lifecycle controller has lifted its not-ready taint."""
+    ready = any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+    taints = {t.key for t in (node.spec.taints or [])}
+    return ready and not taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+
+
 def wait_nodes_ready(
     name: str, count: int, *, timeout: float = 600, log: Callable[[str], None]
 ) -> None:
@@ -271,23 +278,18 @@ def wait_nodes_ready(
     last = -1
     while True:
         nodes = api.list_node(label_selector=f"{NODE_LABEL}=true").items
-        ready = sum(
-            1
-            for n in nodes
-            if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
-        )
+        ready = sum(1 for n in nodes if _schedulable(n))
         if ready != last:
-            log(f"  {ready}/{count} nodes Ready")
+            log(f"  {ready}/{count} nodes Ready and untainted")
             last = ready
         if ready >= count:
             return
         if time.monotonic() > deadline:
             raise ClusterError(
                 f"only {ready}/{count} nodes Ready after {timeout:.0f} s: is the kwok controller "
-                f"running? See `fulcrum cluster logs --name {name}` and kwokctl's logs under "
-                f"{_kwok_workdir(name)}"
+                f"running? See the logs under {_kwok_workdir(name)}/clusters/{name}/logs"
             )
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], logfile: Path, what: str) -> None:
