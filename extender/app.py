@@ -1,9 +1,10 @@
-"""The extender's HTTP service: ``create_app(settings, cache)`` builds it; no work at import."""
+"""The extender's HTTP service: ``create_app(settings, ...)`` builds it; no work at import."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -13,31 +14,29 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from pydantic import BaseModel, ValidationError
 
-from extender.bind import BindService
-from extender.cache import ClusterCache, NodeInfo
-from extender.decide import misfit, most_allocated_score
-from extender.resources import QuantityError, node_allocatable, pod_requests
+from extender.bind import Binder, BindService
+from extender.cache import ClusterCache
+from extender.config import ExtenderSettings
+from extender.decide import Decider, WeightedPolicy
+from extender.resources import node_spec, pod_request
 from extender.wire import (
     ExtenderArgs,
     ExtenderBindingArgs,
     ExtenderBindingResult,
     ExtenderFilterResult,
     HostPriority,
-    to_extender_score,
 )
+from policies.registry import Registry, default_registry
+from scheduler.pod import PodRequest
+from scheduler.snapshot import Snapshot
 
 Args = TypeVar("Args", bound=BaseModel)
-
-
-class ExtenderSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = 8888
-    max_body_bytes: int = 64 * 2**20  # a 5,000-node NodeList is ~30 MiB
 
 
 class BadRequest(Exception):
@@ -47,14 +46,14 @@ class BadRequest(Exception):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, cache: ClusterCache | None) -> None:
         self.registry = CollectorRegistry()
         self.calls = Counter(
             "fulcrum_extender_requests", "Extender calls by verb", ["verb"], registry=self.registry
         )
         self.errors = Counter(
             "fulcrum_extender_errors",
-            "Extender calls refused or failed, by verb and HTTP status",
+            "Extender calls refused or failed, by verb and HTTP status (or 'refused')",
             ["verb", "status"],
             registry=self.registry,
         )
@@ -65,6 +64,19 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.decisions = Counter(
+            "fulcrum_extender_node_decisions",
+            "Nodes passed or failed by filter",
+            ["outcome"],
+            registry=self.registry,
+        )
+        lag = Gauge(
+            "fulcrum_extender_cache_idle_seconds",
+            "Seconds since the informer cache last applied an event",
+            registry=self.registry,
+        )
+        if cache is not None:
+            lag.set_function(lambda: time.monotonic() - cache.last_event)
 
 
 def _json(result: BaseModel | list[HostPriority], status: int = 200) -> Response:
@@ -98,57 +110,67 @@ async def _read_args(request: Request, limit: int, model: type[Args]) -> Args:
         ) from exc
 
 
-def _candidates(
-    args: ExtenderArgs, cache: ClusterCache | None
-) -> list[tuple[str, NodeInfo | None]]:
-    """(name, node view) for every node in the request; the view is None if unknown."""
+def _pod(args: ExtenderArgs) -> PodRequest:
+    try:
+        return pod_request(args.Pod)
+    except ValueError as exc:
+        raise BadRequest(422, f"Pod: {exc}") from exc
+
+
+def _node_names(args: ExtenderArgs) -> list[str]:
     if args.NodeNames is not None:
-        if cache is None:
-            raise BadRequest(
-                400,
-                "NodeNames given but this extender has no cluster cache: run it with "
-                "--kubeconfig, or set nodeCacheCapable: false so the scheduler sends Nodes",
-            )
-        return [(name, cache.node(name)) for name in args.NodeNames]
+        return args.NodeNames
     if args.Nodes is None:
         raise BadRequest(422, "Nodes: either Nodes or NodeNames must be set")
-    out: list[tuple[str, NodeInfo | None]] = []
-    for node in args.Nodes.items:
+    names = []
+    for i, node in enumerate(args.Nodes.items):
         name = (node.get("metadata") or {}).get("name")
         if not isinstance(name, str):
-            raise BadRequest(422, "Nodes.items[].metadata.name: missing")
-        seen = cache.node(name) if cache is not None else None
+            raise BadRequest(422, f"Nodes.items[{i}].metadata.name: missing")
+        names.append(name)
+    return names
+
+
+def _snapshot_of(args: ExtenderArgs) -> Snapshot:
+    """A throw-away snapshot of the request's Nodes, for an extender without a cluster cache."""
+    snapshot = Snapshot(capacity=len(args.Nodes.items) if args.Nodes else 1)
+    for i, node in enumerate(args.Nodes.items if args.Nodes else []):
         try:
-            allocatable = node_allocatable(node)
-        except QuantityError as exc:
-            raise BadRequest(422, f"Nodes.items[{name}].status.allocatable.{exc}") from exc
-        unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
-        out.append(
-            (
-                name,
-                NodeInfo(
-                    name, allocatable, unschedulable, seen.requested if seen is not None else {}
-                ),
-            )
-        )
-    return out
-
-
-def _requests(args: ExtenderArgs) -> dict[str, int]:
-    try:
-        return pod_requests(args.Pod)
-    except QuantityError as exc:
-        raise BadRequest(422, f"Pod.spec.containers[].resources.requests.{exc}") from exc
+            snapshot.add_node(node["metadata"]["name"], **node_spec(node))
+        except (ValueError, KeyError) as exc:
+            raise BadRequest(422, f"Nodes.items[{i}]: {exc}") from exc
+    return snapshot
 
 
 def create_app(
     settings: ExtenderSettings,
     cache: ClusterCache | None = None,
-    binder: BindService | None = None,
+    binder: Binder | None = None,
+    registry: Registry | None = None,
 ) -> FastAPI:
     app = FastAPI(title="Fulcrum scheduler extender", docs_url=None, redoc_url=None)
-    metrics = Metrics()
-    app.state.metrics = metrics
+    metrics = Metrics(cache)
+    decider = Decider(
+        cache,
+        registry or default_registry(),
+        [WeightedPolicy(p.policy, p.weight) for p in settings.prioritize],
+    )
+    binds = BindService(cache, binder, decider.devices) if cache and binder else None
+    app.state.metrics, app.state.decider = metrics, decider
+
+    @contextmanager
+    def view(args: ExtenderArgs) -> Iterator[Snapshot]:
+        if args.NodeNames is not None and cache is None:
+            raise BadRequest(
+                400,
+                "NodeNames given but this extender has no cluster cache: run it with "
+                "--kubeconfig, or set nodeCacheCapable: false so the scheduler sends Nodes",
+            )
+        if cache is None:
+            yield _snapshot_of(args)
+            return
+        with cache.lock:
+            yield cache.snapshot
 
     async def handle(
         verb: str, request: Request, model: type[Args], decide: Callable[[Args], Any]
@@ -157,7 +179,7 @@ def create_app(
         metrics.calls.labels(verb).inc()
         try:
             args = await _read_args(request, settings.max_body_bytes, model)
-            if verb == "bind":  # blocking apiserver call: keep it off the event loop
+            if verb == "bind":  # blocking apiserver calls: keep them off the event loop
                 return _json(await run_in_threadpool(decide, args))
             return _json(decide(args))
         except BadRequest as exc:
@@ -167,52 +189,40 @@ def create_app(
             metrics.latency.labels(verb).observe(time.perf_counter() - started)
 
     def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
-        requests = _requests(args)
-        passed: list[str] = []
-        failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = {}
-        for name, node in _candidates(args, cache):
-            if node is None:
-                failed[name] = "node not yet in Fulcrum's cache (informer catching up)"
-                continue
-            why = misfit(node, requests)
-            if why is None:
-                passed.append(name)
-            elif why.unresolvable:
-                unresolvable[name] = why.reason
-            else:
-                failed[name] = why.reason
+        pod, names = _pod(args), _node_names(args)
+        with view(args) as snapshot:
+            out = decider.filter(snapshot, pod, names)
+        metrics.decisions.labels("passed").inc(len(out.passed))
+        metrics.decisions.labels("failed").inc(len(out.failed) + len(out.unresolvable))
         if args.NodeNames is not None:
             return ExtenderFilterResult(
-                NodeNames=passed, FailedNodes=failed, FailedAndUnresolvableNodes=unresolvable
+                NodeNames=out.passed,
+                FailedNodes=out.failed,
+                FailedAndUnresolvableNodes=out.unresolvable,
             )
-        keep = set(passed)
         assert args.Nodes is not None
+        keep = set(out.passed)
         items = [n for n in args.Nodes.items if n["metadata"]["name"] in keep]
         return ExtenderFilterResult(
             Nodes=args.Nodes.model_copy(update={"items": items}),
-            FailedNodes=failed,
-            FailedAndUnresolvableNodes=unresolvable,
+            FailedNodes=out.failed,
+            FailedAndUnresolvableNodes=out.unresolvable,
         )
 
     def do_prioritize(args: ExtenderArgs) -> list[HostPriority]:
-        requests = _requests(args)
-        return [
-            HostPriority(
-                Host=name,
-                Score=to_extender_score(most_allocated_score(node, requests)) if node else 0,
-            )
-            for name, node in _candidates(args, cache)
-        ]
+        pod, names = _pod(args), _node_names(args)
+        with view(args) as snapshot:
+            scores = decider.prioritize(snapshot, pod, names)
+        return [HostPriority(Host=name, Score=score) for name, score in scores]
 
     def do_bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
-        if binder is None:
+        if binds is None:
             raise BadRequest(
                 400,
                 "bind needs a cluster: run the extender with --kubeconfig, or remove "
                 "bindVerb from the scheduler's extender configuration",
             )
-        error = binder.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        error = binds.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
         if error:
             metrics.errors.labels("bind", "refused").inc()
         return ExtenderBindingResult(Error=error)

@@ -9,11 +9,14 @@ binding's UID precondition.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
 from extender.cache import ClusterCache
+from extender.resources import GPU_DEVICES_ANNOTATION
+from scheduler.pod import PodRequest
+from scheduler.snapshot import Snapshot
 
 
 class BindConflict(Exception):
@@ -27,14 +30,23 @@ class PodGone(Exception):
 class Binder(Protocol):
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None: ...
 
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+        """Set annotations on the pod if it still has ``uid``."""
+        ...
+
     def current(self, namespace: str, name: str) -> tuple[str, str]:
         """(uid, node name or "") of the pod as the apiserver has it now."""
         ...
 
 
+DeviceChooser = Callable[[Snapshot, PodRequest, str], tuple[int, ...]]
+
+
 class BindService:
-    def __init__(self, cache: ClusterCache, binder: Binder) -> None:
-        self.cache, self.binder = cache, binder
+    """Binds pods; GPU pods first get their devices recorded in ``fulcrum.io/gpu-devices``."""
+
+    def __init__(self, cache: ClusterCache, binder: Binder, devices: DeviceChooser) -> None:
+        self.cache, self.binder, self.choose_devices = cache, binder, devices
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -56,7 +68,14 @@ class BindService:
                 return ""
             if already:
                 return f"pod {pod} (uid {uid}) is already bound to {already}, not {node}"
+            devices = None
             try:
+                pending = self.cache.pending(uid)
+                if pending is not None and pending.request.gpu_count:
+                    with self.cache.lock:
+                        devices = self.choose_devices(self.cache.snapshot, pending.request, node)
+                    value = ",".join(str(d) for d in devices)
+                    self.binder.annotate(namespace, name, uid, {GPU_DEVICES_ANNOTATION: value})
                 self.binder.bind(namespace, name, uid, node)
             except PodGone:
                 return f"pod {pod} no longer exists; nothing to bind"
@@ -72,5 +91,5 @@ class BindService:
                     )
                 if current_node != node:
                     return f"pod {pod} is already bound to {current_node or '?'}, not {node}"
-            self.cache.assume(uid, node)
+            self.cache.assume(uid, node, devices)
             return ""

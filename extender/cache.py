@@ -12,36 +12,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from extender.resources import Resources, node_allocatable, pod_requests
+from extender.resources import assigned_devices, node_spec, pod_request
+from scheduler.pod import PodRequest
+from scheduler.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
-
-
-@dataclass
-class NodeInfo:
-    name: str
-    allocatable: Resources
-    unschedulable: bool = False
-    requested: Resources = field(default_factory=dict)
-    pods: set[str] = field(default_factory=set)
-
-    def free(self, resource: str) -> int:
-        return self.allocatable.get(resource, 0) - self.requested.get(resource, 0)
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    uid: str
-    key: str  # namespace/name
-    node: str
-    requests: Resources
 
 
 def _pod_key(pod: Mapping[str, Any]) -> str:
@@ -49,41 +31,70 @@ def _pod_key(pod: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
+@dataclass(frozen=True)
+class PendingPod:
+    key: str  # namespace/name
+    request: PodRequest
+
+
 class ClusterCache:
-    """Nodes and the pods bound to them; thread-safe; readers get copies."""
+    """Nodes and pods as a ``scheduler.Snapshot`` (pods keyed by UID), plus pending pods.
+
+    Thread-safe: informer threads write, request handlers read. Hold ``lock`` while reading
+    ``snapshot`` across several calls (scoring, then choosing devices).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._nodes: dict[str, NodeInfo] = {}
-        self._pods: dict[str, PodInfo] = {}  # by uid, pods with a node
-        self._pending: dict[str, PodInfo] = {}  # by uid, pods waiting for one
-        self._orphans: dict[str, set[str]] = {}  # node name -> uids of pods seen before it
+        self.lock = threading.RLock()
+        self.snapshot = Snapshot()
+        self.unschedulable: set[str] = set()
+        self._pending: dict[str, PendingPod] = {}
+        self._orphans: dict[str, dict[str, tuple[PodRequest, tuple[int, ...] | None]]] = {}
+        self.bad_objects: dict[str, str] = {}  # key -> why it was ignored
         self.synced = {"nodes": threading.Event(), "pods": threading.Event()}
         self.last_event = time.monotonic()
+        self.changes = 0
 
     @property
     def ready(self) -> bool:
         return all(event.is_set() for event in self.synced.values())
 
+    def _has(self, node: str) -> bool:
+        try:
+            self.snapshot.index_of(node)
+        except KeyError:
+            return False
+        return True
+
     # --- nodes -----------------------------------------------------------------------------
     def upsert_node(self, node: Mapping[str, Any]) -> None:
         name = node["metadata"]["name"]
-        allocatable = node_allocatable(node)
-        unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
-        with self._lock:
-            info = self._nodes.get(name)
-            if info is None:
-                info = self._nodes[name] = NodeInfo(name, allocatable, unschedulable)
-                for uid in self._orphans.pop(name, set()):
-                    self._charge(info, self._pods[uid], +1)
+        try:
+            spec = node_spec(node)
+        except ValueError as exc:
+            self.bad_objects[f"node/{name}"] = str(exc)
+            log.warning("ignoring node %s: %s", name, exc)
+            return
+        with self.lock:
+            if (node.get("spec") or {}).get("unschedulable"):
+                self.unschedulable.add(name)
             else:
-                info.allocatable, info.unschedulable = allocatable, unschedulable
+                self.unschedulable.discard(name)
+            if self._has(name):
+                self.snapshot.update_node(name, **spec)
+                return
+            self.snapshot.add_node(name, **spec)
+            for uid, (request, devices) in self._orphans.pop(name, {}).items():
+                self._place(uid, request, name, devices)
 
     def delete_node(self, name: str) -> None:
-        with self._lock:
-            info = self._nodes.pop(name, None)
-            if info is not None and info.pods:
-                self._orphans[name] = set(info.pods)
+        with self.lock:
+            self.unschedulable.discard(name)
+            if not self._has(name):
+                return
+            placements = {key: self.snapshot.pods()[key] for key in self.snapshot.pods_on(name)}
+            self.snapshot.remove_node(name)
+            self._orphans[name] = {k: (p.pod, p.devices) for k, p in placements.items()}
 
     # --- pods ------------------------------------------------------------------------------
     def upsert_pod(self, pod: Mapping[str, Any]) -> None:
@@ -91,66 +102,74 @@ class ClusterCache:
         uid = meta.get("uid", "")
         node = (pod.get("spec") or {}).get("nodeName") or ""
         phase = (pod.get("status") or {}).get("phase")
-        with self._lock:
-            old = self._pods.get(uid)
+        try:
+            request = pod_request(pod)
+            devices = assigned_devices(pod)
+        except ValueError as exc:
+            self.bad_objects[f"pod/{_pod_key(pod)}"] = str(exc)
+            log.warning("ignoring pod %s: %s", _pod_key(pod), exc)
+            return
+        with self.lock:
+            placed = self.snapshot.pods().get(uid)
             if not node or phase in TERMINAL_PHASES:
-                if old is not None:
-                    self._remove_pod(old)
+                self._forget(uid)
                 if not node and phase not in TERMINAL_PHASES:
-                    self._pending[uid] = PodInfo(uid, _pod_key(pod), "", pod_requests(pod))
+                    self._pending[uid] = PendingPod(_pod_key(pod), request)
                 return
             self._pending.pop(uid, None)
-            if old is not None and old.node == node:
-                return  # requests of a bound pod only change by in-place resize: handled later
-            if old is not None:
-                self._remove_pod(old)
-            self._add_pod(PodInfo(uid, _pod_key(pod), node, pod_requests(pod)))
+            if placed is not None and placed.node == node:
+                return  # a bound pod's requests only change by in-place resize
+            self._forget(uid)
+            self._place(uid, request, node, devices)
 
     def delete_pod(self, uid: str) -> None:
-        with self._lock:
+        with self.lock:
             self._pending.pop(uid, None)
-            old = self._pods.get(uid)
-            if old is not None:
-                self._remove_pod(old)
+            self._forget(uid)
 
-    def _add_pod(self, pod: PodInfo) -> None:
-        self._pods[pod.uid] = pod
-        node = self._nodes.get(pod.node)
-        if node is None:
-            self._orphans.setdefault(pod.node, set()).add(pod.uid)
-        else:
-            self._charge(node, pod, +1)
+    def _place(
+        self, uid: str, request: PodRequest, node: str, devices: tuple[int, ...] | None
+    ) -> None:
+        self.changes += 1
+        if not self._has(node):
+            self._orphans.setdefault(node, {})[uid] = (request, devices)
+            return
+        row = self.snapshot.index_of(node)
+        if devices is None and request.gpu_count:
+            try:
+                devices = self.snapshot.best_fit_devices(row, request)
+            except ValueError:  # bound by someone who ignored GPU shares: record it anyway
+                devices = tuple(range(request.gpu_count))
+        self.snapshot.assign(uid, request, node, devices=devices, check=False)
 
-    def _remove_pod(self, pod: PodInfo) -> None:
-        del self._pods[pod.uid]
-        node = self._nodes.get(pod.node)
-        if node is None:
-            self._orphans.get(pod.node, set()).discard(pod.uid)
-        else:
-            self._charge(node, pod, -1)
+    def _forget(self, uid: str) -> None:
+        if uid in self.snapshot.pods():
+            self.snapshot.release(uid)
+            self.changes += 1
+        for orphans in self._orphans.values():
+            orphans.pop(uid, None)
 
-    @staticmethod
-    def _charge(node: NodeInfo, pod: PodInfo, sign: int) -> None:
-        for name, value in pod.requests.items():
-            node.requested[name] = node.requested.get(name, 0) + sign * value
-        if sign > 0:
-            node.pods.add(pod.uid)
-        else:
-            node.pods.discard(pod.uid)
-
-    def assume(self, uid: str, node: str) -> bool:
+    def assume(self, uid: str, node: str, devices: tuple[int, ...] | None = None) -> bool:
         """Charge pending pod ``uid`` to ``node`` now (we bound it), ahead of the watch."""
-        with self._lock:
+        with self.lock:
             pending = self._pending.pop(uid, None)
             if pending is None:
-                return uid in self._pods
-            self._add_pod(PodInfo(uid, pending.key, node, pending.requests))
+                return uid in self.snapshot.pods()
+            self._place(uid, pending.request, node, devices)
             return True
 
+    def pending_pods(self) -> list[PendingPod]:
+        with self.lock:
+            return list(self._pending.values())
+
+    def pending(self, uid: str) -> PendingPod | None:
+        with self.lock:
+            return self._pending.get(uid)
+
     def bound_node(self, uid: str) -> str | None:
-        with self._lock:
-            pod = self._pods.get(uid)
-            return pod.node if pod else None
+        with self.lock:
+            placement = self.snapshot.pods().get(uid)
+            return placement.node if placement else None
 
     # --- events and re-lists -------------------------------------------------------------------
     def apply(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
@@ -168,36 +187,27 @@ class ClusterCache:
     def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
         """Make ``kind`` exactly ``objects`` (a re-list), dropping what the list no longer has."""
         objects = list(objects)
-        if kind == "nodes":
-            keep = {o["metadata"]["name"] for o in objects}
-            for name in [n for n in self.node_names() if n not in keep]:
-                self.delete_node(name)
-        else:
-            keep = {o["metadata"]["uid"] for o in objects}
-            with self._lock:
-                gone = [uid for uid in [*self._pods, *self._pending] if uid not in keep]
-            for uid in gone:
-                self.delete_pod(uid)
-        for obj in objects:
-            self.apply(kind, "ADDED", obj)
+        with self.lock:
+            if kind == "nodes":
+                keep = {o["metadata"]["name"] for o in objects}
+                for name in [n for n in self.snapshot.names if n not in keep]:
+                    self.delete_node(name)
+            else:
+                keep = {o["metadata"]["uid"] for o in objects}
+                known = [*self.snapshot.pods(), *self._pending]
+                for uid in [u for u in known if u not in keep]:
+                    self.delete_pod(uid)
+            for obj in objects:
+                self.apply(kind, "ADDED", obj)
 
     # --- reads -----------------------------------------------------------------------------
     def node_names(self) -> list[str]:
-        with self._lock:
-            return list(self._nodes)
-
-    def node(self, name: str) -> NodeInfo | None:
-        with self._lock:
-            info = self._nodes.get(name)
-            if info is None:
-                return None
-            return NodeInfo(
-                info.name, dict(info.allocatable), info.unschedulable, dict(info.requested)
-            )
+        with self.lock:
+            return list(self.snapshot.names)
 
     def pod_count(self) -> int:
-        with self._lock:
-            return len(self._pods)
+        with self.lock:
+            return len(self.snapshot.pods())
 
 
 ListFn = Callable[..., Any]

@@ -13,6 +13,8 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
+from scheduler.pod import GPU_MILLI, PodRequest, pod_request_from_resources
+
 CPU = "cpu"
 MEMORY = "memory"
 PODS = "pods"
@@ -23,7 +25,7 @@ Resources = dict[str, int]
 
 
 class QuantityError(ValueError):
-    """A resource quantity that Kubernetes would also refuse."""
+    """A resource quantity or annotation that cannot be read; the message names it."""
 
 
 def quantity(resource: str, value: Any) -> int:
@@ -70,3 +72,71 @@ def pod_requests(pod: Mapping[str, Any]) -> Resources:
 def node_allocatable(node: Mapping[str, Any]) -> Resources:
     status = node.get("status") or {}
     return to_resources(status.get("allocatable") or status.get("capacity"))
+
+
+# --- Kubernetes objects -> the placement core's plain numbers --------------------------------
+
+GPU_MILLI_ANNOTATION = "fulcrum.io/gpu-milli"  # a GPU-sharing pod's share of one device
+GPU_MODEL_ANNOTATION = "fulcrum.io/gpu-model"  # acceptable models, "A100|V100"
+GPU_DEVICES_ANNOTATION = "fulcrum.io/gpu-devices"  # devices Fulcrum chose, "0,1"
+GPU_MODEL_LABEL = "nvidia.com/gpu.product"  # set on nodes by GPU feature discovery
+_NOT_SCALAR = {GPU, PODS, CPU, MEMORY, EPHEMERAL}
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def pod_request(pod: Mapping[str, Any]) -> PodRequest:
+    """The pod's effective request; GPU shares come from ``fulcrum.io/gpu-milli``."""
+    requests = pod_requests(pod)
+    annotations = _annotations(pod)
+    gpu_count = requests.get(GPU, 0)
+    gpu_milli = GPU_MILLI
+    if GPU_MILLI_ANNOTATION in annotations:
+        raw = annotations[GPU_MILLI_ANNOTATION]
+        if not raw.isdigit() or not 0 < int(raw) <= GPU_MILLI:
+            raise QuantityError(
+                f"annotation {GPU_MILLI_ANNOTATION}={raw!r}: use an integer 1..1000 "
+                "(milli of one GPU)"
+            )
+        gpu_milli = int(raw)
+        if gpu_milli < GPU_MILLI:
+            if gpu_count > 1:
+                raise QuantityError(
+                    f"annotation {GPU_MILLI_ANNOTATION}={raw!r} shares one GPU, but the pod "
+                    f"requests {gpu_count} {GPU}: drop the {GPU} request"
+                )
+            gpu_count = 1
+    models = [m for m in annotations.get(GPU_MODEL_ANNOTATION, "").split("|") if m]
+    scalars = {k: v for k, v in requests.items() if k not in (GPU, PODS)}
+    return pod_request_from_resources(
+        scalars, gpu_count=gpu_count, gpu_milli=gpu_milli, gpu_models=models
+    )
+
+
+def assigned_devices(pod: Mapping[str, Any]) -> tuple[int, ...] | None:
+    raw = _annotations(pod).get(GPU_DEVICES_ANNOTATION)
+    if raw is None:
+        return None
+    try:
+        return tuple(int(d) for d in raw.split(",") if d)
+    except ValueError as exc:
+        raise QuantityError(
+            f"annotation {GPU_DEVICES_ANNOTATION}={raw!r}: expected device indices like '0,1'"
+        ) from exc
+
+
+def node_spec(node: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``Snapshot.add_node`` for a Kubernetes node."""
+    allocatable = node_allocatable(node)
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return {
+        "cpu_milli": allocatable.get(CPU, 0),
+        "memory": allocatable.get(MEMORY, 0),
+        "ephemeral_storage": allocatable.get(EPHEMERAL, 0),
+        "max_pods": allocatable.get(PODS, 110),
+        "gpu_count": allocatable.get(GPU, 0),
+        "gpu_model": labels.get(GPU_MODEL_LABEL) or None,
+        "extended": {k: v for k, v in allocatable.items() if k not in _NOT_SCALAR},
+    }

@@ -16,9 +16,10 @@ import uvicorn
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from extender.app import ExtenderSettings, create_app
-from extender.bind import BindConflict, BindService, PodGone
+from extender.app import create_app
+from extender.bind import BindConflict, PodGone
 from extender.cache import ClusterCache, Informer
+from extender.config import ExtenderSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ class KubeBinder:
             if exc.status == 404:
                 raise PodGone from exc
             if exc.status == 409:
+                raise BindConflict from exc
+            raise
+
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+        patch = {"metadata": {"uid": uid, "annotations": annotations}}
+        try:
+            self.api.patch_namespaced_pod(name, namespace, patch)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PodGone from exc
+            if exc.status in (409, 422):  # the uid no longer matches
                 raise BindConflict from exc
             raise
 
@@ -115,14 +127,17 @@ def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
     if kubeconfig is not None:
         api = core_api(kubeconfig)
         cache, _ = start_cache(api)
-        binder = BindService(cache, KubeBinder(api))
+        binder = KubeBinder(api)
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )
+    tls = settings.tls
     uvicorn.run(
         create_app(settings, cache, binder),
         host=settings.host,
         port=settings.port,
+        ssl_certfile=str(tls.cert_file) if tls else None,
+        ssl_keyfile=str(tls.key_file) if tls else None,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level="warning",
         access_log=False,

@@ -55,8 +55,3 @@ class ExtenderBindingResult(_Wire):
 class HostPriority(_Wire):
     Host: str
     Score: int = Field(ge=0, le=MAX_EXTENDER_SCORE)
-
-
-def to_extender_score(score: float) -> int:
-    """Map Fulcrum's internal 0..100 score to the extender's 0..10: the one place this happens."""
-    return max(0, min(MAX_EXTENDER_SCORE, round(score * MAX_EXTENDER_SCORE / 100)))

@@ -75,13 +75,15 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from extender.app import ExtenderSettings
+    from extender.config import load_settings
     from extender.serve import serve
+    from policies.registry import default_registry
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    serve(ExtenderSettings(host=args.host, port=args.port), args.kubeconfig)
+    settings = load_settings(args.config, default_registry(), host=args.host, port=args.port)
+    serve(settings, args.kubeconfig)
     return 0
 
 
@@ -126,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     serve = sub.add_parser("serve", help="run the scheduler extender")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8888)
+    serve.add_argument("--config", type=Path, default=None, help="ExtenderConfiguration YAML")
+    serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (default 8888)")
     serve.add_argument(
         "--kubeconfig",
         type=Path,
@@ -151,12 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    from extender.config import ConfigError
     from extender.serve import ServeError
     from fulcrum.cluster import ClusterError
 
     try:
         return int(args.func(args))
-    except (BinaryError, ClusterError, ServeError) as exc:
+    except (BinaryError, ClusterError, ServeError, ConfigError) as exc:
         print(f"fulcrum: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from extender.app import ExtenderSettings, create_app
+from extender.app import create_app
 from extender.cache import ClusterCache
+from extender.config import ExtenderSettings, PolicyWeight
+
+# MostAllocated keeps the golden arithmetic easy to check by hand.
+SETTINGS = ExtenderSettings(prioritize=(PolicyWeight(policy="MostAllocated", weight=1),))
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -35,6 +39,13 @@ def cache_with_n1_busy() -> ClusterCache:
     return cache
 
 
+# The pod asks for 2 cpu and 1Gi; n1 and n2 have 4 cpu and 8Gi, n3 1 cpu and 2Gi.
+# filter, cache mode (3 cpu already on n1): n1 free 1000m < 2000m -> FailedNodes;
+#   n3 allocatable 1000m < 2000m -> FailedAndUnresolvableNodes; n2 passes.
+# prioritize, cache mode, MostAllocated (kube-scheduler's integer arithmetic):
+#   n1 = (min(5000, 4000)*100/4000 + 1Gi*100/8Gi) / 2 = (100 + 12) / 2 = 56
+#   n2 = (2000*100/4000 + 12) / 2 = 31; min-max to 0..10: n1 10, n2 0
+# prioritize, full mode (no cache, nothing requested): n1 = n2 = 31 -> both 10
 @pytest.mark.parametrize(
     ("case", "with_cache"),
     [
@@ -45,7 +56,7 @@ def cache_with_n1_busy() -> ClusterCache:
     ],
 )
 def test_golden(case: str, with_cache: bool) -> None:
-    app = create_app(ExtenderSettings(), cache_with_n1_busy() if with_cache else None)
+    app = create_app(SETTINGS, cache_with_n1_busy() if with_cache else None)
     verb = case.split("_")[0]
     reply = TestClient(app).post(f"/{verb}", json=load(f"{case}_request"))
     assert reply.status_code == 200

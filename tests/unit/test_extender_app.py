@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from extender.app import ExtenderSettings, create_app
+from extender.app import create_app
+from extender.config import ExtenderSettings
 
 
 @pytest.fixture

@@ -25,11 +25,18 @@ class FakeApiserver:
         self.pods[key] = (uid, node)
         self.bindings += 1
 
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+        self.annotations = annotations
+
     def current(self, namespace: str, name: str) -> tuple[str, str]:
         key = f"{namespace}/{name}"
         if key not in self.pods:
             raise PodGone
         return self.pods[key]
+
+
+def no_devices(*_: Any) -> tuple[int, ...]:
+    return ()
 
 
 def pending_pod(uid: str) -> dict[str, Any]:
@@ -48,14 +55,15 @@ def setup() -> tuple[ClusterCache, FakeApiserver, BindService]:
     cache.apply("pods", "ADDED", pending_pod("u1"))
     apiserver = FakeApiserver()
     apiserver.pods["ns/p"] = ("u1", "")
-    return cache, apiserver, BindService(cache, apiserver)
+    return cache, apiserver, BindService(cache, apiserver, no_devices)
 
 
 def test_bind_charges_the_cache_at_once() -> None:
     cache, apiserver, service = setup()
     assert service.bind("ns", "p", "u1", "n1") == ""
     assert apiserver.bindings == 1
-    assert cache.node("n1").requested["cpu"] == 1000  # type: ignore[union-attr]
+    assert cache.bound_node("u1") == "n1"
+    assert cache.snapshot.free[0, 0] == 3000
 
 
 def test_a_retried_bind_succeeds_without_a_second_binding() -> None:
@@ -70,7 +78,7 @@ def test_a_retry_after_a_restart_lost_the_cache_still_succeeds() -> None:
     apiserver.pods["ns/p"] = ("u1", "n1")  # bound before the restart; the watch has not said so
     fresh = ClusterCache()
     fresh.apply("pods", "ADDED", pending_pod("u1"))
-    assert BindService(fresh, apiserver).bind("ns", "p", "u1", "n1") == ""
+    assert BindService(fresh, apiserver, no_devices).bind("ns", "p", "u1", "n1") == ""
     assert apiserver.bindings == 0
 
 
@@ -87,4 +95,6 @@ def test_binding_elsewhere_is_refused_and_a_gone_pod_is_reported() -> None:
     service.bind("ns", "p", "u1", "n1")
     assert "already bound to n1" in service.bind("ns", "p", "u1", "n2")
     del apiserver.pods["ns/p"]
-    assert "no longer exists" in BindService(ClusterCache(), apiserver).bind("ns", "p", "u9", "n1")
+    assert "no longer exists" in BindService(ClusterCache(), apiserver, no_devices).bind(
+        "ns", "p", "u9", "n1"
+    )

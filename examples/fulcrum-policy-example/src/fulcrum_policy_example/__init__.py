@@ -1,0 +1,1 @@
+"""An example Fulcrum placement-policy plugin."""

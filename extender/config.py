@@ -1,0 +1,100 @@
+"""The extender's configuration file, validated at start-up with field paths in the errors.
+
+```yaml
+apiVersion: fulcrum.io/v1alpha1
+kind: ExtenderConfiguration
+prioritize:                 # weighted policies, by registry name (case-insensitive)
+- {policy: Archimedes, weight: 3}
+- {policy: MostAllocated, weight: 1}
+maxBodyBytes: 67108864
+tls: {certFile: /etc/fulcrum/tls.crt, keyFile: /etc/fulcrum/tls.key}
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from policies.registry import Registry, UnknownPolicyError
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field path and the fix."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class PolicyWeight(_Config):
+    policy: str
+    weight: float = Field(1.0, gt=0)
+
+
+class TLS(_Config):
+    cert_file: Path
+    key_file: Path
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TLS:
+        for field in ("cert_file", "key_file"):
+            if not getattr(self, field).is_file():
+                raise ValueError(f"{to_camel(field)} {getattr(self, field)}: no such file")
+        return self
+
+
+class ExtenderSettings(_Config):
+    api_version: Literal["fulcrum.io/v1alpha1"] = "fulcrum.io/v1alpha1"
+    kind: Literal["ExtenderConfiguration"] = "ExtenderConfiguration"
+    host: str = "127.0.0.1"
+    port: int = Field(8888, ge=1, le=65535)
+    max_body_bytes: int = Field(64 * 2**20, gt=0)  # a 5,000-node NodeList is ~30 MiB
+    prioritize: tuple[PolicyWeight, ...] = (PolicyWeight(policy="Archimedes", weight=1.0),)
+    tls: TLS | None = None
+
+    def check_policies(self, registry: Registry) -> None:
+        if not self.prioritize:
+            raise ConfigError("prioritize: needs at least one policy, e.g. [{policy: Archimedes}]")
+        for i, entry in enumerate(self.prioritize):
+            try:
+                registry.canonical(entry.policy)
+            except UnknownPolicyError as exc:
+                raise ConfigError(f"prioritize[{i}].policy: {exc}") from exc
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_settings(path: Path | None, registry: Registry, **overrides: object) -> ExtenderSettings:
+    """Read and validate ``path`` (or the defaults), then apply command-line ``overrides``."""
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"--config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of fields at the top level")
+        data = loaded or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = ExtenderSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{_path(first['loc'])}: {first['msg']}") from exc
+    settings.check_policies(registry)
+    return settings

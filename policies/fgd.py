@@ -1,0 +1,95 @@
+"""FGD: Fragmentation Gradient Descent (Weng et al., USENIX ATC'23).
+
+``F(n)`` is the node's expected GPU fragmentation against the target workload
+(see ``scheduler.fragmentation``). Placing the pod moves the node to ``n'``;
+the score rewards the largest drop::
+
+    score = trunc(100 * sigmoid((F(n) - F(n')) / 1000))
+
+A GPU-sharing pod tries every device ``j`` with ``g_j >= q`` (``n'_j`` takes
+``q`` from device ``j``); the node scores the best device and the first device
+reaching it is the one used. Other pods take the lowest-index free devices.
+
+Without a target workload in the context, the policy uses the pods currently
+in the snapshot (then scores are not node-local).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policies.base import FloatArray, IntArray, PolicyBase, gpu_used_after_whole
+from scheduler.fragmentation import TargetWorkload, fragmentation, fragmentation_after_sharing
+from scheduler.pod import PodRequest
+from scheduler.policy import PolicyContext
+from scheduler.snapshot import CPU_COL, Snapshot
+
+
+def workload_of(snapshot: Snapshot, given: TargetWorkload | None) -> TargetWorkload:
+    """The given workload, else the typical pods among those placed in the snapshot."""
+    if given is not None:
+        return given
+    placed = [p.pod for p in snapshot.pods().values()]
+    if not placed:
+        return TargetWorkload((), (), (), (), ())
+    return TargetWorkload.from_pods(placed)
+
+
+def sigmoid_score(delta: FloatArray) -> FloatArray:
+    """``trunc(100 * sigmoid(delta / 1000))``."""
+    return np.trunc(100.0 / (1.0 + np.exp(-delta / 1000.0)))
+
+
+class FGD(PolicyBase):
+    name = "FGD"
+
+    def __init__(self, workload: TargetWorkload | None = None) -> None:
+        self.workload = workload
+        self.node_local = workload is not None
+
+    def _frag(
+        self,
+        snapshot: Snapshot,
+        workload: TargetWorkload,
+        cpu: IntArray,
+        g: IntArray,
+        model: IntArray,
+    ) -> FloatArray:
+        return fragmentation(cpu, g, model, workload, snapshot.model_names)
+
+    def device_scores(self, snapshot: Snapshot, pod: PodRequest) -> FloatArray:
+        """Per (node, device) score of a sharing pod; -1 where the device has no room."""
+        workload = workload_of(snapshot, self.workload)
+        g = snapshot.gpu_free
+        cpu = snapshot.free[:, CPU_COL]
+        model = snapshot.gpu_model
+        before = self._frag(snapshot, workload, cpu, g, model)
+        after = fragmentation_after_sharing(
+            cpu - pod.cpu_milli, g, model, pod.gpu_milli, workload, snapshot.model_names
+        )
+        scores = sigmoid_score(before[:, None] - after)
+        return np.where(g >= pod.gpu_milli, scores, -1.0)
+
+    def score(self, snapshot: Snapshot, pod: PodRequest) -> FloatArray:
+        if pod.is_gpu_sharing:
+            best: FloatArray = np.maximum(self.device_scores(snapshot, pod).max(axis=1), 0.0)
+            return best
+        workload = workload_of(snapshot, self.workload)
+        g = snapshot.gpu_free
+        cpu = snapshot.free[:, CPU_COL]
+        model = snapshot.gpu_model
+        before = self._frag(snapshot, workload, cpu, g, model)
+        after_g = gpu_used_after_whole(g, pod.gpu_count) if pod.gpu_count else g
+        after = self._frag(snapshot, workload, cpu - pod.cpu_milli, after_g, model)
+        return sigmoid_score(before - after)
+
+    def select_devices(self, snapshot: Snapshot, row: int, pod: PodRequest) -> tuple[int, ...]:
+        if not pod.is_gpu_sharing:
+            return snapshot.best_fit_devices(row, pod)
+        one = snapshot.take(np.array([row]))
+        per_device = self.device_scores(one, pod)[0]
+        return (int(np.argmax(per_device)),)
+
+
+def create(context: PolicyContext) -> FGD:
+    return FGD(context.workload)

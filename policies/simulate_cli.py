@@ -1,0 +1,179 @@
+"""``fulcrum simulate``: replay an openb-format trace with one policy.
+
+    fulcrum simulate --nodes NODES.csv --pods PODS.csv --policy NAME
+                     [--seed S ...] [--tune 1.3] [--json OUT] [--plot OUT.png]
+
+Progress goes to stderr, the summary to stdout. Bad input (trace, policy
+name, options) prints one ``error:`` line naming the file, line and column and
+exits with status 2; no stack traces for user errors.
+
+This module sits in ``policies`` rather than ``scheduler`` because it needs
+the policy registry, and the layering contract forbids ``scheduler`` from
+importing ``policies``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from policies.registry import PluginError, UnknownPolicyError, default_registry
+from scheduler.policy import PolicyContext
+from scheduler.replay import ReplayResult, replay, typical_workload
+from scheduler.trace import TraceError, load_nodes, load_pods
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fulcrum simulate",
+        description="Replay a GPU cluster trace (openb format) with a placement policy, "
+        "using the FGD paper's protocol.",
+    )
+    parser.add_argument("--nodes", required=True, type=Path, help="node list CSV")
+    parser.add_argument("--pods", required=True, type=Path, help="pod list CSV")
+    parser.add_argument("--policy", required=True, help="policy name (case-insensitive)")
+    parser.add_argument("--seed", type=int, nargs="+", default=[42], help="one or more seeds")
+    parser.add_argument(
+        "--tune",
+        type=float,
+        default=1.3,
+        help="tune the GPU demand to this multiple of capacity (default 1.3); 0 disables",
+    )
+    parser.add_argument("--json", type=Path, help="write per-seed results as JSON here")
+    parser.add_argument("--plot", type=Path, help="write the allocation curve as a PNG here")
+    return parser
+
+
+def _progress(stream: TextIO, seed: int) -> object:
+    def report(done: int, total: int) -> None:
+        stream.write(f"\r  seed {seed}: {done}/{total} pods")
+        if done == total:
+            stream.write("\n")
+        stream.flush()
+
+    return report
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _plot(results: list[ReplayResult], policy: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(results[0].alloc_curve))
+    for r in results:
+        y = [np.nan if v is None else v for v in r.alloc_curve]
+        ax.plot(x, y, label=f"seed {r.seed}", linewidth=1)
+    ax.plot(x, x, color="grey", linestyle=":", linewidth=0.8, label="arrived")
+    ax.set_xlabel("arrived GPU workload (% of capacity)")
+    ax.set_ylabel("GPU allocation (% of capacity)")
+    ax.set_title(f"{policy}")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    registry = default_registry()
+    policy_name = registry.canonical(args.policy)
+    nodes = load_nodes(args.nodes)
+    pods = load_pods(args.pods, known_models=frozenset(m for m in nodes.models if m))
+    target = typical_workload(pods)
+    tune = args.tune if args.tune > 0 else None
+    err.write(
+        f"{len(nodes)} nodes ({int(nodes.gpu_count.sum())} GPUs), {len(pods)} pods, "
+        f"{len(target)} typical pod types; policy {policy_name}\n"
+    )
+    results: list[ReplayResult] = []
+    for seed in args.seed:
+        policy = registry.create(policy_name, PolicyContext(seed=seed, workload=target))
+        result = replay(
+            nodes,
+            pods,
+            policy,
+            seed=seed,
+            tune=tune,
+            workload=target,
+            progress=_progress(err, seed),  # type: ignore[arg-type]
+        )
+        results.append(result)
+        out.write(
+            f"seed {seed}: alloc@100 {_fmt(result.alloc_at_100)} %  alloc@130 "
+            f"{_fmt(result.alloc_at_130)} %  final alloc {result.final_alloc_pct:.2f} %  "
+            f"frag {result.final_frag_pct:.2f} %  failed {result.pods_failed}/{result.events}  "
+            f"nodes used {result.nodes_used} (lower bound {result.nodes_lower_bound})  "
+            f"{result.elapsed_s:.1f}s\n"
+        )
+    a100 = [r.alloc_at_100 for r in results if r.alloc_at_100 is not None]
+    a130 = [r.alloc_at_130 for r in results if r.alloc_at_130 is not None]
+    mean100 = round(float(np.mean(a100)), 2) if a100 else None
+    mean130 = round(float(np.mean(a130)), 2) if a130 else None
+    if len(results) > 1:
+        out.write(
+            f"mean over {len(results)} seeds: alloc@100 {_fmt(mean100)} %  "
+            f"alloc@130 {_fmt(mean130)} %\n"
+        )
+    if args.json:
+        document = {
+            "policy": policy_name,
+            "nodes": str(args.nodes),
+            "pods": str(args.pods),
+            "tune": tune,
+            "mean": {"alloc_at_100": mean100, "alloc_at_130": mean130},
+            "seeds": [r.to_json() for r in results],
+        }
+        args.json.write_text(json.dumps(document, indent=1) + "\n")
+        err.write(f"wrote {args.json}\n")
+    if args.plot:
+        _plot(results, policy_name, args.plot)
+        err.write(f"wrote {args.plot}\n")
+    return EXIT_OK
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for ``fulcrum simulate``; returns the process exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        sys.stderr.write(f"fulcrum simulate: error: {exc}\n")
+        return EXIT_USAGE
+    try:
+        return run(args, sys.stdout, sys.stderr)
+    except (TraceError, UnknownPolicyError, PluginError) as exc:
+        sys.stderr.write(f"fulcrum simulate: error: {exc}\n")
+        return EXIT_USAGE
+    except ImportError as exc:
+        sys.stderr.write(f"fulcrum simulate: error: {exc.name or exc} is not installed\n")
+        return EXIT_USAGE
+    except OSError as exc:
+        sys.stderr.write(f"fulcrum simulate: error: {exc}\n")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,89 @@
+"""``fulcrum simulate`` (policies.simulate_cli.main): output, JSON, and user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from policies.simulate_cli import main
+
+NODES = "sn,cpu_milli,memory_mib,gpu,model\n" + "".join(
+    f"n{i},32000,131072,{[1, 2, 4, 8][i % 4]},{'T4' if i % 2 else 'V100'}\n" for i in range(12)
+)
+PODS = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n" + "".join(
+    f"p{i},{[1000, 2000, 4000][i % 3]},1024,{[0, 1, 1, 2][i % 4]},"
+    f"{[0, 500, 1000, 1000][i % 4]},{'T4' if i % 7 == 0 and i % 4 else ''}\n"
+    for i in range(60)
+)
+
+
+@pytest.fixture
+def trace(tmp_path: Path) -> tuple[Path, Path]:
+    nodes, pods = tmp_path / "nodes.csv", tmp_path / "pods.csv"
+    nodes.write_text(NODES)
+    pods.write_text(PODS)
+    return nodes, pods
+
+
+def test_simulate_writes_summary_and_json(
+    trace: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    code = main(
+        [
+            "--nodes",
+            str(trace[0]),
+            "--pods",
+            str(trace[1]),
+            "--policy",
+            "ARCHIMEDES",
+            "--seed",
+            "1",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "seed 1: alloc@100" in captured.out and "mean over 2 seeds" in captured.out
+    assert "pods" in captured.err  # progress goes to stderr
+    document = json.loads(out.read_text())
+    assert document["policy"] == "Archimedes"
+    assert [s["seed"] for s in document["seeds"]] == [1, 2]
+    first = document["seeds"][0]
+    assert len(first["alloc_curve"]) == 131
+    assert first["alloc_at_130"] == first["alloc_curve"][130]
+    assert {"alloc_at_100", "frag_curve", "pods_failed", "nodes_used", "nodes_lower_bound"} <= set(
+        first
+    )
+
+
+def test_bad_trace_is_a_one_line_error(
+    trace: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(PODS.replace("\np3,1000,", "\np3,abc,"))
+    code = main(["--nodes", str(trace[0]), "--pods", str(bad), "--policy", "fgd"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}, line 5, column 'cpu_milli': not a number: 'abc'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--policy", "nope"], "unknown policy 'nope'"),
+        (["--policy", "fgd", "--seed", "x"], "invalid int value"),
+        ([], "required"),
+    ],
+)
+def test_usage_errors_exit_2(
+    trace: tuple[Path, Path], argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--nodes", str(trace[0]), "--pods", str(trace[1])] if argv else []
+    assert main(base + argv) == 2
+    assert message in capsys.readouterr().err
