@@ -190,6 +190,8 @@ def create_app(
 
     def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
         pod, names = _pod(args), _node_names(args)
+        if cache is not None:
+            cache.note_pending(args.Pod, pod)
         with view(args) as snapshot:
             out = decider.filter(snapshot, pod, names)
         metrics.decisions.labels("passed").inc(len(out.passed))

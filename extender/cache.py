@@ -102,6 +102,12 @@ class ClusterCache:
         uid = meta.get("uid", "")
         node = (pod.get("spec") or {}).get("nodeName") or ""
         phase = (pod.get("status") or {}).get("phase")
+        with self.lock:  # most events are status updates of a pod we already know
+            placed = self.snapshot.pods().get(uid)
+            if phase not in TERMINAL_PHASES and (
+                (placed is not None and placed.node == node) or (not node and uid in self._pending)
+            ):
+                return
         try:
             request = pod_request(pod)
             devices = assigned_devices(pod)
@@ -110,15 +116,12 @@ class ClusterCache:
             log.warning("ignoring pod %s: %s", _pod_key(pod), exc)
             return
         with self.lock:
-            placed = self.snapshot.pods().get(uid)
             if not node or phase in TERMINAL_PHASES:
                 self._forget(uid)
                 if not node and phase not in TERMINAL_PHASES:
                     self._pending[uid] = PendingPod(_pod_key(pod), request)
                 return
             self._pending.pop(uid, None)
-            if placed is not None and placed.node == node:
-                return  # a bound pod's requests only change by in-place resize
             self._forget(uid)
             self._place(uid, request, node, devices)
 
@@ -157,6 +160,15 @@ class ClusterCache:
                 return uid in self.snapshot.pods()
             self._place(uid, pending.request, node, devices)
             return True
+
+    def note_pending(self, pod: Mapping[str, Any], request: PodRequest) -> None:
+        """Remember a pod the scheduler asks about, in case the watch has not shown it yet."""
+        uid = (pod.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        with self.lock:
+            if uid not in self._pending and uid not in self.snapshot.pods():
+                self._pending[uid] = PendingPod(_pod_key(pod), request)
 
     def pending_pods(self) -> list[PendingPod]:
         with self.lock:

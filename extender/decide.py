@@ -35,49 +35,75 @@ def _show(resource: str, value: int) -> str:
     return str(value)
 
 
-def explain(snapshot: Snapshot, row: int, pod: PodRequest) -> tuple[str, bool]:
-    """Why ``pod`` does not fit on node ``row``, and whether that is unresolvable."""
-    allocatable, free = snapshot.allocatable[row], snapshot.free[row]
+def explain(snapshot: Snapshot, rows: Sequence[int], pod: PodRequest) -> list[tuple[str, bool]]:
+    """Why ``pod`` does not fit on each node of ``rows``, and whether that is unresolvable."""
+    names = snapshot.resource_names
+    for name, _ in pod.extended:
+        if name not in names:
+            return [(f"node has no {name}", True)] * len(rows)
     wants = [
         (name, col, value)
         for (name, col), value in zip(
             _BASE, (pod.cpu_milli, pod.memory, pod.ephemeral_storage), strict=True
         )
     ]
-    names = snapshot.resource_names
-    wants += [(name, names.index(name), v) for name, v in pod.extended if name in names]
-    for name, _ in pod.extended:
-        if name not in names:
-            return f"node has no {name}", True
+    wants += [(name, names.index(name), v) for name, v in pod.extended]
+    wants = [w for w in wants if w[2] > 0]
+    index = list(rows)
+    allocatable, free = snapshot.allocatable[index].tolist(), snapshot.free[index].tolist()
+    gpu_count, gpu_model = snapshot.gpu_count[index].tolist(), snapshot.gpu_model[index].tolist()
+    gpu_free = snapshot.gpu_free[index].tolist()
+    models = snapshot.model_names
+    out: list[tuple[str, bool]] = []
+    for i in range(len(index)):
+        out.append(
+            _explain_one(
+                pod,
+                wants,
+                allocatable[i],
+                free[i],
+                gpu_count[i],
+                models[gpu_model[i]] if gpu_model[i] >= 0 else "",
+                gpu_free[i],
+            )
+        )
+    return out
+
+
+def _explain_one(
+    pod: PodRequest,
+    wants: list[tuple[str, int, int]],
+    allocatable: list[int],
+    free: list[int],
+    gpu_count: int,
+    model: str,
+    gpu_free: list[int],
+) -> tuple[str, bool]:
     for name, col, want in wants:
         if want > allocatable[col]:
             return (
                 f"pod requests {_show(name, want)} {name}, more than the node's whole "
-                f"allocatable {_show(name, int(allocatable[col]))}",
+                f"allocatable {_show(name, allocatable[col])}",
                 True,
             )
     if pod.gpu_count:
-        count = int(snapshot.gpu_count[row])
-        model_code = int(snapshot.gpu_model[row])
-        model = snapshot.model_names[model_code] if model_code >= 0 else ""
         if pod.gpu_models and model not in pod.gpu_models:
             return f"GPU model {model or 'none'} not in {'|'.join(sorted(pod.gpu_models))}", True
-        if count < pod.gpu_count:
-            return f"pod needs {pod.gpu_count} GPUs, the node has {count}", True
+        if gpu_count < pod.gpu_count:
+            return f"pod needs {pod.gpu_count} GPUs, the node has {gpu_count}", True
     for name, col, want in wants:
         if want > free[col]:
             return (
                 f"Insufficient {name}: requests {_show(name, want)}, free "
-                f"{_show(name, max(int(free[col]), 0))} of {_show(name, int(allocatable[col]))}",
+                f"{_show(name, max(free[col], 0))} of {_show(name, allocatable[col])}",
                 False,
             )
     if free[PODS_COL] < 1:
-        return f"Too many pods: {int(allocatable[PODS_COL])} already", False
+        return f"Too many pods: {allocatable[PODS_COL]} already", False
     if pod.gpu_count:
-        devices = snapshot.gpu_free[row, : snapshot.gpu_count[row]]
         return (
             f"Insufficient GPU: needs {pod.gpu_count} device(s) with {pod.gpu_milli} milli free, "
-            f"free milli per device {devices.tolist()}",
+            f"free milli per device {gpu_free[:gpu_count]}",
             False,
         )
     return "does not fit", False
@@ -147,14 +173,17 @@ class Decider:
             fit = fit & policy.filter(snapshot, pod)
         cordoned = self.cache.unschedulable if self.cache else set()
         out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})
+        misfits: list[tuple[str, int]] = []
         for name, row in rows:
             if name in cordoned:
                 out.failed[name] = "node is cordoned (spec.unschedulable)"
             elif fit[row]:
                 out.passed.append(name)
             else:
-                reason, unresolvable = explain(snapshot, row, pod)
-                (out.unresolvable if unresolvable else out.failed)[name] = reason
+                misfits.append((name, row))
+        reasons = explain(snapshot, [row for _, row in misfits], pod) if misfits else []
+        for (name, _), (reason, unresolvable) in zip(misfits, reasons, strict=True):
+            (out.unresolvable if unresolvable else out.failed)[name] = reason
         return out
 
     def prioritize(

@@ -7,6 +7,7 @@ plus the pod overhead.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,17 @@ class QuantityError(ValueError):
 
 def quantity(resource: str, value: Any) -> int:
     """Convert a Kubernetes quantity to Fulcrum's integer unit for ``resource``."""
+    if isinstance(value, str):
+        return _cached_quantity(resource == CPU, value)
+    return _parse_quantity(resource, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_quantity(is_cpu: bool, value: str) -> int:
+    return _parse_quantity(CPU if is_cpu else "", value)
+
+
+def _parse_quantity(resource: str, value: Any) -> int:
     try:
         amount = parse_quantity(value)
     except (ValueError, TypeError) as exc:

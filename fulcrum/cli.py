@@ -93,6 +93,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(name=args.name, nodes=args.nodes, pods=args.pods, keep=args.keep)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fulcrum import cluster
+    from fulcrum.openb import compare, format_reports
+
+    cluster.up(args.name, nodes=0)
+    try:
+        result = compare(
+            args.name, n_nodes=args.nodes, n_pods=args.pods, seed=args.seed, workload=args.workload
+        )
+        print(format_reports(*result))
+    finally:
+        cluster.down(args.name)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fulcrum", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,11 +163,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
     demo.set_defaults(func=_cmd_demo)
 
+    compare = sub.add_parser(
+        "compare",
+        help="openb trace pods on a kwok cluster: default-scheduler vs fulcrum-scheduler",
+    )
+    compare.add_argument("--name", default="fulcrum-compare")
+    compare.add_argument("--nodes", type=int, default=200)
+    compare.add_argument("--pods", type=int, default=2000)
+    compare.add_argument("--seed", type=int, default=42)
+    compare.add_argument("--workload", default="default", help="openb_pod_list_<workload>.csv")
+    compare.set_defaults(func=_cmd_compare)
+
+    sub.add_parser(
+        "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # the placement core owns its flags
+        from policies.simulate_cli import main as simulate_main
+
+        return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     from extender.config import ConfigError
     from extender.serve import ServeError

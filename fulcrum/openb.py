@@ -1,0 +1,309 @@
+"""The openb production trace on a kwok cluster: default-scheduler vs fulcrum-scheduler.
+
+Both schedulers get the same pods (same manifests, same order) on the same nodes in the same
+run, one after the other. GPUs are Kubernetes objects the way Fulcrum reads them: nodes have
+``nvidia.com/gpu`` and the GPU model label; whole-GPU pods request ``nvidia.com/gpu``;
+GPU-sharing pods carry ``fulcrum.io/gpu-milli`` (default-scheduler cannot see shares, so it may
+over-commit a device: the report counts that). Pods with a GPU model constraint also carry
+node affinity on the model label, which both schedulers honour.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extender.resources import (
+    GPU_MILLI_ANNOTATION,
+    GPU_MODEL_ANNOTATION,
+    GPU_MODEL_LABEL,
+    assigned_devices,
+)
+from fulcrum import cluster
+from fulcrum.workload import PAUSE_IMAGE, ensure_namespace
+from scheduler.pod import MIB
+from scheduler.snapshot import Snapshot
+from scheduler.trace import NodeTrace, PodTrace, load_nodes, load_pods
+
+TRACES = Path(
+    os.environ.get("FULCRUM_TRACES")
+    or Path(__file__).resolve().parents[2] / "shared" / "traces" / "openb"
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    nodes: list[int]  # rows of the node trace
+    pods: list[int]  # rows of the pod trace, in arrival order
+
+
+def sample(
+    nodes: NodeTrace, pods: PodTrace, n_nodes: int, n_pods: int, *, seed: int, fill: float = 0.8
+) -> Sample:
+    """``n_nodes`` random nodes and up to ``n_pods`` random pods that fit in ``fill`` of them.
+
+    A pod is kept only while the kept pods' total cpu, memory and GPU stay within ``fill`` of
+    the sampled nodes' capacity, and only if some sampled node has its GPU model and count.
+    """
+    rng = np.random.default_rng(seed)
+    node_rows = sorted(rng.choice(len(nodes), size=n_nodes, replace=False).tolist())
+    cpu_cap = fill * nodes.cpu_milli[node_rows].sum()
+    mem_cap = fill * nodes.memory_mib[node_rows].sum()
+    gpu_cap = fill * nodes.gpu_count[node_rows].sum() * 1000
+    best: dict[str, int] = {}  # model -> most GPUs on one sampled node
+    for row in node_rows:
+        model, count = nodes.models[row], int(nodes.gpu_count[row])
+        best[model] = max(best.get(model, 0), count)
+    kept: list[int] = []
+    cpu = mem = gpu = 0
+    for row in rng.permutation(len(pods)).tolist():
+        k, q = int(pods.num_gpu[row]), int(pods.gpu_milli[row])
+        models = [m for m in pods.gpu_spec[row].split("|") if m] or list(best)
+        if k and max((best.get(m, 0) for m in models), default=0) < k:
+            continue
+        c, m, g = int(pods.cpu_milli[row]), int(pods.memory_mib[row]), k * q
+        if cpu + c > cpu_cap or mem + m > mem_cap or gpu + g > gpu_cap:
+            continue
+        kept.append(row)
+        cpu, mem, gpu = cpu + c, mem + m, gpu + g
+        if len(kept) == n_pods:
+            break
+    return Sample(node_rows, kept)
+
+
+def node_name(nodes: NodeTrace, row: int) -> str:
+    return nodes.names[row].lower()
+
+
+def node_manifest(nodes: NodeTrace, row: int) -> dict[str, Any]:
+    capacity = {
+        "cpu": f"{int(nodes.cpu_milli[row])}m",
+        "memory": f"{int(nodes.memory_mib[row])}Mi",
+        "pods": "110",
+        "ephemeral-storage": "1Ti",
+    }
+    name = node_name(nodes, row)
+    labels = {"kubernetes.io/hostname": name, "type": "kwok", cluster.NODE_LABEL: "true"}
+    if nodes.gpu_count[row] > 0:
+        capacity["nvidia.com/gpu"] = str(int(nodes.gpu_count[row]))
+        labels[GPU_MODEL_LABEL] = nodes.models[row]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {cluster.FAKE_NODE_ANNOTATION: "fake"},
+        },
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def pod_manifest(pods: PodTrace, row: int, scheduler: str) -> dict[str, Any]:
+    requests = {"cpu": f"{int(pods.cpu_milli[row])}m", "memory": f"{int(pods.memory_mib[row])}Mi"}
+    annotations: dict[str, str] = {}
+    k, q = int(pods.num_gpu[row]), int(pods.gpu_milli[row])
+    models = [m for m in pods.gpu_spec[row].split("|") if m]
+    spec: dict[str, Any] = {
+        "schedulerName": scheduler,
+        "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "main", "image": PAUSE_IMAGE, "resources": {}}],
+    }
+    if k and q >= 1000:
+        requests["nvidia.com/gpu"] = str(k)
+    elif k:
+        annotations[GPU_MILLI_ANNOTATION] = str(q)
+    if k:
+        if models:
+            annotations[GPU_MODEL_ANNOTATION] = "|".join(models)
+        expression: dict[str, Any] = {"key": GPU_MODEL_LABEL, "operator": "Exists"}
+        if models:
+            expression = {"key": GPU_MODEL_LABEL, "operator": "In", "values": models}
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [expression]}]
+                }
+            }
+        }
+    spec["containers"][0]["resources"] = {"requests": requests, "limits": requests}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pods.names[row].lower(),
+            "labels": {"app": "openb"},
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }
+
+
+def lower_bound(nodes: NodeTrace, sample_: Sample, pods: PodTrace) -> int:
+    """Fewest nodes that could hold the pods' total demand, resource by resource.
+
+    For each of cpu, memory and GPU: the number of the largest sampled nodes whose capacities
+    add up to the total demand. ``max_d ceil(sum demand_d / capacity_d)`` for equal nodes.
+    """
+    rows = sample_.pods
+    demands = (
+        (nodes.cpu_milli, int(pods.cpu_milli[rows].sum())),
+        (nodes.memory_mib, int(pods.memory_mib[rows].sum())),
+        (nodes.gpu_count * 1000, int((pods.num_gpu[rows] * pods.gpu_milli[rows]).sum())),
+    )
+    bound = 0
+    for capacity, demand in demands:
+        sizes = np.sort(capacity[sample_.nodes])[::-1]
+        covered = np.searchsorted(np.cumsum(sizes), demand) + 1 if demand else 0
+        bound = max(bound, int(covered))
+    return bound
+
+
+@dataclass(frozen=True)
+class RunReport:
+    scheduler: str
+    pods: int
+    bound: int
+    nodes_used: int
+    overcommitted_nodes: int  # by Fulcrum's device-level accounting
+    create_seconds: float
+    schedule_seconds: float  # first create to last bound
+
+    @property
+    def throughput(self) -> float:
+        return self.bound / self.schedule_seconds if self.schedule_seconds else math.nan
+
+
+def _overcommitted(nodes: NodeTrace, sample_: Sample, placed: list[dict[str, Any]]) -> set[str]:
+    """Nodes whose pods do not fit, GPU devices included.
+
+    Pods with recorded devices (``fulcrum.io/gpu-devices``) go where recorded; the others are
+    packed onto devices largest share first, best fit (a node counts as over-committed when
+    that fails, which can over-count but never misses a real over-commit of cpu or memory).
+    """
+    from extender.resources import pod_request
+
+    snapshot = Snapshot(max_gpus_per_node=max(8, int(nodes.gpu_count.max())))
+    for row in sample_.nodes:
+        count = int(nodes.gpu_count[row])
+        snapshot.add_node(
+            node_name(nodes, row),
+            cpu_milli=int(nodes.cpu_milli[row]),
+            memory=int(nodes.memory_mib[row]) * MIB,
+            gpu_count=count,
+            gpu_model=nodes.models[row] if count else None,
+        )
+    requests = [(pod, pod_request(pod), assigned_devices(pod)) for pod in placed]
+    requests.sort(key=lambda item: (item[2] is None, -item[1].gpu_milli))
+    bad: set[str] = set()
+    for pod, request, devices in requests:
+        uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
+        try:
+            snapshot.assign(uid, request, node, devices=devices)
+        except ValueError:
+            bad.add(node)
+            fallback = tuple(range(request.gpu_count))
+            snapshot.assign(uid, request, node, devices=fallback, check=False)
+    return bad
+
+
+def run_phase(
+    name: str,
+    nodes: NodeTrace,
+    pods: PodTrace,
+    sample_: Sample,
+    scheduler: str,
+    *,
+    timeout: float = 600,
+    log: Callable[[str], None],
+) -> RunReport:
+    """Create the sample's pods for ``scheduler`` in a fresh namespace, wait, measure, clean up."""
+    import orjson
+
+    api = cluster.core_api(name)
+    namespace = f"openb-{scheduler}"
+    ensure_namespace(api, namespace)
+    manifests = [pod_manifest(pods, row, scheduler) for row in sample_.pods]
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda m: api.create_namespaced_pod(namespace, m), manifests))
+    created = time.monotonic() - started
+    log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s")
+    deadline = started + timeout
+    last_bound, bound_at = -1, started
+    while True:
+        raw = api.list_namespaced_pod(namespace, _preload_content=False).data
+        items = orjson.loads(raw)["items"]
+        placed = [p for p in items if p["spec"].get("nodeName")]
+        if len(placed) != last_bound:
+            last_bound, bound_at = len(placed), time.monotonic()
+            log(f"  {scheduler}: {len(placed)}/{len(manifests)} bound")
+        if len(placed) == len(manifests):
+            break
+        if time.monotonic() > deadline or time.monotonic() - bound_at > 60:
+            log(f"  {scheduler}: stopped waiting, {len(manifests) - len(placed)} pods unbound")
+            break
+        time.sleep(0.5)
+    report = RunReport(
+        scheduler=scheduler,
+        pods=len(manifests),
+        bound=len(placed),
+        nodes_used=len({p["spec"]["nodeName"] for p in placed}),
+        overcommitted_nodes=len(_overcommitted(nodes, sample_, placed)),
+        create_seconds=created,
+        schedule_seconds=bound_at - started,
+    )
+    api.delete_namespace(namespace)
+    while any(True for _ in api.list_namespaced_pod(namespace, limit=1).items):
+        time.sleep(0.5)
+    return report
+
+
+def compare(
+    name: str,
+    *,
+    n_nodes: int,
+    n_pods: int,
+    seed: int = 42,
+    workload: str = "default",
+    log: Callable[[str], None] = print,
+) -> tuple[RunReport, RunReport, int]:
+    """On a running cluster ``name`` with no nodes: add the sampled openb nodes, run the same
+    pods through default-scheduler, then fulcrum-scheduler. Returns both reports and the
+    lower bound on nodes."""
+    nodes = load_nodes(TRACES / "openb_node_list_all_node.csv")
+    pods = load_pods(TRACES / f"openb_pod_list_{workload}.csv")
+    picked = sample(nodes, pods, n_nodes, n_pods, seed=seed)
+    api = cluster.core_api(name)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda row: api.create_node(node_manifest(nodes, row)), picked.nodes))
+    cluster.wait_nodes_ready(name, len(picked.nodes), log=log)
+    baseline = run_phase(name, nodes, pods, picked, "default-scheduler", log=log)
+    ours = run_phase(name, nodes, pods, picked, cluster.FULCRUM_SCHEDULER, log=log)
+    return baseline, ours, lower_bound(nodes, picked, pods)
+
+
+def format_reports(baseline: RunReport, ours: RunReport, bound: int) -> str:
+    lines = [
+        f"{'scheduler':20} {'bound':>11} {'nodes used':>10} {'over-committed':>14} "
+        f"{'pods/s':>7} {'create s':>8}",
+    ]
+    for r in (baseline, ours):
+        lines.append(
+            f"{r.scheduler:20} {r.bound:>5}/{r.pods:<5} {r.nodes_used:>10} "
+            f"{r.overcommitted_nodes:>14} {r.throughput:>7.1f} {r.create_seconds:>8.1f}"
+        )
+    lines.append(f"lower bound on nodes: {bound}")
+    lines.append(
+        f"fulcrum/default: nodes used {ours.nodes_used / baseline.nodes_used:.2f}, "
+        f"throughput {ours.throughput / baseline.throughput:.2f}"
+    )
+    return "\n".join(lines)
