@@ -60,7 +60,11 @@ class BindService:
             self._locks.pop(uid, None)
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
-        """Bind the pod; "" on success, else an error a person can act on."""
+        """Bind the pod; "" on success, else an error a person can act on.
+
+        The pod is charged to the node (with its GPU devices) *before* the apiserver calls, so
+        concurrent binds on the same node never pick the same device; a failed bind undoes it.
+        """
         pod = f"{namespace}/{name}"
         with self._serialised(uid):
             already = self.cache.bound_node(uid)
@@ -68,28 +72,47 @@ class BindService:
                 return ""
             if already:
                 return f"pod {pod} (uid {uid}) is already bound to {already}, not {node}"
-            devices = None
+            devices = self._reserve(uid, node)
             try:
-                pending = self.cache.pending(uid)
-                if pending is not None and pending.request.gpu_count:
-                    with self.cache.lock:
-                        devices = self.choose_devices(self.cache.snapshot, pending.request, node)
+                if devices:
                     value = ",".join(str(d) for d in devices)
                     self.binder.annotate(namespace, name, uid, {GPU_DEVICES_ANNOTATION: value})
                 self.binder.bind(namespace, name, uid, node)
             except PodGone:
+                self.cache.delete_pod(uid)
                 return f"pod {pod} no longer exists; nothing to bind"
             except BindConflict:
-                try:
-                    current_uid, current_node = self.binder.current(namespace, name)
-                except PodGone:
-                    return f"pod {pod} no longer exists; nothing to bind"
-                if current_uid != uid:
-                    return (
-                        f"stale bind: pod {pod} now has uid {current_uid}, not {uid}; "
-                        "the scheduler will retry with the new pod"
-                    )
-                if current_node != node:
-                    return f"pod {pod} is already bound to {current_node or '?'}, not {node}"
-            self.cache.assume(uid, node, devices)
+                return self._conflict(namespace, name, uid, node)
+            except Exception as exc:
+                self.cache.unassume(uid)
+                return f"binding pod {pod} to {node} failed: {exc}; the scheduler will retry"
             return ""
+
+    def _reserve(self, uid: str, node: str) -> tuple[int, ...] | None:
+        with self.cache.lock:
+            pending = self.cache.pending(uid)
+            if pending is None:
+                return None  # unknown to the cache: the watch will tell us where it went
+            devices = None
+            if pending.request.gpu_count:
+                devices = self.choose_devices(self.cache.snapshot, pending.request, node)
+            self.cache.assume(uid, node, devices)
+            return devices
+
+    def _conflict(self, namespace: str, name: str, uid: str, node: str) -> str:
+        pod = f"{namespace}/{name}"
+        try:
+            current_uid, current_node = self.binder.current(namespace, name)
+        except PodGone:
+            self.cache.delete_pod(uid)
+            return f"pod {pod} no longer exists; nothing to bind"
+        if current_uid != uid:
+            self.cache.delete_pod(uid)
+            return (
+                f"stale bind: pod {pod} now has uid {current_uid}, not {uid}; "
+                "the scheduler will retry with the new pod"
+            )
+        if current_node != node:
+            self.cache.unassume(uid)
+            return f"pod {pod} is already bound to {current_node or '?'}, not {node}"
+        return ""  # a retry of a bind whose reply was lost: already done

@@ -49,6 +49,7 @@ class ClusterCache:
         self.snapshot = Snapshot()
         self.unschedulable: set[str] = set()
         self._pending: dict[str, PendingPod] = {}
+        self._assumed: dict[str, str] = {}  # uid -> key of pods we bound, until the watch agrees
         self._orphans: dict[str, dict[str, tuple[PodRequest, tuple[int, ...] | None]]] = {}
         self.bad_objects: dict[str, str] = {}  # key -> why it was ignored
         self.synced = {"nodes": threading.Event(), "pods": threading.Event()}
@@ -105,8 +106,11 @@ class ClusterCache:
         with self.lock:  # most events are status updates of a pod we already know
             placed = self.snapshot.pods().get(uid)
             if phase not in TERMINAL_PHASES and (
-                (placed is not None and placed.node == node) or (not node and uid in self._pending)
+                (placed is not None and placed.node == node)
+                or (not node and (uid in self._pending or uid in self._assumed))
             ):
+                if node:
+                    self._assumed.pop(uid, None)  # the watch agrees with what we bound
                 return
         try:
             request = pod_request(pod)
@@ -146,6 +150,7 @@ class ClusterCache:
         self.snapshot.assign(uid, request, node, devices=devices, check=False)
 
     def _forget(self, uid: str) -> None:
+        self._assumed.pop(uid, None)
         if uid in self.snapshot.pods():
             self.snapshot.release(uid)
             self.changes += 1
@@ -159,7 +164,17 @@ class ClusterCache:
             if pending is None:
                 return uid in self.snapshot.pods()
             self._place(uid, pending.request, node, devices)
+            self._assumed[uid] = pending.key
             return True
+
+    def unassume(self, uid: str) -> None:
+        """Undo ``assume``: the pod is pending again (its bind failed)."""
+        with self.lock:
+            placed = self.snapshot.pods().get(uid)
+            key = self._assumed.get(uid)
+            if placed is not None and key is not None:
+                self._forget(uid)
+                self._pending[uid] = PendingPod(key, placed.pod)
 
     def note_pending(self, pod: Mapping[str, Any], request: PodRequest) -> None:
         """Remember a pod the scheduler asks about, in case the watch has not shown it yet."""

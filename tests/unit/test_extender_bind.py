@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from extender.bind import BindConflict, BindService, PodGone
@@ -98,3 +100,54 @@ def test_binding_elsewhere_is_refused_and_a_gone_pod_is_reported() -> None:
     assert "no longer exists" in BindService(ClusterCache(), apiserver, no_devices).bind(
         "ns", "p", "u9", "n1"
     )
+
+
+def test_concurrent_binds_on_one_node_never_share_a_gpu() -> None:
+    cache = ClusterCache()
+    cache.apply(
+        "nodes",
+        "ADDED",
+        {
+            "metadata": {"name": "g", "labels": {"nvidia.com/gpu.product": "A100"}},
+            "status": {"allocatable": {"cpu": "64", "nvidia.com/gpu": "8"}},
+        },
+    )
+    apiserver = SlowApiserver(cache)
+    for i in range(8):
+        gpu_pod = pending_pod(f"u{i}")
+        gpu_pod["metadata"]["name"] = f"p{i}"
+        gpu_pod["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] = "1"
+        cache.apply("pods", "ADDED", gpu_pod)
+        apiserver.pods[f"ns/p{i}"] = (f"u{i}", "")
+    service = BindService(
+        cache, apiserver, lambda snap, pod, node: snap.best_fit_devices(snap.index_of(node), pod)
+    )
+    threads = [
+        threading.Thread(target=service.bind, args=("ns", f"p{i}", f"u{i}", "g")) for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(apiserver.devices.values()) == [str(d) for d in range(8)]
+    assert cache.snapshot.gpu_free[0].tolist() == [0] * 8
+
+
+class SlowApiserver(FakeApiserver):
+    """Slow enough that binds overlap; echoes the annotation PATCH back through the watch."""
+
+    def __init__(self, cache: ClusterCache) -> None:
+        super().__init__()
+        self.cache = cache
+        self.devices: dict[str, str] = {}
+
+    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+        time.sleep(0.01)
+        self.devices[name] = annotations["fulcrum.io/gpu-devices"]
+        echoed = pending_pod(uid)
+        echoed["metadata"].update(name=name, annotations=annotations)
+        self.cache.apply("pods", "MODIFIED", echoed)
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        time.sleep(0.01)
+        super().bind(namespace, name, uid, node)
