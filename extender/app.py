@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -179,9 +180,10 @@ def create_app(
         metrics.calls.labels(verb).inc()
         try:
             args = await _read_args(request, settings.max_body_bytes, model)
-            if verb == "bind":  # blocking apiserver calls: keep them off the event loop
-                return _json(await run_in_threadpool(decide, args))
-            return _json(decide(args))
+            result = decide(args)
+            if inspect.isawaitable(result):
+                result = await result
+            return _json(result)
         except BadRequest as exc:
             metrics.errors.labels(verb, str(exc.status)).inc()
             return _json(ExtenderFilterResult(Error=exc.message), exc.status)
@@ -217,14 +219,17 @@ def create_app(
             scores = decider.prioritize(snapshot, pod, names)
         return [HostPriority(Host=name, Score=score) for name, score in scores]
 
-    def do_bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
+    async def do_bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
         if binds is None:
             raise BadRequest(
                 400,
                 "bind needs a cluster: run the extender with --kubeconfig, or remove "
                 "bindVerb from the scheduler's extender configuration",
             )
-        error = binds.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        # Reserve now, on the event loop, before the next request is served; the apiserver
+        # calls then run in a worker thread.
+        ticket = binds.reserve(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        error = await run_in_threadpool(binds.commit, ticket)
         if error:
             metrics.errors.labels("bind", "refused").inc()
         return ExtenderBindingResult(Error=error)

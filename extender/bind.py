@@ -1,5 +1,12 @@
 """The bind verb: create ``pods/binding`` once per pod UID, and charge the cache at once.
 
+A bind is two steps. ``reserve`` runs on the request's arrival, before any other request is
+served: it checks that the pod still fits the node *by Fulcrum's accounting* (GPU shares
+included, which kube-scheduler cannot see), chooses GPU devices and charges the pod to the cache,
+so the next pod's filter already sees it. ``commit`` then creates ``pods/binding``, whose
+annotations the apiserver copies onto the pod in the same write (``fulcrum.io/gpu-devices``);
+if that fails, the charge is undone.
+
 Idempotent per UID: a retried bind (say, after a lost reply) finds the pod already bound to the
 same node and succeeds without a second binding; a bind for a UID the pod no longer has (the pod
 was deleted and re-created under the same name) is refused, because the apiserver checks the
@@ -9,8 +16,8 @@ binding's UID precondition.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from extender.cache import ClusterCache
@@ -28,10 +35,10 @@ class PodGone(Exception):
 
 
 class Binder(Protocol):
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None: ...
-
-    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
-        """Set annotations on the pod if it still has ``uid``."""
+    def bind(
+        self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
+    ) -> None:
+        """Create pods/binding; the apiserver copies ``annotations`` onto the pod atomically."""
         ...
 
     def current(self, namespace: str, name: str) -> tuple[str, str]:
@@ -42,77 +49,101 @@ class Binder(Protocol):
 DeviceChooser = Callable[[Snapshot, PodRequest, str], tuple[int, ...]]
 
 
-class BindService:
-    """Binds pods; GPU pods first get their devices recorded in ``fulcrum.io/gpu-devices``."""
+@dataclass(frozen=True)
+class Ticket:
+    """A reserved bind, or (``error`` / ``done``) one that needs no apiserver call."""
 
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    devices: tuple[int, ...] | None = None
+    error: str = ""
+    done: bool = False
+
+
+class BindService:
     def __init__(self, cache: ClusterCache, binder: Binder, devices: DeviceChooser) -> None:
         self.cache, self.binder, self.choose_devices = cache, binder, devices
-        self._locks: dict[str, threading.Lock] = {}
+        self._in_flight: set[str] = set()
         self._guard = threading.Lock()
 
-    @contextmanager
-    def _serialised(self, uid: str) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks.setdefault(uid, threading.Lock())
-        with lock:
-            yield
-        with self._guard:
-            self._locks.pop(uid, None)
-
     def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
-        """Bind the pod; "" on success, else an error a person can act on.
+        """Reserve and commit in one go; "" on success, else an error a person can act on."""
+        return self.commit(self.reserve(namespace, name, uid, node))
 
-        The pod is charged to the node (with its GPU devices) *before* the apiserver calls, so
-        concurrent binds on the same node never pick the same device; a failed bind undoes it.
-        """
+    def reserve(self, namespace: str, name: str, uid: str, node: str) -> Ticket:
+        ticket = Ticket(namespace, name, uid, node)
         pod = f"{namespace}/{name}"
-        with self._serialised(uid):
+        with self._guard:
+            if uid in self._in_flight:
+                return replace(ticket, error=f"a bind of pod {pod} is already in progress")
             already = self.cache.bound_node(uid)
             if already == node:
-                return ""
+                return replace(ticket, done=True)
             if already:
-                return f"pod {pod} (uid {uid}) is already bound to {already}, not {node}"
-            devices = self._reserve(uid, node)
-            try:
-                if devices:
-                    value = ",".join(str(d) for d in devices)
-                    self.binder.annotate(namespace, name, uid, {GPU_DEVICES_ANNOTATION: value})
-                self.binder.bind(namespace, name, uid, node)
-            except PodGone:
-                self.cache.delete_pod(uid)
-                return f"pod {pod} no longer exists; nothing to bind"
-            except BindConflict:
-                return self._conflict(namespace, name, uid, node)
-            except Exception as exc:
-                self.cache.unassume(uid)
-                return f"binding pod {pod} to {node} failed: {exc}; the scheduler will retry"
-            return ""
+                return replace(ticket, error=f"pod {pod} (uid {uid}) is already bound to {already}")
+            with self.cache.lock:
+                pending = self.cache.pending(uid)
+                devices = None
+                if pending is not None:  # else unknown to us: the watch will say where it went
+                    snapshot = self.cache.snapshot
+                    try:
+                        row = snapshot.index_of(node)
+                    except KeyError:
+                        return replace(ticket, error=f"node {node} is not in Fulcrum's cache")
+                    if not snapshot.feasible(pending.request)[row]:
+                        return replace(
+                            ticket,
+                            error=f"pod {pod} no longer fits node {node} (a pod bound since "
+                            "took the room); the scheduler will retry",
+                        )
+                    if pending.request.gpu_count:
+                        devices = self.choose_devices(snapshot, pending.request, node)
+                    self.cache.assume(uid, node, devices)
+            self._in_flight.add(uid)
+        return replace(ticket, devices=devices)
 
-    def _reserve(self, uid: str, node: str) -> tuple[int, ...] | None:
-        with self.cache.lock:
-            pending = self.cache.pending(uid)
-            if pending is None:
-                return None  # unknown to the cache: the watch will tell us where it went
-            devices = None
-            if pending.request.gpu_count:
-                devices = self.choose_devices(self.cache.snapshot, pending.request, node)
-            self.cache.assume(uid, node, devices)
-            return devices
-
-    def _conflict(self, namespace: str, name: str, uid: str, node: str) -> str:
-        pod = f"{namespace}/{name}"
+    def commit(self, ticket: Ticket) -> str:
+        if ticket.error or ticket.done:
+            return ticket.error
         try:
-            current_uid, current_node = self.binder.current(namespace, name)
+            return self._call_apiserver(ticket)
+        finally:
+            with self._guard:
+                self._in_flight.discard(ticket.uid)
+
+    def _call_apiserver(self, t: Ticket) -> str:
+        pod = f"{t.namespace}/{t.name}"
+        try:
+            annotations = {}
+            if t.devices:
+                annotations[GPU_DEVICES_ANNOTATION] = ",".join(str(d) for d in t.devices)
+            self.binder.bind(t.namespace, t.name, t.uid, t.node, annotations)
         except PodGone:
-            self.cache.delete_pod(uid)
+            self.cache.delete_pod(t.uid)
             return f"pod {pod} no longer exists; nothing to bind"
-        if current_uid != uid:
-            self.cache.delete_pod(uid)
+        except BindConflict:
+            return self._conflict(t)
+        except Exception as exc:
+            self.cache.unassume(t.uid)
+            return f"binding pod {pod} to {t.node} failed: {exc}; the scheduler will retry"
+        return ""
+
+    def _conflict(self, t: Ticket) -> str:
+        pod = f"{t.namespace}/{t.name}"
+        try:
+            current_uid, current_node = self.binder.current(t.namespace, t.name)
+        except PodGone:
+            self.cache.delete_pod(t.uid)
+            return f"pod {pod} no longer exists; nothing to bind"
+        if current_uid != t.uid:
+            self.cache.delete_pod(t.uid)
             return (
-                f"stale bind: pod {pod} now has uid {current_uid}, not {uid}; "
+                f"stale bind: pod {pod} now has uid {current_uid}, not {t.uid}; "
                 "the scheduler will retry with the new pod"
             )
-        if current_node != node:
-            self.cache.unassume(uid)
-            return f"pod {pod} is already bound to {current_node or '?'}, not {node}"
+        if current_node != t.node:
+            self.cache.unassume(t.uid)
+            return f"pod {pod} is already bound to {current_node or '?'}, not {t.node}"
         return ""  # a retry of a bind whose reply was lost: already done

@@ -39,11 +39,18 @@ class KubeBinder:
     def __init__(self, api: Any) -> None:
         self.api = api
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+    def bind(
+        self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
+    ) -> None:
         body = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+                "annotations": annotations,
+            },
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         try:
@@ -53,17 +60,6 @@ class KubeBinder:
             if exc.status == 404:
                 raise PodGone from exc
             if exc.status == 409:
-                raise BindConflict from exc
-            raise
-
-    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
-        patch = {"metadata": {"uid": uid, "annotations": annotations}}
-        try:
-            self.api.patch_namespaced_pod(name, namespace, patch)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise PodGone from exc
-            if exc.status in (409, 422):  # the uid no longer matches
                 raise BindConflict from exc
             raise
 

@@ -505,6 +505,20 @@ def _process_name(pid: int) -> str:
         return "?"
 
 
+def cpu_seconds(name: str) -> dict[str, float]:
+    """CPU time (user + system) used so far by each process of the cluster, by name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in processes_under(state_dir(name)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        label = _process_name(pid)
+        out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def status_report(name: str) -> str:
     """Nodes, pods, and the cluster's processes with their resident memory."""
     load_state(name)

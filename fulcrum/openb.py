@@ -287,7 +287,13 @@ def compare(
         list(pool.map(lambda row: api.create_node(node_manifest(nodes, row)), picked.nodes))
     cluster.wait_nodes_ready(name, len(picked.nodes), log=log)
     baseline = run_phase(name, nodes, pods, picked, "default-scheduler", log=log)
+    before = cluster.cpu_seconds(name)
     ours = run_phase(name, nodes, pods, picked, cluster.FULCRUM_SCHEDULER, log=log)
+    after = cluster.cpu_seconds(name)
+    log(
+        "  CPU seconds during fulcrum-scheduler's phase: "
+        + ", ".join(f"{proc} {after[proc] - before.get(proc, 0):.1f}" for proc in sorted(after))
+    )
     return baseline, ours, lower_bound(nodes, picked, pods)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -26,9 +27,8 @@ def test_workload_policies_conform_without_a_target_workload(name: str) -> None:
 
 def test_example_plugin_conforms(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
-    from fulcrum_policy_example.gpu_nodes_for_gpu_pods import create
-
-    check_policy(create)
+    module = importlib.import_module("fulcrum_policy_example.gpu_nodes_for_gpu_pods")
+    check_policy(module.create)
     sys.modules.pop("fulcrum_policy_example.gpu_nodes_for_gpu_pods", None)
 
 

@@ -17,7 +17,9 @@ class FakeApiserver:
         self.pods: dict[str, tuple[str, str]] = {}  # ns/name -> (uid, node)
         self.bindings = 0
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+    def bind(
+        self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
+    ) -> None:
         key = f"{namespace}/{name}"
         if key not in self.pods:
             raise PodGone
@@ -26,9 +28,6 @@ class FakeApiserver:
             raise BindConflict
         self.pods[key] = (uid, node)
         self.bindings += 1
-
-    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
-        self.annotations = annotations
 
     def current(self, namespace: str, name: str) -> tuple[str, str]:
         key = f"{namespace}/{name}"
@@ -79,6 +78,9 @@ def test_a_retry_after_a_restart_lost_the_cache_still_succeeds() -> None:
     _, apiserver, _ = setup()
     apiserver.pods["ns/p"] = ("u1", "n1")  # bound before the restart; the watch has not said so
     fresh = ClusterCache()
+    fresh.apply(
+        "nodes", "ADDED", {"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "4"}}}
+    )
     fresh.apply("pods", "ADDED", pending_pod("u1"))
     assert BindService(fresh, apiserver, no_devices).bind("ns", "p", "u1", "n1") == ""
     assert apiserver.bindings == 0
@@ -134,20 +136,30 @@ def test_concurrent_binds_on_one_node_never_share_a_gpu() -> None:
 
 
 class SlowApiserver(FakeApiserver):
-    """Slow enough that binds overlap; echoes the annotation PATCH back through the watch."""
+    """Slow enough that binds overlap."""
 
     def __init__(self, cache: ClusterCache) -> None:
         super().__init__()
         self.cache = cache
         self.devices: dict[str, str] = {}
 
-    def annotate(self, namespace: str, name: str, uid: str, annotations: dict[str, str]) -> None:
+    def bind(
+        self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
+    ) -> None:
         time.sleep(0.01)
         self.devices[name] = annotations["fulcrum.io/gpu-devices"]
-        echoed = pending_pod(uid)
-        echoed["metadata"].update(name=name, annotations=annotations)
-        self.cache.apply("pods", "MODIFIED", echoed)
+        super().bind(namespace, name, uid, node, annotations)
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        time.sleep(0.01)
-        super().bind(namespace, name, uid, node)
+
+def test_a_bind_that_no_longer_fits_is_refused_and_the_pod_stays_pending() -> None:
+    cache, apiserver, service = setup()
+    big = pending_pod("u3")
+    big["metadata"]["name"] = "r"
+    big["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "3500m"
+    cache.apply("pods", "ADDED", big)
+    apiserver.pods["ns/r"] = ("u3", "")
+    assert service.bind("ns", "p", "u1", "n1") == ""  # 1 of 4 cpu
+    error = service.bind("ns", "r", "u3", "n1")  # 3.5 more do not fit
+    assert "no longer fits" in error
+    assert apiserver.bindings == 1
+    assert cache.pending("u3") is not None

@@ -113,3 +113,10 @@ def test_empty_cluster_fragmentation_matches_the_protocol_check(
         snapshot.model_names,
     )
     assert round(100 * frag.sum() / snapshot.gpu_free.sum(), 2) == expected
+
+
+def test_random_ties_are_still_deterministic_for_a_seed() -> None:
+    nodes, pods = synthetic(seed=2)
+    a = replay(nodes, pods, BestFit(), seed=4, random_ties=True)
+    b = replay(nodes, pods, BestFit(), seed=4, random_ties=True)
+    assert a.alloc_curve == b.alloc_curve
