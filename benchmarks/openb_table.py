@@ -6,6 +6,8 @@ skip what is already there), then writes ``<out>/table.md``, ``<out>/table.csv``
 and ``<out>/alloc_vs_arrived.png``.
 
     .venv/bin/python benchmarks/openb_table.py --seeds 42-51 --jobs 2 --out benchmarks/results
+    .venv/bin/python benchmarks/openb_table.py --seeds 42-44 --policies FGD,Archimedes,BestFit \
+        --random-ties --out benchmarks/results-random-ties
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_one(traces: str, workload: str, policy: str, seed: int) -> dict[str, object]:
+def run_one(
+    traces: str, workload: str, policy: str, seed: int, random_ties: bool = False
+) -> dict[str, object]:
     nodes = load_nodes(Path(traces) / "openb_node_list_gpu_node.csv")
     pods = load_pods(
         Path(traces) / f"openb_pod_list_{workload}.csv", known_models=frozenset(nodes.models)
     )
     target = typical_workload(pods)
     instance = default_registry(plugins=False).create(policy, PolicyContext(seed, target))
-    result = replay(nodes, pods, instance, seed=seed, workload=target)
+    result = replay(nodes, pods, instance, seed=seed, workload=target, random_ties=random_ties)
     row = result.to_json()
     row["workload"] = workload
     row["policy"] = policy
@@ -187,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument(
+        "--random-ties",
+        action="store_true",
+        help="break score ties at random per pod (as kube-scheduler does), not by node rank",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
@@ -204,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only and todo:
         started = time.time()
         with ProcessPoolExecutor(max_workers=args.jobs) as pool, log.open("a") as sink:
-            futures = [pool.submit(run_one, str(args.traces), w, p, s) for w, p, s in todo]
+            futures = [
+                pool.submit(run_one, str(args.traces), w, p, s, args.random_ties)
+                for w, p, s in todo
+            ]
             for i, future in enumerate(as_completed(futures), 1):
                 row = future.result()
                 runs.append(row)

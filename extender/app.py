@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -195,7 +194,7 @@ def create_app(
         if cache is not None:
             cache.note_pending(args.Pod, pod)
         with view(args) as snapshot:
-            out = decider.filter(snapshot, pod, names)
+            out = decider.filter(snapshot, pod, names, choose=settings.decide_in_filter)
         metrics.decisions.labels("passed").inc(len(out.passed))
         metrics.decisions.labels("failed").inc(len(out.failed) + len(out.unresolvable))
         if args.NodeNames is not None:
@@ -226,10 +225,9 @@ def create_app(
                 "bind needs a cluster: run the extender with --kubeconfig, or remove "
                 "bindVerb from the scheduler's extender configuration",
             )
-        # Reserve now, on the event loop, before the next request is served; the apiserver
-        # calls then run in a worker thread.
+        # Reserve now, before the next request is served; then await the apiserver.
         ticket = binds.reserve(args.PodNamespace, args.PodName, args.PodUID, args.Node)
-        error = await run_in_threadpool(binds.commit, ticket)
+        error = await binds.commit(ticket)
         if error:
             metrics.errors.labels("bind", "refused").inc()
         return ExtenderBindingResult(Error=error)

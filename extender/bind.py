@@ -35,13 +35,13 @@ class PodGone(Exception):
 
 
 class Binder(Protocol):
-    def bind(
+    async def bind(
         self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
     ) -> None:
         """Create pods/binding; the apiserver copies ``annotations`` onto the pod atomically."""
         ...
 
-    def current(self, namespace: str, name: str) -> tuple[str, str]:
+    async def current(self, namespace: str, name: str) -> tuple[str, str]:
         """(uid, node name or "") of the pod as the apiserver has it now."""
         ...
 
@@ -68,9 +68,9 @@ class BindService:
         self._in_flight: set[str] = set()
         self._guard = threading.Lock()
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
+    async def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
         """Reserve and commit in one go; "" on success, else an error a person can act on."""
-        return self.commit(self.reserve(namespace, name, uid, node))
+        return await self.commit(self.reserve(namespace, name, uid, node))
 
     def reserve(self, namespace: str, name: str, uid: str, node: str) -> Ticket:
         ticket = Ticket(namespace, name, uid, node)
@@ -104,36 +104,36 @@ class BindService:
             self._in_flight.add(uid)
         return replace(ticket, devices=devices)
 
-    def commit(self, ticket: Ticket) -> str:
+    async def commit(self, ticket: Ticket) -> str:
         if ticket.error or ticket.done:
             return ticket.error
         try:
-            return self._call_apiserver(ticket)
+            return await self._call_apiserver(ticket)
         finally:
             with self._guard:
                 self._in_flight.discard(ticket.uid)
 
-    def _call_apiserver(self, t: Ticket) -> str:
+    async def _call_apiserver(self, t: Ticket) -> str:
         pod = f"{t.namespace}/{t.name}"
         try:
             annotations = {}
             if t.devices:
                 annotations[GPU_DEVICES_ANNOTATION] = ",".join(str(d) for d in t.devices)
-            self.binder.bind(t.namespace, t.name, t.uid, t.node, annotations)
+            await self.binder.bind(t.namespace, t.name, t.uid, t.node, annotations)
         except PodGone:
             self.cache.delete_pod(t.uid)
             return f"pod {pod} no longer exists; nothing to bind"
         except BindConflict:
-            return self._conflict(t)
+            return await self._conflict(t)
         except Exception as exc:
             self.cache.unassume(t.uid)
             return f"binding pod {pod} to {t.node} failed: {exc}; the scheduler will retry"
         return ""
 
-    def _conflict(self, t: Ticket) -> str:
+    async def _conflict(self, t: Ticket) -> str:
         pod = f"{t.namespace}/{t.name}"
         try:
-            current_uid, current_node = self.binder.current(t.namespace, t.name)
+            current_uid, current_node = await self.binder.current(t.namespace, t.name)
         except PodGone:
             self.cache.delete_pod(t.uid)
             return f"pod {pod} no longer exists; nothing to bind"

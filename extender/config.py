@@ -6,6 +6,7 @@ kind: ExtenderConfiguration
 prioritize:                 # weighted policies, by registry name (case-insensitive)
 - {policy: Archimedes, weight: 3}
 - {policy: MostAllocated, weight: 1}
+decideInFilter: true        # filter passes only Fulcrum's pick; kube-scheduler skips scoring
 maxBodyBytes: 67108864
 tls: {certFile: /etc/fulcrum/tls.crt, keyFile: /etc/fulcrum/tls.key}
 ```
@@ -57,6 +58,9 @@ class ExtenderSettings(_Config):
     port: int = Field(8888, ge=1, le=65535)
     max_body_bytes: int = Field(64 * 2**20, gt=0)  # a 5,000-node NodeList is ~30 MiB
     prioritize: tuple[PolicyWeight, ...] = (PolicyWeight(policy="Archimedes", weight=1.0),)
+    # filter passes only the node Fulcrum would pick, so kube-scheduler skips scoring (one HTTP
+    # call per pod instead of two); false keeps kube-scheduler's own score plugins in play
+    decide_in_filter: bool = True
     tls: TLS | None = None
 
     def check_policies(self, registry: Registry) -> None:

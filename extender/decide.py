@@ -166,7 +166,14 @@ class Decider:
             self._built = (now, changes, built)
         return self._built[2]
 
-    def filter(self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str]) -> FilterOutcome:
+    def filter(
+        self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str], *, choose: bool = False
+    ) -> FilterOutcome:
+        """Nodes that fit, with a reason for each that does not.
+
+        With ``choose``, only the best-scoring node that fits passes (ties: the lowest snapshot
+        row, so equal nodes fill first-fit): kube-scheduler then skips scoring altogether.
+        """
         rows, missing = self._rows(snapshot, names)
         fit = snapshot.fit(pod).feasible
         for policy, _ in self.policies():
@@ -184,19 +191,28 @@ class Decider:
         reasons = explain(snapshot, [row for _, row in misfits], pod) if misfits else []
         for (name, _), (reason, unresolvable) in zip(misfits, reasons, strict=True):
             (out.unresolvable if unresolvable else out.failed)[name] = reason
+        if choose and len(out.passed) > 1:
+            index = {name: row for name, row in rows}
+            candidates = np.array([index[name] for name in out.passed])
+            scores = self.scores(snapshot, pod)[candidates]
+            best = candidates[scores == scores.max()].min()
+            out.passed[:] = [snapshot.names[int(best)]]
         return out
 
-    def prioritize(
-        self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str]
-    ) -> list[tuple[str, int]]:
-        rows, _ = self._rows(snapshot, names)
+    def scores(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:
+        """The configured policies' weighted mean score of every node, 0..100."""
         total = np.zeros(snapshot.num_nodes, dtype=np.float64)
         weight_sum = 0.0
         for policy, weight in self.policies():
             total += weight * policy.score(snapshot, pod)
             weight_sum += weight
-        if weight_sum:
-            total /= weight_sum
+        return total / weight_sum if weight_sum else total
+
+    def prioritize(
+        self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str]
+    ) -> list[tuple[str, int]]:
+        rows, _ = self._rows(snapshot, names)
+        total = self.scores(snapshot, pod)
         picked = total[[row for _, row in rows]] if rows else np.zeros(0)
         scores = dict(zip([n for n, _ in rows], to_extender_scores(picked), strict=True))
         return [(name, scores.get(name, 0)) for name in names]

@@ -44,6 +44,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
         shape=_shape(args),  # type: ignore[arg-type]
         extender=not args.no_extender,
         extender_port=args.extender_port,
+        extender_config=args.extender_config,
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -97,7 +98,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from fulcrum import cluster
     from fulcrum.openb import compare, format_reports
 
-    cluster.up(args.name, nodes=0)
+    cluster.up(args.name, nodes=0, extender_config=args.extender_config)
     try:
         result = compare(
             args.name, n_nodes=args.nodes, n_pods=args.pods, seed=args.seed, workload=args.workload
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not start the extender (fulcrum-scheduler still calls its port)",
     )
     up.add_argument("--extender-port", type=int, default=None)
+    up.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
     up.set_defaults(func=_cmd_cluster_up)
     for action, func, helptext in (
         ("down", _cmd_cluster_down, "stop every process of the cluster and remove its files"),
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--pods", type=int, default=2000)
     compare.add_argument("--seed", type=int, default=42)
     compare.add_argument("--workload", default="default", help="openb_pod_list_<workload>.csv")
+    compare.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
     compare.set_defaults(func=_cmd_compare)
 
     sub.add_parser(

@@ -330,6 +330,9 @@ def start_process(name: str, label: str, cmd: list[str], ready_url: str) -> int:
 def start_extender(name: str, port: int) -> int:
     cmd = [sys.executable, "-m", "fulcrum.cli", "serve", "--port", str(port)]
     cmd += ["--kubeconfig", str(kubeconfig_path(name))]
+    config = state_dir(name) / "extender-config.yaml"
+    if config.exists():
+        cmd += ["--config", str(config)]
     return start_process(name, "extender", cmd, f"http://127.0.0.1:{port}/readyz")
 
 
@@ -354,6 +357,7 @@ def up(
     extender: bool = True,
     extender_port: int | None = None,
     registration: ExtenderRegistration | None = None,
+    extender_config: Path | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> ClusterState:
     """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails.
@@ -361,7 +365,8 @@ def up(
     kwokctl runs the control plane with a plain ``default-scheduler``. Fulcrum adds a second
     kube-scheduler, ``fulcrum-scheduler``, with the extender registered (``registration``; its
     port is ``extender_port`` or a free one) and, unless ``extender`` is False, starts the
-    extender itself. Pods opt in with ``schedulerName: fulcrum-scheduler``.
+    extender itself, with ``extender_config`` (an ExtenderConfiguration file) if given.
+    Pods opt in with ``schedulerName: fulcrum-scheduler``.
     """
     if (state_dir(name) / "cluster.json").exists():
         raise ClusterError(
@@ -390,6 +395,8 @@ def up(
         binaries={k: str(v) for k, v in binaries.items()},
     )
     _save_state(state)
+    if extender_config is not None:
+        shutil.copyfile(extender_config, directory / "extender-config.yaml")
     config_path = directory / "fulcrum-scheduler.yaml"
     config_path.write_text(yaml.safe_dump(scheduler_config(reg, kubeconfig_path(name))))
     started = time.monotonic()
@@ -503,6 +510,17 @@ def _process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "?"
+
+
+def scheduler_pid(name: str, scheduler: str) -> int:
+    """Pid of the kube-scheduler process serving ``scheduler`` (a schedulerName) in ``name``."""
+    state = load_state(name)
+    if scheduler == FULCRUM_SCHEDULER and state.scheduler_pid:
+        return state.scheduler_pid
+    for pid in processes_under(state_dir(name)):
+        if _process_name(pid) == "kube-scheduler" and pid != state.scheduler_pid:
+            return pid
+    raise ClusterError(f"no kube-scheduler process for {scheduler!r} in cluster {name!r}")
 
 
 def cpu_seconds(name: str) -> dict[str, float]:

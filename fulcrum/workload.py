@@ -121,16 +121,25 @@ def node_usage(api: Any) -> dict[str, tuple[float, float]]:
     return out
 
 
-def extender_calls(port: int) -> dict[str, float]:
-    """Calls per verb, read from the extender's /metrics."""
+def _metric_by_verb(port: int, metric: str) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    calls: dict[str, float] = {}
+    values: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("fulcrum_extender_requests_total{"):
+        if line.startswith(metric + "{"):
             verb = line.split('verb="')[1].split('"')[0]
-            calls[verb] = float(line.rsplit(" ", 1)[1])
-    return calls
+            values[verb] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def extender_calls(port: int) -> dict[str, float]:
+    """Calls per verb, read from the extender's /metrics."""
+    return _metric_by_verb(port, "fulcrum_extender_requests_total")
+
+
+def extender_seconds(port: int) -> dict[str, float]:
+    """Total seconds spent serving each verb, read from the extender's /metrics."""
+    return _metric_by_verb(port, "fulcrum_extender_latency_seconds_sum")
 
 
 def ensure_namespace(api: Any, namespace: str, *, timeout: float = 60) -> None:

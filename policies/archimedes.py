@@ -38,7 +38,11 @@ import numpy as np
 
 from policies.base import FloatArray, IntArray, PolicyBase, gpu_used_after_whole
 from policies.fgd import sigmoid_score, workload_of
-from scheduler.fragmentation import TargetWorkload, fragmentation, fragmentation_after_sharing
+from scheduler.fragmentation import (
+    TargetWorkload,
+    fragmentation_change,
+    fragmentation_change_sharing,
+)
 from scheduler.pod import PodRequest
 from scheduler.policy import PolicyContext
 from scheduler.snapshot import CPU_COL, Snapshot
@@ -49,6 +53,7 @@ class ArchimedesArgs:
     scarcity_exponent: float = 1.5
     stranding_weight: float = 1.0
     gradient_scale: float = 1000.0
+    truncate: bool = True  # whole-point scores (ties go to the caller's node order)
 
     def __post_init__(self) -> None:
         if self.scarcity_exponent < 0:
@@ -128,36 +133,30 @@ class Archimedes(PolicyBase):
         supply = tuple(sorted(snapshot.gpu_supply_by_model().items()))
         return _prepared(base, supply, self.args.scarcity_exponent)
 
-    def _measure(
-        self,
-        snapshot: Snapshot,
-        workload: TargetWorkload,
-        rho: float,
-        cpu: IntArray,
-        g: IntArray,
-        model: IntArray,
-    ) -> FloatArray:
-        frag = fragmentation(cpu, g, model, workload, snapshot.model_names)
-        if self.args.stranding_weight:
-            frag = frag + self.args.stranding_weight * stranded_gpu(cpu, g, rho)
-        return frag
+    def _stranding(self, cpu: IntArray, total: IntArray, rho: float) -> FloatArray:
+        return self.args.stranding_weight * stranded_gpu(cpu, total[..., None], rho)
 
     def device_scores(self, snapshot: Snapshot, pod: PodRequest) -> FloatArray:
         """Per (node, device) score of a GPU-sharing pod; -1 where the device has no room."""
         workload, rho = self._measure_inputs(snapshot)
         g = snapshot.gpu_free
         cpu = snapshot.free[:, CPU_COL]
-        model = snapshot.gpu_model
-        before = self._measure(snapshot, workload, rho, cpu, g, model)
-        cpu_after = cpu - pod.cpu_milli
-        after = fragmentation_after_sharing(
-            cpu_after, g, model, pod.gpu_milli, workload, snapshot.model_names
+        before, after = fragmentation_change_sharing(
+            cpu,
+            g,
+            snapshot.gpu_model,
+            workload,
+            snapshot.model_names,
+            cpu_request=pod.cpu_milli,
+            gpu_milli=pod.gpu_milli,
         )
         if self.args.stranding_weight:
-            total_after = g.sum(axis=1, keepdims=True) - pod.gpu_milli
-            stranded = stranded_gpu(cpu_after, total_after, rho)
-            after = after + self.args.stranding_weight * stranded[:, None]
-        scores = sigmoid_score((before[:, None] - after) * (1000.0 / self.args.gradient_scale))
+            total = g.sum(axis=1)
+            before = before + self._stranding(cpu, total, rho)
+            after = (
+                after + self._stranding(cpu - pod.cpu_milli, total - pod.gpu_milli, rho)[:, None]
+            )
+        scores = self._squash(before[:, None] - after)
         return np.where(g >= pod.gpu_milli, scores, -1.0)
 
     def score(self, snapshot: Snapshot, pod: PodRequest) -> FloatArray:
@@ -167,11 +166,28 @@ class Archimedes(PolicyBase):
         workload, rho = self._measure_inputs(snapshot)
         g = snapshot.gpu_free
         cpu = snapshot.free[:, CPU_COL]
-        model = snapshot.gpu_model
-        before = self._measure(snapshot, workload, rho, cpu, g, model)
-        after_g = gpu_used_after_whole(g, pod.gpu_count) if pod.gpu_count else g
-        after = self._measure(snapshot, workload, rho, cpu - pod.cpu_milli, after_g, model)
-        return sigmoid_score((before - after) * (1000.0 / self.args.gradient_scale))
+        before, after = fragmentation_change(
+            cpu,
+            g,
+            snapshot.gpu_model,
+            workload,
+            snapshot.model_names,
+            cpu_request=pod.cpu_milli,
+            whole_gpus=pod.gpu_count,
+        )
+        if self.args.stranding_weight:
+            total = g.sum(axis=1)
+            after_g = gpu_used_after_whole(g, pod.gpu_count) if pod.gpu_count else g
+            before = before + self._stranding(cpu, total, rho)
+            after = after + self._stranding(cpu - pod.cpu_milli, after_g.sum(axis=1), rho)
+        return self._squash(before - after)
+
+    def _squash(self, delta: FloatArray) -> FloatArray:
+        scaled = delta * (1000.0 / self.args.gradient_scale)
+        if self.args.truncate:
+            return sigmoid_score(scaled)
+        exact: FloatArray = 100.0 / (1.0 + np.exp(-scaled / 1000.0))
+        return exact
 
     def select_devices(self, snapshot: Snapshot, row: int, pod: PodRequest) -> tuple[int, ...]:
         if not pod.is_gpu_sharing:

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.base import FloatArray, IntArray, PolicyBase, gpu_used_after_whole
-from scheduler.fragmentation import TargetWorkload, fragmentation, fragmentation_after_sharing
+from policies.base import FloatArray, PolicyBase
+from scheduler.fragmentation import (
+    TargetWorkload,
+    fragmentation_change,
+    fragmentation_change_sharing,
+)
 from scheduler.pod import PodRequest
 from scheduler.policy import PolicyContext
 from scheduler.snapshot import CPU_COL, Snapshot
@@ -47,25 +51,17 @@ class FGD(PolicyBase):
         self.workload = workload
         self.node_local = workload is not None
 
-    def _frag(
-        self,
-        snapshot: Snapshot,
-        workload: TargetWorkload,
-        cpu: IntArray,
-        g: IntArray,
-        model: IntArray,
-    ) -> FloatArray:
-        return fragmentation(cpu, g, model, workload, snapshot.model_names)
-
     def device_scores(self, snapshot: Snapshot, pod: PodRequest) -> FloatArray:
         """Per (node, device) score of a sharing pod; -1 where the device has no room."""
-        workload = workload_of(snapshot, self.workload)
         g = snapshot.gpu_free
-        cpu = snapshot.free[:, CPU_COL]
-        model = snapshot.gpu_model
-        before = self._frag(snapshot, workload, cpu, g, model)
-        after = fragmentation_after_sharing(
-            cpu - pod.cpu_milli, g, model, pod.gpu_milli, workload, snapshot.model_names
+        before, after = fragmentation_change_sharing(
+            snapshot.free[:, CPU_COL],
+            g,
+            snapshot.gpu_model,
+            workload_of(snapshot, self.workload),
+            snapshot.model_names,
+            cpu_request=pod.cpu_milli,
+            gpu_milli=pod.gpu_milli,
         )
         scores = sigmoid_score(before[:, None] - after)
         return np.where(g >= pod.gpu_milli, scores, -1.0)
@@ -74,13 +70,15 @@ class FGD(PolicyBase):
         if pod.is_gpu_sharing:
             best: FloatArray = np.maximum(self.device_scores(snapshot, pod).max(axis=1), 0.0)
             return best
-        workload = workload_of(snapshot, self.workload)
-        g = snapshot.gpu_free
-        cpu = snapshot.free[:, CPU_COL]
-        model = snapshot.gpu_model
-        before = self._frag(snapshot, workload, cpu, g, model)
-        after_g = gpu_used_after_whole(g, pod.gpu_count) if pod.gpu_count else g
-        after = self._frag(snapshot, workload, cpu - pod.cpu_milli, after_g, model)
+        before, after = fragmentation_change(
+            snapshot.free[:, CPU_COL],
+            snapshot.gpu_free,
+            snapshot.gpu_model,
+            workload_of(snapshot, self.workload),
+            snapshot.model_names,
+            cpu_request=pod.cpu_milli,
+            whole_gpus=pod.gpu_count,
+        )
         return sigmoid_score(before - after)
 
     def select_devices(self, snapshot: Snapshot, row: int, pod: PodRequest) -> tuple[int, ...]:

@@ -26,19 +26,23 @@ class GpuPacking(PolicyBase):
         n = snapshot.num_nodes
         if pod.gpu_count == 0:
             return np.zeros(n, dtype=np.float64)
+        g = snapshot.gpu_free
         valid = np.arange(snapshot.max_gpus_per_node) < snapshot.gpu_count[:, None]
-        g = np.where(valid, snapshot.gpu_free, -1)
-        free_devices = (g == GPU_MILLI).sum(axis=1)
-        ordered = np.sort(g, axis=1, kind="stable")
-        eligible = ordered >= pod.gpu_milli
-        picked = eligible & (np.cumsum(eligible, axis=1) <= pod.gpu_count)
-        fresh = (picked & (ordered == GPU_MILLI)).sum(axis=1)
-        used_sum = np.where(picked, ordered * 100 // GPU_MILLI, 0).sum(axis=1)
-        score = np.where(
-            fresh > 0,
-            np.maximum(50 - fresh, 33),
-            np.maximum(100 - used_sum // 10, 50),
-        )
+        free_devices = ((g >= GPU_MILLI) & valid).sum(axis=1)
+        if pod.is_gpu_sharing:
+            # One device: the smallest with g >= q. It is partly used if any
+            # partly used device has room, else it is a free one (f = 1).
+            partial = valid & (g >= pod.gpu_milli) & (g < GPU_MILLI)
+            smallest = np.where(partial, g, GPU_MILLI).min(axis=1)
+            score = np.where(
+                partial.any(axis=1),
+                np.maximum(100 - (smallest * 100 // GPU_MILLI) // 10, 50),
+                np.maximum(50 - 1, 33),
+            )
+        else:
+            # Whole GPUs: only free devices have room, so every picked one is fresh.
+            fresh = np.minimum(free_devices, pod.gpu_count)
+            score = np.where(fresh > 0, np.maximum(50 - fresh, 33), 100)
         score = np.where(free_devices == snapshot.gpu_count, 33 - free_devices, score)
         result: FloatArray = np.clip(score, 0, 100).astype(np.float64)
         return result

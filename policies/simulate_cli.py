@@ -24,7 +24,7 @@ import numpy as np
 
 from policies.registry import PluginError, UnknownPolicyError, default_registry
 from scheduler.policy import PolicyContext
-from scheduler.replay import ReplayResult, replay, typical_workload
+from scheduler.replay import Progress, ReplayResult, replay, typical_workload
 from scheduler.trace import TraceError, load_nodes, load_pods
 
 EXIT_OK = 0
@@ -56,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.3,
         help="tune the GPU demand to this multiple of capacity (default 1.3); 0 disables",
     )
+    parser.add_argument(
+        "--random-ties",
+        action="store_true",
+        help="break score ties at random per pod, as kube-scheduler does "
+        "(default: a node ranking fixed per run, as the FGD paper's simulator)",
+    )
     parser.add_argument("--json", type=Path, help="write per-seed results as JSON here")
     parser.add_argument("--plot", type=Path, help="write the allocation curve as a PNG here")
     return parser
 
 
-def _progress(stream: TextIO, seed: int) -> object:
+def _progress(stream: TextIO, seed: int) -> Progress:
     def report(done: int, total: int) -> None:
         stream.write(f"\r  seed {seed}: {done}/{total} pods")
         if done == total:
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             seed=seed,
             tune=tune,
             workload=target,
-            progress=_progress(err, seed),  # type: ignore[arg-type]
+            progress=_progress(err, seed),
+            random_ties=args.random_ties,
         )
         results.append(result)
         out.write(
@@ -129,6 +136,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"nodes used {result.nodes_used} (lower bound {result.nodes_lower_bound})  "
             f"{result.elapsed_s:.1f}s\n"
         )
+        curve = "  ".join(
+            f"{x}:{_fmt(result.alloc_curve[x])}" for x in range(0, len(result.alloc_curve), 10)
+        )
+        out.write(f"  alloc % by arrived %: {curve}\n")
     a100 = [r.alloc_at_100 for r in results if r.alloc_at_100 is not None]
     a130 = [r.alloc_at_130 for r in results if r.alloc_at_130 is not None]
     mean100 = round(float(np.mean(a100)), 2) if a100 else None
@@ -144,6 +155,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "nodes": str(args.nodes),
             "pods": str(args.pods),
             "tune": tune,
+            "random_ties": args.random_ties,
             "mean": {"alloc_at_100": mean100, "alloc_at_130": mean130},
             "seeds": [r.to_json() for r in results],
         }

@@ -124,7 +124,7 @@ class _Compiled:
     cpu: IntArray  # per GPU type (M,)
     memory: IntArray  # (M,)
     prob: FloatArray  # (M,)
-    allowed: NDArray[np.bool_]  # (models + 1, M): last row = node without GPU model
+    allowed: NDArray[np.bool_]  # (models + 1, M): last row = node without a model
     total_prob: float
     cpu_thresholds: IntArray  # distinct c_m, ascending (T,)
     weight_table: FloatArray  # (models + 1, T + 1, G): W for cpu in [thr_i-1, thr_i)
@@ -146,6 +146,7 @@ def _compile(workload: TargetWorkload, model_names: tuple[str, ...]) -> _Compile
         spec = workload.models[i]
         for code, model in enumerate(model_names):
             allowed[code, col] = not spec or model in spec
+        allowed[len(model_names), col] = not spec
     memory = [workload.memory[i] if workload.memory else 0 for i in gpu]
     cpu = np.array([workload.cpu_milli[i] for i in gpu], dtype=np.int64)
     prob = np.array([workload.probability[i] for i in gpu], dtype=np.float64)
@@ -191,10 +192,29 @@ def _group_weights(
 
 
 def _device_stats(gpu_free: IntArray, q_values: IntArray) -> tuple[IntArray, IntArray]:
-    """Per state and distinct q: devices with >= q free, and free milli on the others."""
-    ge = gpu_free[..., None] >= q_values
-    count = ge.sum(axis=-2)
-    small = np.where(ge, 0, gpu_free[..., None]).sum(axis=-2)
+    """Per state and distinct q: devices with >= q free, and free milli on the others.
+
+    For a (nodes, devices) array the devices are sorted per node and every
+    ``(node, q)`` is one binary search in the flattened, node-offset array,
+    with prefix sums giving the free milli below ``q`` (3x faster than
+    broadcasting nodes x devices x q).
+    """
+    if gpu_free.ndim != 2 or gpu_free.size == 0 or q_values.size == 0:
+        ge = gpu_free[..., None] >= q_values
+        return ge.sum(axis=-2), np.where(ge, 0, gpu_free[..., None]).sum(axis=-2)
+    n, d = gpu_free.shape
+    ordered = np.sort(gpu_free, axis=1)
+    prefix = np.zeros((n, d + 1), dtype=np.int64)
+    np.cumsum(ordered, axis=1, out=prefix[:, 1:])
+    # Every value and key of node i lies in [i * stride, (i + 1) * stride).
+    shift = max(0, -int(ordered[:, 0].min()))
+    stride = int(max(ordered[:, -1].max(), q_values.max())) + shift + 2
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    flat = (ordered + shift + rows * stride).ravel()
+    keys = (q_values.clip(min=0) + shift + rows * stride).ravel()
+    below = np.searchsorted(flat, keys, side="left").reshape(n, -1) - rows * d
+    small: IntArray = np.take_along_axis(prefix, below, axis=1)
+    count: IntArray = d - below
     return count, small
 
 
@@ -251,21 +271,102 @@ def fragmentation_after_sharing(
     """``F`` after a GPU-sharing pod takes ``q`` milli from device ``j``: shape (N, D).
 
     Only device ``j`` changes, so the per-q device statistics are updated by
-    that device's delta instead of being recomputed (N x D x Q work, not
-    N x D x D x Q). Entries for devices with less than ``q`` free are
-    meaningless; callers mask them.
+    that device's delta instead of being recomputed, and only for devices
+    with room (``g_j >= q``): P x Q work for P such devices, not
+    N x D x D x Q. Entries for devices without room are 0; callers mask them.
     """
     compiled = _compile(workload, model_names)
-    total_after = (gpu_free.sum(axis=-1) - q)[:, None] + np.zeros_like(gpu_free)
+    rows, cols = np.nonzero(gpu_free >= q)
+    total_after = gpu_free.sum(axis=-1)[rows] - q
+    out = np.zeros(gpu_free.shape, dtype=np.float64)
     if compiled.prob.size == 0:
-        result: FloatArray = compiled.total_prob * total_after.astype(np.float64)
-        return result
+        out[rows, cols] = compiled.total_prob * total_after
+        return out
     mem = memory_after if workload.memory else None
-    weights = _group_weights(compiled, cpu_after, model_code, mem)[:, None, :]
+    weights = _group_weights(compiled, cpu_after, model_code, mem)[rows]  # (P, G)
     qv = compiled.q_values
     count, small = _device_stats(gpu_free, qv)  # (N, Q)
-    before = gpu_free[..., None]  # (N, D, 1)
+    before = gpu_free[rows, cols][:, None]  # (P, 1)
     after = before - q
-    count_j = count[:, None, :] - (before >= qv) + (after >= qv)
-    small_j = small[:, None, :] - np.where(before < qv, before, 0) + np.where(after < qv, after, 0)
-    return _combine(compiled, total_after, count_j, small_j, weights)
+    ge_before = before >= qv
+    ge_after = after >= qv
+    count_j = count[rows] - ge_before + ge_after
+    small_j = small[rows] - np.where(ge_before, 0, before) + np.where(ge_after, 0, after)
+    out[rows, cols] = _combine(compiled, total_after, count_j, small_j, weights)
+    return out
+
+
+def fragmentation_change(
+    cpu_free: IntArray,
+    gpu_free: IntArray,
+    model_code: IntArray,
+    workload: TargetWorkload,
+    model_names: tuple[str, ...],
+    *,
+    cpu_request: int,
+    whole_gpus: int = 0,
+) -> tuple[FloatArray, FloatArray]:
+    """``(F before, F after)`` per node for a CPU-only or whole-GPU pod.
+
+    The pod takes ``cpu_request`` and the ``whole_gpus`` lowest-index fully
+    free devices. Those devices counted for every ``q`` and never for
+    ``small_q``, so the device statistics after placement follow from the
+    ones before (``count_q - k``, ``small_q`` unchanged): one device scan,
+    not two. Nodes without ``whole_gpus`` free devices get meaningless values.
+    """
+    compiled = _compile(workload, model_names)
+    total = gpu_free.sum(axis=-1)
+    taken = 0
+    if whole_gpus:
+        taken = np.minimum((gpu_free >= 1000).sum(axis=-1), whole_gpus) * 1000
+    total_after = total - taken
+    if compiled.prob.size == 0:
+        return compiled.total_prob * total.astype(np.float64), compiled.total_prob * (
+            total_after.astype(np.float64)
+        )
+    count, small = _device_stats(gpu_free, compiled.q_values)
+    before = _combine(
+        compiled, total, count, small, _group_weights(compiled, cpu_free, model_code, None)
+    )
+    count_after = count - (np.asarray(taken) // 1000)[..., None] if whole_gpus else count
+    weights_after = _group_weights(compiled, cpu_free - cpu_request, model_code, None)
+    after = _combine(compiled, total_after, count_after, small, weights_after)
+    return before, after
+
+
+def fragmentation_change_sharing(
+    cpu_free: IntArray,
+    gpu_free: IntArray,
+    model_code: IntArray,
+    workload: TargetWorkload,
+    model_names: tuple[str, ...],
+    *,
+    cpu_request: int,
+    gpu_milli: int,
+) -> tuple[FloatArray, FloatArray]:
+    """``(F before (N,), F after taking gpu_milli from device j (N, D))``.
+
+    Same as :func:`fragmentation` and :func:`fragmentation_after_sharing`
+    with one shared device scan. After-values of devices without room are 0.
+    """
+    compiled = _compile(workload, model_names)
+    total = gpu_free.sum(axis=-1)
+    rows, cols = np.nonzero(gpu_free >= gpu_milli)
+    out = np.zeros(gpu_free.shape, dtype=np.float64)
+    if compiled.prob.size == 0:
+        out[rows, cols] = compiled.total_prob * (total[rows] - gpu_milli)
+        return compiled.total_prob * total.astype(np.float64), out
+    qv = compiled.q_values
+    count, small = _device_stats(gpu_free, qv)
+    before = _combine(
+        compiled, total, count, small, _group_weights(compiled, cpu_free, model_code, None)
+    )
+    weights = _group_weights(compiled, cpu_free - cpu_request, model_code, None)[rows]
+    g_before = gpu_free[rows, cols][:, None]
+    g_after = g_before - gpu_milli
+    ge_before = g_before >= qv
+    ge_after = g_after >= qv
+    count_j = count[rows] - ge_before + ge_after
+    small_j = small[rows] - np.where(ge_before, 0, g_before) + np.where(ge_after, 0, g_after)
+    out[rows, cols] = _combine(compiled, total[rows] - gpu_milli, count_j, small_j, weights)
+    return before, out

@@ -122,7 +122,7 @@ def _greedy_pack(
     snapshot: Snapshot,
     pods: Sequence[PodRequest],
     order: Sequence[int],
-    prefer: Sequence[tuple[int, ...] | None],
+    prefer: Sequence[NDArray[np.intp] | None],
 ) -> tuple[Snapshot, list[str | None]]:
     """Best-fit-decreasing; a pod with preferred rows goes to the first that fits."""
     work = snapshot.copy()
@@ -132,9 +132,10 @@ def _greedy_pack(
         pod = pods[i]
         row: int | None = None
         rows = prefer[i]
-        if rows:
-            feasible = work.feasible(pod)
-            row = next((r for r in rows if feasible[r]), None)
+        if rows is not None and rows.size:
+            fits = work.feasible(pod)[rows]
+            if fits.any():
+                row = int(rows[int(np.argmax(fits))])
         if row is None:
             row = _best_fit_row(work, pod, everywhere)
         if row is None:
@@ -301,7 +302,7 @@ def _realise_classes(
     shape_list: list[PodRequest],
     z: dict[tuple[int, int], cp_model.IntVar],
     solver: cp_model.CpSolver,
-) -> list[tuple[int, ...] | None]:
+) -> list[NDArray[np.intp] | None]:
     """Per pod, the opened rows of the class CP-SAT put it in (filled first-fit)."""
     quota: dict[int, Counter[int]] = defaultdict(Counter)
     for (s, c), var in z.items():
@@ -309,13 +310,14 @@ def _realise_classes(
         if count:
             quota[s][c] += count
     shape_index = {pod: s for s, pod in enumerate(shape_list)}
-    prefer: list[tuple[int, ...] | None] = [None] * len(pods)
+    rows_of = [np.array(rows[: max(opened[c], 1)], dtype=np.intp) for c, rows in enumerate(groups)]
+    prefer: list[NDArray[np.intp] | None] = [None] * len(pods)
     for i, pod in enumerate(pods):
         s = shape_index[pod]
         for c, left in quota[s].items():
             if left > 0:
                 quota[s][c] -= 1
-                prefer[i] = tuple(groups[c][: max(opened[c], 1)])
+                prefer[i] = rows_of[c]
                 break
     return prefer
 

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from scheduler.fragmentation import TargetWorkload, fragmentation
 from scheduler.pod import GPU_MILLI, PodRequest
 from scheduler.policy import Policy
+from scheduler.score_cache import ScoreCache
 from scheduler.select import pick
 from scheduler.snapshot import CPU_COL, MEMORY_COL, Snapshot
 from scheduler.trace import NodeTrace, PodTrace
@@ -161,30 +162,6 @@ def nodes_lower_bound(snapshot: Snapshot, demand: dict[str, int]) -> int:
     return bound
 
 
-class _ScoreCache:
-    """Per pod shape, the last score of every node and the node version it saw."""
-
-    def __init__(self, n: int) -> None:
-        self._n = n
-        self._entries: dict[int, tuple[NDArray[np.float64], NDArray[np.int64]]] = {}
-
-    def scores(
-        self, policy: Policy, snapshot: Snapshot, pod: PodRequest, shape: int
-    ) -> NDArray[np.float64]:
-        versions = snapshot.node_version
-        entry = self._entries.get(shape)
-        if entry is None:
-            scores = np.asarray(policy.score(snapshot, pod), dtype=np.float64).copy()
-            self._entries[shape] = (scores, versions.copy())
-            return scores
-        scores, seen = entry
-        stale = np.flatnonzero(seen != versions)
-        if stale.size:
-            scores[stale] = policy.score(snapshot.take(stale), pod)
-            seen[stale] = versions[stale]
-        return scores
-
-
 def replay(
     nodes: NodeTrace,
     pods: PodTrace,
@@ -195,8 +172,13 @@ def replay(
     workload: TargetWorkload | None = None,
     progress: Progress | None = None,
     use_cache: bool = True,
+    random_ties: bool = False,
 ) -> ReplayResult:
-    """Replay ``pods`` on ``nodes`` with ``policy``; see the module docstring."""
+    """Replay ``pods`` on ``nodes`` with ``policy``; see the module docstring.
+
+    ``random_ties`` breaks score ties uniformly at random for every pod, as
+    kube-scheduler does, instead of by the run's fixed node ranking.
+    """
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     snapshot = nodes.to_snapshot()
@@ -229,7 +211,7 @@ def replay(
 
     frag = node_frag(slice(None))
     frag_total = float(frag.sum())
-    cache = _ScoreCache(n) if use_cache and policy.node_local else None
+    cache = ScoreCache() if use_cache and policy.node_local else None
     events = len(arrivals.order)
     arrived = np.zeros(events)
     allocated = np.zeros(events)
@@ -253,10 +235,11 @@ def replay(
                 row = int(candidates[0])
             else:
                 if cache is not None:
-                    scores = cache.scores(policy, snapshot, pod, shape)
+                    scores = cache.scores(policy, snapshot, pod)
                 else:
                     scores = policy.score(snapshot, pod)
-                row = pick(scores, candidates, rank)
+                tie_rank = rng.permutation(n) if random_ties else rank
+                row = pick(scores, candidates, tie_rank)
             devices = policy.select_devices(snapshot, row, pod)
             snapshot.assign(f"e{e}", pod, snapshot.names[row], devices=devices, check=False)
             u_sum += pod.gpu_total_milli

@@ -14,7 +14,9 @@ from extender.cache import ClusterCache
 from extender.config import ExtenderSettings, PolicyWeight
 
 # MostAllocated keeps the golden arithmetic easy to check by hand.
-SETTINGS = ExtenderSettings(prioritize=(PolicyWeight(policy="MostAllocated", weight=1),))
+SETTINGS = ExtenderSettings(
+    prioritize=(PolicyWeight(policy="MostAllocated", weight=1),), decide_in_filter=False
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 from extender.bind import BindConflict, BindService, PodGone
 from extender.cache import ClusterCache
+
+
+def run(call: Coroutine[Any, Any, str]) -> str:
+    return asyncio.run(call)
 
 
 class FakeApiserver:
@@ -17,7 +21,7 @@ class FakeApiserver:
         self.pods: dict[str, tuple[str, str]] = {}  # ns/name -> (uid, node)
         self.bindings = 0
 
-    def bind(
+    async def bind(
         self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
     ) -> None:
         key = f"{namespace}/{name}"
@@ -29,7 +33,7 @@ class FakeApiserver:
         self.pods[key] = (uid, node)
         self.bindings += 1
 
-    def current(self, namespace: str, name: str) -> tuple[str, str]:
+    async def current(self, namespace: str, name: str) -> tuple[str, str]:
         key = f"{namespace}/{name}"
         if key not in self.pods:
             raise PodGone
@@ -61,7 +65,7 @@ def setup() -> tuple[ClusterCache, FakeApiserver, BindService]:
 
 def test_bind_charges_the_cache_at_once() -> None:
     cache, apiserver, service = setup()
-    assert service.bind("ns", "p", "u1", "n1") == ""
+    assert run(service.bind("ns", "p", "u1", "n1")) == ""
     assert apiserver.bindings == 1
     assert cache.bound_node("u1") == "n1"
     assert cache.snapshot.free[0, 0] == 3000
@@ -69,8 +73,8 @@ def test_bind_charges_the_cache_at_once() -> None:
 
 def test_a_retried_bind_succeeds_without_a_second_binding() -> None:
     _, apiserver, service = setup()
-    service.bind("ns", "p", "u1", "n1")
-    assert service.bind("ns", "p", "u1", "n1") == ""
+    run(service.bind("ns", "p", "u1", "n1"))
+    assert run(service.bind("ns", "p", "u1", "n1")) == ""
     assert apiserver.bindings == 1
 
 
@@ -82,26 +86,25 @@ def test_a_retry_after_a_restart_lost_the_cache_still_succeeds() -> None:
         "nodes", "ADDED", {"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "4"}}}
     )
     fresh.apply("pods", "ADDED", pending_pod("u1"))
-    assert BindService(fresh, apiserver, no_devices).bind("ns", "p", "u1", "n1") == ""
+    assert run(BindService(fresh, apiserver, no_devices).bind("ns", "p", "u1", "n1")) == ""
     assert apiserver.bindings == 0
 
 
 def test_a_stale_uid_is_refused() -> None:
     _, apiserver, service = setup()
     apiserver.pods["ns/p"] = ("u2", "")  # deleted and re-created under the same name
-    error = service.bind("ns", "p", "u1", "n1")
+    error = run(service.bind("ns", "p", "u1", "n1"))
     assert "stale bind" in error and "u2" in error
     assert apiserver.bindings == 0
 
 
 def test_binding_elsewhere_is_refused_and_a_gone_pod_is_reported() -> None:
     _, apiserver, service = setup()
-    service.bind("ns", "p", "u1", "n1")
-    assert "already bound to n1" in service.bind("ns", "p", "u1", "n2")
+    run(service.bind("ns", "p", "u1", "n1"))
+    assert "already bound to n1" in run(service.bind("ns", "p", "u1", "n2"))
     del apiserver.pods["ns/p"]
-    assert "no longer exists" in BindService(ClusterCache(), apiserver, no_devices).bind(
-        "ns", "p", "u9", "n1"
-    )
+    fresh = BindService(ClusterCache(), apiserver, no_devices)
+    assert "no longer exists" in run(fresh.bind("ns", "p", "u9", "n1"))
 
 
 def test_concurrent_binds_on_one_node_never_share_a_gpu() -> None:
@@ -124,13 +127,11 @@ def test_concurrent_binds_on_one_node_never_share_a_gpu() -> None:
     service = BindService(
         cache, apiserver, lambda snap, pod, node: snap.best_fit_devices(snap.index_of(node), pod)
     )
-    threads = [
-        threading.Thread(target=service.bind, args=("ns", f"p{i}", f"u{i}", "g")) for i in range(8)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+
+    async def all_at_once() -> list[str]:
+        return await asyncio.gather(*(service.bind("ns", f"p{i}", f"u{i}", "g") for i in range(8)))
+
+    assert asyncio.run(all_at_once()) == [""] * 8
     assert sorted(apiserver.devices.values()) == [str(d) for d in range(8)]
     assert cache.snapshot.gpu_free[0].tolist() == [0] * 8
 
@@ -143,12 +144,12 @@ class SlowApiserver(FakeApiserver):
         self.cache = cache
         self.devices: dict[str, str] = {}
 
-    def bind(
+    async def bind(
         self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
     ) -> None:
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
         self.devices[name] = annotations["fulcrum.io/gpu-devices"]
-        super().bind(namespace, name, uid, node, annotations)
+        await super().bind(namespace, name, uid, node, annotations)
 
 
 def test_a_bind_that_no_longer_fits_is_refused_and_the_pod_stays_pending() -> None:
@@ -158,8 +159,8 @@ def test_a_bind_that_no_longer_fits_is_refused_and_the_pod_stays_pending() -> No
     big["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "3500m"
     cache.apply("pods", "ADDED", big)
     apiserver.pods["ns/r"] = ("u3", "")
-    assert service.bind("ns", "p", "u1", "n1") == ""  # 1 of 4 cpu
-    error = service.bind("ns", "r", "u3", "n1")  # 3.5 more do not fit
+    assert run(service.bind("ns", "p", "u1", "n1")) == ""  # 1 of 4 cpu
+    error = run(service.bind("ns", "r", "u3", "n1"))  # 3.5 more do not fit
     assert "no longer fits" in error
     assert apiserver.bindings == 1
     assert cache.pending("u3") is not None

@@ -23,13 +23,14 @@ class GpuNodesForGpuPods:
         capacity = snapshot.allocatable[:, CPU_COL]
         requested = capacity - snapshot.free[:, CPU_COL] + pod.cpu_milli
         score = np.minimum(requested, capacity) * 100 // np.maximum(capacity, 1)
-        return np.clip(score, 0, 100).astype(np.float64)
+        result: NDArray[np.float64] = np.clip(score, 0, 100).astype(np.float64)
+        return result
 
     def filter(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.bool_]:
         keep = np.ones(snapshot.num_nodes, dtype=np.bool_)
         if pod.gpu_count > 0:
             return keep
-        cpu_nodes = snapshot.gpu_count == 0
+        cpu_nodes: NDArray[np.bool_] = snapshot.gpu_count == 0
         if (snapshot.feasible(pod) & cpu_nodes).any():
             return cpu_nodes
         return keep
