@@ -48,6 +48,7 @@ class ClusterCache:
         self.lock = threading.RLock()
         self.snapshot = Snapshot()
         self.unschedulable: set[str] = set()
+        self._node_specs: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, PendingPod] = {}
         self._assumed: dict[str, str] = {}  # uid -> key of pods we bound, until the watch agrees
         self._orphans: dict[str, dict[str, tuple[PodRequest, tuple[int, ...] | None]]] = {}
@@ -82,8 +83,11 @@ class ClusterCache:
             else:
                 self.unschedulable.discard(name)
             if self._has(name):
-                self.snapshot.update_node(name, **spec)
+                if self._node_specs.get(name) != spec:  # heartbeats change nothing we use
+                    self.snapshot.update_node(name, **spec)
+                    self._node_specs[name] = spec
                 return
+            self._node_specs[name] = spec
             self.snapshot.add_node(name, **spec)
             for uid, (request, devices) in self._orphans.pop(name, {}).items():
                 self._place(uid, request, name, devices)
@@ -93,6 +97,7 @@ class ClusterCache:
             self.unschedulable.discard(name)
             if not self._has(name):
                 return
+            self._node_specs.pop(name, None)
             placements = {key: self.snapshot.pods()[key] for key in self.snapshot.pods_on(name)}
             self.snapshot.remove_node(name)
             self._orphans[name] = {k: (p.pod, p.devices) for k, p in placements.items()}

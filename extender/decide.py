@@ -20,6 +20,7 @@ from policies.registry import Registry
 from scheduler.fragmentation import TargetWorkload
 from scheduler.pod import PodRequest
 from scheduler.policy import Policy, PolicyContext
+from scheduler.score_cache import ScoreCache
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot
 
 MAX_EXTENDER_SCORE = 10
@@ -35,78 +36,74 @@ def _show(resource: str, value: int) -> str:
     return str(value)
 
 
-def explain(snapshot: Snapshot, rows: Sequence[int], pod: PodRequest) -> list[tuple[str, bool]]:
-    """Why ``pod`` does not fit on each node of ``rows``, and whether that is unresolvable."""
+def explain(
+    snapshot: Snapshot, rows: NDArray[np.intp], pod: PodRequest
+) -> tuple[list[str], NDArray[np.bool_]]:
+    """Why ``pod`` does not fit on each node of ``rows``, and which reasons are unresolvable.
+
+    Reasons name the resource and the pod's request but not the node's numbers, so that
+    kube-scheduler's FailedScheduling event aggregates them ("120 node(s) had Insufficient
+    cpu: the pod requests 2000m"), as upstream's do. The first failing check wins, in this
+    order: whole allocatable too small or GPU model/count wrong (unresolvable), then free
+    resources, then pod count, then free GPU devices.
+    """
     names = snapshot.resource_names
-    for name, _ in pod.extended:
-        if name not in names:
-            return [(f"node has no {name}", True)] * len(rows)
-    wants = [
-        (name, col, value)
-        for (name, col), value in zip(
+    checks: list[tuple[str, int, int]] = [
+        (name, col, want)
+        for (name, col), want in zip(
             _BASE, (pod.cpu_milli, pod.memory, pod.ephemeral_storage), strict=True
         )
+        if want > 0
     ]
-    wants += [(name, names.index(name), v) for name, v in pod.extended]
-    wants = [w for w in wants if w[2] > 0]
-    index = list(rows)
-    allocatable, free = snapshot.allocatable[index].tolist(), snapshot.free[index].tolist()
-    gpu_count, gpu_model = snapshot.gpu_count[index].tolist(), snapshot.gpu_model[index].tolist()
-    gpu_free = snapshot.gpu_free[index].tolist()
-    models = snapshot.model_names
-    out: list[tuple[str, bool]] = []
-    for i in range(len(index)):
-        out.append(
-            _explain_one(
-                pod,
-                wants,
-                allocatable[i],
-                free[i],
-                gpu_count[i],
-                models[gpu_model[i]] if gpu_model[i] >= 0 else "",
-                gpu_free[i],
-            )
+    for name, want in pod.extended:
+        if name not in names:
+            return [f"node has no {name}"] * len(rows), np.ones(len(rows), dtype=np.bool_)
+        checks.append((name, names.index(name), want))
+    allocatable, free = snapshot.allocatable[rows], snapshot.free[rows]
+    code = np.full(len(rows), -1, dtype=np.int64)
+    messages: list[str] = []
+    unresolvable: list[bool] = []
+
+    def note(mask: NDArray[np.bool_], message: str, hopeless: bool) -> None:
+        code[(code < 0) & mask] = len(messages)
+        messages.append(message)
+        unresolvable.append(hopeless)
+
+    for name, col, want in checks:
+        note(
+            allocatable[:, col] < want,
+            f"node's whole allocatable {name} is less than the pod's request {_show(name, want)}",
+            True,
         )
-    return out
-
-
-def _explain_one(
-    pod: PodRequest,
-    wants: list[tuple[str, int, int]],
-    allocatable: list[int],
-    free: list[int],
-    gpu_count: int,
-    model: str,
-    gpu_free: list[int],
-) -> tuple[str, bool]:
-    for name, col, want in wants:
-        if want > allocatable[col]:
-            return (
-                f"pod requests {_show(name, want)} {name}, more than the node's whole "
-                f"allocatable {_show(name, allocatable[col])}",
+    if pod.gpu_count:
+        if pod.gpu_models:
+            wanted = [snapshot.model_code(m) for m in pod.gpu_models if m in snapshot.model_names]
+            note(
+                ~np.isin(snapshot.gpu_model[rows], wanted),
+                f"no GPU of model {'|'.join(sorted(pod.gpu_models))}",
                 True,
             )
+        note(
+            snapshot.gpu_count[rows] < pod.gpu_count,
+            f"node has fewer than the {pod.gpu_count} GPUs the pod needs",
+            True,
+        )
+    for name, col, want in checks:
+        note(
+            free[:, col] < want, f"Insufficient {name}: the pod requests {_show(name, want)}", False
+        )
+    note(free[:, PODS_COL] < 1, "Too many pods", False)
     if pod.gpu_count:
-        if pod.gpu_models and model not in pod.gpu_models:
-            return f"GPU model {model or 'none'} not in {'|'.join(sorted(pod.gpu_models))}", True
-        if gpu_count < pod.gpu_count:
-            return f"pod needs {pod.gpu_count} GPUs, the node has {gpu_count}", True
-    for name, col, want in wants:
-        if want > free[col]:
-            return (
-                f"Insufficient {name}: requests {_show(name, want)}, free "
-                f"{_show(name, max(free[col], 0))} of {_show(name, allocatable[col])}",
-                False,
-            )
-    if free[PODS_COL] < 1:
-        return f"Too many pods: {allocatable[PODS_COL]} already", False
-    if pod.gpu_count:
-        return (
-            f"Insufficient GPU: needs {pod.gpu_count} device(s) with {pod.gpu_milli} milli free, "
-            f"free milli per device {gpu_free[:gpu_count]}",
+        note(
+            np.ones(len(rows), dtype=np.bool_),
+            f"Insufficient GPU: the pod needs {pod.gpu_count} device(s) with "
+            f"{pod.gpu_milli} milli free",
             False,
         )
-    return "does not fit", False
+    code[code < 0] = len(messages)
+    messages.append("does not fit")
+    unresolvable.append(False)
+    return [messages[c] for c in code.tolist()], np.asarray(unresolvable)[code]
 
 
 def to_extender_scores(scores: NDArray[np.float64]) -> list[int]:
@@ -146,6 +143,8 @@ class Decider:
     ) -> None:
         self.cache, self.registry, self.weights = cache, registry, tuple(policies)
         self._built: tuple[float, int, list[tuple[Policy, float]]] | None = None
+        self._score_caches: list[ScoreCache] = []
+        self._row_index: tuple[int, Snapshot | None, dict[str, int]] = (-1, None, {})
 
     def _workload(self) -> TargetWorkload | None:
         if self.cache is None:
@@ -164,6 +163,7 @@ class Decider:
             context = PolicyContext(workload=self._workload())
             built = [(self.registry.create(w.name, context), w.weight) for w in self.weights]
             self._built = (now, changes, built)
+            self._score_caches = [ScoreCache() for _ in built]
         return self._built[2]
 
     def filter(
@@ -175,25 +175,28 @@ class Decider:
         row, so equal nodes fill first-fit): kube-scheduler then skips scoring altogether.
         """
         rows, missing = self._rows(snapshot, names)
-        fit = snapshot.fit(pod).feasible
+        fit = snapshot.feasible(pod)
         for policy, _ in self.policies():
             fit = fit & policy.filter(snapshot, pod)
         cordoned = self.cache.unschedulable if self.cache else set()
         out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})
-        misfits: list[tuple[str, int]] = []
-        for name, row in rows:
-            if name in cordoned:
-                out.failed[name] = "node is cordoned (spec.unschedulable)"
-            elif fit[row]:
-                out.passed.append(name)
-            else:
-                misfits.append((name, row))
-        reasons = explain(snapshot, [row for _, row in misfits], pod) if misfits else []
-        for (name, _), (reason, unresolvable) in zip(misfits, reasons, strict=True):
-            (out.unresolvable if unresolvable else out.failed)[name] = reason
-        if choose and len(out.passed) > 1:
-            index = {name: row for name, row in rows}
-            candidates = np.array([index[name] for name in out.passed])
+        known = [name for name, row in zip(names, rows, strict=True) if row >= 0]
+        index = rows[rows >= 0]
+        ok = fit[index]
+        for name in cordoned.intersection(known):
+            out.failed[name] = "node is cordoned (spec.unschedulable)"
+            ok[known.index(name)] = True  # reported; keep it out of both lists below
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            reasons, hopeless = explain(snapshot, index[bad], pod)
+            for i, reason, unresolvable in zip(
+                bad.tolist(), reasons, hopeless.tolist(), strict=True
+            ):
+                (out.unresolvable if unresolvable else out.failed)[known[i]] = reason
+        good = [i for i in np.flatnonzero(ok).tolist() if known[i] not in out.failed]
+        out.passed.extend(known[i] for i in good)
+        if choose and len(good) > 1:
+            candidates = index[good]
             scores = self.scores(snapshot, pod)[candidates]
             best = candidates[scores == scores.max()].min()
             out.passed[:] = [snapshot.names[int(best)]]
@@ -203,8 +206,13 @@ class Decider:
         """The configured policies' weighted mean score of every node, 0..100."""
         total = np.zeros(snapshot.num_nodes, dtype=np.float64)
         weight_sum = 0.0
-        for policy, weight in self.policies():
-            total += weight * policy.score(snapshot, pod)
+        policies = self.policies()
+        for (policy, weight), cache in zip(policies, self._score_caches, strict=True):
+            # a throw-away snapshot (no cluster cache) must not poison the per-shape caches
+            scores = (
+                cache.scores(policy, snapshot, pod) if self.cache else policy.score(snapshot, pod)
+            )
+            total += weight * scores
             weight_sum += weight
         return total / weight_sum if weight_sum else total
 
@@ -212,10 +220,10 @@ class Decider:
         self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str]
     ) -> list[tuple[str, int]]:
         rows, _ = self._rows(snapshot, names)
-        total = self.scores(snapshot, pod)
-        picked = total[[row for _, row in rows]] if rows else np.zeros(0)
-        scores = dict(zip([n for n, _ in rows], to_extender_scores(picked), strict=True))
-        return [(name, scores.get(name, 0)) for name in names]
+        known = rows >= 0
+        scores = np.zeros(len(names), dtype=np.int64)
+        scores[known] = to_extender_scores(self.scores(snapshot, pod)[rows[known]])
+        return list(zip(names, scores.tolist(), strict=True))
 
     def devices(self, snapshot: Snapshot, pod: PodRequest, node: str) -> tuple[int, ...]:
         """GPU devices for ``pod`` on ``node``, chosen by the first configured policy."""
@@ -224,13 +232,15 @@ class Decider:
         policy = self.policies()[0][0]
         return policy.select_devices(snapshot, snapshot.index_of(node), pod)
 
-    @staticmethod
-    def _rows(snapshot: Snapshot, names: Sequence[str]) -> tuple[list[tuple[str, int]], list[str]]:
-        rows: list[tuple[str, int]] = []
-        missing: list[str] = []
-        for name in names:
-            try:
-                rows.append((name, snapshot.index_of(name)))
-            except KeyError:
-                missing.append(name)
+    def _rows(self, snapshot: Snapshot, names: Sequence[str]) -> tuple[NDArray[np.intp], list[str]]:
+        """Snapshot rows of ``names`` (-1 for unknown names) and the unknown names."""
+        if self._row_index[0] != snapshot.layout or self._row_index[1] is not snapshot:
+            self._row_index = (
+                snapshot.layout,
+                snapshot,
+                {n: i for i, n in enumerate(snapshot.names)},
+            )
+        lookup = self._row_index[2]
+        rows = np.fromiter((lookup.get(n, -1) for n in names), dtype=np.intp, count=len(names))
+        missing = [names[i] for i in np.flatnonzero(rows < 0).tolist()]
         return rows, missing

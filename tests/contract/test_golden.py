@@ -63,3 +63,15 @@ def test_golden(case: str, with_cache: bool) -> None:
     reply = TestClient(app).post(f"/{verb}", json=load(f"{case}_request"))
     assert reply.status_code == 200
     assert reply.json() == load(f"{case}_response")
+
+
+def test_decide_in_filter_passes_only_fulcrums_pick() -> None:
+    settings = ExtenderSettings(prioritize=(PolicyWeight(policy="MostAllocated", weight=1),))
+    app = create_app(settings, cache_with_n1_busy())
+    request = load("filter_cache_request") | {"NodeNames": ["n2", "n1"]}
+    request["Pod"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "500m"
+    reply = TestClient(app).post("/filter", json=request).json()
+    # MostAllocated: n1 (3 of 4 cpu used) = (3500*100/4000 + 12) / 2 = 49 beats the empty
+    # n2 = (500*100/4000 + 12) / 2 = 12; only n1 passes, so kube-scheduler skips scoring
+    assert reply["NodeNames"] == ["n1"]
+    assert "n2" not in reply["FailedNodes"]
