@@ -30,7 +30,6 @@ from extender.wire import (
     ExtenderBindingArgs,
     ExtenderBindingResult,
     ExtenderFilterResult,
-    HostPriority,
 )
 from policies.registry import Registry, default_registry
 from scheduler.pod import PodRequest
@@ -79,9 +78,9 @@ class Metrics:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
 
 
-def _json(result: BaseModel | list[HostPriority], status: int = 200) -> Response:
-    if isinstance(result, list):
-        body = orjson.dumps([item.model_dump() for item in result])
+def _json(result: BaseModel | list[tuple[str, int]], status: int = 200) -> Response:
+    if isinstance(result, list):  # HostPriorityList, built without a model per node (5,000)
+        body = orjson.dumps([{"Host": host, "Score": score} for host, score in result])
     else:
         body = orjson.dumps(result.model_dump(exclude_none=True))
     return Response(body, status_code=status, media_type="application/json")
@@ -212,11 +211,11 @@ def create_app(
             FailedAndUnresolvableNodes=out.unresolvable,
         )
 
-    def do_prioritize(args: ExtenderArgs) -> list[HostPriority]:
+    def do_prioritize(args: ExtenderArgs) -> list[tuple[str, int]]:
         pod, names = _pod(args), _node_names(args)
         with view(args) as snapshot:
             scores = decider.prioritize(snapshot, pod, names)
-        return [HostPriority(Host=name, Score=score) for name, score in scores]
+        return scores
 
     async def do_bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
         if binds is None:
