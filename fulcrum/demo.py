@@ -1,10 +1,17 @@
-"""The main job: a kwok cluster with Fulcrum in front of kube-scheduler, a workload placed."""
+"""The main job: a kwok cluster with Fulcrum beside kube-scheduler, a workload placed twice.
+
+The same pods are placed by the plain default-scheduler and then by fulcrum-scheduler (the
+real kube-scheduler calling Fulcrum's extender), on the same nodes in the same run, and the
+nodes each one used are shown against the lower bound.
+"""
 
 from __future__ import annotations
 
 import math
-import sys
 import time
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 from fulcrum import cluster
 from fulcrum.workload import (
@@ -16,54 +23,69 @@ from fulcrum.workload import (
     wait_bound,
 )
 
+NODE = cluster.NodeShape(cpu="32", memory="128Gi")
+
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _lower_bound(pods: int) -> int:
+    shapes = [DEFAULT_SHAPES[i % len(DEFAULT_SHAPES)] for i in range(pods)]
+    cpu = sum(float(parse_quantity(s.cpu)) for s in shapes) / float(parse_quantity(NODE.cpu))
+    memory = sum(float(parse_quantity(s.memory)) for s in shapes)
+    return max(math.ceil(cpu), math.ceil(memory / float(parse_quantity(NODE.memory))))
+
+
+def _place(api: Any, scheduler: str, pods: int) -> dict[str, tuple[float, float]]:
+    namespace = f"demo-{scheduler}"
+    ensure_namespace(api, namespace)
+    started = time.monotonic()
+    create_pods(api, namespace, pods, scheduler=scheduler)
+    wait_bound(api, namespace, pods)
+    _say(f"{scheduler}: {pods} pods bound in {time.monotonic() - started:.1f} s")
+    usage = {n: u for n, u in node_usage(api).items() if u[0] > 0 or u[1] > 0}
+    api.delete_namespace(namespace)
+    while api.list_namespaced_pod(namespace, limit=1).items:
+        time.sleep(0.5)
+    return usage
+
+
+def _show(usage: dict[str, tuple[float, float]]) -> None:
+    _say(f"  {'node':18} {'cpu':>6} {'memory':>7}")
+    for node, (cpu, mem) in sorted(usage.items()):
+        _say(f"  {node:18} {cpu:6.0%} {mem:7.0%}")
+
+
 def run_demo(*, name: str, nodes: int, pods: int, keep: bool) -> int:
-    shape = cluster.NodeShape(cpu="32", memory="128Gi")
-    state = cluster.up(name, nodes=nodes, shape=shape, log=_say)
+    state = cluster.up(name, nodes=nodes, shape=NODE, log=_say)
     try:
         api = cluster.core_api(name)
-        ensure_namespace(api, "demo")
+        shapes = ", ".join(f"{s.cpu} cpu/{s.memory}" for s in DEFAULT_SHAPES)
         _say(
-            f"creating {pods} pods of shapes "
-            + ", ".join(f"{s.cpu} cpu/{s.memory}" for s in DEFAULT_SHAPES)
+            f"\nthe workload: {pods} pods of shapes {shapes}, on {nodes} nodes of "
+            f"{NODE.cpu} cpu/{NODE.memory}\n"
         )
-        started = time.monotonic()
-        create_pods(api, "demo", pods)
-        placement = wait_bound(api, "demo", pods, log=_say)
-        elapsed = time.monotonic() - started
-        usage = node_usage(api)
-        used = {n: u for n, u in usage.items() if u[0] > 0 or u[1] > 0}
-        cpu_total = sum(float(s.cpu) for s in (DEFAULT_SHAPES * pods)[:pods])
-        mem_total = sum(int(s.memory[:-2]) for s in (DEFAULT_SHAPES * pods)[:pods])
-        bound = max(math.ceil(cpu_total / 32), math.ceil(mem_total / 128))
-        _say(
-            f"\nall {len(placement)} pods bound in {elapsed:.1f} s by kube-scheduler "
-            "with Fulcrum's extender"
-        )
-        _say(f"{'node':18} {'cpu':>6} {'memory':>7}")
-        for node, (cpu, mem) in sorted(used.items()):
-            _say(f"{node:18} {cpu:6.0%} {mem:7.0%}")
-        _say(f"nodes used: {len(used)} of {nodes} (lower bound {bound})")
+        baseline = _place(api, "default-scheduler", pods)
+        _show(baseline)
+        ours = _place(api, cluster.FULCRUM_SCHEDULER, pods)
+        _show(ours)
         assert state.extender_port is not None
         calls = extender_calls(state.extender_port)
         _say(
-            f"extender calls: filter {calls.get('filter', 0):.0f}, "
-            f"prioritize {calls.get('prioritize', 0):.0f}"
+            f"\nnodes used: default-scheduler {len(baseline)}, fulcrum-scheduler {len(ours)} "
+            f"(lower bound {_lower_bound(pods)}, of {nodes} nodes)"
+        )
+        _say(
+            "Fulcrum's extender was called: "
+            + ", ".join(f"{verb} {count:.0f}" for verb, count in sorted(calls.items()))
         )
     finally:
         if keep:
             _say(
                 f'cluster kept: eval "$(fulcrum cluster env --name {name})"; '
-                f"remove with `fulcrum cluster down --name {name}`"
+                f"remove it with `fulcrum cluster down --name {name}`"
             )
         else:
             cluster.down(name, log=_say)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_demo(name="fulcrum-demo", nodes=20, pods=60, keep=False))
