@@ -24,12 +24,14 @@ from extender.bind import Binder, BindService
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
+from extender.preempt import candidates_from_wire, result_to_wire, select_victims
 from extender.resources import node_spec, pod_request
 from extender.wire import (
     ExtenderArgs,
     ExtenderBindingArgs,
     ExtenderBindingResult,
     ExtenderFilterResult,
+    ExtenderPreemptionArgs,
 )
 from policies.registry import Registry, default_registry
 from scheduler.pod import PodRequest
@@ -78,9 +80,13 @@ class Metrics:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
 
 
-def _json(result: BaseModel | list[tuple[str, int]], status: int = 200) -> Response:
+def _json(
+    result: BaseModel | list[tuple[str, int]] | dict[str, Any], status: int = 200
+) -> Response:
     if isinstance(result, list):  # HostPriorityList, built without a model per node (5,000)
         body = orjson.dumps([{"Host": host, "Score": score} for host, score in result])
+    elif isinstance(result, dict):
+        body = orjson.dumps(result)
     else:
         body = orjson.dumps(result.model_dump(exclude_none=True))
     return Response(body, status_code=status, media_type="application/json")
@@ -109,7 +115,7 @@ async def _read_args(request: Request, limit: int, model: type[Args]) -> Args:
         ) from exc
 
 
-def _pod(args: ExtenderArgs) -> PodRequest:
+def _pod(args: ExtenderArgs | ExtenderPreemptionArgs) -> PodRequest:
     try:
         return pod_request(args.Pod)
     except ValueError as exc:
@@ -231,6 +237,22 @@ def create_app(
             metrics.errors.labels("bind", "refused").inc()
         return ExtenderBindingResult(Error=error)
 
+    def do_preempt(args: ExtenderPreemptionArgs) -> dict[str, Any]:
+        if cache is None:
+            raise BadRequest(
+                400,
+                "preempt needs a cluster cache: run the extender with --kubeconfig, or remove "
+                "preemptVerb from the scheduler's extender configuration",
+            )
+        pod = _pod(args)
+        try:
+            candidates, priority = candidates_from_wire(args.model_dump())
+        except ValueError as exc:
+            raise BadRequest(422, str(exc)) from exc
+        with cache.lock:
+            chosen = select_victims(cache.snapshot, pod, candidates, priority, decider.scores)
+        return result_to_wire(chosen)
+
     @app.post("/filter")
     async def filter_verb(request: Request) -> Response:
         return await handle("filter", request, ExtenderArgs, do_filter)
@@ -238,6 +260,10 @@ def create_app(
     @app.post("/prioritize")
     async def prioritize_verb(request: Request) -> Response:
         return await handle("prioritize", request, ExtenderArgs, do_prioritize)
+
+    @app.post("/preempt")
+    async def preempt_verb(request: Request) -> Response:
+        return await handle("preempt", request, ExtenderPreemptionArgs, do_preempt)
 
     @app.post("/bind")
     async def bind_verb(request: Request) -> Response:

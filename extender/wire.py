@@ -41,6 +41,14 @@ class ExtenderFilterResult(_Wire):
     Error: str = ""
 
 
+class ExtenderPreemptionArgs(_Wire):
+    """Victims per node: whole pods (``nodeCacheCapable: false``) or UIDs (true)."""
+
+    Pod: dict[str, Any]
+    NodeNameToVictims: dict[str, Any] | None = None
+    NodeNameToMetaVictims: dict[str, Any] | None = None
+
+
 class ExtenderBindingArgs(_Wire):
     PodName: str
     PodNamespace: str

@@ -75,6 +75,7 @@ class ExtenderRegistration:
             "filterVerb": "filter",
             "prioritizeVerb": "prioritize",
             "bindVerb": "bind",
+            "preemptVerb": "preempt",
             "weight": self.weight,
             "nodeCacheCapable": self.node_cache_capable,
             "enableHTTPS": False,

@@ -75,3 +75,29 @@ def test_decide_in_filter_passes_only_fulcrums_pick() -> None:
     # n2 = (500*100/4000 + 12) / 2 = 12; only n1 passes, so kube-scheduler skips scoring
     assert reply["NodeNames"] == ["n1"]
     assert "n2" not in reply["FailedNodes"]
+
+
+def test_preempt_returns_the_fewest_victims_on_the_best_node() -> None:
+    cache = cache_with_n1_busy()  # n1: pod "busy" with 3 cpu of 4
+    cache.apply(
+        "pods",
+        "ADDED",
+        {
+            "metadata": {"uid": "small", "namespace": "default", "name": "small"},
+            "spec": {"nodeName": "n1", "containers": [{"resources": {"requests": {"cpu": "1"}}}]},
+            "status": {"phase": "Running"},
+        },
+    )
+    request = {
+        "Pod": load("filter_cache_request")["Pod"],  # 2 cpu
+        "NodeNameToVictims": None,
+        "NodeNameToMetaVictims": {
+            "n1": {"Pods": [{"UID": "busy"}, {"UID": "small"}], "NumPDBViolations": 0}
+        },
+    }
+    reply = TestClient(create_app(SETTINGS, cache)).post("/preempt", json=request)
+    # evicting "busy" (3 cpu) alone frees 3 of 4 cpu: "small" is reprieved
+    assert reply.status_code == 200
+    assert reply.json() == {
+        "NodeNameToMetaVictims": {"n1": {"Pods": [{"UID": "busy"}], "NumPDBViolations": 0}}
+    }
