@@ -49,7 +49,10 @@ class KubeBinder:
         if cfg.cert_file:
             context.load_cert_chain(cfg.cert_file, cfg.key_file)
         headers = {"Accept": "application/json"}
-        token = (cfg.api_key or {}).get("authorization")
+        # a service-account kubeconfig (tokenFile) stores the token as "BearerToken"
+        token = cfg.get_api_key_with_prefix("BearerToken") or (cfg.api_key or {}).get(
+            "authorization"
+        )
         if token:
             headers["Authorization"] = token
         self._options: dict[str, Any] = {

@@ -1,0 +1,130 @@
+"""A real kube-apiserver accepts deploy/, and its RBAC grants each container what it needs.
+
+`kubectl apply --dry-run=server -k deploy/` runs every object through the apiserver's decoding,
+validation and admission without persisting it. The RBAC is then applied for real and checked
+with `kubectl auth can-i` as the ServiceAccount. kwok runs no containers, so the pods themselves
+are not started here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fulcrum import cluster
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+SERVICE_ACCOUNT = "system:serviceaccount:fulcrum-system:fulcrum-scheduler"
+
+
+@dataclass
+class Kubectl:
+    path: str
+    kubeconfig: Path
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.path, *args],
+            env=dict(os.environ, KUBECONFIG=str(self.kubeconfig)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, (
+            f"kubectl {' '.join(args)} failed (exit {result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+        return result.stdout
+
+    def can(self, verb: str, resource: str, *args: str) -> bool:
+        result = self.run("auth", "can-i", verb, resource, f"--as={SERVICE_ACCOUNT}", *args)
+        if result.returncode not in (0, 1):
+            raise AssertionError(f"kubectl auth can-i failed: {result.stderr}")
+        return result.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> Iterator[Kubectl]:
+    name = f"deploy-{os.getpid()}"
+    try:
+        state = cluster.up(name, nodes=1, log=print)
+        yield Kubectl(state.kubectl, cluster.kubeconfig_path(name))
+    finally:
+        cluster.down(name, log=print)
+
+
+def test_the_apiserver_accepts_every_manifest(kubectl: Kubectl) -> None:
+    # A server-side dry run persists nothing, so namespaced objects would fail with "namespace
+    # not found": create the namespace for real first.
+    kubectl.ok("apply", "-f", str(DEPLOY / "namespace.yaml"))
+    result = kubectl.run("apply", "--dry-run=server", "-k", str(DEPLOY))
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    # The namespace enforces Pod Security "restricted"; the apiserver warns about a Deployment
+    # whose pods would be rejected.
+    assert "PodSecurity" not in result.stderr, result.stderr
+    out = result.stdout
+    for kind in (
+        "namespace/fulcrum-system",
+        "priorityclass.scheduling.k8s.io/fulcrum-scheduler",
+        "serviceaccount/fulcrum-scheduler",
+        "clusterrole.rbac.authorization.k8s.io/fulcrum-extender",
+        "configmap/fulcrum-config",
+        "deployment.apps/fulcrum-scheduler",
+        "poddisruptionbudget.policy/fulcrum-scheduler",
+    ):
+        assert kind in out, out
+
+
+def test_the_service_account_may_do_what_each_container_does(kubectl: Kubectl) -> None:
+    kubectl.ok("apply", "-f", str(DEPLOY / "namespace.yaml"), "-f", str(DEPLOY / "rbac.yaml"))
+    deadline = time.monotonic() + 30  # the RBAC authorizer learns new bindings from a watch
+    while not kubectl.can("list", "nodes") and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+    allowed = [
+        # the extender (ClusterRole fulcrum-extender)
+        ("list", "nodes"),
+        ("watch", "nodes"),
+        ("get", "pods", "--all-namespaces"),
+        ("list", "pods", "--all-namespaces"),
+        ("watch", "pods", "--all-namespaces"),
+        ("create", "pods", "--subresource=binding", "-n", "default"),
+        ("create", "events", "-n", "default"),
+        ("patch", "events.events.k8s.io", "-n", "default"),
+        # kube-scheduler (system:kube-scheduler, system:volume-scheduler, its Lease, auth reader)
+        ("patch", "pods", "--subresource=status", "-n", "default"),
+        ("list", "poddisruptionbudgets.policy", "--all-namespaces"),
+        ("update", "persistentvolumeclaims", "-n", "default"),
+        ("create", "leases.coordination.k8s.io", "-n", "fulcrum-system"),
+        ("get", "leases.coordination.k8s.io/fulcrum-scheduler", "-n", "fulcrum-system"),
+        ("update", "leases.coordination.k8s.io/fulcrum-scheduler", "-n", "fulcrum-system"),
+        (
+            "get",
+            "configmaps/extension-apiserver-authentication",
+            "-n",
+            "kube-system",
+        ),
+        ("create", "subjectaccessreviews.authorization.k8s.io"),
+    ]
+    denied = [
+        ("update", "leases.coordination.k8s.io/someone-else", "-n", "fulcrum-system"),
+        ("update", "pods", "-n", "default"),
+        ("delete", "nodes"),
+        ("get", "secrets", "-n", "kube-system"),
+        ("create", "pods", "-n", "default"),
+    ]
+    wrong = [" ".join(a) for a in allowed if not kubectl.can(*a)]
+    wrong += [f"NOT {' '.join(a)}" for a in denied if kubectl.can(*a)]
+    assert not wrong, f"{SERVICE_ACCOUNT}: unexpected answers: {wrong}"

@@ -1,0 +1,590 @@
+"""The manifests under deploy/ are well formed, agree with the harness, and grant minimal RBAC.
+
+No cluster: YAML is parsed here; where the built binaries are in the cache, kube-scheduler
+v1.34.4 itself decodes (strictly) and validates the KubeSchedulerConfigurations, and
+``kubectl kustomize`` renders the kustomization. tests/integration/test_deploy_dryrun.py sends the
+manifests to a real kube-apiserver.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from extender.config import load_settings
+from fulcrum.binaries import cache_dir
+from fulcrum.cluster import FULCRUM_SCHEDULER, ExtenderRegistration, scheduler_config
+from policies.registry import default_registry
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+NAMESPACE = "fulcrum-system"
+SERVICE_ACCOUNT = "fulcrum-scheduler"
+CONFIG_DIR = "/etc/fulcrum"
+EXAMPLE = "kube-scheduler-config.example.yaml"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# kind -> apiVersion of every API object the manifests may contain
+API_VERSIONS = {
+    "Namespace": "v1",
+    "ServiceAccount": "v1",
+    "ConfigMap": "v1",
+    "ClusterRole": "rbac.authorization.k8s.io/v1",
+    "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+    "Deployment": "apps/v1",
+    "PodDisruptionBudget": "policy/v1",
+    "PriorityClass": "scheduling.k8s.io/v1",
+}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"}
+NOT_API_OBJECTS = {
+    "Kustomization": "kustomize.config.k8s.io/v1beta1",
+    "KubeSchedulerConfiguration": "kubescheduler.config.k8s.io/v1",
+}
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$")  # RBAC names may contain ':'
+
+# (apiGroups, resources, verbs) the extender needs, and nothing else
+EXTENDER_RULES = {
+    (("",), ("nodes", "pods"), ("get", "list", "watch")),
+    (("",), ("pods/binding",), ("create",)),
+    (("", "events.k8s.io"), ("events",), ("create", "patch")),
+}
+
+# json tags of k8s.io/kube-scheduler/config/v1 Extender, ExtenderTLSConfig, ExtenderManagedResource
+EXTENDER_FIELDS = {
+    "urlPrefix",
+    "filterVerb",
+    "preemptVerb",
+    "prioritizeVerb",
+    "weight",
+    "bindVerb",
+    "enableHTTPS",
+    "tlsConfig",
+    "httpTimeout",
+    "nodeCacheCapable",
+    "managedResources",
+    "ignorable",
+}
+TLS_FIELDS = {
+    "insecure",
+    "serverName",
+    "certFile",
+    "keyFile",
+    "caFile",
+    "certData",
+    "keyData",
+    "caData",
+}
+MANAGED_RESOURCE_FIELDS = {"name", "ignoredByScheduler"}
+# A throw-away self-signed CA (its key was discarded): the extender loads the CA file for real.
+TEST_CA = """\
+-----BEGIN CERTIFICATE-----
+MIIBijCCATGgAwIBAgIUK/DG9JtDet6NFuzaabnFS+fyGrUwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPZnVsY3J1bS10ZXN0LWNhMCAXDTI2MTEyNzA2MzA1MloYDzIx
+MjYxMTAzMDYzMDUyWjAaMRgwFgYDVQQDDA9mdWxjcnVtLXRlc3QtY2EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAATFuZ4VMNvStvRG2uMYy3A73KQu76cBb7ZIRYjq
+lM4Tn2Ppz28iE9ppGKCmfM/Yz7xK1W3a+v71UqAfVUuxdPDCo1MwUTAdBgNVHQ4E
+FgQUWYpQdxU6rvnWdDbbKRZZReEPN2EwHwYDVR0jBBgwFoAUWYpQdxU6rvnWdDbb
+KRZZReEPN2EwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiAq62Pj
+7dBOUmyKHlEFRzAuDg9X6OEdEZLwEQsmCyA2UQIgKYxPYOHFtbChULVve0+yRYOp
+SCO22ydf5xPEYGmE5jM=
+-----END CERTIFICATE-----
+"""
+KUBE_SCHEDULER_TYPES = Path.home() / "go/pkg/mod/k8s.io/kube-scheduler@v0.34.4/config/v1/types.go"
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _load_all() -> list[tuple[str, dict[str, Any]]]:
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs.append((path.name, doc))
+    return docs
+
+
+DOCS = _load_all()
+
+
+def objects(kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in DOCS if doc.get("kind") == kind]
+
+
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in objects(kind) if name is None or d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    doc: dict[str, Any] = found[0]
+    return doc
+
+
+def config_map() -> dict[str, str]:
+    data: dict[str, str] = one("ConfigMap", "fulcrum-config")["data"]
+    return data
+
+
+def scheduler_configuration() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(config_map()["kube-scheduler.yaml"])
+    return config
+
+
+def deployment() -> dict[str, Any]:
+    return one("Deployment", FULCRUM_SCHEDULER)
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = deployment()["spec"]["template"]["spec"]
+    return spec
+
+
+def container(name: str) -> dict[str, Any]:
+    found = [c for c in pod_spec()["containers"] if c["name"] == name]
+    assert len(found) == 1, f"no container {name!r}"
+    spec: dict[str, Any] = found[0]
+    return spec
+
+
+def flag(args: list[str], name: str) -> str:
+    """Value of ``--name=value`` or ``--name value`` in a container's command line."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    raise AssertionError(f"--{name} not in {args}")
+
+
+def config_file(path: str) -> str:
+    """The ConfigMap key mounted at ``path`` (the whole ConfigMap is mounted at CONFIG_DIR)."""
+    assert path.startswith(CONFIG_DIR + "/"), path
+    key = path.removeprefix(CONFIG_DIR + "/")
+    assert key in config_map(), f"{path}: no key {key!r} in ConfigMap fulcrum-config"
+    return config_map()[key]
+
+
+def the_extender() -> dict[str, Any]:
+    extenders = scheduler_configuration()["extenders"]
+    assert len(extenders) == 1
+    entry: dict[str, Any] = extenders[0]
+    return entry
+
+
+def _binary(name: str) -> Path | None:
+    supplied = os.environ.get("FULCRUM_BIN_DIR")
+    candidates = [Path(supplied) / name] if supplied else []
+    candidates += sorted((cache_dir() / "bin").glob(f"kubernetes-v1.34.4-*/{name}"))
+    return next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
+
+
+# --- every document ----------------------------------------------------------------------------
+
+
+def test_there_are_manifests() -> None:
+    kinds = {doc["kind"] for _, doc in DOCS}
+    assert set(API_VERSIONS) <= kinds
+
+
+@pytest.mark.parametrize(("file", "doc"), DOCS, ids=[f"{f}:{d.get('kind')}" for f, d in DOCS])
+def test_every_document_is_well_formed(file: str, doc: dict[str, Any]) -> None:
+    kind = doc.get("kind")
+    assert isinstance(kind, str), f"{file}: a document without kind"
+    if kind in NOT_API_OBJECTS:
+        assert doc.get("apiVersion") == NOT_API_OBJECTS[kind], file
+        assert file in {"kustomization.yaml", EXAMPLE}, f"{file}: {kind} is not an API object"
+        return
+    assert kind in API_VERSIONS, f"{file}: unexpected kind {kind}"
+    assert doc.get("apiVersion") == API_VERSIONS[kind], f"{file}: {kind}"
+    meta = doc["metadata"]
+    assert DNS_SUBDOMAIN.match(meta["name"]) and len(meta["name"]) <= 253, meta["name"]
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec", "data", "rules", "roleRef"} | {
+        "subjects",
+        "value",
+        "globalDefault",
+        "preemptionPolicy",
+        "description",
+    }, f"{file}: {kind} {meta['name']} has unknown top-level fields"
+    for key, value in {**meta.get("labels", {}), **meta.get("annotations", {})}.items():
+        assert isinstance(value, str), f"{kind} {meta['name']}: {key} must be a string"
+    if kind in CLUSTER_SCOPED:
+        assert "namespace" not in meta, f"{kind} {meta['name']} is cluster-scoped"
+    elif kind == "RoleBinding" and meta["name"].endswith("authentication-reader"):
+        assert meta["namespace"] == "kube-system"
+    else:
+        assert meta.get("namespace") == NAMESPACE, f"{kind} {meta['name']}"
+
+
+def test_names_are_unique_per_kind_and_namespace() -> None:
+    keys = [
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])
+        for _, d in DOCS
+        if d["kind"] in API_VERSIONS
+    ]
+    assert len(keys) == len(set(keys))
+
+
+def test_the_kustomization_lists_every_manifest_but_the_example() -> None:
+    listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
+    on_disk = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml", EXAMPLE}
+    assert sorted(listed) == sorted(on_disk)
+    assert one("Namespace")["metadata"]["name"] == NAMESPACE
+
+
+# --- the KubeSchedulerConfiguration ----------------------------------------------------------
+
+
+def test_scheduler_config_agrees_with_the_harness() -> None:
+    """Same profile and extender registration as ``fulcrum cluster up`` tests every day."""
+    deployed = scheduler_configuration()
+    harness = scheduler_config(ExtenderRegistration(port=8888), Path("unused"))
+    assert deployed["apiVersion"] == harness["apiVersion"]
+    assert deployed["kind"] == harness["kind"]
+    assert deployed["profiles"] == harness["profiles"]
+    assert deployed["extenders"] == harness["extenders"]
+    assert deployed["percentageOfNodesToScore"] == harness["percentageOfNodesToScore"]
+    # in-cluster: the pod's ServiceAccount, no kubeconfig file
+    assert "kubeconfig" not in deployed.get("clientConnection", {})
+
+
+def test_the_extender_is_called_on_loopback_with_filter_prioritize_and_bind() -> None:
+    entry = the_extender()
+    url = urlparse(entry["urlPrefix"])
+    assert (url.scheme, url.hostname, url.port) == ("http", "127.0.0.1", 8888)
+    assert (entry["filterVerb"], entry["prioritizeVerb"], entry["bindVerb"]) == (
+        "filter",
+        "prioritize",
+        "bind",
+    )
+    assert entry["nodeCacheCapable"] is True
+    assert entry["ignorable"] is False
+    assert entry["weight"] > 0
+    assert re.fullmatch(r"\d+(ms|s)", entry["httpTimeout"])
+
+
+def test_leader_election_uses_a_lease_of_its_own() -> None:
+    election = scheduler_configuration()["leaderElection"]
+    assert election["leaderElect"] is True
+    assert election.get("resourceLock", "leases") == "leases"
+    assert election["resourceNamespace"] == NAMESPACE
+    assert election["resourceName"] not in {"", "kube-scheduler"}
+    profiles = scheduler_configuration()["profiles"]
+    assert [p["schedulerName"] for p in profiles] == [FULCRUM_SCHEDULER]
+
+
+# --- the extender's own files ------------------------------------------------------------------
+
+
+def test_the_extender_configuration_loads(tmp_path: Path) -> None:
+    path = tmp_path / "extender.yaml"
+    path.write_text(config_map()["extender.yaml"])
+    settings = load_settings(path, default_registry(plugins=False))
+    args = container("extender")["command"]
+    assert args[:2] == ["fulcrum", "serve"]
+    assert config_file(flag(args, "config")) == config_map()["extender.yaml"]
+    url = urlparse(the_extender()["urlPrefix"])
+    assert settings.host == flag(args, "host") == url.hostname == "127.0.0.1"
+    assert settings.port == int(flag(args, "port")) == url.port
+    assert settings.tls is None and the_extender()["enableHTTPS"] is False
+
+
+def _local_kubeconfig(tmp_path: Path) -> Path:
+    """The deployed extender kubeconfig, its ServiceAccount paths moved under ``tmp_path``."""
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text("header.payload.signature")
+    (sa / "ca.crt").write_text(TEST_CA)
+    text = config_file(flag(container("extender")["command"], "kubeconfig"))
+    assert text.count(SA_DIR) == 2
+    path = tmp_path / "kubeconfig.yaml"
+    path.write_text(text.replace(SA_DIR, str(sa)))
+    return path
+
+
+def test_the_extender_kubeconfig_is_the_pods_service_account(tmp_path: Path) -> None:
+    kubeconfig = yaml.safe_load(config_file(flag(container("extender")["command"], "kubeconfig")))
+    (cluster,) = kubeconfig["clusters"]
+    (user,) = kubeconfig["users"]
+    assert cluster["cluster"] == {
+        "server": "https://kubernetes.default.svc",
+        "certificate-authority": f"{SA_DIR}/ca.crt",
+    }
+    assert user["user"] == {"tokenFile": f"{SA_DIR}/token"}
+    assert pod_spec().get("automountServiceAccountToken", True) is True
+
+    from extender.serve import core_api  # the extender's own loader
+
+    configuration = core_api(_local_kubeconfig(tmp_path)).api_client.configuration
+    assert configuration.host == "https://kubernetes.default.svc"
+    assert configuration.ssl_ca_cert == str(tmp_path / "serviceaccount" / "ca.crt")
+    assert configuration.auth_settings()["BearerToken"]["value"] == (
+        "Bearer header.payload.signature"
+    )
+
+
+def test_binder_authenticates_with_the_deployed_kubeconfig(tmp_path: Path) -> None:
+    from extender.serve import KubeBinder, core_api
+
+    binder = KubeBinder(core_api(_local_kubeconfig(tmp_path)))
+    assert binder.client.headers.get("authorization") == "Bearer header.payload.signature"
+
+
+# --- RBAC --------------------------------------------------------------------------------------
+
+
+def _rules(role: dict[str, Any]) -> set[tuple[tuple[str, ...], ...]]:
+    out = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+        for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert "*" not in rule.get(key, []), f"{role['metadata']['name']}: wildcard {key}"
+        out.add(tuple(tuple(rule.get(k, ())) for k in ("apiGroups", "resources", "verbs")))
+    return out
+
+
+def _bound_to_the_service_account(binding: dict[str, Any]) -> None:
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+    ]
+    assert binding["roleRef"]["apiGroup"] == "rbac.authorization.k8s.io"
+
+
+def test_the_extender_cluster_role_is_exactly_the_minimal_rules() -> None:
+    role = one("ClusterRole", "fulcrum-extender")
+    assert _rules(role) == EXTENDER_RULES
+    assert all("resourceNames" not in rule for rule in role["rules"])
+    (binding,) = [
+        b for b in objects("ClusterRoleBinding") if b["roleRef"]["name"] == "fulcrum-extender"
+    ]
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    _bound_to_the_service_account(binding)
+
+
+def test_fulcrum_defines_no_other_cluster_roles() -> None:
+    assert [r["metadata"]["name"] for r in objects("ClusterRole")] == ["fulcrum-extender"]
+
+
+def test_kube_scheduler_gets_what_upstream_prescribes_for_a_second_scheduler() -> None:
+    bound = {b["roleRef"]["name"]: b for b in objects("ClusterRoleBinding")}
+    for role in ("system:kube-scheduler", "system:volume-scheduler"):
+        assert bound[role]["roleRef"]["kind"] == "ClusterRole"
+        _bound_to_the_service_account(bound[role])
+    (reader,) = [b for b in objects("RoleBinding") if b["metadata"]["namespace"] == "kube-system"]
+    assert reader["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "extension-apiserver-authentication-reader",
+    }
+    _bound_to_the_service_account(reader)
+    assert one("ServiceAccount", SERVICE_ACCOUNT)["metadata"]["namespace"] == NAMESPACE
+    assert pod_spec()["serviceAccountName"] == SERVICE_ACCOUNT
+
+
+def test_the_leader_election_role_covers_only_its_own_lease() -> None:
+    election = scheduler_configuration()["leaderElection"]
+    (role,) = objects("Role")
+    assert role["metadata"]["namespace"] == election["resourceNamespace"]
+    rules = role["rules"]
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in rules)
+    assert all(r["resources"] == ["leases"] for r in rules)
+    named = [r for r in rules if "resourceNames" in r]
+    assert [r["resourceNames"] for r in named] == [[election["resourceName"]]]
+    assert {"get", "update"} <= set(named[0]["verbs"])
+    assert [r["verbs"] for r in rules if "resourceNames" not in r] == [["create"]]
+    _rules(role)  # no wildcards
+    (binding,) = [
+        b for b in objects("RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    assert binding["roleRef"]["kind"] == "Role"
+    _bound_to_the_service_account(binding)
+
+
+# --- the Deployment ----------------------------------------------------------------------------
+
+
+def test_the_deployment_runs_two_replicas_on_different_nodes() -> None:
+    spec = deployment()["spec"]
+    assert spec["replicas"] == 2
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    (term,) = pod_spec()["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    pdb = one("PodDisruptionBudget")["spec"]
+    assert pdb["minAvailable"] == 1
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_pods_are_placed_by_the_default_scheduler() -> None:
+    assert "schedulerName" not in pod_spec()  # Fulcrum being down never blocks its own pods
+    priority = pod_spec()["priorityClassName"]
+    assert not priority.startswith("system-")
+    assert one("PriorityClass", priority)["value"] <= 1_000_000_000  # the user-class ceiling
+
+
+def test_the_containers() -> None:
+    assert [c["name"] for c in pod_spec()["containers"]] == ["kube-scheduler", "extender"]
+    scheduler = container("kube-scheduler")
+    assert scheduler["image"] == "registry.k8s.io/kube-scheduler:v1.34.4"
+    assert config_file(flag(scheduler["command"], "config")) == config_map()["kube-scheduler.yaml"]
+    assert container("extender")["image"] == "fulcrum:0.1.0"
+    for c in pod_spec()["containers"]:
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts[CONFIG_DIR]["readOnly"] is True
+        volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+        assert volumes[mounts[CONFIG_DIR]["name"]]["configMap"]["name"] == "fulcrum-config"
+
+
+@pytest.mark.parametrize("name", ["kube-scheduler", "extender"])
+def test_every_container_has_probes_resources_and_a_locked_down_security_context(
+    name: str,
+) -> None:
+    c = container(name)
+    assert c["readinessProbe"] and c["livenessProbe"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{name}: {kind}"
+    security = c["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    pod_security = pod_spec()["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["runAsUser"] != 0
+    assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_kube_scheduler_probes_its_secure_port() -> None:
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container("kube-scheduler")[probe]["httpGet"]
+        assert (get["path"], get["port"], get["scheme"]) == ("/healthz", 10259, "HTTPS")
+
+
+def test_the_extender_is_probed_from_inside_its_loopback_only_container() -> None:
+    """httpGet probes come from the node and cannot reach 127.0.0.1 inside the pod."""
+    extender = container("extender")
+    assert "ports" not in extender  # nothing listens on the pod IP
+    expected = {
+        "readinessProbe": "http://127.0.0.1:8888/readyz",
+        "livenessProbe": "http://127.0.0.1:8888/healthz",
+        "startupProbe": "http://127.0.0.1:8888/healthz",
+    }
+    for probe, url in expected.items():
+        command = extender[probe]["exec"]["command"]
+        assert command[:3] == ["python", "-S", "-c"]
+        assert f'urlopen("{url}"' in command[3]
+
+
+# --- the annotated example ---------------------------------------------------------------------
+
+
+def _go_json_tags(source: str, struct: str) -> set[str]:
+    body = re.search(rf"type {struct} struct {{(.*?)\n}}", source, re.S)
+    assert body, struct
+    return set(re.findall(r'json:"([^",]+)', body.group(1)))
+
+
+def test_the_field_lists_match_kube_scheduler_config_v1() -> None:
+    if not KUBE_SCHEDULER_TYPES.is_file():
+        pytest.skip(f"{KUBE_SCHEDULER_TYPES} not in the Go module cache")
+    source = KUBE_SCHEDULER_TYPES.read_text()
+    assert _go_json_tags(source, "Extender") == EXTENDER_FIELDS
+    assert _go_json_tags(source, "ExtenderTLSConfig") == TLS_FIELDS
+    assert _go_json_tags(source, "ExtenderManagedResource") == MANAGED_RESOURCE_FIELDS
+
+
+def test_the_example_shows_and_explains_every_extender_field() -> None:
+    text = (DEPLOY / EXAMPLE).read_text()
+    example = yaml.safe_load(text)
+    (entry,) = example["extenders"]
+    assert set(entry) == EXTENDER_FIELDS
+    assert set(entry["tlsConfig"]) == TLS_FIELDS
+    for field in MANAGED_RESOURCE_FIELDS:  # managedResources is empty for Fulcrum: in a comment
+        assert re.search(rf"^\s*#.*\b{field}:", text, re.M), field
+    for field in EXTENDER_FIELDS:  # each has its own comment paragraph
+        assert re.search(rf"^\s*#\s*{field}:", text, re.M), f"{field} is not explained"
+    # the example and the deployed configuration agree on everything they both set
+    deployed = the_extender()
+    assert {k: v for k, v in entry.items() if k in deployed} == deployed
+    assert example["profiles"] == scheduler_configuration()["profiles"]
+
+
+# --- with the built binaries, when present -----------------------------------------------------
+
+
+def _scheduler_configs() -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "configmap", scheduler_configuration()
+    yield "example", yaml.safe_load((DEPLOY / EXAMPLE).read_text())
+
+
+@pytest.mark.parametrize(
+    ("label", "config"), list(_scheduler_configs()), ids=["configmap", "example"]
+)
+def test_kube_scheduler_accepts_the_configuration(
+    tmp_path: Path, label: str, config: dict[str, Any]
+) -> None:
+    """kube-scheduler decodes strictly (unknown fields fail) and validates, without a server."""
+    binary = _binary("kube-scheduler")
+    if binary is None:
+        pytest.skip("kube-scheduler v1.34.4 not built (`fulcrum build`)")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "unused"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    config = {**config, "clientConnection": {**config.get("clientConnection", {})}}
+    config["clientConnection"]["kubeconfig"] = str(kubeconfig)  # out of the cluster
+    path = tmp_path / f"{label}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "effective.yaml"
+    result = subprocess.run(
+        [str(binary), f"--config={path}", "--secure-port=0", f"--write-config-to={out}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    effective = yaml.safe_load(out.read_text())
+    assert effective["extenders"][0]["urlPrefix"] == "http://127.0.0.1:8888"
+    assert effective["leaderElection"]["resourceName"] == FULCRUM_SCHEDULER
+
+
+def test_kubectl_kustomize_renders_every_manifest() -> None:
+    kubectl = _binary("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl v1.34.4 not built (`fulcrum build`)")
+    result = subprocess.run(
+        [str(kubectl), "kustomize", str(DEPLOY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    expected = [d for f, d in DOCS if f not in {"kustomization.yaml", EXAMPLE}]
+    assert sorted(map(_key, rendered)) == sorted(map(_key, expected))
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
