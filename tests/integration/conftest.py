@@ -30,9 +30,12 @@ def _start(name: str, nodes: int, **kwargs: Any) -> KwokCluster:
 
 
 @pytest.fixture(scope="module")
-def kwok_cluster() -> Iterator[KwokCluster]:
+def kwok_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KwokCluster]:
+    """10 nodes; the extender scores in prioritize (decideInFilter: false), so every verb runs."""
     name = f"it-{os.getpid()}"
-    started = _start(name, nodes=10)
+    config = tmp_path_factory.mktemp("extender") / "extender.yaml"
+    config.write_text("decideInFilter: false\n")
+    started = _start(name, nodes=10, extender_config=config)
     try:
         yield started
     finally:
