@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.base import FloatArray, IntArray, PolicyBase
-from policies.resource_allocation import ResourceWeight, requested_and_capacity, validate_resources
+from policies.resource_allocation import (
+    ResourceWeight,
+    validate_resources,
+    weighted_resource_score,
+)
 from scheduler.pod import PodRequest
 from scheduler.policy import PolicyContext
 from scheduler.snapshot import Snapshot
@@ -49,16 +53,7 @@ class LeastAllocated(PolicyBase):
         self.args = args or LeastAllocatedArgs()
 
     def score(self, snapshot: Snapshot, pod: PodRequest) -> FloatArray:
-        total = np.zeros(snapshot.num_nodes, dtype=np.int64)
-        weights = np.zeros(snapshot.num_nodes, dtype=np.int64)
-        for resource in self.args.resources:
-            requested, capacity = requested_and_capacity(snapshot, pod, resource.name)
-            present = capacity > 0
-            total += np.where(
-                present, least_requested_score(requested, capacity) * resource.weight, 0
-            )
-            weights += np.where(present, resource.weight, 0)
-        return (total // np.maximum(weights, 1)).astype(np.float64)
+        return weighted_resource_score(snapshot, pod, self.args.resources, least_requested_score)
 
 
 def create(context: PolicyContext) -> LeastAllocated:

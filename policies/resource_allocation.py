@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from policies.base import IntArray
+from policies.base import FloatArray, IntArray
 from scheduler.pod import PodRequest
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot
 
@@ -63,3 +63,21 @@ def requested_and_capacity(
     capacity = snapshot.allocatable[:, col]
     requested = capacity - snapshot.free[:, col] + pod_quantity(pod, name)
     return requested, capacity
+
+
+def weighted_resource_score(
+    snapshot: Snapshot,
+    pod: PodRequest,
+    resources: Sequence[ResourceWeight],
+    resource_score: Callable[[IntArray, IntArray], IntArray],
+) -> FloatArray:
+    """Upstream's resource allocation scorer: ``resource_score(requested, capacity)`` per
+    resource, weighted, averaged with integer division over the resources the node has."""
+    total = np.zeros(snapshot.num_nodes, dtype=np.int64)
+    weights = np.zeros(snapshot.num_nodes, dtype=np.int64)
+    for resource in resources:
+        requested, capacity = requested_and_capacity(snapshot, pod, resource.name)
+        present = capacity > 0
+        total += np.where(present, resource_score(requested, capacity) * resource.weight, 0)
+        weights += np.where(present, resource.weight, 0)
+    return (total // np.maximum(weights, 1)).astype(np.float64)
