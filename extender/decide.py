@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extender.cache import ClusterCache
+from extender.wire import MAX_EXTENDER_SCORE
 from policies.registry import Registry
 from scheduler.fragmentation import TargetWorkload
 from scheduler.pod import PodRequest
@@ -23,7 +24,6 @@ from scheduler.policy import Policy, PolicyContext
 from scheduler.score_cache import ScoreCache
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot
 
-MAX_EXTENDER_SCORE = 10
 WORKLOAD_REFRESH_SECONDS = 30.0
 _BASE = (("cpu", CPU_COL), ("memory", MEMORY_COL), ("ephemeral-storage", EPHEMERAL_COL))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_EXTENDER_SCORE = 10  # extenderv1.MaxExtenderPriority
+MAX_EXTENDER_SCORE = 10  # extenderv1.MaxExtenderPriority; HostPriorityList is written directly
 
 
 class _Wire(BaseModel):
@@ -58,8 +58,3 @@ class ExtenderBindingArgs(_Wire):
 
 class ExtenderBindingResult(_Wire):
     Error: str = ""
-
-
-class HostPriority(_Wire):
-    Host: str
-    Score: int = Field(ge=0, le=MAX_EXTENDER_SCORE)

@@ -161,7 +161,8 @@ def _go_build(component: Component, binary: str, out_dir: Path) -> None:
             "`go` is not on PATH: install Go >= 1.24 to build the control plane, "
             "or set FULCRUM_BIN_DIR to a directory with prebuilt binaries"
         )
-    env = dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN=os.environ.get("GOTOOLCHAIN", "local"))
+    env = dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false")
+    env.setdefault("GOTOOLCHAIN", "local")
     cmd = [go, "build", "-v", "-trimpath", "-ldflags", component.ldflags()]
     cmd += ["-o", str(out_dir / binary), component.commands[binary]]
     started = time.monotonic()
