@@ -60,6 +60,8 @@ class KubeBinder:
             "verify": context,
             "headers": headers,
             "timeout": 30,
+            # a few kept-alive connections: every new one costs a TLS handshake in Python
+            "limits": httpx.Limits(max_connections=16, max_keepalive_connections=16),
         }
         self._client: httpx.AsyncClient | None = None
 
