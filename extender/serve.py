@@ -84,14 +84,15 @@ class KubeBinder:
     async def bind(
         self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
     ) -> None:
+        metadata: dict[str, object] = {"name": name, "namespace": namespace, "uid": uid}
+        if annotations:
+            metadata["annotations"] = annotations
         body = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "metadata": metadata,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        if annotations:
-            body["metadata"]["annotations"] = annotations  # type: ignore[index]
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/binding"
         self._raise_for(await self.client.post(path, json=body))
 

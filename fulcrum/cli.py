@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fulcrum.binaries import BinaryError
+
+if TYPE_CHECKING:
+    from fulcrum.cluster import NodeShape
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -18,7 +22,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shape(args: argparse.Namespace) -> object:
+def _shape(args: argparse.Namespace) -> NodeShape:
     from fulcrum.cluster import NodeShape
 
     return NodeShape(
@@ -41,7 +45,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     cluster.up(
         args.name,
         nodes=args.nodes,
-        shape=_shape(args),  # type: ignore[arg-type]
+        shape=_shape(args),
         extender=not args.no_extender,
         extender_port=args.extender_port,
         extender_config=args.extender_config,

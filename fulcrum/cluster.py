@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client, config
 
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
 
@@ -247,8 +248,6 @@ def node_manifest(name: str, shape: NodeShape) -> dict[str, Any]:
 
 
 def core_api(name: str) -> Any:
-    from kubernetes import client, config
-
     api_client = config.new_client_from_config(config_file=str(kubeconfig_path(name)))
     api_client.configuration.connection_pool_maxsize = 32
     return client.CoreV1Api(api_client)

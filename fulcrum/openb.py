@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from extender.resources import (
     GPU_MILLI_ANNOTATION,
     GPU_MODEL_ANNOTATION,
     GPU_MODEL_LABEL,
     assigned_devices,
+    pod_request,
 )
 from fulcrum import cluster
 from fulcrum.workload import PAUSE_IMAGE, ensure_namespace, extender_calls, extender_seconds
@@ -190,8 +192,6 @@ def _overcommitted(nodes: NodeTrace, sample_: Sample, placed: list[dict[str, Any
     packed onto devices largest share first, best fit (a node counts as over-committed when
     that fails, which can over-count but never misses a real over-commit of cpu or memory).
     """
-    from extender.resources import pod_request
-
     snapshot = Snapshot(max_gpus_per_node=max(8, int(nodes.gpu_count.max())))
     for row in sample_.nodes:
         count = int(nodes.gpu_count[row])
@@ -231,8 +231,6 @@ def run_phase(
     The scheduler is paused (SIGSTOP) while the pods are created, then resumed: the time to
     bind them all measures the scheduler, not how fast this process can create pods.
     """
-    import orjson
-
     api = cluster.core_api(name)
     namespace = f"openb-{scheduler}"
     ensure_namespace(api, namespace)

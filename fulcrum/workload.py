@@ -9,6 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils.quantity import parse_quantity
+
 from fulcrum.cluster import FULCRUM_SCHEDULER, NODE_LABEL
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
@@ -101,8 +104,6 @@ def wait_bound(
 
 def node_usage(api: Any) -> dict[str, tuple[float, float]]:
     """Node -> (cpu requested / allocatable, memory requested / allocatable) for kwok nodes."""
-    from kubernetes.utils.quantity import parse_quantity
-
     nodes = {n.metadata.name: n for n in api.list_node(label_selector=f"{NODE_LABEL}=true").items}
     used: dict[str, list[float]] = {name: [0.0, 0.0] for name in nodes}
     for pod in api.list_pod_for_all_namespaces().items:
@@ -144,8 +145,6 @@ def extender_seconds(port: int) -> dict[str, float]:
 
 def ensure_namespace(api: Any, namespace: str, *, timeout: float = 60) -> None:
     """Create ``namespace`` if needed and wait for its default ServiceAccount (pods need it)."""
-    from kubernetes.client.exceptions import ApiException
-
     try:
         api.create_namespace({"metadata": {"name": namespace}})
     except ApiException as exc:
