@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from scheduler.pod import GPU_MILLI, PodRequest, pod_request_from_resources
+from scheduler.pod import GPU_MILLI, PodRequest, effective_request, pod_request_from_resources
 
 CPU = "cpu"
 MEMORY = "memory"
@@ -56,27 +56,20 @@ def to_resources(values: Mapping[str, Any] | None) -> Resources:
     return {name: quantity(name, value) for name, value in (values or {}).items()}
 
 
-def _add(total: Resources, more: Resources) -> None:
-    for name, value in more.items():
-        total[name] = total.get(name, 0) + value
+def _requests(container: Mapping[str, Any]) -> Resources:
+    return to_resources((container.get("resources") or {}).get("requests"))
 
 
 def pod_requests(pod: Mapping[str, Any]) -> Resources:
-    """The resources the scheduler reserves for ``pod`` (the init-container max rule)."""
+    """The resources the scheduler reserves for ``pod`` (``scheduler.pod.effective_request``)."""
     spec = pod.get("spec") or {}
-    total: Resources = {}
-    for container in spec.get("containers") or []:
-        _add(total, to_resources((container.get("resources") or {}).get("requests")))
-    restartable: Resources = {}
-    for container in spec.get("initContainers") or []:
-        requests = to_resources((container.get("resources") or {}).get("requests"))
-        if container.get("restartPolicy") == "Always":  # sidecars run beside the app
-            _add(restartable, requests)
-            _add(total, requests)
-            continue
-        for name, value in requests.items():
-            total[name] = max(total.get(name, 0), value + restartable.get(name, 0))
-    _add(total, to_resources(spec.get("overhead")))
+    init = spec.get("initContainers") or []
+    total = effective_request(
+        [_requests(c) for c in spec.get("containers") or []],
+        [_requests(c) for c in init],
+        to_resources(spec.get("overhead")),
+        sidecars=[c.get("restartPolicy") == "Always" for c in init],
+    )
     total[PODS] = 1
     return total
 

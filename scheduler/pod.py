@@ -74,24 +74,34 @@ def effective_request(
     containers: Sequence[Mapping[str, int]],
     init_containers: Sequence[Mapping[str, int]] = (),
     overhead: Mapping[str, int] | None = None,
+    *,
+    sidecars: Sequence[bool] = (),
 ) -> dict[str, int]:
     """A pod's effective request per resource, as kube-scheduler computes it.
 
     For each resource: ``max(sum over app containers, max over init
     containers) + overhead``. Init containers run one at a time before the app
-    containers, so only the largest counts. (Restartable "sidecar" init
-    containers are not modelled: pass them as app containers.)
+    containers, so only the largest counts. ``sidecars[i]`` marks init
+    container ``i`` as restartable (``restartPolicy: Always``): a sidecar keeps
+    running, so it adds to the app containers and to every init container
+    that starts after it.
 
     >>> effective_request([{"cpu": 100}, {"cpu": 200}], [{"cpu": 250}], {"cpu": 10})
     {'cpu': 310}
     """
     total: dict[str, int] = {}
+    running: dict[str, int] = {}  # sidecars started so far
     for container in containers:
         for name, quantity in container.items():
             total[name] = total.get(name, 0) + quantity
-    for container in init_containers:
+    for i, container in enumerate(init_containers):
+        sidecar = i < len(sidecars) and sidecars[i]
         for name, quantity in container.items():
-            total[name] = max(total.get(name, 0), quantity)
+            if sidecar:
+                running[name] = running.get(name, 0) + quantity
+                total[name] = total.get(name, 0) + quantity
+            else:
+                total[name] = max(total.get(name, 0), quantity + running.get(name, 0))
     for name, quantity in (overhead or {}).items():
         total[name] = total.get(name, 0) + quantity
     return total
