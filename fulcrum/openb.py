@@ -33,6 +33,7 @@ from extender.resources import (
 from fulcrum import cluster
 from fulcrum.workload import PAUSE_IMAGE, ensure_namespace, extender_calls, extender_seconds
 from scheduler.pod import MIB
+from scheduler.replay import nodes_lower_bound
 from scheduler.snapshot import Snapshot
 from scheduler.trace import NodeTrace, PodTrace, load_nodes, load_pods
 
@@ -150,24 +151,30 @@ def pod_manifest(pods: PodTrace, row: int, scheduler: str) -> dict[str, Any]:
     }
 
 
-def lower_bound(nodes: NodeTrace, sample_: Sample, pods: PodTrace) -> int:
-    """Fewest nodes that could hold the pods' total demand, resource by resource.
+def sampled_snapshot(nodes: NodeTrace, sample_: Sample) -> Snapshot:
+    """The sample's nodes, empty, as the placement core sees them."""
+    snapshot = Snapshot(max_gpus_per_node=max(8, int(nodes.gpu_count.max())))
+    for row in sample_.nodes:
+        count = int(nodes.gpu_count[row])
+        snapshot.add_node(
+            node_name(nodes, row),
+            cpu_milli=int(nodes.cpu_milli[row]),
+            memory=int(nodes.memory_mib[row]) * MIB,
+            gpu_count=count,
+            gpu_model=nodes.models[row] if count else None,
+        )
+    return snapshot
 
-    For each of cpu, memory and GPU: the number of the largest sampled nodes whose capacities
-    add up to the total demand. ``max_d ceil(sum demand_d / capacity_d)`` for equal nodes.
-    """
+
+def lower_bound(nodes: NodeTrace, sample_: Sample, pods: PodTrace) -> int:
+    """Fewest nodes that could hold the pods' total demand (``nodes_lower_bound``)."""
     rows = sample_.pods
-    demands = (
-        (nodes.cpu_milli, int(pods.cpu_milli[rows].sum())),
-        (nodes.memory_mib, int(pods.memory_mib[rows].sum())),
-        (nodes.gpu_count * 1000, int((pods.num_gpu[rows] * pods.gpu_milli[rows]).sum())),
-    )
-    bound = 0
-    for capacity, demand in demands:
-        sizes = np.sort(capacity[sample_.nodes])[::-1]
-        covered = np.searchsorted(np.cumsum(sizes), demand) + 1 if demand else 0
-        bound = max(bound, int(covered))
-    return bound
+    demand = {
+        "cpu": int(pods.cpu_milli[rows].sum()),
+        "memory": int(pods.memory_mib[rows].sum()) * MIB,
+        "gpu": int((pods.num_gpu[rows] * pods.gpu_milli[rows]).sum()),
+    }
+    return nodes_lower_bound(sampled_snapshot(nodes, sample_), demand)
 
 
 @dataclass(frozen=True)
@@ -192,16 +199,7 @@ def _overcommitted(nodes: NodeTrace, sample_: Sample, placed: list[dict[str, Any
     packed onto devices largest share first, best fit (a node counts as over-committed when
     that fails, which can over-count but never misses a real over-commit of cpu or memory).
     """
-    snapshot = Snapshot(max_gpus_per_node=max(8, int(nodes.gpu_count.max())))
-    for row in sample_.nodes:
-        count = int(nodes.gpu_count[row])
-        snapshot.add_node(
-            node_name(nodes, row),
-            cpu_milli=int(nodes.cpu_milli[row]),
-            memory=int(nodes.memory_mib[row]) * MIB,
-            gpu_count=count,
-            gpu_model=nodes.models[row] if count else None,
-        )
+    snapshot = sampled_snapshot(nodes, sample_)
     requests = [(pod, pod_request(pod), assigned_devices(pod)) for pod in placed]
     requests.sort(key=lambda item: (item[2] is None, -item[1].gpu_milli))
     bad: set[str] = set()
