@@ -182,18 +182,20 @@ class Decider:
         out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})
         known = [name for name, row in zip(names, rows, strict=True) if row >= 0]
         index = rows[rows >= 0]
-        ok = fit[index]
-        for name in cordoned.intersection(known):
-            out.failed[name] = "node is cordoned (spec.unschedulable)"
-            ok[known.index(name)] = True  # reported; keep it out of both lists below
-        bad = np.flatnonzero(~ok)
+        held = np.zeros(len(known), dtype=np.bool_)
+        if cordoned:
+            held = np.fromiter((n in cordoned for n in known), dtype=np.bool_, count=len(known))
+        for i in np.flatnonzero(held).tolist():
+            out.failed[known[i]] = "node is cordoned (spec.unschedulable)"
+        ok = fit[index] & ~held
+        bad = np.flatnonzero(~ok & ~held)
         if bad.size:
             reasons, hopeless = explain(snapshot, index[bad], pod)
             for i, reason, unresolvable in zip(
                 bad.tolist(), reasons, hopeless.tolist(), strict=True
             ):
                 (out.unresolvable if unresolvable else out.failed)[known[i]] = reason
-        good = [i for i in np.flatnonzero(ok).tolist() if known[i] not in out.failed]
+        good = np.flatnonzero(ok).tolist()
         out.passed.extend(known[i] for i in good)
         if choose and len(good) > 1:
             candidates = index[good]

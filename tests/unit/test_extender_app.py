@@ -49,3 +49,32 @@ def test_errors_are_counted_per_verb(client: TestClient) -> None:
     client.post("/filter", content=b"nope")
     metrics = client.get("/metrics").text
     assert 'fulcrum_extender_errors_total{status="400",verb="filter"} 1.0' in metrics
+
+
+def test_cordoned_and_unknown_nodes_fail_with_their_reason() -> None:
+    from extender.cache import ClusterCache
+
+    cache = ClusterCache()
+    for i, cordoned in enumerate([False, True, False]):
+        cache.apply(
+            "nodes",
+            "ADDED",
+            {
+                "metadata": {"name": f"n{i}"},
+                "spec": {"unschedulable": cordoned},
+                "status": {"allocatable": {"cpu": "4", "memory": "4Gi", "pods": "10"}},
+            },
+        )
+    app = create_app(ExtenderSettings(decide_in_filter=False), cache)
+    pod = {
+        "metadata": {"uid": "x"},
+        "spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]},
+    }
+    reply = TestClient(app).post(
+        "/filter", json={"Pod": pod, "NodeNames": ["n0", "n1", "n2", "zz"]}
+    )
+    assert reply.json()["NodeNames"] == ["n0", "n2"]
+    assert reply.json()["FailedNodes"] == {
+        "zz": "node not in Fulcrum's cache yet",
+        "n1": "node is cordoned (spec.unschedulable)",
+    }
