@@ -24,6 +24,7 @@ import uvicorn
 from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings, PolicyWeight
+from extender.resources import pod_request
 from fulcrum.cluster import free_port
 from fulcrum.openb import TRACES, node_manifest, pod_manifest
 from scheduler.trace import load_nodes, load_pods
@@ -48,8 +49,6 @@ def build_cache(n_nodes: int, seed: int) -> tuple[ClusterCache, list[dict[str, o
         if len(probes) < 50:
             probes.append(manifest)
             continue
-        from extender.resources import pod_request
-
         request = pod_request(manifest)
         fits = np.flatnonzero(cache.snapshot.feasible(request))
         if fits.size == 0:
