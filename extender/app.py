@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from extender.bind import Binder, BindService
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
-from extender.decide import Decider, WeightedPolicy
+from extender.decide import Decider, FilterOutcome, WeightedPolicy
 from extender.preempt import candidates_from_wire, result_to_wire, select_victims
 from extender.resources import node_spec, pod_request
 from extender.wire import (
@@ -196,10 +196,22 @@ def create_app(
 
     def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
         pod, names = _pod(args), _node_names(args)
-        if cache is not None:
-            cache.note_pending(args.Pod, pod)
+        pending = cache.note_pending(args.Pod, pod) if cache is not None else None
+        holds = cache.holds(pending) if cache is not None and pending is not None else []
+        leaving = cache.leaving(pending) if cache is not None and pending and not holds else []
         with view(args) as snapshot:
-            out = decider.filter(snapshot, pod, names, choose=settings.decide_in_filter)
+            if leaving:
+                reason = (
+                    f"waiting for the rebuild controller to reserve node {leaving[0]}, where "
+                    "this pod's predecessor is terminating"
+                )
+                out = FilterOutcome([], {}, dict.fromkeys(names, reason))
+            elif holds and pending is not None:
+                out = decider.filter_held(
+                    snapshot, pending, names, holds, choose=settings.decide_in_filter
+                )
+            else:
+                out = decider.filter(snapshot, pod, names, choose=settings.decide_in_filter)
         metrics.decisions.labels("passed").inc(len(out.passed))
         metrics.decisions.labels("failed").inc(len(out.failed) + len(out.unresolvable))
         if args.NodeNames is not None:

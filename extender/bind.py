@@ -7,6 +7,11 @@ so the next pod's filter already sees it. ``commit`` then creates ``pods/binding
 annotations the apiserver copies onto the pod in the same write (``fulcrum.io/gpu-devices``);
 if that fails, the charge is undone.
 
+Local rebuild: a successor bound to the node its predecessor's Reservation holds claims it
+(``fulcrum.io/reservation`` on the binding) and gets the predecessor's IP; any other pod that
+names an IP pool gets an address from it, allocated by compare-and-swap before the binding. The
+address rides on the binding too (``fulcrum.io/assigned-ip`` and Calico's ``ipAddrs``).
+
 Idempotent per UID: a retried bind (say, after a lost reply) finds the pod already bound to the
 same node and succeeds without a second binding; a bind for a UID the pod no longer has (the pod
 was deleted and re-created under the same name) is refused, because the apiserver checks the
@@ -16,12 +21,15 @@ binding's UID precondition.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from extender.cache import ClusterCache
+import orjson
+
+from extender.cache import ClusterCache, PendingPod
 from extender.resources import GPU_DEVICES_ANNOTATION
+from rebuild import api as rebuild
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -45,6 +53,20 @@ class Binder(Protocol):
         """(uid, node name or "") of the pod as the apiserver has it now."""
         ...
 
+    async def allocate_ip(
+        self, namespace: str, pool: str, holder: str, want: str | None, pod: Mapping[str, object]
+    ) -> str:
+        """An address of IPPool ``namespace/pool`` for ``holder``, by compare-and-swap.
+
+        Raises ``ValueError`` with a message for a person (no such pool, the pod is not
+        selected by it, address outside it or taken, pool exhausted).
+        """
+        ...
+
+
+def ip_annotations(ip: str) -> dict[str, str]:
+    return {rebuild.ASSIGNED_IP: ip, rebuild.CALICO_IPS: orjson.dumps([ip]).decode()}
+
 
 DeviceChooser = Callable[[Snapshot, PodRequest, str], tuple[int, ...]]
 
@@ -60,6 +82,9 @@ class Ticket:
     devices: tuple[int, ...] | None = None
     error: str = ""
     done: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
+    claimed: str = ""  # the reservation (namespace/name) this bind claims
+    pending: PendingPod | None = None
 
 
 class BindService:
@@ -92,7 +117,26 @@ class BindService:
                         row = snapshot.index_of(node)
                     except KeyError:
                         return replace(ticket, error=f"node {node} is not in Fulcrum's cache")
-                    if not snapshot.feasible(pending.request)[row]:
+                    hold = next((h for h in self.cache.holds(pending) if h.node == node), None)
+                    lapsed = None if hold else next(iter(self.cache.lapsed(pending)), None)
+                    if hold is not None or lapsed is not None:  # a lapsed one: just its IP
+                        fits = (
+                            self.cache.fits_in_hold(hold, pending.request)
+                            if hold
+                            else bool(snapshot.feasible(pending.request)[row])
+                        )
+                        hold = hold or lapsed
+                        assert hold is not None
+                        claimed = f"{hold.namespace}/{hold.name}"
+                        self.cache.claim(claimed, uid)
+                        ticket = replace(ticket, claimed=claimed)
+                        ticket.annotations[rebuild.RESERVATION] = hold.name
+                        if hold.ip:
+                            ticket.annotations.update(ip_annotations(hold.ip))
+                    else:
+                        fits = bool(snapshot.feasible(pending.request)[row])
+                    if not fits:
+                        self._unclaim(ticket)
                         return replace(
                             ticket,
                             error=f"pod {pod} no longer fits node {node} (a pod bound since "
@@ -100,9 +144,14 @@ class BindService:
                         )
                     if pending.request.gpu_count:
                         devices = self.choose_devices(snapshot, pending.request, node)
+                        ticket.annotations[GPU_DEVICES_ANNOTATION] = ",".join(map(str, devices))
                     self.cache.assume(uid, node, devices)
             self._in_flight.add(uid)
-        return replace(ticket, devices=devices)
+        return replace(ticket, devices=devices, pending=pending)
+
+    def _unclaim(self, ticket: Ticket) -> None:
+        if ticket.claimed:
+            self.cache.unclaim(ticket.claimed)
 
     async def commit(self, ticket: Ticket) -> str:
         if ticket.error or ticket.done:
@@ -113,19 +162,35 @@ class BindService:
             with self._guard:
                 self._in_flight.discard(ticket.uid)
 
+    async def _pool_address(self, t: Ticket) -> dict[str, str]:
+        """Annotations for an address from the pod's IP pool, if it names one and has none."""
+        meta = t.pending.annotations if t.pending else {}
+        pool = meta.get(rebuild.IP_POOL)
+        if not pool or rebuild.ASSIGNED_IP in t.annotations:
+            return {}
+        assert t.pending is not None
+        pod = {"metadata": {"namespace": t.namespace, "name": t.name, "labels": t.pending.labels}}
+        ip = await self.binder.allocate_ip(
+            t.namespace, pool, f"pod:{t.uid}", meta.get(rebuild.IP_REQUEST), pod
+        )
+        return ip_annotations(ip)
+
     async def _call_apiserver(self, t: Ticket) -> str:
         pod = f"{t.namespace}/{t.name}"
         try:
-            annotations = {}
-            if t.devices:
-                annotations[GPU_DEVICES_ANNOTATION] = ",".join(str(d) for d in t.devices)
+            annotations = {**t.annotations, **await self._pool_address(t)}
             await self.binder.bind(t.namespace, t.name, t.uid, t.node, annotations)
         except PodGone:
             self.cache.delete_pod(t.uid)
             return f"pod {pod} no longer exists; nothing to bind"
         except BindConflict:
             return await self._conflict(t)
+        except ValueError as exc:  # the pod's IP pool refused it
+            self._unclaim(t)
+            self.cache.unassume(t.uid)
+            return f"pod {pod}: {exc}"
         except Exception as exc:
+            self._unclaim(t)
             self.cache.unassume(t.uid)
             return f"binding pod {pod} to {t.node} failed: {exc}; the scheduler will retry"
         return ""
@@ -144,6 +209,7 @@ class BindService:
                 "the scheduler will retry with the new pod"
             )
         if current_node != t.node:
+            self._unclaim(t)
             self.cache.unassume(t.uid)
             return f"pod {pod} is already bound to {current_node or '?'}, not {t.node}"
         return ""  # a retry of a bind whose reply was lost: already done

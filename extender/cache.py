@@ -1,9 +1,13 @@
 """An informer-backed view of nodes and the pods on them.
 
 The state (``ClusterCache``) is plain data updated by events, so it is tested without a cluster.
-``Informer`` feeds it from the apiserver: list, then watch from the list's resourceVersion,
-re-list when the watch answers 410 Gone. Scheduling requests only read the cache: they cost zero
-apiserver calls.
+``rebuild.kube.Informer`` feeds it from the apiserver (nodes, pods, and the rebuild controller's
+Reservations). Scheduling requests only read the cache: they cost zero apiserver calls.
+
+A held Reservation (``rebuild.api``) is charged to its node as a placeholder pod once its
+predecessor has gone, so no other pod can take the room; its successor sees it through
+``holds`` and may use it (``fits_in_hold``); a bound pod naming it in its
+``fulcrum.io/reservation`` annotation has claimed it, which frees the placeholder.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from extender.resources import assigned_devices, node_spec, pod_request
+from rebuild import api as rebuild
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -35,6 +39,29 @@ def _pod_key(pod: Mapping[str, Any]) -> str:
 class PendingPod:
     key: str  # namespace/name
     request: PodRequest
+    successor: str | None = None  # rebuild.api.successor_key of a pod opted in to local rebuild
+    # labels and annotations, kept only for pods that use local rebuild or an IP pool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def pending_pod(pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if rebuild.REBUILD not in annotations and rebuild.IP_POOL not in annotations:
+        return PendingPod(_pod_key(pod), request)
+    successor = rebuild.successor_key(pod) if rebuild.REBUILD in annotations else None
+    return PendingPod(
+        _pod_key(pod), request, successor, dict(meta.get("labels") or {}), dict(annotations)
+    )
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _hold_uid(reservation_id: str) -> str:
+    return f"reservation:{reservation_id}"
 
 
 class ClusterCache:
@@ -53,13 +80,22 @@ class ClusterCache:
         self._assumed: dict[str, str] = {}  # uid -> key of pods we bound, until the watch agrees
         self._orphans: dict[str, dict[str, tuple[PodRequest, tuple[int, ...] | None]]] = {}
         self.bad_objects: dict[str, str] = {}  # key -> why it was ignored
-        self.synced = {"nodes": threading.Event(), "pods": threading.Event()}
+        self.reservations: dict[str, rebuild.Reservation] = {}  # namespace/name ->
+        self._leaving: dict[str, tuple[str, str]] = {}  # terminating uid -> (successor key, node)
+        self._requests: dict[str, PodRequest] = {}  # reservation -> its predecessor's request
+        self._claims: dict[str, str] = {}  # reservation namespace/name -> successor uid
+        self._by_predecessor: dict[str, str] = {}  # predecessor uid -> reservation namespace/name
+        self.synced: dict[str, threading.Event] = {}  # kind -> set once its informer listed
         self.last_event = time.monotonic()
         self.changes = 0
 
     @property
     def ready(self) -> bool:
         return all(event.is_set() for event in self.synced.values())
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
 
     def _has(self, node: str) -> bool:
         try:
@@ -108,6 +144,8 @@ class ClusterCache:
         uid = meta.get("uid", "")
         node = (pod.get("spec") or {}).get("nodeName") or ""
         phase = (pod.get("status") or {}).get("phase")
+        if meta.get("deletionTimestamp") and node:
+            self._note_leaving(pod, uid, node)
         with self.lock:  # most events are status updates of a pod we already know
             placed = self.snapshot.pods().get(uid)
             if phase not in TERMINAL_PHASES and (
@@ -128,16 +166,29 @@ class ClusterCache:
             if not node or phase in TERMINAL_PHASES:
                 self._forget(uid)
                 if not node and phase not in TERMINAL_PHASES:
-                    self._pending[uid] = PendingPod(_pod_key(pod), request)
+                    self._pending[uid] = pending_pod(pod, request)
                 return
             self._pending.pop(uid, None)
             self._forget(uid)
             self._place(uid, request, node, devices)
+            claimed = (meta.get("annotations") or {}).get(rebuild.RESERVATION)
+            if claimed:
+                self.claim(f"{meta.get('namespace', '')}/{claimed}", uid)
 
     def delete_pod(self, uid: str) -> None:
         with self.lock:
             self._pending.pop(uid, None)
             self._forget(uid)
+
+    def _note_leaving(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+        """An opted-in pod held by the rebuild finalizer is terminating: its successor waits."""
+        meta = pod.get("metadata") or {}
+        if uid in self._leaving or rebuild.FINALIZER not in (meta.get("finalizers") or []):
+            return
+        key = rebuild.successor_key(pod)
+        if key is not None:
+            with self.lock:
+                self._leaving[uid] = (key, node)
 
     def _place(
         self, uid: str, request: PodRequest, node: str, devices: tuple[int, ...] | None
@@ -153,6 +204,8 @@ class ClusterCache:
             except ValueError:  # bound by someone who ignored GPU shares: record it anyway
                 devices = tuple(range(request.gpu_count))
         self.snapshot.assign(uid, request, node, devices=devices, check=False)
+        if uid in self._by_predecessor:
+            self._sync_hold(self._by_predecessor[uid])
 
     def _forget(self, uid: str) -> None:
         self._assumed.pop(uid, None)
@@ -161,6 +214,119 @@ class ClusterCache:
             self.changes += 1
         for orphans in self._orphans.values():
             orphans.pop(uid, None)
+        self._leaving.pop(uid, None)
+        if uid in self._by_predecessor:  # its node's room is now held for its successor
+            self._sync_hold(self._by_predecessor[uid])
+
+    # --- local-rebuild reservations --------------------------------------------------------
+    def upsert_reservation(self, obj: Mapping[str, Any]) -> None:
+        try:
+            reservation = rebuild.Reservation.from_object(obj)
+            request = pod_request(reservation.template)
+        except (ValueError, KeyError, TypeError) as exc:
+            where = f"{(obj.get('metadata') or {}).get('namespace')}/{_name(obj)}"
+            self.bad_objects[f"reservation/{where}"] = str(exc)
+            log.warning("ignoring reservation %s: %s", where, exc)
+            return
+        rid = f"{reservation.namespace}/{reservation.name}"
+        with self.lock:
+            self.reservations[rid] = reservation
+            self._requests[rid] = request
+            self._by_predecessor[reservation.predecessor_uid] = rid
+            self._sync_hold(rid)
+
+    def delete_reservation(self, rid: str) -> None:
+        with self.lock:
+            reservation = self.reservations.pop(rid, None)
+            self._requests.pop(rid, None)
+            self._claims.pop(rid, None)
+            if reservation is not None:
+                self._by_predecessor.pop(reservation.predecessor_uid, None)
+            self._forget(_hold_uid(rid))
+
+    def _sync_hold(self, rid: str) -> None:
+        """Charge reservation ``rid``'s room to its node exactly while it must be held."""
+        reservation = self.reservations.get(rid)
+        uid = _hold_uid(rid)
+        hold = (
+            reservation is not None
+            and reservation.active(self.now())
+            and rid not in self._claims
+            and reservation.predecessor_uid not in self.snapshot.pods()
+        )
+        if hold and reservation is not None and uid not in self.snapshot.pods():
+            self._place(uid, self._requests[rid], reservation.node, reservation.devices)
+        elif not hold and uid in self.snapshot.pods():
+            self._forget(uid)
+
+    def claim(self, rid: str, uid: str) -> None:
+        """Pod ``uid`` took reservation ``rid`` (it was bound naming it): release the hold."""
+        with self.lock:
+            self._claims[rid] = uid
+            self._sync_hold(rid)
+
+    def unclaim(self, rid: str) -> None:
+        """Undo ``claim``: the successor's bind failed; hold the room again."""
+        with self.lock:
+            self._claims.pop(rid, None)
+            self._sync_hold(rid)
+
+    def holds(self, pending: PendingPod) -> list[rebuild.Reservation]:
+        """Active, unclaimed reservations ``pending`` may claim: its predecessors' rooms."""
+        if pending.successor is None:
+            return []
+        now = self.now()
+        with self.lock:
+            found = [
+                r
+                for rid, r in self.reservations.items()
+                if r.key == pending.successor and rid not in self._claims and r.active(now)
+            ]
+            for r in found:  # an expiry passed since the last event: stop holding its room
+                self._sync_hold(f"{r.namespace}/{r.name}")
+            return found
+
+    def lapsed(self, pending: PendingPod) -> list[rebuild.Reservation]:
+        """Expired, unclaimed reservations of ``pending``'s predecessors: their IPs still wait."""
+        if pending.successor is None:
+            return []
+        now = self.now()
+        with self.lock:
+            return [
+                r
+                for rid, r in self.reservations.items()
+                if r.key == pending.successor and rid not in self._claims and not r.active(now)
+            ]
+
+    def leaving(self, pending: PendingPod) -> list[str]:
+        """Nodes of ``pending``'s predecessors that are terminating but not yet reserved."""
+        if pending.successor is None:
+            return []
+        with self.lock:
+            reserved = set(self._by_predecessor)
+            return [
+                node
+                for uid, (key, node) in self._leaving.items()
+                if key == pending.successor and uid not in reserved
+            ]
+
+    def fits_in_hold(self, reservation: rebuild.Reservation, request: PodRequest) -> bool:
+        """Whether ``request`` fits its reservation's node once the held room is given to it."""
+        rid = f"{reservation.namespace}/{reservation.name}"
+        with self.lock:
+            if not self._has(reservation.node):
+                return False
+            row = self.snapshot.index_of(reservation.node)
+            placed = self.snapshot.pods().get(_hold_uid(rid))
+            if placed is None:
+                return bool(self.snapshot.feasible(request)[row])
+            self.snapshot.release(_hold_uid(rid))
+            try:
+                return bool(self.snapshot.feasible(request)[row])
+            finally:
+                self.snapshot.assign(
+                    _hold_uid(rid), placed.pod, placed.node, devices=placed.devices, check=False
+                )
 
     def assume(self, uid: str, node: str, devices: tuple[int, ...] | None = None) -> bool:
         """Charge pending pod ``uid`` to ``node`` now (we bound it), ahead of the watch."""
@@ -181,14 +347,17 @@ class ClusterCache:
                 self._forget(uid)
                 self._pending[uid] = PendingPod(key, placed.pod)
 
-    def note_pending(self, pod: Mapping[str, Any], request: PodRequest) -> None:
+    def note_pending(self, pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
         """Remember a pod the scheduler asks about, in case the watch has not shown it yet."""
         uid = (pod.get("metadata") or {}).get("uid")
-        if not uid:
-            return
         with self.lock:
-            if uid not in self._pending and uid not in self.snapshot.pods():
-                self._pending[uid] = PendingPod(_pod_key(pod), request)
+            known = self._pending.get(uid or "")
+            if known is not None:
+                return known
+            pending = pending_pod(pod, request)
+            if uid and uid not in self.snapshot.pods():
+                self._pending[uid] = pending
+            return pending
 
     def pending_pods(self) -> list[PendingPod]:
         with self.lock:
@@ -211,6 +380,11 @@ class ClusterCache:
                 self.delete_node(obj["metadata"]["name"])
             else:
                 self.upsert_node(obj)
+        elif kind == "reservations":
+            if event == "DELETED":
+                self.delete_reservation(f"{obj['metadata']['namespace']}/{_name(obj)}")
+            else:
+                self.upsert_reservation(obj)
         elif event == "DELETED":
             self.delete_pod(obj["metadata"]["uid"])
         else:
@@ -224,9 +398,14 @@ class ClusterCache:
                 keep = {o["metadata"]["name"] for o in objects}
                 for name in [n for n in self.snapshot.names if n not in keep]:
                     self.delete_node(name)
+            elif kind == "reservations":
+                keep = {f"{o['metadata']['namespace']}/{_name(o)}" for o in objects}
+                for rid in [r for r in self.reservations if r not in keep]:
+                    self.delete_reservation(rid)
             else:
                 keep = {o["metadata"]["uid"] for o in objects}
-                known = [*self.snapshot.pods(), *self._pending]
+                holds = {_hold_uid(rid) for rid in self.reservations}
+                known = [u for u in [*self.snapshot.pods(), *self._pending] if u not in holds]
                 for uid in [u for u in known if u not in keep]:
                     self.delete_pod(uid)
             for obj in objects:
@@ -240,94 +419,3 @@ class ClusterCache:
     def pod_count(self) -> int:
         with self.lock:
             return len(self.snapshot.pods())
-
-
-ListFn = Callable[..., Any]
-
-
-class Informer:
-    """List + watch one resource into a ``ClusterCache`` on a daemon thread."""
-
-    def __init__(
-        self,
-        kind: str,
-        list_fn: ListFn,
-        cache: ClusterCache,
-        *,
-        field_selector: str | None = None,
-        watch_timeout: int = 300,
-    ) -> None:
-        self.kind, self.list_fn, self.cache = kind, list_fn, cache
-        self.field_selector, self.watch_timeout = field_selector, watch_timeout
-        self.relists = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"informer-{kind}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _call(self, **kwargs: Any) -> Any:
-        if self.field_selector:
-            kwargs["field_selector"] = self.field_selector
-        return self.list_fn(_preload_content=False, **kwargs)
-
-    def _list(self) -> str:
-        items: list[Any] = []
-        cont: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": 500, "_request_timeout": 60}
-            if cont:
-                kwargs["_continue"] = cont
-            body = orjson.loads(self._call(**kwargs).data)
-            items.extend(body.get("items") or [])
-            cont = (body.get("metadata") or {}).get("continue")
-            if not cont:
-                self.cache.replace(self.kind, items)
-                self.relists += 1
-                return str(body["metadata"]["resourceVersion"])
-
-    def _watch(self, resource_version: str) -> str | None:
-        """Follow the watch; return the last resourceVersion, or None when a re-list is due."""
-        response = self._call(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self.watch_timeout,
-            _request_timeout=self.watch_timeout + 30,
-        )
-        try:
-            for line in response:
-                if self._stop.is_set():
-                    return resource_version
-                if not line.strip():
-                    continue
-                event = orjson.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        return None
-                    raise RuntimeError(f"watch {self.kind}: {obj.get('message')}")
-                resource_version = obj.get("metadata", {}).get("resourceVersion", resource_version)
-                if kind != "BOOKMARK":
-                    self.cache.apply(self.kind, kind, obj)
-        finally:
-            response.release_conn()
-        return resource_version
-
-    def _run(self) -> None:
-        resource_version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if resource_version is None:
-                    resource_version = self._list()
-                    self.cache.synced[self.kind].set()
-                resource_version = self._watch(resource_version)
-                if resource_version is None:
-                    log.info("watch %s expired (410 Gone): re-listing", self.kind)
-            except Exception as exc:
-                log.warning("informer %s: %s; re-listing in 1 s", self.kind, exc)
-                resource_version = None
-                self._stop.wait(1)

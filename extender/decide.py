@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from extender.cache import ClusterCache
+from extender.cache import ClusterCache, PendingPod
 from extender.wire import MAX_EXTENDER_SCORE
 from policies.registry import Registry
+from rebuild.api import Reservation
 from scheduler.fragmentation import TargetWorkload
 from scheduler.pod import PodRequest
 from scheduler.policy import Policy, PolicyContext
@@ -203,6 +204,51 @@ class Decider:
             best = candidates[scores == scores.max()].min()
             out.passed[:] = [snapshot.names[int(best)]]
         return out
+
+    def filter_held(
+        self,
+        snapshot: Snapshot,
+        pod: PendingPod,
+        names: Sequence[str],
+        holds: Sequence[Reservation],
+        *,
+        choose: bool = False,
+    ) -> FilterOutcome:
+        """Local rebuild: only the nodes held for this pod's predecessors, where it fits.
+
+        Every other node is unresolvable for it (so kube-scheduler never preempts on its
+        behalf), with a reason naming the held node; when no held node can take it back, every
+        node carries the reason why and when the fallback (if any) places it normally.
+        """
+        assert self.cache is not None
+        asked = set(names)
+        cordoned = self.cache.unschedulable
+        passed: list[str] = []
+        why: dict[str, str] = {}
+        for hold in holds:
+            if hold.node not in asked:
+                why[hold.node] = "kube-scheduler's own filters rejected it"
+            elif hold.node in cordoned:
+                why[hold.node] = "it is cordoned"
+            elif not self.cache.fits_in_hold(hold, pod.request):
+                why[hold.node] = "the pod no longer fits its held room"
+            else:
+                passed.append(hold.node)
+        passed = list(dict.fromkeys(passed))
+        if passed:
+            if choose and len(passed) > 1:
+                rows = np.array([snapshot.index_of(n) for n in passed], dtype=np.intp)
+                passed = [passed[int(np.argmax(self.scores(snapshot, pod.request)[rows]))]]
+            reason = f"held for local rebuild: the pod returns to node {passed[0]}"
+            return FilterOutcome(passed, {}, {n: reason for n in names if n not in passed})
+        hold = holds[0]
+        after = (
+            f"normal placement from {hold.expires_at:%H:%M:%S} UTC"
+            if hold.expires_at is not None
+            else "fulcrum.io/rebuild-fallback is wait"
+        )
+        reason = f"waiting to rebuild on node {hold.node}: {why[hold.node]}; {after}"
+        return FilterOutcome([], {}, dict.fromkeys(names, reason))
 
     def scores(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:
         """The configured policies' weighted mean score of every node, 0..100."""

@@ -6,10 +6,12 @@ This module owns the extender process's Kubernetes client.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,11 @@ from kubernetes import client, config
 
 from extender.app import create_app
 from extender.bind import BindConflict, PodGone
-from extender.cache import ClusterCache, Informer
+from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
+from rebuild import api as rebuild
+from rebuild import ippool
+from rebuild.kube import Informer
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,33 @@ class KubeBinder:
         pod = reply.json()
         return str(pod["metadata"]["uid"]), str(pod["spec"].get("nodeName") or "")
 
+    async def allocate_ip(
+        self, namespace: str, pool: str, holder: str, want: str | None, pod: Mapping[str, object]
+    ) -> str:
+        path = f"/apis/{rebuild.API_VERSION}/namespaces/{namespace}/{rebuild.IPPOOLS}/{pool}"
+        for _ in range(8):  # compare-and-swap: the PUT carries the resourceVersion we read
+            reply = await self.client.get(path)
+            if reply.status_code == 404:
+                raise ValueError(
+                    f"annotation {rebuild.IP_POOL}={pool!r}: no IPPool {pool!r} in namespace "
+                    f"{namespace!r}; create it or fix the annotation"
+                )
+            self._raise_for(reply)
+            current = reply.json()
+            if not ippool.selects(current, pod):
+                raise ValueError(
+                    f"IPPool {namespace}/{pool} does not select this pod (spec.selector); "
+                    "fix the pod's labels or its fulcrum.io/ip-pool annotation"
+                )
+            changed, ip = ippool.allocate(current, holder, want=want)  # PoolError: ValueError
+            if changed == current:
+                return ip
+            put = await self.client.put(path, json=changed)
+            if put.status_code != 409:
+                self._raise_for(put)
+                return ip
+        raise RuntimeError(f"IPPool {namespace}/{pool}: too many concurrent updates; retrying")
+
 
 def core_api(kubeconfig: Path) -> Any:
     if not kubeconfig.is_file():
@@ -114,13 +146,38 @@ def core_api(kubeconfig: Path) -> Any:
     return client.CoreV1Api(api_client)
 
 
+def has_reservations(api: Any) -> bool:
+    """Whether the cluster serves Fulcrum's Reservation resource (its CRD is installed)."""
+    try:
+        client.CustomObjectsApi(api.api_client).list_cluster_custom_object(
+            rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS, limit=1
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
 def start_cache(api: Any, *, sync_timeout: float = 120) -> tuple[ClusterCache, list[Informer]]:
     cache = ClusterCache()
     informers = [
         Informer("nodes", api.list_node, cache),
         Informer("pods", api.list_pod_for_all_namespaces, cache, field_selector=ACTIVE_PODS),
     ]
+    if has_reservations(api):
+        custom = client.CustomObjectsApi(api.api_client)
+        list_fn = functools.partial(
+            custom.list_cluster_custom_object, rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS
+        )
+        informers.append(Informer("reservations", list_fn, cache))
+    else:
+        log.warning(
+            "the Reservation CRD is not installed: local rebuild is off "
+            "(kubectl apply -f deploy/crds/ to turn it on)"
+        )
     for informer in informers:
+        cache.synced[informer.kind] = informer.synced
         informer.start()
     deadline = time.monotonic() + sync_timeout
     while not cache.ready:

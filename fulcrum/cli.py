@@ -1,4 +1,4 @@
-"""The ``fulcrum`` command: build, cluster up/down/env, serve, simulate, demo."""
+"""The ``fulcrum`` command: build, cluster up/down/env, serve, rebuild, simulate, demo."""
 
 from __future__ import annotations
 
@@ -92,6 +92,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from rebuild.serve import run
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run(
+        args.kubeconfig,
+        health_port=args.health_port,
+        lease_namespace=args.lease_namespace,
+        identity=args.identity,
+        lease_seconds=args.lease_seconds,
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fulcrum.demo import run_demo
 
@@ -160,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
+    rebuild = sub.add_parser("rebuild", help="run the local-rebuild controller")
+    rebuild.add_argument(
+        "--kubeconfig", type=Path, default=None, help="cluster to run against (default: in-cluster)"
+    )
+    rebuild.add_argument("--health-port", type=int, default=8889, help="/healthz and /readyz")
+    rebuild.add_argument("--lease-namespace", default="kube-system", help="where its Lease lives")
+    rebuild.add_argument("--identity", default=None, help="leader-election identity")
+    rebuild.add_argument("--lease-seconds", type=int, default=15, help="Lease duration")
+    rebuild.set_defaults(func=_cmd_rebuild)
+
     demo = sub.add_parser(
         "demo", help="cluster up, place a workload, show the result, cluster down"
     )
@@ -197,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     from extender.config import ConfigError
     from extender.serve import ServeError
     from fulcrum.cluster import ClusterError
+    from rebuild.serve import RebuildError
 
     try:
         return int(args.func(args))
-    except (BinaryError, ClusterError, ServeError, ConfigError) as exc:
+    except (BinaryError, ClusterError, ServeError, ConfigError, RebuildError) as exc:
         print(f"fulcrum: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

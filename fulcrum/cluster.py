@@ -7,6 +7,7 @@ stops every process started from there and removes the directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import yaml
 from kubernetes import client, config
 
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
+from fulcrum.kwok_stages import STAGES_PATH
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FULCRUM_SCHEDULER = "fulcrum-scheduler"
@@ -123,6 +125,8 @@ class ClusterState:
     extender_pid: int | None = None
     scheduler_pid: int | None = None
     scheduler_port: int | None = None
+    rebuild_pid: int | None = None
+    rebuild_port: int | None = None
     kubectl: str = ""
     binaries: dict[str, str] = field(default_factory=dict)
 
@@ -336,6 +340,33 @@ def start_extender(name: str, port: int) -> int:
     return start_process(name, "extender", cmd, f"http://127.0.0.1:{port}/readyz")
 
 
+CRDS = Path(__file__).resolve().parents[1] / "deploy" / "crds"
+
+
+def install_crds(name: str, kubectl: Path) -> None:
+    """Apply Fulcrum's CRDs (Reservation, IPPool) and wait until the apiserver serves them."""
+    if not CRDS.is_dir():
+        raise ClusterError(f"{CRDS} is missing: run from a checkout of Fulcrum (pip install -e .)")
+    run = functools.partial(
+        subprocess.run, capture_output=True, text=True, timeout=120, check=False
+    )
+    base = [str(kubectl), "--kubeconfig", str(kubeconfig_path(name))]
+    for cmd in (
+        [*base, "apply", "-f", str(CRDS)],
+        [*base, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)],
+    ):
+        result = run(cmd)
+        if result.returncode != 0:
+            raise ClusterError(f"`{' '.join(cmd[3:])}` failed: {result.stderr.strip()}")
+
+
+def start_rebuild(name: str, port: int, *, identity: str = "fulcrum-rebuild-0") -> int:
+    """Start the local-rebuild controller of cluster ``name``; return once it leads."""
+    cmd = [sys.executable, "-m", "fulcrum.cli", "rebuild", "--kubeconfig"]
+    cmd += [str(kubeconfig_path(name)), "--health-port", str(port), "--identity", identity]
+    return start_process(name, f"rebuild-{identity}", cmd, f"http://127.0.0.1:{port}/readyz")
+
+
 def stop_process(pid: int | None) -> None:
     if pid is not None and _pid_alive(pid):
         _terminate([pid])
@@ -408,6 +439,8 @@ def up(
         _kwokctl(
             binaries,
             name,
+            "--config",
+            str(STAGES_PATH),
             "create",
             "cluster",
             "--runtime",
@@ -429,7 +462,12 @@ def up(
             str(binaries["etcd"]),
             timeout=400,
         )
+        install_crds(name, binaries["kubectl"])
         if extender:
+            state.rebuild_port = free_port()
+            state.rebuild_pid = start_rebuild(name, state.rebuild_port)
+            _save_state(state)
+            log(f"  rebuild controller leading (pid {state.rebuild_pid})")
             state.extender_pid = start_extender(name, reg.port)
             log(f"  extender ready on 127.0.0.1:{reg.port} (pid {state.extender_pid})")
         state.scheduler_pid, state.scheduler_port = _start_fulcrum_scheduler(
@@ -464,6 +502,7 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
     if state:
         stop_process(state.scheduler_pid)
         stop_process(state.extender_pid)
+        stop_process(state.rebuild_pid)
     if state and state.binaries.get("kwokctl") and kubeconfig_path(name).parent.exists():
         try:
             _kwokctl(

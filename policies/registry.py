@@ -9,14 +9,14 @@ is a factory ``(PolicyContext) -> Policy``::
 
 Nothing is registered by importing anything: :func:`default_registry` builds
 a fresh registry from the built-in table plus the installed entry points each
-time it is called. Names are matched case-insensitively.
+time it is called. Names are matched case-insensitively. The generic part (lookup,
+aliases, entry-point loading) is :mod:`policies.plugins`, shared with rebuild hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import cast
 
 from policies import (
     archimedes,
@@ -30,6 +30,8 @@ from policies import (
     random_fit,
     requested_to_capacity_ratio,
 )
+from policies.plugins import PluginError as PluginError
+from policies.plugins import PluginRegistry, UnknownPluginError, load_entry_points
 from scheduler.policy import Policy, PolicyContext, PolicyFactory
 
 ENTRY_POINT_GROUP = "fulcrum.policies"
@@ -51,37 +53,18 @@ BUILTIN: Mapping[str, PolicyFactory] = {
 ALIASES: Mapping[str, str] = {"dotprod": "DotProduct"}
 
 
-class UnknownPolicyError(KeyError):
+class UnknownPolicyError(UnknownPluginError):
     """No policy of that name; the message lists the available ones."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
 
-
-class PluginError(RuntimeError):
-    """A ``fulcrum.policies`` entry point could not be loaded or clashes with another."""
-
-
-class Registry:
+class Registry(PluginRegistry[PolicyFactory]):
     """Names -> policy factories. Implements ``scheduler.policy.PolicyCatalog``."""
 
     def __init__(self, factories: Mapping[str, PolicyFactory]) -> None:
-        self._factories = dict(factories)
-        self._by_key = {name.lower(): name for name in self._factories}
-
-    def names(self) -> list[str]:
-        return sorted(self._factories, key=str.lower)
-
-    def canonical(self, name: str) -> str:
-        key = ALIASES.get(name.lower(), name).lower()
-        if key not in self._by_key:
-            raise UnknownPolicyError(
-                f"unknown policy {name!r}; available: {', '.join(self.names())}"
-            )
-        return self._by_key[key]
+        super().__init__("policy", factories, aliases=ALIASES, unknown=UnknownPolicyError)
 
     def factory(self, name: str) -> PolicyFactory:
-        return self._factories[self.canonical(name)]
+        return self.get(name)
 
     def create(self, name: str, context: PolicyContext) -> Policy:
         return self.factory(name)(context)
@@ -98,24 +81,10 @@ def load_plugins(
     plugin whose name clashes (case-insensitively) with ``reserved`` or with
     another plugin, or that fails to import, raises :class:`PluginError`.
     """
-    points = list(entry_points(group=ENTRY_POINT_GROUP) if discovered is None else discovered)
-    taken = {name.lower() for name in reserved}
-    loaded: dict[str, PolicyFactory] = {}
-    for point in points:
-        if point.name.lower() in taken:
-            raise PluginError(
-                f"plugin policy {point.name!r} ({point.value}) clashes with an existing policy"
-            )
-        try:
-            obj = point.load()
-        except Exception as exc:
-            raise PluginError(
-                f"cannot load plugin policy {point.name!r} ({point.value}): {exc}"
-            ) from exc
-        if not callable(obj):
-            raise PluginError(f"plugin policy {point.name!r} ({point.value}) is not callable")
-        loaded[point.name] = cast(Callable[[PolicyContext], Policy], obj)
-        taken.add(point.name.lower())
+    points = entry_points(group=ENTRY_POINT_GROUP) if discovered is None else discovered
+    loaded: dict[str, PolicyFactory] = dict(
+        load_entry_points(points, kind="policy", reserved=reserved)
+    )
     return loaded
 
 

@@ -30,6 +30,8 @@ SERVICE_ACCOUNT = "fulcrum-scheduler"
 CONFIG_DIR = "/etc/fulcrum"
 EXAMPLE = "kube-scheduler-config.example.yaml"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+REBUILD_SERVICE_ACCOUNT = "fulcrum-rebuild"
+GROUP = "fulcrum.io"
 
 # kind -> apiVersion of every API object the manifests may contain
 API_VERSIONS = {
@@ -43,8 +45,15 @@ API_VERSIONS = {
     "Deployment": "apps/v1",
     "PodDisruptionBudget": "policy/v1",
     "PriorityClass": "scheduling.k8s.io/v1",
+    "CustomResourceDefinition": "apiextensions.k8s.io/v1",
 }
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PriorityClass",
+    "CustomResourceDefinition",
+}
 NOT_API_OBJECTS = {
     "Kustomization": "kustomize.config.k8s.io/v1beta1",
     "KubeSchedulerConfiguration": "kubescheduler.config.k8s.io/v1",
@@ -56,6 +65,22 @@ EXTENDER_RULES = {
     (("",), ("nodes", "pods"), ("get", "list", "watch")),
     (("",), ("pods/binding",), ("create",)),
     (("", "events.k8s.io"), ("events",), ("create", "patch")),
+    ((GROUP,), ("reservations",), ("get", "list", "watch")),
+    ((GROUP,), ("ippools",), ("get", "update")),
+}
+
+# (apiGroups, resources, verbs) of the rebuild controller's ClusterRole
+REBUILD_RULES = {
+    (("",), ("pods",), ("get", "list", "watch", "patch", "update", "delete")),
+    (("",), ("pods/resize",), ("patch",)),
+    (("", "events.k8s.io"), ("events",), ("create", "patch")),
+    (("coordination.k8s.io",), ("leases",), ("get", "create", "update")),
+    (
+        (GROUP,),
+        ("reservations", "ippools"),
+        ("get", "list", "watch", "create", "update", "patch", "delete"),
+    ),
+    (("apps",), ("deployments", "replicasets", "statefulsets"), ("get", "list", "watch")),
 }
 
 # json tags of k8s.io/kube-scheduler/config/v1 Extender, ExtenderTLSConfig, ExtenderManagedResource
@@ -104,12 +129,17 @@ KUBE_SCHEDULER_TYPES = Path.home() / "go/pkg/mod/k8s.io/kube-scheduler@v0.34.4/c
 # --- loading ---------------------------------------------------------------------------------
 
 
+def _manifest_files() -> list[str]:
+    """Every YAML file under deploy/ (the CRDs are in crds/), relative to deploy/."""
+    return sorted(str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml"))
+
+
 def _load_all() -> list[tuple[str, dict[str, Any]]]:
     docs: list[tuple[str, dict[str, Any]]] = []
-    for path in sorted(DEPLOY.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+    for name in _manifest_files():
+        for doc in yaml.safe_load_all((DEPLOY / name).read_text()):
             if doc is not None:
-                docs.append((path.name, doc))
+                docs.append((name, doc))
     return docs
 
 
@@ -233,7 +263,7 @@ def test_names_are_unique_per_kind_and_namespace() -> None:
 
 def test_the_kustomization_lists_every_manifest_but_the_example() -> None:
     listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
-    on_disk = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml", EXAMPLE}
+    on_disk = set(_manifest_files()) - {"kustomization.yaml", EXAMPLE}
     assert sorted(listed) == sorted(on_disk)
     assert one("Namespace")["metadata"]["name"] == NAMESPACE
 
@@ -349,9 +379,9 @@ def _rules(role: dict[str, Any]) -> set[tuple[tuple[str, ...], ...]]:
     return out
 
 
-def _bound_to_the_service_account(binding: dict[str, Any]) -> None:
+def _bound_to_the_service_account(binding: dict[str, Any], account: str = SERVICE_ACCOUNT) -> None:
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
     ]
     assert binding["roleRef"]["apiGroup"] == "rbac.authorization.k8s.io"
 
@@ -367,8 +397,22 @@ def test_the_extender_cluster_role_is_exactly_the_minimal_rules() -> None:
     _bound_to_the_service_account(binding)
 
 
+def test_the_rebuild_controller_has_its_own_account_and_exactly_its_rules() -> None:
+    account = one("ServiceAccount", REBUILD_SERVICE_ACCOUNT)
+    assert account["metadata"]["namespace"] == NAMESPACE
+    role = one("ClusterRole", "fulcrum-rebuild")
+    assert _rules(role) == REBUILD_RULES
+    assert all("resourceNames" not in rule for rule in role["rules"])
+    (binding,) = [
+        b for b in objects("ClusterRoleBinding") if b["roleRef"]["name"] == "fulcrum-rebuild"
+    ]
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    _bound_to_the_service_account(binding, REBUILD_SERVICE_ACCOUNT)
+
+
 def test_fulcrum_defines_no_other_cluster_roles() -> None:
-    assert [r["metadata"]["name"] for r in objects("ClusterRole")] == ["fulcrum-extender"]
+    names = [r["metadata"]["name"] for r in objects("ClusterRole")]
+    assert sorted(names) == ["fulcrum-extender", "fulcrum-rebuild"]
 
 
 def test_kube_scheduler_gets_what_upstream_prescribes_for_a_second_scheduler() -> None:
@@ -405,6 +449,126 @@ def test_the_leader_election_role_covers_only_its_own_lease() -> None:
     assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
     assert binding["roleRef"]["kind"] == "Role"
     _bound_to_the_service_account(binding)
+
+
+# --- the CustomResourceDefinitions --------------------------------------------------------------
+
+
+def crd(plural: str) -> dict[str, Any]:
+    return one("CustomResourceDefinition", f"{plural}.{GROUP}")
+
+
+def crd_schema(plural: str) -> dict[str, Any]:
+    (version,) = crd(plural)["spec"]["versions"]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _schema_nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path or ".", node
+    for name, child in node.get("properties", {}).items():
+        yield from _schema_nodes(child, f"{path}.{name}")
+    if "items" in node:
+        yield from _schema_nodes(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _schema_nodes(node["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize(
+    ("plural", "kind", "short"),
+    [("reservations", "Reservation", "rsv"), ("ippools", "IPPool", "ipp")],
+)
+def test_the_crds_are_namespaced_v1alpha1_without_a_status_subresource(
+    plural: str, kind: str, short: str
+) -> None:
+    spec = crd(plural)["spec"]
+    assert spec["group"] == GROUP
+    assert spec["scope"] == "Namespaced"
+    names = spec["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == (kind, plural, [short])
+    (version,) = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    # the controller writes spec and status in one compare-and-swap update
+    assert "subresources" not in version
+
+
+@pytest.mark.parametrize("plural", ["reservations", "ippools"])
+def test_the_crd_schemas_are_structural(plural: str) -> None:
+    schema = crd_schema(plural)
+    for path, node in _schema_nodes(schema):
+        assert isinstance(node.get("type"), str), f"{plural}: {path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            assert path == ".spec.template", f"{plural}: {path} keeps unknown fields"
+    assert set(schema["properties"]) == {"apiVersion", "kind", "metadata", "spec", "status"}
+
+
+@pytest.mark.parametrize(
+    ("plural", "columns"),
+    [("reservations", ["Key", "Node", "IP", "Phase", "Age"]), ("ippools", ["CIDR", "Age"])],
+)
+def test_the_printer_columns_show_fields_of_the_schema(plural: str, columns: list[str]) -> None:
+    (version,) = crd(plural)["spec"]["versions"]
+    printed = version["additionalPrinterColumns"]
+    assert [c["name"] for c in printed] == columns
+    paths = dict(_schema_nodes(crd_schema(plural)))
+    for column in printed:
+        if column["name"] == "Age":
+            assert column == {
+                "name": "Age",
+                "type": "date",
+                "jsonPath": ".metadata.creationTimestamp",
+            }
+        else:
+            assert paths[column["jsonPath"]]["type"] == column["type"], column
+
+
+def test_the_reservation_schema() -> None:
+    spec = crd_schema("reservations")["properties"]["spec"]
+    assert spec["required"] == ["key", "node", "predecessor"]
+    fields = spec["properties"]
+    assert set(fields) == {
+        "key",
+        "node",
+        "predecessor",
+        "template",
+        "devices",
+        "ip",
+        "pool",
+        "claims",
+        "fallback",
+        "expiresAt",
+    }
+    assert fields["predecessor"]["required"] == ["name", "uid"]
+    assert fields["template"]["type"] == "object"
+    assert fields["devices"]["items"]["type"] == "integer"
+    assert fields["claims"]["items"]["type"] == "string"
+    assert fields["fallback"]["enum"] == ["wait", "reschedule"]
+    assert fields["expiresAt"]["format"] == "date-time"
+    status = crd_schema("reservations")["properties"]["status"]["properties"]
+    assert status["phase"]["enum"] == ["Held", "Expired", "Claimed"]
+    assert status["claimedBy"]["type"] == "string"
+
+
+def test_an_ippool_has_exactly_one_of_cidr_and_addresses() -> None:
+    spec = crd_schema("ippools")["properties"]["spec"]
+    (rule,) = spec["x-kubernetes-validations"]
+    assert rule["rule"].replace(" ", "") == "has(self.cidr)!=has(self.addresses)"
+    assert "cidr" in rule["message"] and "addresses" in rule["message"]
+    fields = spec["properties"]
+    assert fields["cidr"]["type"] == "string"
+    assert fields["addresses"]["items"]["type"] == "string"
+    allocations = crd_schema("ippools")["properties"]["status"]["properties"]["allocations"]
+    assert allocations["additionalProperties"] == {"type": "string"}
+
+
+def test_an_ippool_selector_is_a_label_selector() -> None:
+    selector = crd_schema("ippools")["properties"]["spec"]["properties"]["selector"]
+    assert selector["properties"]["matchLabels"]["additionalProperties"] == {"type": "string"}
+    expression = selector["properties"]["matchExpressions"]["items"]
+    assert expression["required"] == ["key", "operator"]
+    assert expression["properties"]["operator"]["enum"] == ["In", "NotIn", "Exists", "DoesNotExist"]
+    assert expression["properties"]["values"]["items"]["type"] == "string"
 
 
 # --- the Deployment ----------------------------------------------------------------------------

@@ -1,0 +1,362 @@
+"""Local-rebuild workloads on a kwok cluster: create them, change them, measure where pods went.
+
+Used by the demo, the integration tests and ``benchmarks/rebuild_bench.py``. Changes are made
+the way a user makes them, with ``kubectl set image``, ``kubectl set env`` and
+``kubectl replace --force``; a member of a workload is identified by its successor key
+(``rebuild.api.successor_key``), so "the same pod" after a rollout means the same Deployment,
+StatefulSet ordinal or bare-pod name.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from kubernetes import client
+
+from fulcrum import cluster
+from fulcrum.cluster import FULCRUM_SCHEDULER
+from fulcrum.workload import PAUSE_IMAGE
+from rebuild import api
+
+NEW_IMAGE = "registry.k8s.io/pause:3.9"
+APP_LABEL = "app"
+
+
+@dataclass(frozen=True)
+class Member:
+    """Where one member of a workload runs."""
+
+    key: str
+    name: str
+    uid: str
+    node: str
+    ip: str
+    claims: tuple[str, ...]
+    claimed: str  # the Reservation this pod claimed at bind, if any
+
+
+@dataclass(frozen=True)
+class Kit:
+    """What a rebuild scenario needs: the cluster's name, API clients and kubectl."""
+
+    name: str
+    core: Any
+    apps: Any
+    custom: Any
+
+    @classmethod
+    def of(cls, name: str) -> Kit:
+        core = cluster.core_api(name)
+        return cls(
+            name,
+            core,
+            client.AppsV1Api(core.api_client),
+            client.CustomObjectsApi(core.api_client),
+        )
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
+        state = cluster.load_state(self.name)
+        cmd = [state.kubectl, "--kubeconfig", str(cluster.kubeconfig_path(self.name)), *args]
+        result = subprocess.run(
+            cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+
+def _annotations(opted: bool, pool: str | None, extra: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if opted:
+        out[api.REBUILD] = "local"
+    if pool:
+        out[api.IP_POOL] = pool
+    out.update(extra)
+    return out
+
+
+def pod_spec(*, cpu: str = "500m", memory: str = "512Mi", env: str = "1") -> dict[str, Any]:
+    requests = {"cpu": cpu, "memory": memory}
+    return {
+        "schedulerName": FULCRUM_SCHEDULER,
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": "main",
+                "image": PAUSE_IMAGE,
+                "env": [{"name": "REVISION", "value": env}],
+                "resources": {"requests": requests, "limits": requests},
+            }
+        ],
+    }
+
+
+def ip_pool(namespace: str, app: str, cidr: str) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "IPPool",
+        "metadata": {"name": app, "namespace": namespace},
+        "spec": {"cidr": cidr, "selector": {"matchLabels": {APP_LABEL: app}}},
+    }
+
+
+def deployment(
+    namespace: str,
+    app: str,
+    replicas: int,
+    *,
+    opted: bool = True,
+    pool: str | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    labels = {APP_LABEL: app}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": app, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            # delete-first: an old pod goes before its successor is placed on its room
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "50%"},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": _annotations(opted, pool, annotations or {}),
+                },
+                "spec": pod_spec(),
+            },
+        },
+    }
+
+
+def statefulset(
+    namespace: str,
+    app: str,
+    replicas: int,
+    *,
+    opted: bool = True,
+    pool: str | None = None,
+    on_delete: bool = False,
+) -> dict[str, Any]:
+    labels = {APP_LABEL: app}
+    spec = pod_spec()
+    spec["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": app, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": app,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete" if on_delete else "RollingUpdate"},
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": _annotations(opted, pool, {})},
+                "spec": spec,
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": "",
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def volumes(prefix: str, count: int) -> list[dict[str, Any]]:
+    """Pre-provisioned PersistentVolumes for StatefulSet claims (kwok has no provisioner)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{prefix}-{i}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": f"/data/{prefix}-{i}"},
+            },
+        }
+        for i in range(count)
+    ]
+
+
+def bare_pod(
+    namespace: str,
+    name: str,
+    app: str,
+    *,
+    opted: bool = True,
+    pool: str | None = None,
+    image: str = PAUSE_IMAGE,
+    env: str = "1",
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    spec = pod_spec(env=env)
+    spec["containers"][0]["image"] = image
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {APP_LABEL: app},
+            "annotations": _annotations(opted, pool, annotations or {}),
+        },
+        "spec": spec,
+    }
+
+
+def apply(kit: Kit, objects: list[dict[str, Any]]) -> None:
+    kit.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
+
+
+def replace_force(kit: Kit, objects: list[dict[str, Any]]) -> None:
+    """``kubectl replace --force``: delete, wait until gone, create, as a user would."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as manifest:
+        yaml.safe_dump_all(objects, manifest)
+        manifest.flush()
+        kit.kubectl("replace", "--force", "-f", manifest.name)
+
+
+def members(kit: Kit, namespace: str, app: str) -> dict[str, Member]:
+    """The app's live pods (not terminating), by successor key."""
+    pods = kit.core.list_namespaced_pod(
+        namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
+    )
+    out: dict[str, Member] = {}
+    for pod in orjson.loads(pods.data)["items"]:
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        key = api.successor_key(pod) or meta["name"]
+        if key.startswith("Deployment/"):
+            key = f"{key}/{meta['name']}"  # replicas are interchangeable: keep each one apart
+        out[key] = Member(
+            key,
+            meta["name"],
+            meta["uid"],
+            pod["spec"].get("nodeName") or "",
+            (pod.get("status") or {}).get("podIP") or "",
+            api.claim_names(pod),
+            (meta.get("annotations") or {}).get(api.RESERVATION, ""),
+        )
+    return out
+
+
+def running(kit: Kit, namespace: str, app: str, want: Callable[[dict[str, Any]], bool]) -> int:
+    """How many of the app's live pods are Running, Ready and satisfy ``want``."""
+    pods = kit.core.list_namespaced_pod(
+        namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
+    )
+    count = 0
+    for pod in orjson.loads(pods.data)["items"]:
+        status = pod.get("status") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        if (
+            not pod["metadata"].get("deletionTimestamp")
+            and status.get("phase") == "Running"
+            and ready
+            and want(pod)
+        ):
+            count += 1
+    return count
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], *, timeout: float = 300, interval: float = 0.5
+) -> float:
+    """Seconds until ``check()`` holds; TimeoutError naming ``what`` otherwise."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f} s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def has_image(image: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda pod: pod["spec"]["containers"][0]["image"] == image
+
+
+def has_env(value: str) -> Callable[[dict[str, Any]], bool]:
+    def check(pod: dict[str, Any]) -> bool:
+        env = pod["spec"]["containers"][0].get("env") or []
+        return any(e.get("name") == "REVISION" and e.get("value") == value for e in env)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Kept:
+    """How many members came back with the same node, IP and claims."""
+
+    total: int
+    node: int
+    ip: int
+    claims: int
+
+    def __str__(self) -> str:
+        return (
+            f"same node {self.node}/{self.total}, same IP {self.ip}/{self.total}, "
+            f"same PVCs {self.claims}/{self.total}"
+        )
+
+
+def kept(before: Mapping[str, Member], after: Mapping[str, Member]) -> Kept:
+    """Compare each member with its successor.
+
+    A successor names the Reservation it claimed (``fulcrum.io/reservation``), which names its
+    predecessor's UID; members that claimed nothing are matched by key (StatefulSet ordinal,
+    bare-pod name), and Deployment replicas, being interchangeable, by node: the count of
+    nodes the old and new replica sets share.
+    """
+    by_claim = {m.claimed: m for m in after.values() if m.claimed}
+    pairs: list[tuple[Member, Member]] = []
+    loose: list[Member] = []
+    for b in before.values():
+        a = by_claim.get(api.reservation_name(b.uid)) or after.get(b.key)
+        if a is not None:
+            pairs.append((b, a))
+        else:
+            loose.append(b)
+    paired = {a.uid for _, a in pairs}
+    spare = Counter(m.node for m in after.values() if m.uid not in paired)
+    shared = sum((Counter(m.node for m in loose) & spare).values())
+    return Kept(
+        len(before),
+        sum(a.node == b.node for b, a in pairs) + shared,
+        sum(bool(a.ip) and a.ip == b.ip for b, a in pairs),
+        sum(a.claims == b.claims for b, a in pairs),
+    )
+
+
+def nodes_multiset(members_: Mapping[str, Member]) -> list[str]:
+    return sorted(m.node for m in members_.values())
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))

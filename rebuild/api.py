@@ -1,0 +1,464 @@
+"""The local-rebuild API: pod annotations, successor identity and Reservation objects.
+
+Everything here is a pure function over Kubernetes objects as JSON-decoded
+mappings; reading and writing them is the controller's job.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+GROUP = "fulcrum.io"
+VERSION = "v1alpha1"
+API_VERSION = "fulcrum.io/v1alpha1"
+RESERVATIONS = "reservations"  # CRD plural names
+IPPOOLS = "ippools"
+
+REBUILD = "fulcrum.io/rebuild"  # opt-in; the only allowed value: "local"
+FALLBACK = "fulcrum.io/rebuild-fallback"  # "wait" (default) | "reschedule"
+WAIT = "fulcrum.io/rebuild-wait"  # how long "reschedule" waits first: "90s", "5m", "1m30s"
+ORDER = "fulcrum.io/rebuild-order"  # "delete-first" (default) | "create-first"
+ACCEPT_DATA_LOSS = "fulcrum.io/accept-data-loss"  # "true" | "false" (default)
+IP_POOL = "fulcrum.io/ip-pool"  # name of an IPPool in the pod's own namespace
+IP_REQUEST = "fulcrum.io/ip"  # optional: a specific address from that pool
+ASSIGNED_IP = "fulcrum.io/assigned-ip"  # written at bind; a kwok Stage copies it to status.podIP
+CALICO_IPS = "cni.projectcalico.org/ipAddrs"  # written at bind, Calico's format: '["10.0.0.5"]'
+RESERVATION = "fulcrum.io/reservation"  # written at bind on a successor: the Reservation it claimed
+STATUS = "fulcrum.io/rebuild-status"  # written by the controller: what it did and why
+FINALIZER = "fulcrum.io/rebuild"
+
+DEFAULT_WAIT_SECONDS = 60.0
+MAX_WAIT_SECONDS = 24 * 3600.0
+PHASES = ("Held", "Expired", "Claimed")
+FALLBACKS = ("wait", "reschedule")
+ORDERS = ("delete-first", "create-first")
+
+Fallback = Literal["wait", "reschedule"]
+Order = Literal["delete-first", "create-first"]
+
+_GPU_ANNOTATION_PREFIX = "fulcrum.io/gpu"
+_POD_TEMPLATE_HASH = "pod-template-hash"
+_POD_INDEX = "apps.kubernetes.io/pod-index"
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DURATION = re.compile(r"(?:[0-9]+(?:ms|h|m|s))+")
+_DURATION_PART = re.compile(r"([0-9]+)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+# --- annotations --------------------------------------------------------------------------------
+
+
+class OptionError(ValueError):
+    """A rebuild annotation with a value Fulcrum does not accept.
+
+    ``allowed`` lists the accepted values when there is a fixed set (else it is
+    empty and the message says what a valid value looks like).
+    """
+
+    def __init__(
+        self, annotation: str, value: str, allowed: tuple[str, ...] = (), hint: str | None = None
+    ) -> None:
+        self.annotation = annotation
+        self.value = value
+        self.allowed = allowed
+        advice = hint if hint is not None else "use one of: " + ", ".join(allowed)
+        super().__init__(f'annotation {annotation}="{value}" is not allowed; {advice}')
+
+
+@dataclass(frozen=True)
+class RebuildOptions:
+    """A pod's rebuild settings, defaults filled in."""
+
+    enabled: bool = False
+    fallback: Fallback = "wait"
+    wait_seconds: float = DEFAULT_WAIT_SECONDS
+    order: Order = "delete-first"
+    accept_data_loss: bool = False
+    pool: str | None = None
+    ip: str | None = None
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration made of ``<int><unit>`` parts (h, m, s, ms): "1m30s" -> 90."""
+    if not _DURATION.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a duration; write e.g. 90s, 5m, 1h or 1m30s (units h, m, s, ms)"
+        )
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def _parse(annotations: Mapping[str, str] | None) -> tuple[RebuildOptions, list[OptionError]]:
+    """Options with bad values left at their defaults, and every problem found."""
+    a = annotations or {}
+    errors: list[OptionError] = []
+
+    def choice(key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = a.get(key, default)
+        if value in allowed:
+            return value
+        errors.append(OptionError(key, value, allowed))
+        return default
+
+    enabled = REBUILD in a and choice(REBUILD, ("local",), "") == "local"
+    fallback = cast(Fallback, choice(FALLBACK, FALLBACKS, "wait"))
+
+    wait_seconds = DEFAULT_WAIT_SECONDS
+    if WAIT in a:
+        try:
+            seconds = parse_duration(a[WAIT])
+        except ValueError:
+            seconds = 0.0
+        if 0 < seconds <= MAX_WAIT_SECONDS:
+            wait_seconds = seconds
+        else:
+            errors.append(
+                OptionError(
+                    WAIT,
+                    a[WAIT],
+                    hint="use a duration like 90s, 5m or 1m30s, more than 0 and at most 24h",
+                )
+            )
+
+    order = cast(Order, choice(ORDER, ORDERS, "delete-first"))
+    accept_data_loss = choice(ACCEPT_DATA_LOSS, ("true", "false"), "false") == "true"
+
+    pool = a.get(IP_POOL)
+    if pool is not None and not (len(pool) <= 253 and _DNS_SUBDOMAIN.fullmatch(pool)):
+        if "/" in pool:
+            hint = (
+                "pools must be in the pod's own namespace: create the IPPool there "
+                'and give its name alone, e.g. "web"'
+            )
+        else:
+            hint = 'give the name of an IPPool in the pod\'s namespace (lower-case, e.g. "web")'
+        errors.append(OptionError(IP_POOL, pool, hint=hint))
+        pool = None
+
+    ip: str | None = None
+    raw_ip = a.get(IP_REQUEST)
+    if raw_ip is not None:
+        try:
+            ip = str(ipaddress.ip_address(raw_ip))
+        except ValueError:
+            errors.append(
+                OptionError(
+                    IP_REQUEST,
+                    raw_ip,
+                    hint="it is not a valid IPv4 or IPv6 address; write e.g. 10.64.0.5 or fd00::5",
+                )
+            )
+        if IP_POOL not in a:
+            errors.append(
+                OptionError(
+                    IP_REQUEST,
+                    raw_ip,
+                    hint=f"an address comes from a pool: set {IP_POOL} to the IPPool's name too",
+                )
+            )
+            ip = None
+
+    options = RebuildOptions(
+        enabled=enabled,
+        fallback=fallback,
+        wait_seconds=wait_seconds,
+        order=order,
+        accept_data_loss=accept_data_loss,
+        pool=pool,
+        ip=ip,
+    )
+    return options, errors
+
+
+def option_errors(annotations: Mapping[str, str] | None) -> list[OptionError]:
+    """Every problem with the pod's rebuild and IP-pool annotations (empty when all is well)."""
+    return _parse(annotations)[1]
+
+
+def parse_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
+    """The pod's rebuild options; raises the first :class:`OptionError` found.
+
+    Pool and address annotations are read even without the rebuild opt-in.
+    A requested address is returned in canonical form (``str(ip_address(...))``).
+    """
+    options, errors = _parse(annotations)
+    if errors:
+        raise errors[0]
+    return options
+
+
+# --- pod facts ----------------------------------------------------------------------------------
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _volumes(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list((pod.get("spec") or {}).get("volumes") or [])
+
+
+def data_loss_volumes(pod: Mapping[str, Any]) -> list[str]:
+    """Names of the volumes whose data a recreate loses: ``emptyDir`` and generic ``ephemeral``."""
+    return [str(v.get("name", "")) for v in _volumes(pod) if "emptyDir" in v or "ephemeral" in v]
+
+
+def claim_names(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """The PersistentVolumeClaims the pod mounts, in volume order, each once."""
+    names: dict[str, None] = {}
+    for volume in _volumes(pod):
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim:
+            names[str(claim)] = None
+    return tuple(names)
+
+
+def _controller(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for ref in _metadata(pod).get("ownerReferences") or []:
+        if ref.get("controller") is True:
+            return cast(Mapping[str, Any], ref)
+    return None
+
+
+def successor_key(pod: Mapping[str, Any]) -> str | None:
+    """What a pod and its successor share, or None when local rebuild does not support its owner.
+
+    ``Deployment/<ns>/<name>``, ``ReplicaSet/<ns>/<name>`` (a ReplicaSet not made by a
+    Deployment), ``StatefulSet/<ns>/<name>/<ordinal>`` or ``Pod/<ns>/<name>`` (a bare
+    pod re-created under the same name).
+    """
+    meta = _metadata(pod)
+    namespace = meta.get("namespace") or "default"
+    labels = meta.get("labels") or {}
+    owner = _controller(pod)
+    if owner is None:
+        name = meta.get("name")
+        return f"Pod/{namespace}/{name}" if name else None
+    kind, owner_name = owner.get("kind"), str(owner.get("name", ""))
+    if not owner_name:
+        return None
+    if kind == "ReplicaSet":
+        template_hash = labels.get(_POD_TEMPLATE_HASH)
+        suffix = f"-{template_hash}"
+        if template_hash and owner_name.endswith(suffix) and len(owner_name) > len(suffix):
+            return f"Deployment/{namespace}/{owner_name[: -len(suffix)]}"
+        return f"ReplicaSet/{namespace}/{owner_name}"
+    if kind == "StatefulSet":
+        if _POD_INDEX in labels:
+            ordinal = str(labels[_POD_INDEX])
+        else:
+            name = str(meta.get("name", ""))
+            prefix = f"{owner_name}-"
+            ordinal = name[len(prefix) :] if name.startswith(prefix) else ""
+        if not (ordinal.isascii() and ordinal.isdigit()):
+            return None
+        return f"StatefulSet/{namespace}/{owner_name}/{int(ordinal)}"
+    return None
+
+
+def reservation_template(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a pod its resource request is computed from (containers, overhead, GPU notes)."""
+    annotations = _metadata(pod).get("annotations") or {}
+    spec = pod.get("spec") or {}
+
+    def container(c: Mapping[str, Any], *extra: str) -> dict[str, Any]:
+        out = {"name": c.get("name", ""), "resources": copy.deepcopy(c.get("resources") or {})}
+        out.update({key: copy.deepcopy(c[key]) for key in extra if key in c})
+        return out
+
+    template_spec: dict[str, Any] = {
+        "containers": [container(c) for c in spec.get("containers") or []],
+        "initContainers": [container(c, "restartPolicy") for c in spec.get("initContainers") or []],
+    }
+    if "overhead" in spec:
+        template_spec["overhead"] = copy.deepcopy(spec["overhead"])
+    gpu_annotations = {k: v for k, v in annotations.items() if k.startswith(_GPU_ANNOTATION_PREFIX)}
+    return {"metadata": {"annotations": gpu_annotations}, "spec": template_spec}
+
+
+# --- Reservation objects ------------------------------------------------------------------------
+
+
+def reservation_name(predecessor_uid: str) -> str:
+    """The Reservation for a predecessor: deterministic, so a restarted controller finds it."""
+    return f"rb-{predecessor_uid}"
+
+
+def _format_time(when: datetime) -> str:
+    when = when.astimezone(UTC)
+    pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if when.microsecond else "%Y-%m-%dT%H:%M:%SZ"
+    return when.strftime(pattern)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A node's room (and devices, IP, volumes) held for a pod's successor.
+
+    ``expires_at`` is None to wait forever; ``claimed_by`` is the successor's uid.
+    """
+
+    name: str
+    namespace: str
+    key: str
+    node: str
+    predecessor: str
+    predecessor_uid: str
+    template: dict[str, Any]
+    devices: tuple[int, ...] | None
+    ip: str | None
+    pool: str | None
+    claims: tuple[str, ...]
+    fallback: str
+    expires_at: datetime | None
+    phase: str = "Held"
+    claimed_by: str | None = None
+    resource_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"status.phase {self.phase!r}: use one of {', '.join(PHASES)}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"spec.fallback {self.fallback!r}: use one of {', '.join(FALLBACKS)}")
+        if self.expires_at is not None and self.expires_at.utcoffset() is None:
+            raise ValueError("spec.expiresAt: give a timezone-aware datetime (UTC)")
+
+    def active(self, now: datetime) -> bool:
+        """Whether the reservation still holds its room at ``now`` (timezone-aware)."""
+        return self.phase == "Held" and (self.expires_at is None or now < self.expires_at)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> Reservation:
+        """Parse a Reservation custom object; ValueError names the malformed field."""
+        meta = _mapping(obj, "metadata", obj.get("metadata"))
+        spec = _mapping(obj, "spec", obj.get("spec"))
+        status = _mapping(obj, "status", obj.get("status") or {})
+        predecessor = _mapping(obj, "spec.predecessor", spec.get("predecessor"))
+        template = _mapping(obj, "spec.template", spec.get("template"))
+
+        devices_raw = spec.get("devices")
+        devices: tuple[int, ...] | None = None
+        if devices_raw is not None:
+            if not isinstance(devices_raw, list) or not all(
+                type(d) is int and d >= 0 for d in devices_raw
+            ):
+                raise _field_error(obj, "spec.devices", devices_raw, "a list of device indices")
+            devices = tuple(devices_raw)
+
+        claims_raw = spec.get("claims") or []
+        if not isinstance(claims_raw, list) or not all(isinstance(c, str) for c in claims_raw):
+            raise _field_error(obj, "spec.claims", claims_raw, "a list of PVC names")
+
+        ip = _optional_str(obj, "spec.ip", spec.get("ip"))
+        if ip is not None:
+            try:
+                ip = str(ipaddress.ip_address(ip))
+            except ValueError:
+                raise _field_error(obj, "spec.ip", ip, "an IPv4 or IPv6 address") from None
+
+        expires_raw = _optional_str(obj, "spec.expiresAt", spec.get("expiresAt"))
+        expires_at = None
+        if expires_raw is not None:
+            try:
+                expires_at = datetime.fromisoformat(expires_raw)
+            except ValueError:
+                expires_at = None
+            if expires_at is None or expires_at.utcoffset() is None:
+                raise _field_error(
+                    obj, "spec.expiresAt", expires_raw, "an RFC 3339 time like 2025-01-02T03:04:05Z"
+                )
+            expires_at = expires_at.astimezone(UTC)
+
+        fallback = _optional_str(obj, "spec.fallback", spec.get("fallback")) or "wait"
+        if fallback not in FALLBACKS:
+            raise _field_error(obj, "spec.fallback", fallback, "one of " + ", ".join(FALLBACKS))
+        phase = _optional_str(obj, "status.phase", status.get("phase")) or "Held"
+        if phase not in PHASES:
+            raise _field_error(obj, "status.phase", phase, "one of " + ", ".join(PHASES))
+
+        return cls(
+            name=_required_str(obj, "metadata.name", meta.get("name")),
+            namespace=_required_str(obj, "metadata.namespace", meta.get("namespace")),
+            key=_required_str(obj, "spec.key", spec.get("key")),
+            node=_required_str(obj, "spec.node", spec.get("node")),
+            predecessor=_required_str(obj, "spec.predecessor.name", predecessor.get("name")),
+            predecessor_uid=_required_str(obj, "spec.predecessor.uid", predecessor.get("uid")),
+            template=copy.deepcopy(dict(template)),
+            devices=devices,
+            ip=ip,
+            pool=_optional_str(obj, "spec.pool", spec.get("pool")),
+            claims=tuple(claims_raw),
+            fallback=fallback,
+            expires_at=expires_at,
+            phase=phase,
+            claimed_by=_optional_str(obj, "status.claimedBy", status.get("claimedBy")),
+            resource_version=_optional_str(
+                obj, "metadata.resourceVersion", meta.get("resourceVersion")
+            ),
+        )
+
+    def to_object(self) -> dict[str, Any]:
+        """The custom object (fields that are None are left out)."""
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if self.resource_version is not None:
+            metadata["resourceVersion"] = self.resource_version
+        spec: dict[str, Any] = {
+            "key": self.key,
+            "node": self.node,
+            "predecessor": {"name": self.predecessor, "uid": self.predecessor_uid},
+            "template": copy.deepcopy(self.template),
+            "claims": list(self.claims),
+            "fallback": self.fallback,
+        }
+        optional = {
+            "devices": None if self.devices is None else list(self.devices),
+            "ip": self.ip,
+            "pool": self.pool,
+            "expiresAt": None if self.expires_at is None else _format_time(self.expires_at),
+        }
+        spec.update({k: v for k, v in optional.items() if v is not None})
+        status: dict[str, Any] = {"phase": self.phase}
+        if self.claimed_by is not None:
+            status["claimedBy"] = self.claimed_by
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "Reservation",
+            "metadata": metadata,
+            "spec": spec,
+            "status": status,
+        }
+
+
+def _where(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    if isinstance(meta, Mapping) and meta.get("name"):
+        return f"Reservation {meta.get('namespace', '?')}/{meta['name']}"
+    return "Reservation"
+
+
+def _field_error(obj: Mapping[str, Any], field: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"{_where(obj)}: {field} is {value!r}; expected {expected}")
+
+
+def _mapping(obj: Mapping[str, Any], field: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _field_error(obj, field, value, "an object")
+    return value
+
+
+def _required_str(obj: Mapping[str, Any], field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _field_error(obj, field, value, "a non-empty string")
+    return value
+
+
+def _optional_str(obj: Mapping[str, Any], field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _field_error(obj, field, value, "a string")
+    return value

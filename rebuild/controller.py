@@ -1,0 +1,683 @@
+"""The local-rebuild controller: opted-in pods come back on their node, with their volumes and IP.
+
+How a rebuild goes (``docs/rebuild.md`` has the whole story):
+
+1. An opted-in pod (``fulcrum.io/rebuild: local``) gets the finalizer ``fulcrum.io/rebuild``, so
+   it cannot vanish before its room is reserved; bad annotations, ``emptyDir`` volumes (unless
+   their loss is accepted) and unsupported owners are refused with an Event instead.
+2. When it is deleted (a Deployment or StatefulSet rollout, ``kubectl replace --force``, or this
+   controller recreating a StatefulSet pod under ``OnDelete``), the controller creates a
+   ``Reservation`` (node, resources, GPU devices, IP, PVCs) named after the pod's UID, moves the
+   pod's IP in its pool to the reservation, and only then removes the finalizer. Every step is
+   idempotent, so a controller killed between any two of them finishes the job on restart.
+3. The extender passes the successor (same Deployment, same StatefulSet ordinal, same bare-pod
+   name) only on the reserved node, hides the room from every other pod, and binds the successor
+   with ``fulcrum.io/reservation`` and the IP. The controller then moves the IP to the successor,
+   deletes the reservation, and marks the pod rebuilt once its post-rebuild hooks agree.
+4. A reservation with ``fulcrum.io/rebuild-fallback: reschedule`` expires after
+   ``fulcrum.io/rebuild-wait``: its room is released and the successor is placed normally (it
+   keeps the IP), with an Event saying why.
+
+Image-only changes of a StatefulSet with ``updateStrategy: OnDelete`` are applied in place (same
+pod, same node, same IP). All state is in the apiserver; this process keeps only caches.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from kubernetes import client
+
+from rebuild import api, ippool
+from rebuild.hooks import Verdict, combine, default_hook_registry, hooks_for
+from rebuild.kube import Informer, update_object
+from rebuild.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 30.0
+EXPIRED_GRACE = timedelta(minutes=5)  # an expired reservation keeps its IP this long
+COMPONENT = "fulcrum-rebuild"
+Obj = Mapping[str, Any]
+
+
+def _meta(obj: Obj) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _id(obj: Obj) -> str:
+    meta = _meta(obj)
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+CRASH_ENV = "FULCRUM_REBUILD_CRASH_AT"
+
+
+def crash_point(step: str) -> None:
+    """Fault injection for tests: exit abruptly at ``step`` if $FULCRUM_REBUILD_CRASH_AT says so.
+
+    Steps: ``reserved`` (Reservation written, IP and finalizer untouched), ``released``
+    (finalizer removed: the predecessor goes), ``claiming`` (successor bound, its claim not
+    yet recorded).
+    """
+    if os.environ.get(CRASH_ENV) == step:
+        log.error("crash point %s reached: exiting", step)
+        os._exit(3)
+
+
+class Store:
+    """The informers' sink: the latest object of each kind, and work keys for what changed."""
+
+    KINDS = ("pods", "reservations", "ippools", "statefulsets")
+
+    def __init__(self, queue: WorkQueue) -> None:
+        self.queue = queue
+        self.lock = threading.Lock()
+        self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in self.KINDS}
+        self.gone: dict[str, Obj] = {}  # pods deleted since last reconciled: their last state
+
+    def apply(self, kind: str, event: str, obj: Obj) -> None:
+        key = _id(obj)
+        with self.lock:
+            if event == "DELETED":
+                self.objects[kind].pop(key, None)
+                if kind == "pods":
+                    self.gone[key] = obj
+            else:
+                self.objects[kind][key] = obj
+        self._enqueue(kind, key, obj)
+
+    def replace(self, kind: str, objects: Iterable[Obj]) -> None:
+        fresh = {_id(o): o for o in objects}
+        with self.lock:
+            if kind == "pods":
+                for key in self.objects[kind].keys() - fresh.keys():
+                    self.gone[key] = self.objects[kind][key]
+            self.objects[kind] = fresh
+        for key, obj in fresh.items():
+            self._enqueue(kind, key, obj)
+
+    def _enqueue(self, kind: str, key: str, obj: Obj) -> None:
+        if kind == "statefulsets":  # its template changed: look at its opted-in pods
+            for pod in self.owned_pods("StatefulSet", key):
+                self.queue.add(f"pods/{_id(pod)}")
+        elif kind != "pods" or _relevant(obj):
+            self.queue.add(f"{kind}/{key}")
+
+    def get(self, kind: str, key: str) -> Obj | None:
+        with self.lock:
+            return self.objects[kind].get(key)
+
+    def take_gone(self, key: str) -> Obj | None:
+        with self.lock:
+            return self.gone.pop(key, None)
+
+    def all(self, kind: str) -> list[Obj]:
+        with self.lock:
+            return list(self.objects[kind].values())
+
+    def owned_pods(self, kind: str, key: str) -> list[Obj]:
+        namespace, name = key.split("/", 1)
+        return [
+            pod
+            for pod in self.all("pods")
+            if _meta(pod).get("namespace") == namespace
+            and any(
+                ref.get("kind") == kind and ref.get("name") == name
+                for ref in _meta(pod).get("ownerReferences") or []
+            )
+        ]
+
+
+def _relevant(pod: Obj) -> bool:
+    meta = _meta(pod)
+    annotations = meta.get("annotations") or {}
+    return (
+        api.REBUILD in annotations
+        or api.IP_POOL in annotations
+        or api.FINALIZER in (meta.get("finalizers") or [])
+    )
+
+
+class Controller:
+    """Reconciles pods, reservations and pools; see the module docstring for the protocol."""
+
+    def __init__(self, api_client: Any, *, workers: int = 2) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.queue = WorkQueue()
+        self.store = Store(self.queue)
+        self.hooks = default_hook_registry()
+        self.workers = workers
+        self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
+        self._absent: set[str] = set()  # pool holders seen without a live owner once
+        self._stop = threading.Event()
+        self.informers: list[Informer] = []
+
+    # --- running -----------------------------------------------------------------------------
+    def start(self, *, sync_timeout: float = 120) -> None:
+        custom = functools.partial(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION)
+        self.informers = [
+            Informer("pods", self.core.list_pod_for_all_namespaces, self.store),
+            Informer("reservations", functools.partial(custom, api.RESERVATIONS), self.store),
+            Informer("ippools", functools.partial(custom, api.IPPOOLS), self.store),
+            Informer("statefulsets", self.apps.list_stateful_set_for_all_namespaces, self.store),
+        ]
+        for informer in self.informers:
+            informer.start()
+        deadline = time.monotonic() + sync_timeout
+        for informer in self.informers:
+            if not informer.synced.wait(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(
+                    f"the {informer.kind} informer did not sync in {sync_timeout:.0f} s: are "
+                    "Fulcrum's CRDs installed (kubectl apply -f deploy/crds/) and may this "
+                    "identity list and watch them?"
+                )
+        for i in range(self.workers):
+            threading.Thread(target=self._work, name=f"rebuild-{i}", daemon=True).start()
+        threading.Thread(target=self._sweeper, name="rebuild-sweep", daemon=True).start()
+        log.info("rebuild controller %s running", self.identity)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.shutdown()
+        for informer in self.informers:
+            informer.stop()
+
+    def _sweeper(self) -> None:
+        while not self._stop.wait(SWEEP_SECONDS):
+            self.queue.add("sweep")
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                retry_after = self.reconcile(key)
+                self.queue.forget(key)
+                if retry_after is not None:
+                    self.queue.add_after(key, retry_after)
+            except Exception as exc:
+                log.warning("reconciling %s: %s; retrying", key, exc)
+                self.queue.add_rate_limited(key)
+            finally:
+                self.queue.done(key)
+
+    def reconcile(self, key: str) -> float | None:
+        """Handle one work key; the seconds after which to look again, if any."""
+        if key == "sweep":
+            self.sweep()
+            return None
+        kind, ref = key.split("/", 1)
+        if kind == "reservations":
+            found = self.store.get("reservations", ref)
+            return self.reservation(api.Reservation.from_object(found)) if found else None
+        pod = self.store.get("pods", ref)
+        if pod is None:
+            gone = self.store.take_gone(ref)
+            if gone is not None:
+                self.pod_gone(gone)
+            return None
+        return self.pod(pod)
+
+    # --- pods --------------------------------------------------------------------------------
+    def pod(self, pod: Obj) -> float | None:
+        meta = _meta(pod)
+        annotations = meta.get("annotations") or {}
+        finalized = api.FINALIZER in (meta.get("finalizers") or [])
+        deleting = bool(meta.get("deletionTimestamp"))
+        refusal = self.refusal(pod)
+        if refusal or api.REBUILD not in annotations:
+            if refusal:
+                self.report(pod, "refused", refusal, warning=True)
+            if finalized:  # nothing to hold for it: let it go
+                self.release_pod_ip(pod)
+                self.remove_finalizer(pod)
+            return None
+        node = (pod.get("spec") or {}).get("nodeName")
+        if deleting:
+            if finalized:
+                if node:
+                    self.reserve(pod)
+                else:
+                    self.release_pod_ip(pod)
+                self.remove_finalizer(pod)
+                crash_point("released")
+            return None
+        if not finalized:
+            self.add_finalizer(pod)
+        claimed = annotations.get(api.RESERVATION)
+        if node and claimed:
+            return self.finish(pod, claimed)
+        if node:
+            return self.in_place(pod)
+        return None
+
+    def refusal(self, pod: Obj) -> str:
+        """Why this pod's annotations cannot be honoured, or ""."""
+        annotations = _meta(pod).get("annotations") or {}
+        errors = api.option_errors(annotations)
+        if errors:
+            return "; ".join(str(e) for e in errors)
+        try:
+            hooks_for(annotations, self.hooks)
+        except ValueError as exc:
+            return str(exc)
+        options = api.parse_options(annotations)
+        if not options.enabled:
+            return ""
+        lossy = api.data_loss_volumes(pod)
+        if lossy and not options.accept_data_loss:
+            return (
+                f"volume(s) {', '.join(lossy)} are emptyDir or ephemeral: their data would not "
+                f'survive a rebuild; annotate {api.ACCEPT_DATA_LOSS}: "true" to accept that'
+            )
+        if api.successor_key(pod) is None:
+            owners = [r.get("kind") for r in _meta(pod).get("ownerReferences") or []]
+            return (
+                f"pods owned by {', '.join(map(str, owners))} cannot be rebuilt locally; "
+                "supported: bare pods, Deployments, ReplicaSets and StatefulSets"
+            )
+        return ""
+
+    def reserve(self, pod: Obj) -> None:
+        """Hold the deleted pod's node room, IP and volumes for its successor."""
+        meta = _meta(pod)
+        namespace, uid = str(meta["namespace"]), str(meta["uid"])
+        options = api.parse_options(meta.get("annotations") or {})
+        name = api.reservation_name(uid)
+        ip = (meta.get("annotations") or {}).get(api.ASSIGNED_IP)
+        devices = (meta.get("annotations") or {}).get("fulcrum.io/gpu-devices")
+        reservation = api.Reservation(
+            name=name,
+            namespace=namespace,
+            key=str(api.successor_key(pod)),
+            node=str(pod["spec"]["nodeName"]),
+            predecessor=str(meta["name"]),
+            predecessor_uid=uid,
+            template=api.reservation_template(pod),
+            devices=tuple(int(d) for d in devices.split(",")) if devices else None,
+            ip=ip,
+            pool=options.pool if ip else None,
+            claims=api.claim_names(pod),
+            fallback=options.fallback,
+            expires_at=(
+                _now() + timedelta(seconds=options.wait_seconds)
+                if options.fallback == "reschedule"
+                else None
+            ),
+            phase="Held",
+            claimed_by=None,
+            resource_version=None,
+        )
+        if self.store.get("reservations", f"{namespace}/{name}") is None:
+            try:
+                self.custom.create_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, api.RESERVATIONS, reservation.to_object()
+                )
+            except client.ApiException as exc:
+                if exc.status != 409:  # 409: made before a restart
+                    raise
+            crash_point("reserved")
+            self.event(
+                pod,
+                "Reserved",
+                f"node {reservation.node}"
+                + (f", IP {ip}" if ip else "")
+                + (f", PVCs {', '.join(reservation.claims)}" if reservation.claims else "")
+                + f" held for the successor of {reservation.key}",
+            )
+        if ip and options.pool:
+            self.update_pool(
+                namespace,
+                options.pool,
+                lambda p: ippool.transfer(p, f"pod:{uid}", f"reservation:{name}"),
+            )
+        for successor in self.pending_successors(namespace, reservation.key):
+            # the write makes kube-scheduler retry it now that its room is reserved
+            self.report(successor, "waiting", f"node {reservation.node} is reserved for it")
+
+    def pending_successors(self, namespace: str, key: str) -> list[Obj]:
+        return [
+            pod
+            for pod in self.store.all("pods")
+            if _meta(pod).get("namespace") == namespace
+            and not (pod.get("spec") or {}).get("nodeName")
+            and not _meta(pod).get("deletionTimestamp")
+            and api.successor_key(pod) == key
+        ]
+
+    def finish(self, pod: Obj, claimed: str) -> float | None:
+        """The successor was bound on its reservation: give it the IP, drop the reservation."""
+        meta = _meta(pod)
+        namespace, uid = str(meta["namespace"]), str(meta["uid"])
+        found = self.store.get("reservations", f"{namespace}/{claimed}")
+        if found is not None:
+            crash_point("claiming")
+            reservation = api.Reservation.from_object(found)
+            if reservation.ip and reservation.pool:
+                self.update_pool(
+                    namespace,
+                    reservation.pool,
+                    lambda p: ippool.transfer(p, f"reservation:{claimed}", f"pod:{uid}"),
+                )
+            self.delete_reservation(namespace, claimed)
+            node = pod["spec"]["nodeName"]
+            where = (
+                f"back on node {node}"
+                if node == reservation.node
+                else f"on node {node} (node {reservation.node} could not take it back)"
+            )
+            self.report(
+                pod,
+                "claimed",
+                f"{where} in place of {reservation.predecessor}"
+                + (f" with IP {reservation.ip}" if reservation.ip else "")
+                + (f" and PVCs {', '.join(reservation.claims)}" if reservation.claims else ""),
+            )
+        status = self.status(pod)
+        if status.get("action") != "claimed":
+            return None
+        verdict = combine(
+            hook.post_rebuild(pod) for hook in hooks_for(meta.get("annotations"), self.hooks)
+        )
+        if not verdict.allow:
+            return verdict.retry_after or 1.0
+        self.report(pod, "rebuilt", status.get("reason", "rebuilt locally"), event=False)
+        return None
+
+    def in_place(self, pod: Obj) -> float | None:
+        """StatefulSets with OnDelete: images in place, anything else by a local recreate."""
+        owner = next(
+            (
+                r
+                for r in _meta(pod).get("ownerReferences") or []
+                if r.get("controller") and r.get("kind") == "StatefulSet"
+            ),
+            None,
+        )
+        if owner is None:
+            return None
+        sts = self.store.get("statefulsets", f"{_meta(pod)['namespace']}/{owner['name']}")
+        if sts is None or (sts.get("spec") or {}).get("updateStrategy", {}).get("type") != (
+            "OnDelete"
+        ):
+            return None
+        revision = (sts.get("status") or {}).get("updateRevision")
+        labels = _meta(pod).get("labels") or {}
+        if not revision or labels.get("controller-revision-hash") == revision:
+            return None
+        verdict = self.pre_rebuild(pod)
+        if not verdict.allow:
+            self.report(pod, "delayed", verdict.reason)
+            return verdict.retry_after or 5.0
+        template = sts["spec"]["template"]["spec"]
+        images = _image_only_change(pod["spec"], template)
+        name, namespace = _meta(pod)["name"], _meta(pod)["namespace"]
+        if images is not None:
+            patch = [
+                {"op": "replace", "path": f"/spec/containers/{i}/image", "value": image}
+                for i, image in images.items()
+            ]
+            patch.append(
+                {
+                    "op": "replace",
+                    "path": "/metadata/labels/controller-revision-hash",
+                    "value": revision,
+                }
+            )
+            self.core.patch_namespaced_pod(name, namespace, patch)
+            self.report(pod, "in-place", f"image updated in place to revision {revision}")
+        else:
+            self.report(pod, "recreating", f"local recreate for revision {revision}")
+            self.core.delete_namespaced_pod(name, namespace)
+        return None
+
+    def pre_rebuild(self, pod: Obj) -> Verdict:
+        hooks = hooks_for(_meta(pod).get("annotations"), self.hooks)
+        return combine(hook.pre_rebuild(pod) for hook in hooks)
+
+    def pod_gone(self, pod: Obj) -> None:
+        """A pod left the apiserver: return its IP unless a reservation holds it now."""
+        self.release_pod_ip(pod)
+
+    def release_pod_ip(self, pod: Obj) -> None:
+        meta = _meta(pod)
+        pool = (meta.get("annotations") or {}).get(api.IP_POOL)
+        if pool and "/" not in pool:
+            holder = f"pod:{meta.get('uid')}"
+            self.update_pool(str(meta["namespace"]), pool, lambda p: ippool.release(p, holder))
+
+    # --- reservations --------------------------------------------------------------------------
+    def reservation(self, r: api.Reservation) -> float | None:
+        now = _now()
+        if r.phase == "Held" and r.expires_at is not None:
+            if now < r.expires_at:
+                return (r.expires_at - now).total_seconds() + 0.05
+            self.expire(r)
+            return EXPIRED_GRACE.total_seconds()
+        if r.phase == "Expired" and r.expires_at is not None:
+            if now < r.expires_at + EXPIRED_GRACE:
+                return (r.expires_at + EXPIRED_GRACE - now).total_seconds()
+            if r.ip and r.pool:
+                holder = f"reservation:{r.name}"
+                self.update_pool(r.namespace, r.pool, lambda p: ippool.release(p, holder))
+            self.delete_reservation(r.namespace, r.name)
+        return None
+
+    def expire(self, r: api.Reservation) -> None:
+        why = self.node_trouble(r.node)
+
+        def mark(obj: dict[str, Any]) -> dict[str, Any] | None:
+            if (obj.get("status") or {}).get("phase", "Held") != "Held":
+                return None
+            obj.setdefault("status", {})["phase"] = "Expired"
+            return obj
+
+        self.update_reservation(r.namespace, r.name, mark)
+        for pod in self.pending_successors(r.namespace, r.key)[:1]:
+            # the status write also makes kube-scheduler look at the pod again
+            self.report(
+                pod,
+                "fallback",
+                f"node {r.node} could not take the pod back within the wait ({why}): "
+                "placing it normally" + (f", keeping IP {r.ip}" if r.ip else ""),
+                warning=True,
+            )
+
+    def node_trouble(self, node: str) -> str:
+        try:
+            obj = self.core.read_node(node)
+        except client.ApiException as exc:
+            return "node is gone" if exc.status == 404 else f"node unreadable: {exc.reason}"
+        if obj.spec.unschedulable:
+            return "node is cordoned"
+        ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)
+        if ready is None or ready.status != "True":
+            return "node is not Ready"
+        return "node is full or kube-scheduler rejected it"
+
+    # --- garbage collection ------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Release pool addresses whose holder is gone (seen so on two sweeps in a row)."""
+        live = {str(_meta(p).get("uid")) for p in self.store.all("pods")}
+        reservations = {_meta(r).get("name") for r in self.store.all("reservations")}
+        absent: set[str] = set()
+        for pool in self.store.all("ippools"):
+            namespace, name = _meta(pool)["namespace"], _meta(pool)["name"]
+            for holder in ippool.holders(pool):
+                kind, _, ref = holder.partition(":")
+                if (kind == "pod" and ref not in live) or (
+                    kind == "reservation" and ref not in reservations
+                ):
+                    key = f"{namespace}/{name}/{holder}"
+                    absent.add(key)
+                    if key in self._absent:
+                        self.update_pool(namespace, name, functools.partial(_release, holder))
+        self._absent = absent
+
+    # --- apiserver writes ----------------------------------------------------------------------
+    def update_pool(
+        self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> None:
+        update_object(
+            lambda: self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.IPPOOLS, name
+            ),
+            lambda body: self.custom.replace_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.IPPOOLS, name, body
+            ),
+            change,
+        )
+
+    def update_reservation(
+        self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> None:
+        update_object(
+            lambda: self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.RESERVATIONS, name
+            ),
+            lambda body: self.custom.replace_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.RESERVATIONS, name, body
+            ),
+            change,
+        )
+
+    def delete_reservation(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.RESERVATIONS, name
+            )
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def add_finalizer(self, pod: Obj) -> None:
+        meta = _meta(pod)
+        patch = {"metadata": {"finalizers": [api.FINALIZER]}}  # strategic merge: appended
+        self._patch_pod(meta, patch)
+
+    def remove_finalizer(self, pod: Obj) -> None:
+        meta = _meta(pod)
+        finalizers = list(meta.get("finalizers") or [])
+        if api.FINALIZER not in finalizers:
+            return
+        index = finalizers.index(api.FINALIZER)
+        patch = [  # fails (422) if the list changed since we read it; then we retry
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        self._patch_pod(meta, patch)
+
+    def _patch_pod(self, meta: Mapping[str, Any], patch: Any) -> None:
+        try:
+            self.core.patch_namespaced_pod(meta["name"], meta["namespace"], patch)
+        except client.ApiException as exc:
+            if exc.status != 404:  # gone already: nothing to do
+                raise
+
+    @staticmethod
+    def status(pod: Obj) -> dict[str, Any]:
+        raw = (_meta(pod).get("annotations") or {}).get(api.STATUS)
+        try:
+            value = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def report(
+        self, pod: Obj, action: str, reason: str, *, warning: bool = False, event: bool = True
+    ) -> None:
+        """Write the status annotation and an Event, unless the pod already says exactly this."""
+        current = self.status(pod)
+        if current.get("action") == action and current.get("reason") == reason:
+            return
+        status = {"action": action, "reason": reason, "time": _now().isoformat()}
+        patch = {"metadata": {"annotations": {api.STATUS: orjson.dumps(status).decode()}}}
+        self._patch_pod(_meta(pod), patch)
+        if event:
+            self.event(pod, f"Rebuild{action.title().replace('-', '')}", reason, warning=warning)
+
+    def event(self, obj: Obj, reason: str, message: str, *, warning: bool = False) -> None:
+        meta = _meta(obj)
+        now = _now()
+        body = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}"},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", "v1"),
+                "kind": obj.get("kind", "Pod"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": COMPONENT},
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except client.ApiException as exc:  # an Event is worth a log line, not a retry
+            log.warning("event %s on %s: %s", reason, _id(obj), exc.reason)
+
+
+def _release(holder: str, pool: dict[str, Any]) -> dict[str, Any] | None:
+    return ippool.release(pool, holder)
+
+
+_SAME = (
+    "name",
+    "command",
+    "args",
+    "env",
+    "envFrom",
+    "resources",
+    "volumeMounts",
+    "ports",
+    "workingDir",
+)
+
+
+def _own(items: Any) -> list[Any]:
+    """``items`` without what the ServiceAccount admission plugin adds to every pod."""
+    return [
+        item for item in items or [] if not str(item.get("name", "")).startswith("kube-api-access-")
+    ]
+
+
+def _image_only_change(pod_spec: Obj, template: Obj) -> dict[int, str] | None:
+    """{container index: new image} if only images differ between pod and template, else None."""
+    have, want = pod_spec.get("containers") or [], template.get("containers") or []
+    if (
+        len(have) != len(want)
+        or _own(pod_spec.get("initContainers")) != _own(template.get("initContainers"))
+        or _own(pod_spec.get("volumes")) != _own(template.get("volumes"))
+    ):
+        return None
+    changes: dict[int, str] = {}
+    for i, (a, b) in enumerate(zip(have, want, strict=True)):
+        a = {**a, "volumeMounts": _own(a.get("volumeMounts")) or None}
+        b = {**b, "volumeMounts": _own(b.get("volumeMounts")) or None}
+        if any(a.get(k) != b.get(k) for k in _SAME):
+            return None
+        if a.get("image") != b.get("image"):
+            changes[i] = str(b.get("image"))
+    return changes or None

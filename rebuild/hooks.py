@@ -1,0 +1,202 @@
+"""Rebuild hooks: plugins that gate a local rebuild before it starts and decide when it is done.
+
+The controller asks every hook a pod names in its ``fulcrum.io/rebuild-hooks``
+annotation (comma-separated, default ``ready``):
+
+- ``pre_rebuild(pod)`` before it starts rebuilding ``pod``: a hook may veto
+  (``allow=False``) or delay it (``allow=False, retry_after=seconds``);
+- ``post_rebuild(successor)`` to decide whether the successor counts as rebuilt
+  (``allow=True``) or must be looked at again later.
+
+Pods are given as JSON mappings (camelCase keys, as the API server sends them). The
+verdicts of several hooks are merged with :func:`combine`.
+
+Built-in hooks: ``ready`` (the successor is rebuilt once its Ready condition is True) and
+``leader-aware`` (also delays the rebuild of a pod labelled ``fulcrum.io/role=leader``,
+so that leadership can move away first).
+
+Hooks are plugins of the same kind as placement policies (:mod:`policies.plugins`). A
+third-party package ships one as an entry point in the group ``fulcrum.rebuild_hooks``;
+the entry-point name is the hook name, and the object a zero-argument factory returning
+the hook (a class will do), called once when the registry is built::
+
+    [project.entry-points."fulcrum.rebuild_hooks"]
+    drain-connections = "my_package.hooks:DrainConnections"
+
+Names are case-insensitive and must not clash with the built-ins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Protocol
+
+from policies.plugins import PluginError, PluginRegistry, load_entry_points
+
+ENTRY_POINT_GROUP = "fulcrum.rebuild_hooks"
+ANNOTATION = "fulcrum.io/rebuild-hooks"
+DEFAULT_HOOKS = "ready"
+ROLE_LABEL = "fulcrum.io/role"
+LEADER = "leader"
+
+READY_RETRY_SECONDS = 1.0
+LEADER_RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A hook's answer.
+
+    ``allow=False`` with ``retry_after`` asks to be asked again after that many seconds;
+    without it, the answer stands until the pod changes.
+    """
+
+    allow: bool
+    retry_after: float | None = None
+    reason: str = ""
+
+
+ALLOW = Verdict(allow=True)
+
+
+class RebuildHook(Protocol):
+    """Gates a pod's local rebuild (``pre_rebuild``) and decides when it is done."""
+
+    name: str
+
+    def pre_rebuild(self, pod: Mapping[str, Any]) -> Verdict:
+        """May the controller start rebuilding ``pod`` now?"""
+        ...
+
+    def post_rebuild(self, successor: Mapping[str, Any]) -> Verdict:
+        """Does ``successor`` count as rebuilt (``allow=True``)?"""
+        ...
+
+
+HookFactory = Callable[[], RebuildHook]
+HookRegistry = PluginRegistry[RebuildHook]
+
+
+class UnknownHookError(ValueError):
+    """A pod names a hook that is not registered; the message lists the available ones."""
+
+
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    """Whether ``pod`` has the condition Ready=True."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _ready_verdict(pod: Mapping[str, Any]) -> Verdict:
+    if is_ready(pod):
+        return ALLOW
+    return Verdict(allow=False, retry_after=READY_RETRY_SECONDS, reason="waiting for Ready")
+
+
+class ReadyHook:
+    """The default: rebuild at once; the successor is rebuilt once it is Ready."""
+
+    name = "ready"
+
+    def pre_rebuild(self, pod: Mapping[str, Any]) -> Verdict:
+        return ALLOW
+
+    def post_rebuild(self, successor: Mapping[str, Any]) -> Verdict:
+        return _ready_verdict(successor)
+
+
+class LeaderAwareHook:
+    """Delays the rebuild while the pod is labelled ``fulcrum.io/role=leader``.
+
+    The workload is expected to hand leadership over and move the label; done as ``ready``.
+    """
+
+    name = "leader-aware"
+
+    def pre_rebuild(self, pod: Mapping[str, Any]) -> Verdict:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(ROLE_LABEL) == LEADER:
+            return Verdict(
+                allow=False,
+                retry_after=LEADER_RETRY_SECONDS,
+                reason=f"pod is labelled {ROLE_LABEL}={LEADER}",
+            )
+        return ALLOW
+
+    def post_rebuild(self, successor: Mapping[str, Any]) -> Verdict:
+        return _ready_verdict(successor)
+
+
+BUILTIN: Mapping[str, HookFactory] = {
+    ReadyHook.name: ReadyHook,
+    LeaderAwareHook.name: LeaderAwareHook,
+}
+
+
+def load_plugins(
+    discovered: Iterable[EntryPoint] | None = None,
+    *,
+    reserved: Iterable[str] = (),
+) -> dict[str, HookFactory]:
+    """Load the factories behind ``fulcrum.rebuild_hooks`` entry points.
+
+    ``discovered`` defaults to the installed entry points of the group. Clashing names
+    and plugins that fail to import raise :class:`policies.plugins.PluginError`.
+    """
+    points = entry_points(group=ENTRY_POINT_GROUP) if discovered is None else discovered
+    loaded: dict[str, HookFactory] = dict(
+        load_entry_points(points, kind="rebuild hook", reserved=reserved)
+    )
+    return loaded
+
+
+def default_hook_registry(*, plugins: bool = True) -> HookRegistry:
+    """One instance of every built-in hook plus, if ``plugins``, of every installed plugin."""
+    factories: dict[str, HookFactory] = dict(BUILTIN)
+    if plugins:
+        factories.update(load_plugins(reserved=BUILTIN))
+    hooks: dict[str, RebuildHook] = {}
+    for name, factory in factories.items():
+        try:
+            hooks[name] = factory()
+        except Exception as exc:
+            raise PluginError(f"cannot create rebuild hook {name!r}: {exc}") from exc
+    return PluginRegistry("rebuild hook", hooks, unknown=UnknownHookError)
+
+
+def hooks_for(annotations: Mapping[str, str] | None, registry: HookRegistry) -> list[RebuildHook]:
+    """The hooks a pod asks for in its ``fulcrum.io/rebuild-hooks`` annotation, in order.
+
+    A missing or blank annotation means ``ready``; repeated names count once. An unknown
+    name raises :class:`UnknownHookError`.
+    """
+    value = (annotations or {}).get(ANNOTATION, "")
+    names = [part.strip() for part in value.split(",") if part.strip()] or [DEFAULT_HOOKS]
+    hooks: dict[str, RebuildHook] = {}
+    for name in names:
+        if name not in registry:
+            raise UnknownHookError(
+                f"annotation {ANNOTATION}={value!r}: unknown rebuild hook {name!r}; "
+                f"available: {', '.join(registry.names())}"
+            )
+        canonical = registry.canonical(name)
+        hooks.setdefault(canonical, registry.get(canonical))
+    return list(hooks.values())
+
+
+def combine(verdicts: Iterable[Verdict]) -> Verdict:
+    """All must allow. Otherwise: the earliest retry among the refusals, their reasons joined.
+
+    No verdicts at all allow.
+    """
+    refusals = [v for v in verdicts if not v.allow]
+    if not refusals:
+        return ALLOW
+    retries = [v.retry_after for v in refusals if v.retry_after is not None]
+    return Verdict(
+        allow=False,
+        retry_after=min(retries) if retries else None,
+        reason="; ".join(v.reason for v in refusals if v.reason),
+    )

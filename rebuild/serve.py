@@ -1,0 +1,101 @@
+"""Run the rebuild controller: Lease leader election, then the controller, plus health endpoints.
+
+Every replica serves ``/healthz``; ``/readyz`` answers 200 once this replica leads and its
+informers have synced. A replica that loses its lease exits at once (its work queue may hold
+decisions made as leader), to be restarted as a follower, as client-go's controllers do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.leaderelection import electionconfig, leaderelection
+from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+
+from rebuild.controller import Controller
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "fulcrum-rebuild"
+
+
+class RebuildError(RuntimeError):
+    """The controller cannot start; the message names the cause and the fix."""
+
+
+def _health_server(port: int, ready: threading.Event) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/healthz" or (self.path == "/readyz" and ready.is_set())
+            body = b"ok" if ok else b"not leading, or caches not synced"
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as exc:
+        raise RebuildError(f"--health-port {port}: {exc.strerror}; pass another port") from exc
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
+
+
+def run(
+    kubeconfig: Path | None,
+    *,
+    health_port: int,
+    lease_namespace: str = "kube-system",
+    identity: str | None = None,
+    lease_seconds: int = 15,
+) -> None:
+    """Block forever: campaign for the Lease, and run the controller while leading."""
+    try:
+        if kubeconfig is not None:
+            if not kubeconfig.is_file():
+                raise RebuildError(f"--kubeconfig {kubeconfig}: no such file")
+            config.load_kube_config(config_file=str(kubeconfig))
+        else:
+            config.load_incluster_config()
+    except config.ConfigException as exc:
+        raise RebuildError(f"kubeconfig: {exc}") from exc
+    ready = threading.Event()
+    _health_server(health_port, ready)
+    controller = Controller(client.ApiClient())
+    if identity:
+        controller.identity = identity
+    else:
+        controller.identity = f"{socket.gethostname()}-{os.getpid()}"
+
+    def lead() -> None:
+        log.info("%s leads; starting", controller.identity)
+        controller.start()
+        ready.set()
+
+    def lost() -> None:
+        log.error("%s lost the %s lease; exiting", controller.identity, LEASE_NAME)
+        os._exit(1)
+
+    lock = LeaseLock(LEASE_NAME, lease_namespace, controller.identity)
+    renew = max(2, lease_seconds * 2 // 3)
+    election = electionconfig.Config(
+        lock,
+        lease_duration=lease_seconds,
+        renew_deadline=renew,
+        retry_period=max(1, renew // 3),
+        onstarted_leading=lead,
+        onstopped_leading=lost,
+    )
+    leaderelection.LeaderElection(election).run()
+    lost()

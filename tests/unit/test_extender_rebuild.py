@@ -1,0 +1,231 @@
+"""The extender defers to local rebuild: held rooms, successors, claims and pool addresses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from extender.bind import BindService
+from extender.cache import ClusterCache
+from extender.decide import Decider, WeightedPolicy
+from extender.resources import pod_request
+from policies.registry import default_registry
+from rebuild import api
+from rebuild import ippool as pools
+
+
+def node(name: str, cpu: str = "4") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "pods": "110"}}}
+
+
+def pod(
+    uid: str,
+    name: str,
+    *,
+    node_name: str = "",
+    cpu: str = "2",
+    annotations: Mapping[str, str] | None = None,
+    finalizers: list[str] | None = None,
+    deleting: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "uid": uid,
+        "name": name,
+        "namespace": "ns",
+        "labels": {"app": "web"},
+        "annotations": dict(annotations or {}),
+    }
+    if finalizers:
+        meta["finalizers"] = finalizers
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-27T08:00:00Z"
+    spec: dict[str, Any] = {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}
+    if node_name:
+        spec["nodeName"] = node_name
+    return {"metadata": meta, "spec": spec, "status": {"phase": "Running" if node_name else ""}}
+
+
+OPTED = {api.REBUILD: "local", api.IP_POOL: "web"}
+
+
+def reservation(
+    predecessor: dict[str, Any], node_name: str, *, ip: str | None = "10.0.0.2", **kw: Any
+) -> dict[str, Any]:
+    return api.Reservation(
+        name=api.reservation_name(predecessor["metadata"]["uid"]),
+        namespace="ns",
+        key=str(api.successor_key(predecessor)),
+        node=node_name,
+        predecessor=predecessor["metadata"]["name"],
+        predecessor_uid=predecessor["metadata"]["uid"],
+        template=api.reservation_template(predecessor),
+        devices=None,
+        ip=ip,
+        pool="web" if ip else None,
+        claims=(),
+        fallback=kw.get("fallback", "wait"),
+        expires_at=kw.get("expires_at"),
+    ).to_object()
+
+
+class FakeApiserver:
+    def __init__(self) -> None:
+        self.bound: dict[str, tuple[str, dict[str, str]]] = {}
+        self.pool: dict[str, Any] = {
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"cidr": "10.0.0.0/29", "selector": {"matchLabels": {"app": "web"}}},
+            "status": {"allocations": {}},
+        }
+
+    async def bind(
+        self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
+    ) -> None:
+        self.bound[uid] = (node, annotations)
+
+    async def current(self, namespace: str, name: str) -> tuple[str, str]:
+        raise AssertionError("not expected")
+
+    async def allocate_ip(
+        self, namespace: str, pool: str, holder: str, want: str | None, pod: Mapping[str, Any]
+    ) -> str:
+        if not pools.selects(self.pool, pod):
+            raise ValueError("not selected")
+        self.pool, ip = pools.allocate(self.pool, holder, want=want)
+        return ip
+
+
+def cluster() -> tuple[ClusterCache, Decider, FakeApiserver, BindService]:
+    cache = ClusterCache()
+    for name in ("n1", "n2", "n3"):
+        cache.apply("nodes", "ADDED", node(name))
+    decider = Decider(cache, default_registry(), [WeightedPolicy("LeastAllocated", 1)])
+    apiserver = FakeApiserver()
+    return cache, decider, apiserver, BindService(cache, apiserver, decider.devices)
+
+
+def decide(cache: ClusterCache, decider: Decider, p: dict[str, Any]) -> tuple[list[str], str]:
+    pending = cache.note_pending(p, pod_request(p))
+    holds = cache.holds(pending)
+    with cache.lock:
+        if holds:
+            out = decider.filter_held(cache.snapshot, pending, ["n1", "n2", "n3"], holds)
+        else:
+            out = decider.filter(cache.snapshot, pending.request, ["n1", "n2", "n3"])
+    reasons = {**out.failed, **out.unresolvable}
+    return out.passed, next(iter(reasons.values()), "")
+
+
+def test_a_held_room_is_hidden_from_others_and_given_to_the_successor() -> None:
+    cache, decider, apiserver, binds = cluster()
+    old = pod("old", "web-0", node_name="n2", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("reservations", "ADDED", reservation(old, "n2"))
+    cache.apply("pods", "DELETED", old)
+    free_n2 = cache.snapshot.free[cache.snapshot.index_of("n2"), 0]
+    assert free_n2 == 2000  # 4 cpu, 2 held for the successor
+
+    other = pod("other", "big", cpu="3")
+    passed, _ = decide(cache, decider, other)
+    assert "n2" not in passed
+
+    successor = pod("new", "web-0", annotations=OPTED)  # a bare pod re-created: same name
+    passed, reason = decide(cache, decider, successor)
+    assert passed == ["n2"]
+    assert "returns to node n2" in reason
+
+    assert asyncio.run(binds.bind("ns", "web-0", "new", "n2")) == ""
+    bound_node, annotations = apiserver.bound["new"]
+    assert bound_node == "n2"
+    assert annotations[api.RESERVATION] == api.reservation_name("old")
+    assert annotations[api.ASSIGNED_IP] == "10.0.0.2"
+    assert annotations[api.CALICO_IPS] == '["10.0.0.2"]'
+    # the hold is released and the successor charged: 2 cpu used on n2, not 4
+    assert cache.snapshot.free[cache.snapshot.index_of("n2"), 0] == 2000
+    assert cache.holds(cache.note_pending(successor, pod_request(successor))) == []
+
+
+def test_a_successor_waits_while_its_predecessor_terminates_unreserved() -> None:
+    cache, decider, _, _ = cluster()
+    old = pod("old", "web-0", node_name="n1", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    leaving = pod(
+        "old", "web-0", node_name="n1", annotations=OPTED, finalizers=[api.FINALIZER], deleting=True
+    )
+    cache.apply("pods", "MODIFIED", leaving)
+    successor = pod("new", "web-0", annotations=OPTED)
+    assert cache.leaving(cache.note_pending(successor, pod_request(successor))) == ["n1"]
+    cache.apply("reservations", "ADDED", reservation(old, "n1"))
+    assert cache.leaving(cache.note_pending(successor, pod_request(successor))) == []
+    passed, _ = decide(cache, decider, successor)
+    assert passed == ["n1"]
+
+
+def test_a_cordoned_held_node_makes_the_successor_wait_with_a_reason() -> None:
+    cache, decider, _, _ = cluster()
+    old = pod("old", "web-0", node_name="n3", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    cache.apply("reservations", "ADDED", reservation(old, "n3", expires_at=later))
+    cordoned = node("n3")
+    cordoned["spec"] = {"unschedulable": True}
+    cache.apply("nodes", "MODIFIED", cordoned)
+
+    passed, reason = decide(cache, decider, pod("new", "web-0", annotations=OPTED))
+
+    assert passed == []
+    assert "waiting to rebuild on node n3: it is cordoned" in reason
+    assert "normal placement from" in reason
+
+
+def test_an_expired_reservation_frees_the_room_but_keeps_the_ip() -> None:
+    cache, decider, apiserver, binds = cluster()
+    old = pod("old", "web-0", node_name="n3", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    cache.apply("reservations", "ADDED", reservation(old, "n3", ip="10.0.0.5", expires_at=past))
+    assert cache.snapshot.free[cache.snapshot.index_of("n3"), 0] == 4000
+
+    successor = pod("new", "web-0", annotations=OPTED)
+    passed, _ = decide(cache, decider, successor)
+    assert len(passed) == 3  # normal placement
+    assert asyncio.run(binds.bind("ns", "web-0", "new", "n1")) == ""
+    assert apiserver.bound["new"][1][api.ASSIGNED_IP] == "10.0.0.5"
+
+
+def test_a_pool_pod_gets_an_address_and_an_outside_one_is_refused() -> None:
+    cache, decider, apiserver, binds = cluster()
+    first = pod("a", "a", annotations={api.IP_POOL: "web"})
+    decide(cache, decider, first)
+    assert asyncio.run(binds.bind("ns", "a", "a", "n1")) == ""
+    assert apiserver.bound["a"][1][api.ASSIGNED_IP] == "10.0.0.1"
+
+    outside = pod("b", "b", annotations={api.IP_POOL: "web", api.IP_REQUEST: "10.9.9.9"})
+    decide(cache, decider, outside)
+    error = asyncio.run(binds.bind("ns", "b", "b", "n1"))
+    assert "outside pool" in error
+    assert "b" not in apiserver.bound
+    assert cache.bound_node("b") is None  # the charge was undone
+    assert pools.holders(apiserver.pool) == {"pod:a": "10.0.0.1"}
+
+
+@pytest.mark.parametrize("event", ["DELETED", "relist"])
+def test_deleting_a_reservation_releases_its_room(event: str) -> None:
+    cache, _, _, _ = cluster()
+    old = pod("old", "web-0", node_name="n1", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    obj = reservation(old, "n1")
+    cache.apply("reservations", "ADDED", obj)
+    assert cache.snapshot.free[0, 0] == 2000
+    if event == "DELETED":
+        cache.apply("reservations", "DELETED", obj)
+    else:
+        cache.replace("reservations", [])
+    assert cache.snapshot.free[0, 0] == 4000
+    cache.replace("pods", [])  # a pod re-list never drops held rooms by mistake
