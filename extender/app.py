@@ -200,7 +200,12 @@ def create_app(
         holds = cache.holds(pending) if cache is not None and pending is not None else []
         leaving = cache.leaving(pending) if cache is not None and pending and not holds else []
         with view(args) as snapshot:
-            if leaving:
+            if pending and pending.successor and not pending.watched and not holds:
+                # the scheduler saw the pod before our watch did: we may also have missed its
+                # predecessor's deletion, so the pod's home is not known yet
+                reason = "local rebuild: Fulcrum's cache has not caught up with this pod yet"
+                out = FilterOutcome([], {}, dict.fromkeys(names, reason))
+            elif leaving:
                 reason = (
                     f"waiting for the rebuild controller to reserve node {leaving[0]}, where "
                     "this pod's predecessor is terminating"

@@ -20,6 +20,7 @@ binding's UID precondition.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -92,6 +93,7 @@ class BindService:
         self.cache, self.binder, self.choose_devices = cache, binder, devices
         self._in_flight: set[str] = set()
         self._guard = threading.Lock()
+        self._pools: dict[str, asyncio.Lock] = {}  # one allocation per pool at a time
 
     async def bind(self, namespace: str, name: str, uid: str, node: str) -> str:
         """Reserve and commit in one go; "" on success, else an error a person can act on."""
@@ -117,7 +119,14 @@ class BindService:
                         row = snapshot.index_of(node)
                     except KeyError:
                         return replace(ticket, error=f"node {node} is not in Fulcrum's cache")
-                    hold = next((h for h in self.cache.holds(pending) if h.node == node), None)
+                    holds = self.cache.holds(pending)
+                    hold = next((h for h in holds if h.node == node), None)
+                    if hold is None and (holds or self.cache.leaving(pending)):
+                        return replace(  # another successor claimed the room filter saw
+                            ticket,
+                            error=f"pod {pod}: its predecessor's room on node {node} was "
+                            "claimed by another successor; the scheduler will retry",
+                        )
                     lapsed = None if hold else next(iter(self.cache.lapsed(pending)), None)
                     if hold is not None or lapsed is not None:  # a lapsed one: just its IP
                         fits = (
@@ -170,9 +179,11 @@ class BindService:
             return {}
         assert t.pending is not None
         pod = {"metadata": {"namespace": t.namespace, "name": t.name, "labels": t.pending.labels}}
-        ip = await self.binder.allocate_ip(
-            t.namespace, pool, f"pod:{t.uid}", meta.get(rebuild.IP_REQUEST), pod
-        )
+        # concurrent binds would only make each other's compare-and-swap fail
+        async with self._pools.setdefault(f"{t.namespace}/{pool}", asyncio.Lock()):
+            ip = await self.binder.allocate_ip(
+                t.namespace, pool, f"pod:{t.uid}", meta.get(rebuild.IP_REQUEST), pod
+            )
         return ip_annotations(ip)
 
     async def _call_apiserver(self, t: Ticket) -> str:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,8 @@ from scheduler.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+LEAVING_GRACE = 30.0
+PROMISE_SECONDS = 30.0
 
 
 def _pod_key(pod: Mapping[str, Any]) -> str:
@@ -39,7 +41,9 @@ def _pod_key(pod: Mapping[str, Any]) -> str:
 class PendingPod:
     key: str  # namespace/name
     request: PodRequest
+    uid: str = ""
     successor: str | None = None  # rebuild.api.successor_key of a pod opted in to local rebuild
+    watched: bool = False  # the pod watch delivered it, so also every event before its creation
     # labels and annotations, kept only for pods that use local rebuild or an IP pool
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -48,11 +52,17 @@ class PendingPod:
 def pending_pod(pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
+    uid = str(meta.get("uid", ""))
     if rebuild.REBUILD not in annotations and rebuild.IP_POOL not in annotations:
-        return PendingPod(_pod_key(pod), request)
+        return PendingPod(_pod_key(pod), request, uid)
     successor = rebuild.successor_key(pod) if rebuild.REBUILD in annotations else None
     return PendingPod(
-        _pod_key(pod), request, successor, dict(meta.get("labels") or {}), dict(annotations)
+        _pod_key(pod),
+        request,
+        uid,
+        successor=successor,
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(annotations),
     )
 
 
@@ -77,13 +87,15 @@ class ClusterCache:
         self.unschedulable: set[str] = set()
         self._node_specs: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, PendingPod] = {}
-        self._assumed: dict[str, str] = {}  # uid -> key of pods we bound, until the watch agrees
+        self._assumed: dict[str, PendingPod] = {}  # pods we bound, until the watch agrees
         self._orphans: dict[str, dict[str, tuple[PodRequest, tuple[int, ...] | None]]] = {}
         self.bad_objects: dict[str, str] = {}  # key -> why it was ignored
         self.reservations: dict[str, rebuild.Reservation] = {}  # namespace/name ->
-        self._leaving: dict[str, tuple[str, str]] = {}  # terminating uid -> (successor key, node)
+        # terminating opted-in pod uid -> (successor key, node, when it left the apiserver)
+        self._leaving: dict[str, tuple[str, str, float | None]] = {}
         self._requests: dict[str, PodRequest] = {}  # reservation -> its predecessor's request
         self._claims: dict[str, str] = {}  # reservation namespace/name -> successor uid
+        self._promised: dict[str, tuple[str, float]] = {}  # reservation -> (pod uid, until)
         self._by_predecessor: dict[str, str] = {}  # predecessor uid -> reservation namespace/name
         self.synced: dict[str, threading.Event] = {}  # kind -> set once its informer listed
         self.last_event = time.monotonic()
@@ -154,6 +166,8 @@ class ClusterCache:
             ):
                 if node:
                     self._assumed.pop(uid, None)  # the watch agrees with what we bound
+                elif uid in self._pending and not self._pending[uid].watched:
+                    self._pending[uid] = replace(self._pending[uid], watched=True)
                 return
         try:
             request = pod_request(pod)
@@ -166,7 +180,7 @@ class ClusterCache:
             if not node or phase in TERMINAL_PHASES:
                 self._forget(uid)
                 if not node and phase not in TERMINAL_PHASES:
-                    self._pending[uid] = pending_pod(pod, request)
+                    self._pending[uid] = replace(pending_pod(pod, request), watched=True)
                 return
             self._pending.pop(uid, None)
             self._forget(uid)
@@ -188,7 +202,7 @@ class ClusterCache:
         key = rebuild.successor_key(pod)
         if key is not None:
             with self.lock:
-                self._leaving[uid] = (key, node)
+                self._leaving[uid] = (key, node, None)
 
     def _place(
         self, uid: str, request: PodRequest, node: str, devices: tuple[int, ...] | None
@@ -214,7 +228,9 @@ class ClusterCache:
             self.changes += 1
         for orphans in self._orphans.values():
             orphans.pop(uid, None)
-        self._leaving.pop(uid, None)
+        if uid in self._leaving:  # its Reservation may still be on its way: keep the successor
+            key, node, _ = self._leaving[uid]  # waiting until it shows, or LEAVING_GRACE passes
+            self._leaving[uid] = (key, node, time.monotonic())
         if uid in self._by_predecessor:  # its node's room is now held for its successor
             self._sync_hold(self._by_predecessor[uid])
 
@@ -233,6 +249,7 @@ class ClusterCache:
             self.reservations[rid] = reservation
             self._requests[rid] = request
             self._by_predecessor[reservation.predecessor_uid] = rid
+            self._leaving.pop(reservation.predecessor_uid, None)
             self._sync_hold(rid)
 
     def delete_reservation(self, rid: str) -> None:
@@ -240,6 +257,7 @@ class ClusterCache:
             reservation = self.reservations.pop(rid, None)
             self._requests.pop(rid, None)
             self._claims.pop(rid, None)
+            self._promised.pop(rid, None)
             if reservation is not None:
                 self._by_predecessor.pop(reservation.predecessor_uid, None)
             self._forget(_hold_uid(rid))
@@ -272,19 +290,31 @@ class ClusterCache:
             self._sync_hold(rid)
 
     def holds(self, pending: PendingPod) -> list[rebuild.Reservation]:
-        """Active, unclaimed reservations ``pending`` may claim: its predecessors' rooms."""
+        """Active reservations ``pending`` may claim: its predecessors' rooms, not yet claimed
+        nor promised to another successor."""
         if pending.successor is None:
             return []
-        now = self.now()
+        now, clock = self.now(), time.monotonic()
         with self.lock:
-            found = [
-                r
-                for rid, r in self.reservations.items()
-                if r.key == pending.successor and rid not in self._claims and r.active(now)
-            ]
-            for r in found:  # an expiry passed since the last event: stop holding its room
-                self._sync_hold(f"{r.namespace}/{r.name}")
+            found = []
+            for rid, r in self.reservations.items():
+                if r.key != pending.successor or rid in self._claims:
+                    continue
+                if not r.active(now):  # expired since the last event: stop holding its room
+                    self._sync_hold(rid)
+                    continue
+                promised, until = self._promised.get(rid, ("", 0.0))
+                if promised == pending.uid:
+                    found.insert(0, r)  # what filter chose for it comes first
+                elif not promised or until < clock:
+                    found.append(r)
             return found
+
+    def promise(self, reservation: rebuild.Reservation, uid: str) -> None:
+        """Keep ``reservation`` for pod ``uid`` (filter chose its node) until it binds, briefly."""
+        with self.lock:
+            rid = f"{reservation.namespace}/{reservation.name}"
+            self._promised[rid] = (uid, time.monotonic() + PROMISE_SECONDS)
 
     def lapsed(self, pending: PendingPod) -> list[rebuild.Reservation]:
         """Expired, unclaimed reservations of ``pending``'s predecessors: their IPs still wait."""
@@ -299,15 +329,27 @@ class ClusterCache:
             ]
 
     def leaving(self, pending: PendingPod) -> list[str]:
-        """Nodes of ``pending``'s predecessors that are terminating but not yet reserved."""
+        """Nodes of ``pending``'s predecessors that left (or are leaving) but are not reserved yet.
+
+        The rebuild controller writes a Reservation before it lets an opted-in pod go, but the
+        two arrive here on different watches; for LEAVING_GRACE seconds after the pod went we
+        trust that its Reservation is on its way.
+        """
         if pending.successor is None:
             return []
+        now = time.monotonic()
         with self.lock:
-            reserved = set(self._by_predecessor)
+            stale = [
+                u
+                for u, (_, _, gone) in self._leaving.items()
+                if gone and now - gone > LEAVING_GRACE
+            ]
+            for uid in stale:
+                del self._leaving[uid]
             return [
                 node
-                for uid, (key, node) in self._leaving.items()
-                if key == pending.successor and uid not in reserved
+                for uid, (key, node, _) in self._leaving.items()
+                if key == pending.successor and uid not in self._by_predecessor
             ]
 
     def fits_in_hold(self, reservation: rebuild.Reservation, request: PodRequest) -> bool:
@@ -335,17 +377,16 @@ class ClusterCache:
             if pending is None:
                 return uid in self.snapshot.pods()
             self._place(uid, pending.request, node, devices)
-            self._assumed[uid] = pending.key
+            self._assumed[uid] = pending
             return True
 
     def unassume(self, uid: str) -> None:
         """Undo ``assume``: the pod is pending again (its bind failed)."""
         with self.lock:
-            placed = self.snapshot.pods().get(uid)
-            key = self._assumed.get(uid)
-            if placed is not None and key is not None:
+            pending = self._assumed.get(uid)
+            if uid in self.snapshot.pods() and pending is not None:
                 self._forget(uid)
-                self._pending[uid] = PendingPod(key, placed.pod)
+                self._pending[uid] = pending
 
     def note_pending(self, pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
         """Remember a pod the scheduler asks about, in case the watch has not shown it yet."""

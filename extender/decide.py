@@ -236,9 +236,11 @@ class Decider:
                 passed.append(hold.node)
         passed = list(dict.fromkeys(passed))
         if passed:
-            if choose and len(passed) > 1:
+            if choose:
                 rows = np.array([snapshot.index_of(n) for n in passed], dtype=np.intp)
                 passed = [passed[int(np.argmax(self.scores(snapshot, pod.request)[rows]))]]
+                # the bind will claim it: until then no other successor may count on it
+                self.cache.promise(next(h for h in holds if h.node == passed[0]), pod.uid)
             reason = f"held for local rebuild: the pod returns to node {passed[0]}"
             return FilterOutcome(passed, {}, {n: reason for n in names if n not in passed})
         hold = holds[0]

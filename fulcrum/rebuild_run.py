@@ -84,7 +84,7 @@ def _annotations(opted: bool, pool: str | None, extra: Mapping[str, str]) -> dic
     return out
 
 
-def pod_spec(*, cpu: str = "500m", memory: str = "512Mi", env: str = "1") -> dict[str, Any]:
+def pod_spec(*, cpu: str = "2", memory: str = "2Gi", env: str = "1") -> dict[str, Any]:
     requests = {"cpu": cpu, "memory": memory}
     return {
         "schedulerName": FULCRUM_SCHEDULER,

@@ -165,6 +165,7 @@ class Controller:
         self.workers = workers
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         self._absent: set[str] = set()  # pool holders seen without a live owner once
+        self._idle: set[str] = set()  # held reservations seen without a pending successor once
         self._stop = threading.Event()
         self.informers: list[Informer] = []
 
@@ -427,7 +428,8 @@ class Controller:
             self.report(pod, "delayed", verdict.reason)
             return verdict.retry_after or 5.0
         template = sts["spec"]["template"]["spec"]
-        images = _image_only_change(pod["spec"], template)
+        claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates") or []}
+        images = _image_only_change(pod["spec"], template, claims)
         name, namespace = _meta(pod)["name"], _meta(pod)["namespace"]
         if images is not None:
             patch = [
@@ -514,7 +516,31 @@ class Controller:
 
     # --- garbage collection ------------------------------------------------------------------
     def sweep(self) -> None:
-        """Release pool addresses whose holder is gone (seen so on two sweeps in a row)."""
+        """Drop abandoned reservations; release addresses whose holder is gone.
+
+        Both only when seen so on two sweeps in a row (SWEEP_SECONDS apart), so a successor or
+        pod that is just being created is never mistaken for a missing one.
+        """
+        idle: set[str] = set()
+        for obj in self.store.all("reservations"):
+            r = api.Reservation.from_object(obj)
+            rid = f"{r.namespace}/{r.name}"
+            if r.phase != "Held" or self.pending_successors(r.namespace, r.key):
+                continue
+            idle.add(rid)
+            if rid in self._idle:  # its predecessor is not coming back: scaled down, deleted
+                self.event(
+                    obj,
+                    "RebuildAbandoned",
+                    f"no successor of {r.key} appeared; "
+                    f"released node {r.node}" + (f" and IP {r.ip}" if r.ip else ""),
+                )
+                if r.ip and r.pool:
+                    self.update_pool(
+                        r.namespace, r.pool, functools.partial(_release, f"reservation:{r.name}")
+                    )
+                self.delete_reservation(r.namespace, r.name)
+        self._idle = idle
         live = {str(_meta(p).get("uid")) for p in self.store.all("pods")}
         reservations = {_meta(r).get("name") for r in self.store.all("reservations")}
         absent: set[str] = set()
@@ -663,13 +689,20 @@ def _own(items: Any) -> list[Any]:
     ]
 
 
-def _image_only_change(pod_spec: Obj, template: Obj) -> dict[int, str] | None:
-    """{container index: new image} if only images differ between pod and template, else None."""
+def _image_only_change(
+    pod_spec: Obj, template: Obj, claim_templates: set[str]
+) -> dict[int, str] | None:
+    """{container index: new image} if only images differ between pod and template, else None.
+
+    The StatefulSet controller adds a volume per claim template (``claim_templates``) to its
+    pods, and the ServiceAccount admission plugin a token volume: neither is a difference.
+    """
     have, want = pod_spec.get("containers") or [], template.get("containers") or []
     if (
         len(have) != len(want)
         or _own(pod_spec.get("initContainers")) != _own(template.get("initContainers"))
-        or _own(pod_spec.get("volumes")) != _own(template.get("volumes"))
+        or [v for v in _own(pod_spec.get("volumes")) if v.get("name") not in claim_templates]
+        != _own(template.get("volumes"))
     ):
         return None
     changes: dict[int, str] = {}
