@@ -296,7 +296,7 @@ class ClusterCache:
             return []
         now, clock = self.now(), time.monotonic()
         with self.lock:
-            found = []
+            found: list[rebuild.Reservation] = []
             for rid, r in self.reservations.items():
                 if r.key != pending.successor or rid in self._claims:
                     continue

@@ -360,11 +360,15 @@ def install_crds(name: str, kubectl: Path) -> None:
             raise ClusterError(f"`{' '.join(cmd[3:])}` failed: {result.stderr.strip()}")
 
 
-def start_rebuild(name: str, port: int, *, identity: str = "fulcrum-rebuild-0") -> int:
-    """Start the local-rebuild controller of cluster ``name``; return once it leads."""
+def start_rebuild(
+    name: str, port: int, *, identity: str = "fulcrum-rebuild-0", leader: bool = True
+) -> int:
+    """Start a local-rebuild controller of cluster ``name``; return once it leads (``leader``)
+    or merely serves its health endpoint (a follower waiting for the Lease)."""
     cmd = [sys.executable, "-m", "fulcrum.cli", "rebuild", "--kubeconfig"]
     cmd += [str(kubeconfig_path(name)), "--health-port", str(port), "--identity", identity]
-    return start_process(name, f"rebuild-{identity}", cmd, f"http://127.0.0.1:{port}/readyz")
+    url = f"http://127.0.0.1:{port}/{'readyz' if leader else 'healthz'}"
+    return start_process(name, f"rebuild-{identity}", cmd, url)
 
 
 def stop_process(pid: int | None) -> None:

@@ -246,8 +246,9 @@ class Controller:
         if refusal or api.REBUILD not in annotations:
             if refusal:
                 self.report(pod, "refused", refusal, warning=True)
-            if finalized:  # nothing to hold for it: let it go
-                self.release_pod_ip(pod)
+            if finalized:  # nothing to hold for it: let it go (a live pod keeps its IP)
+                if deleting:
+                    self.release_pod_ip(pod)
                 self.remove_finalizer(pod)
             return None
         node = (pod.get("spec") or {}).get("nodeName")
@@ -264,7 +265,9 @@ class Controller:
             self.add_finalizer(pod)
         claimed = annotations.get(api.RESERVATION)
         if node and claimed:
-            return self.finish(pod, claimed)
+            retry = self.finish(pod, claimed)
+            if retry is not None or self.status(pod).get("action") == "claimed":
+                return retry
         if node:
             return self.in_place(pod)
         return None
@@ -331,18 +334,18 @@ class Controller:
                 self.custom.create_namespaced_custom_object(
                     api.GROUP, api.VERSION, namespace, api.RESERVATIONS, reservation.to_object()
                 )
+                self.event(
+                    pod,
+                    "Reserved",
+                    f"node {reservation.node}"
+                    + (f", IP {ip}" if ip else "")
+                    + (f", PVCs {', '.join(reservation.claims)}" if reservation.claims else "")
+                    + f" held for the successor of {reservation.key}",
+                )
             except client.ApiException as exc:
                 if exc.status != 409:  # 409: made before a restart
                     raise
             crash_point("reserved")
-            self.event(
-                pod,
-                "Reserved",
-                f"node {reservation.node}"
-                + (f", IP {ip}" if ip else "")
-                + (f", PVCs {', '.join(reservation.claims)}" if reservation.claims else "")
-                + f" held for the successor of {reservation.key}",
-            )
         if ip and options.pool:
             self.update_pool(
                 namespace,
@@ -377,20 +380,21 @@ class Controller:
                     reservation.pool,
                     lambda p: ippool.transfer(p, f"reservation:{claimed}", f"pod:{uid}"),
                 )
-            self.delete_reservation(namespace, claimed)
             node = pod["spec"]["nodeName"]
             where = (
                 f"back on node {node}"
                 if node == reservation.node
                 else f"on node {node} (node {reservation.node} could not take it back)"
             )
-            self.report(
+            self.report(  # before the reservation goes, so a crash cannot lose this status
                 pod,
                 "claimed",
                 f"{where} in place of {reservation.predecessor}"
                 + (f" with IP {reservation.ip}" if reservation.ip else "")
                 + (f" and PVCs {', '.join(reservation.claims)}" if reservation.claims else ""),
             )
+            self.delete_reservation(namespace, claimed)
+            return None  # the status write brings the pod back here for the post-rebuild hooks
         status = self.status(pod)
         if status.get("action") != "claimed":
             return None
@@ -522,10 +526,22 @@ class Controller:
         pod that is just being created is never mistaken for a missing one.
         """
         idle: set[str] = set()
+        pods = self.store.all("pods")
+        around = {str(_meta(p).get("uid")) for p in pods}  # predecessors still terminating
+        claimed = {
+            f"{_meta(p).get('namespace')}/{(_meta(p).get('annotations') or {})[api.RESERVATION]}"
+            for p in pods
+            if api.RESERVATION in (_meta(p).get("annotations") or {})
+        }
         for obj in self.store.all("reservations"):
             r = api.Reservation.from_object(obj)
             rid = f"{r.namespace}/{r.name}"
-            if r.phase != "Held" or self.pending_successors(r.namespace, r.key):
+            if (
+                r.phase != "Held"
+                or r.predecessor_uid in around
+                or rid in claimed
+                or self.pending_successors(r.namespace, r.key)
+            ):
                 continue
             idle.add(rid)
             if rid in self._idle:  # its predecessor is not coming back: scaled down, deleted
@@ -698,19 +714,29 @@ def _image_only_change(
     pods, and the ServiceAccount admission plugin a token volume: neither is a difference.
     """
     have, want = pod_spec.get("containers") or [], template.get("containers") or []
+    inits = [_as_admitted(c) for c in pod_spec.get("initContainers") or []]
     if (
         len(have) != len(want)
-        or _own(pod_spec.get("initContainers")) != _own(template.get("initContainers"))
+        or inits != [_as_admitted(c) for c in template.get("initContainers") or []]
         or [v for v in _own(pod_spec.get("volumes")) if v.get("name") not in claim_templates]
         != _own(template.get("volumes"))
     ):
         return None
     changes: dict[int, str] = {}
     for i, (a, b) in enumerate(zip(have, want, strict=True)):
-        a = {**a, "volumeMounts": _own(a.get("volumeMounts")) or None}
-        b = {**b, "volumeMounts": _own(b.get("volumeMounts")) or None}
+        a, b = _as_admitted(a), _as_admitted(b)
         if any(a.get(k) != b.get(k) for k in _SAME):
             return None
         if a.get("image") != b.get("image"):
             changes[i] = str(b.get("image"))
     return changes or None
+
+
+def _as_admitted(container: Obj) -> dict[str, Any]:
+    """A container as a pod made from it has it: the token mount dropped, requests defaulted."""
+    out = {**container, "volumeMounts": _own(container.get("volumeMounts")) or None}
+    resources = dict(container.get("resources") or {})
+    if resources.get("limits") and not resources.get("requests"):
+        resources["requests"] = resources["limits"]  # the apiserver copies limits to requests
+    out["resources"] = resources or None
+    return out

@@ -1,9 +1,9 @@
-"""A real kube-apiserver accepts deploy/, and its RBAC grants each container what it needs.
+"""A real kube-apiserver accepts deploy/, and its RBAC grants each component what it needs.
 
 `kubectl apply --dry-run=server -k deploy/` runs every object through the apiserver's decoding,
 validation and admission without persisting it. The RBAC is then applied for real and checked
-with `kubectl auth can-i` as the ServiceAccount. kwok runs no containers, so the pods themselves
-are not started here.
+with `kubectl auth can-i` as each ServiceAccount (the scheduler's, the rebuild controller's).
+kwok runs no containers, so the pods themselves are not started here.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SERVICE_ACCOUNT = "system:serviceaccount:fulcrum-system:fulcrum-scheduler"
+REBUILD_ACCOUNT = "system:serviceaccount:fulcrum-system:fulcrum-rebuild"
 
 
 @dataclass
@@ -48,8 +49,8 @@ class Kubectl:
         )
         return result.stdout
 
-    def can(self, verb: str, resource: str, *args: str) -> bool:
-        result = self.run("auth", "can-i", verb, resource, f"--as={SERVICE_ACCOUNT}", *args)
+    def can(self, verb: str, resource: str, *args: str, account: str = SERVICE_ACCOUNT) -> bool:
+        result = self.run("auth", "can-i", verb, resource, f"--as={account}", *args)
         if result.returncode not in (0, 1):
             raise AssertionError(f"kubectl auth can-i failed: {result.stderr}")
         return result.returncode == 0
@@ -77,12 +78,21 @@ def test_the_apiserver_accepts_every_manifest(kubectl: Kubectl) -> None:
     out = result.stdout
     for kind in (
         "namespace/fulcrum-system",
+        "customresourcedefinition.apiextensions.k8s.io/reservations.fulcrum.io",
+        "customresourcedefinition.apiextensions.k8s.io/ippools.fulcrum.io",
         "priorityclass.scheduling.k8s.io/fulcrum-scheduler",
         "serviceaccount/fulcrum-scheduler",
         "clusterrole.rbac.authorization.k8s.io/fulcrum-extender",
         "configmap/fulcrum-config",
         "deployment.apps/fulcrum-scheduler",
         "poddisruptionbudget.policy/fulcrum-scheduler",
+        # the rebuild controller
+        "serviceaccount/fulcrum-rebuild",
+        "clusterrole.rbac.authorization.k8s.io/fulcrum-rebuild",
+        "clusterrolebinding.rbac.authorization.k8s.io/fulcrum-rebuild",
+        "role.rbac.authorization.k8s.io/fulcrum-rebuild-leader-election",
+        "rolebinding.rbac.authorization.k8s.io/fulcrum-rebuild-leader-election",
+        "deployment.apps/fulcrum-rebuild",
     ):
         assert kind in out, out
 
@@ -128,3 +138,62 @@ def test_the_service_account_may_do_what_each_container_does(kubectl: Kubectl) -
     wrong = [" ".join(a) for a in allowed if not kubectl.can(*a)]
     wrong += [f"NOT {' '.join(a)}" for a in denied if kubectl.can(*a)]
     assert not wrong, f"{SERVICE_ACCOUNT}: unexpected answers: {wrong}"
+
+
+def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -> None:
+    crds = DEPLOY / "crds"
+    kubectl.ok("apply", "-f", str(DEPLOY / "namespace.yaml"), "-f", str(crds))
+    kubectl.ok("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+    kubectl.ok("apply", "-f", str(DEPLOY / "rebuild-rbac.yaml"))
+
+    def can(*args: str) -> bool:
+        return kubectl.can(*args, account=REBUILD_ACCOUNT)
+
+    deadline = time.monotonic() + 30  # the RBAC authorizer learns new bindings from a watch
+    while not (
+        can("list", "pods", "--all-namespaces")
+        and can("create", "leases.coordination.k8s.io", "-n", "fulcrum-system")
+    ):
+        assert time.monotonic() < deadline, "the rebuild bindings never took effect"
+        time.sleep(0.5)
+
+    lease = "leases.coordination.k8s.io/fulcrum-rebuild"
+    allowed = [
+        # informers: pods, Reservations, IPPools, StatefulSets of every namespace
+        ("list", "pods", "--all-namespaces"),
+        ("watch", "pods", "--all-namespaces"),
+        ("list", "reservations.fulcrum.io", "--all-namespaces"),
+        ("watch", "reservations.fulcrum.io", "--all-namespaces"),
+        ("list", "ippools.fulcrum.io", "--all-namespaces"),
+        ("watch", "ippools.fulcrum.io", "--all-namespaces"),
+        ("list", "statefulsets.apps", "--all-namespaces"),
+        ("watch", "statefulsets.apps", "--all-namespaces"),
+        # finalizer and status annotation (patch); OnDelete recreate (delete)
+        ("patch", "pods", "-n", "default"),
+        ("delete", "pods", "-n", "default"),
+        # Reservations, and compare-and-swap updates of IPPools
+        ("create", "reservations.fulcrum.io", "-n", "default"),
+        ("update", "reservations.fulcrum.io", "-n", "default"),
+        ("delete", "reservations.fulcrum.io", "-n", "default"),
+        ("get", "ippools.fulcrum.io", "-n", "default"),
+        ("update", "ippools.fulcrum.io", "-n", "default"),
+        ("create", "events", "-n", "default"),
+        ("get", "nodes"),  # why a reservation expired
+        # leader election, in fulcrum-system only
+        ("create", "leases.coordination.k8s.io", "-n", "fulcrum-system"),
+        ("get", lease, "-n", "fulcrum-system"),
+        ("update", lease, "-n", "fulcrum-system"),
+    ]
+    denied = [
+        ("get", lease, "-n", "kube-system"),
+        ("create", "leases.coordination.k8s.io", "-n", "kube-system"),
+        ("update", "leases.coordination.k8s.io/fulcrum-scheduler", "-n", "fulcrum-system"),
+        ("create", "pods", "-n", "default"),
+        ("create", "pods", "--subresource=binding", "-n", "default"),  # only the extender binds
+        ("list", "nodes"),
+        ("update", "nodes"),
+        ("get", "secrets", "-n", "kube-system"),
+    ]
+    wrong = [" ".join(a) for a in allowed if not can(*a)]
+    wrong += [f"NOT {' '.join(a)}" for a in denied if can(*a)]
+    assert not wrong, f"{REBUILD_ACCOUNT}: unexpected answers: {wrong}"

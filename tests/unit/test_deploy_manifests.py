@@ -8,6 +8,7 @@ manifests to a real kube-apiserver.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -21,8 +22,10 @@ import yaml
 
 from extender.config import load_settings
 from fulcrum.binaries import cache_dir
+from fulcrum.cli import build_parser
 from fulcrum.cluster import FULCRUM_SCHEDULER, ExtenderRegistration, scheduler_config
 from policies.registry import default_registry
+from rebuild.serve import LEASE_NAME as REBUILD_LEASE
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 NAMESPACE = "fulcrum-system"
@@ -30,7 +33,8 @@ SERVICE_ACCOUNT = "fulcrum-scheduler"
 CONFIG_DIR = "/etc/fulcrum"
 EXAMPLE = "kube-scheduler-config.example.yaml"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-REBUILD_SERVICE_ACCOUNT = "fulcrum-rebuild"
+REBUILD = "fulcrum-rebuild"  # the controller's Deployment, ServiceAccount and ClusterRole
+REBUILD_SERVICE_ACCOUNT = REBUILD
 GROUP = "fulcrum.io"
 
 # kind -> apiVersion of every API object the manifests may contain
@@ -74,7 +78,7 @@ REBUILD_RULES = {
     (("",), ("pods",), ("get", "list", "watch", "patch", "update", "delete")),
     (("",), ("pods/resize",), ("patch",)),
     (("", "events.k8s.io"), ("events",), ("create", "patch")),
-    (("coordination.k8s.io",), ("leases",), ("get", "create", "update")),
+    (("",), ("nodes",), ("get",)),
     (
         (GROUP,),
         ("reservations", "ippools"),
@@ -167,12 +171,12 @@ def scheduler_configuration() -> dict[str, Any]:
     return config
 
 
-def deployment() -> dict[str, Any]:
-    return one("Deployment", FULCRUM_SCHEDULER)
+def deployment(name: str = FULCRUM_SCHEDULER) -> dict[str, Any]:
+    return one("Deployment", name)
 
 
-def pod_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = deployment()["spec"]["template"]["spec"]
+def pod_spec(name: str = FULCRUM_SCHEDULER) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment(name)["spec"]["template"]["spec"]
     return spec
 
 
@@ -431,24 +435,41 @@ def test_kube_scheduler_gets_what_upstream_prescribes_for_a_second_scheduler() -
     assert pod_spec()["serviceAccountName"] == SERVICE_ACCOUNT
 
 
-def test_the_leader_election_role_covers_only_its_own_lease() -> None:
-    election = scheduler_configuration()["leaderElection"]
-    (role,) = objects("Role")
-    assert role["metadata"]["namespace"] == election["resourceNamespace"]
+def _lease_role(account: str, namespace: str, lease: str) -> dict[str, Any]:
+    """The one Role bound to ``account``; it may create Leases in ``namespace`` and read and
+    renew only ``lease`` there."""
+    bindings = [b for b in objects("RoleBinding") if b["subjects"][0]["name"] == account]
+    bindings = [b for b in bindings if b["metadata"]["namespace"] == namespace]
+    (binding,) = bindings
+    assert binding["roleRef"]["kind"] == "Role"
+    _bound_to_the_service_account(binding, account)
+    role = one("Role", binding["roleRef"]["name"])
+    assert role["metadata"]["namespace"] == namespace
     rules = role["rules"]
     assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in rules)
     assert all(r["resources"] == ["leases"] for r in rules)
     named = [r for r in rules if "resourceNames" in r]
-    assert [r["resourceNames"] for r in named] == [[election["resourceName"]]]
+    assert [r["resourceNames"] for r in named] == [[lease]]
     assert {"get", "update"} <= set(named[0]["verbs"])
     assert [r["verbs"] for r in rules if "resourceNames" not in r] == [["create"]]
     _rules(role)  # no wildcards
-    (binding,) = [
-        b for b in objects("RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]
-    ]
-    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
-    assert binding["roleRef"]["kind"] == "Role"
-    _bound_to_the_service_account(binding)
+    return role
+
+
+def test_the_leader_election_role_covers_only_its_own_lease() -> None:
+    election = scheduler_configuration()["leaderElection"]
+    _lease_role(SERVICE_ACCOUNT, election["resourceNamespace"], election["resourceName"])
+
+
+def test_the_rebuild_controller_may_renew_only_its_own_lease_in_its_namespace() -> None:
+    args = rebuild_args()
+    _lease_role(REBUILD_SERVICE_ACCOUNT, args.lease_namespace, REBUILD_LEASE)
+    assert args.lease_namespace == NAMESPACE
+    # no Lease rights anywhere else: not in its ClusterRole
+    role = one("ClusterRole", REBUILD)
+    assert not any("coordination.k8s.io" in r["apiGroups"] for r in role["rules"])
+    roles = [r["metadata"]["name"] for r in objects("Role")]
+    assert sorted(roles) == ["fulcrum-rebuild-leader-election", "fulcrum-scheduler-leader-election"]
 
 
 # --- the CustomResourceDefinitions --------------------------------------------------------------
@@ -647,6 +668,71 @@ def test_the_extender_is_probed_from_inside_its_loopback_only_container() -> Non
         command = extender[probe]["exec"]["command"]
         assert command[:3] == ["python", "-S", "-c"]
         assert f'urlopen("{url}"' in command[3]
+
+
+# --- the rebuild controller's Deployment ---------------------------------------------------------
+
+
+def rebuild_container() -> dict[str, Any]:
+    (c,) = pod_spec(REBUILD)["containers"]
+    spec: dict[str, Any] = c
+    return spec
+
+
+def rebuild_args() -> argparse.Namespace:
+    """The controller's command line, parsed by `fulcrum`'s own argument parser."""
+    command = rebuild_container()["command"]
+    assert command[:2] == ["fulcrum", "rebuild"]
+    return build_parser().parse_args(command[1:])
+
+
+def test_the_rebuild_controller_runs_two_replicas_electing_a_leader() -> None:
+    doc = deployment(REBUILD)
+    assert doc["metadata"]["namespace"] == NAMESPACE
+    spec = doc["spec"]
+    assert spec["replicas"] == 2
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert "schedulerName" not in pod_spec(REBUILD)  # never waits for Fulcrum itself
+    args = rebuild_args()
+    assert args.kubeconfig is None  # in-cluster config: the pod's ServiceAccount
+    assert args.identity is None  # defaults to hostname-pid: the pod name, unique per replica
+    assert args.lease_namespace == NAMESPACE
+
+
+def test_the_rebuild_controller_runs_the_extenders_image_as_its_own_account() -> None:
+    assert rebuild_container()["image"] == container("extender")["image"]
+    assert rebuild_container()["imagePullPolicy"] == container("extender")["imagePullPolicy"]
+    account = pod_spec(REBUILD)["serviceAccountName"]
+    assert account == REBUILD_SERVICE_ACCOUNT
+    (defined,) = [d for f, d in DOCS if f == "rebuild-rbac.yaml" and d["kind"] == "ServiceAccount"]
+    assert (defined["metadata"]["name"], defined["metadata"]["namespace"]) == (account, NAMESPACE)
+    assert pod_spec(REBUILD).get("automountServiceAccountToken", True) is True
+    assert one("PriorityClass", pod_spec(REBUILD)["priorityClassName"])
+
+
+def test_the_rebuild_controller_is_probed_for_liveness_only() -> None:
+    """Its health server listens on 127.0.0.1; /readyz is 200 only on the leader."""
+    c = rebuild_container()
+    assert "ports" not in c
+    assert "readinessProbe" not in c and "startupProbe" not in c
+    command = c["livenessProbe"]["exec"]["command"]
+    assert command[:3] == ["python", "-S", "-c"]
+    assert f'urlopen("http://127.0.0.1:{rebuild_args().health_port}/healthz"' in command[3]
+    assert "readyz" not in yaml.safe_dump(c)
+
+
+def test_the_rebuild_controller_has_resources_and_a_locked_down_security_context() -> None:
+    c = rebuild_container()
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
+    assert c["securityContext"] == container("extender")["securityContext"]
+    assert pod_spec(REBUILD)["securityContext"] == pod_spec()["securityContext"]
+    # a read-only root filesystem: whatever writes goes to the mounted /tmp
+    (mount,) = c["volumeMounts"]
+    volumes = {v["name"]: v for v in pod_spec(REBUILD)["volumes"]}
+    assert mount["mountPath"] == "/tmp" and "emptyDir" in volumes[mount["name"]]
 
 
 # --- the annotated example ---------------------------------------------------------------------
