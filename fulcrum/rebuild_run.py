@@ -9,11 +9,13 @@ StatefulSet ordinal or bare-pod name.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from fulcrum import cluster
 from fulcrum.cluster import FULCRUM_SCHEDULER
 from fulcrum.workload import PAUSE_IMAGE
 from rebuild import api
+from rebuild.kube import Informer
 
 NEW_IMAGE = "registry.k8s.io/pause:3.9"
 APP_LABEL = "app"
@@ -360,3 +363,113 @@ def nodes_multiset(members_: Mapping[str, Member]) -> list[str]:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+class _Clock:
+    """Watches a namespace's pods: when each began terminating and when each became Ready."""
+
+    def __init__(self, kit: Kit, namespace: str, want: Callable[[dict[str, Any]], bool]) -> None:
+        self.want = want
+        self.lock = threading.Lock()
+        self.deleted: dict[str, tuple[str, float]] = {}  # uid -> (app, first seen terminating)
+        self.ready: dict[str, tuple[str, float, str]] = {}  # uid -> (app, Ready, claimed)
+        self.informer = Informer(
+            "pods",
+            functools.partial(kit.core.list_namespaced_pod, namespace),
+            self,
+        )
+
+    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
+        for obj in objects:
+            self.apply(kind, "ADDED", obj)
+
+    def apply(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
+        now = time.monotonic()
+        meta = obj["metadata"]
+        uid, app = meta["uid"], (meta.get("labels") or {}).get(APP_LABEL, "")
+        status = obj.get("status") or {}
+        with self.lock:
+            if meta.get("deletionTimestamp") or event == "DELETED":
+                self.deleted.setdefault(uid, (app, now))
+            elif (
+                uid not in self.ready
+                and status.get("phase") == "Running"
+                and any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in status.get("conditions") or []
+                )
+                and self.want(dict(obj))
+            ):
+                claimed = (meta.get("annotations") or {}).get(api.RESERVATION, "")
+                self.ready[uid] = (app, now, claimed)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One workload's rollout: until all successors Running, per-pod latency, what was kept."""
+
+    app: str
+    pods: int
+    seconds: float
+    latencies: list[float]  # predecessor terminating -> its successor Ready, per pod
+    kept: Kept
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    def __str__(self) -> str:
+        return (
+            f"{self.app:8s} {self.pods} pods, all Running after {self.seconds:6.1f} s "
+            f"({self.pods / self.seconds:5.1f} pods/s); per pod p50 {self.percentile(0.5):5.2f} s "
+            f"p99 {self.percentile(0.99):5.2f} s; {self.kept}"
+        )
+
+
+def roll(
+    kit: Kit,
+    namespace: str,
+    apps: Mapping[str, int],
+    change: Callable[[], None],
+    want: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float = 600,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Rollout]:
+    """Make ``change`` and follow every app's rollout until ``apps[app]`` pods satisfy ``want``.
+
+    A successor that claimed a Reservation is paired with the predecessor it names; the others
+    (apps without local rebuild) with the predecessors in order of time.
+    """
+    clock = _Clock(kit, namespace, want)
+    clock.informer.start()
+    clock.informer.synced.wait(60)
+    before = {app: members(kit, namespace, app) for app in apps}
+    started = time.monotonic()
+    change()
+    seconds: dict[str, float] = {}
+    try:
+        while len(seconds) < len(apps):
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"rollout of {sorted(set(apps) - set(seconds))}: {timeout} s")
+            for app, n in apps.items():
+                if app not in seconds and running(kit, namespace, app, want) == n:
+                    seconds[app] = time.monotonic() - started
+                    say(f"  {app}: {n} successors Running after {seconds[app]:.1f} s")
+            time.sleep(0.5)
+    finally:
+        clock.informer.stop()
+    out = {}
+    for app, n in apps.items():
+        old = {m.uid for m in before[app].values()}
+        with clock.lock:
+            gone = {u: t for u, (a, t) in clock.deleted.items() if a == app and u in old}
+            new = [(t, c) for u, (a, t, c) in clock.ready.items() if a == app and u not in old]
+        paired = [t - gone[c[3:]] for t, c in new if c and c[3:] in gone]
+        rest_new = sorted(t for t, c in new if not (c and c[3:] in gone))
+        claimed = {c[3:] for _, c in new if c}
+        rest_old = sorted(t for u, t in gone.items() if u not in claimed)
+        paired += [b - a for a, b in zip(rest_old, rest_new, strict=False)]
+        after = members(kit, namespace, app)
+        out[app] = Rollout(app, n, seconds[app], paired, kept(before[app], after))
+    return out

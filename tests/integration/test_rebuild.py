@@ -241,3 +241,31 @@ def test_unsafe_or_foreign_requests_are_refused_and_other_pools_untouched(kit: r
     assert not ippool.holders(pool(kit, "bad"))
     status = orjson.loads(kit.core.read_namespaced_pod("typo", NS).metadata.annotations[api.STATUS])
     assert status["action"] == "refused"
+
+
+def test_pause_keeps_both_versions_in_place_and_resume_and_undo_rebuild_locally(
+    kit: rr.Kit,
+) -> None:
+    deployment = rr.deployment(NS, "roll", 10, pool="roll")
+    deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = 2
+    rr.apply(kit, [rr.ip_pool(NS, "roll", "10.64.5.0/26"), deployment])
+    rr.wait_for("roll running", lambda: rr.running(kit, NS, "roll", lambda _: True) == 10)
+    first = rr.members(kit, NS, "roll")
+
+    kit.kubectl("set", "env", "deployment/roll", "REVISION=2", "-n", NS)
+    kit.kubectl("rollout", "pause", "deployment/roll", "-n", NS)
+    rr.wait_for("paused batch settles", lambda: rr.running(kit, NS, "roll", lambda _: True) == 10)
+    time.sleep(2)  # a paused Deployment starts no further batch
+    paused = rr.members(kit, NS, "roll")
+    new = rr.running(kit, NS, "roll", rr.has_env("2"))
+    assert 0 < new < 10, f"{new} pods of the new version while paused"
+    assert rr.kept(first, paused) == rr.Kept(10, 10, 10, 10)
+
+    kit.kubectl("rollout", "resume", "deployment/roll", "-n", NS)
+    rr.wait_for("resumed", lambda: rr.running(kit, NS, "roll", rr.has_env("2")) == 10)
+    resumed = rr.members(kit, NS, "roll")
+    assert rr.kept(paused, resumed) == rr.Kept(10, 10, 10, 10)
+
+    kit.kubectl("rollout", "undo", "deployment/roll", "-n", NS)
+    rr.wait_for("undone", lambda: rr.running(kit, NS, "roll", rr.has_env("1")) == 10)
+    assert rr.kept(resumed, rr.members(kit, NS, "roll")) == rr.Kept(10, 10, 10, 10)
