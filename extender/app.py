@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ValidationError
 
 from extender.bind import Binder, BindService
-from extender.cache import ClusterCache
+from extender.cache import ClusterCache, PendingPod
 from extender.config import ExtenderSettings
 from extender.decide import Decider, FilterOutcome, WeightedPolicy
 from extender.preempt import candidates_from_wire, result_to_wire, select_victims
@@ -38,6 +39,7 @@ from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
 Args = TypeVar("Args", bound=BaseModel)
+SETTLE_SECONDS = 0.5
 
 
 class BadRequest(Exception):
@@ -147,6 +149,20 @@ def _snapshot_of(args: ExtenderArgs) -> Snapshot:
     return snapshot
 
 
+async def _settle(cache: ClusterCache, pending: PendingPod) -> PendingPod:
+    """Give the watches a moment to show where a local-rebuild successor belongs.
+
+    The scheduler may ask about a successor a few milliseconds before our watches show the pod,
+    its predecessor's deletion or the Reservation; answering "no node" at once would cost it at
+    least kube-scheduler's 1 s back-off. Waits at most SETTLE_SECONDS, without blocking other
+    requests; a controller that is slow or down is not waited for (``ClusterCache.settling``).
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while cache.settling(pending) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    return cache.pending(pending.uid) or pending
+
+
 def create_app(
     settings: ExtenderSettings,
     cache: ClusterCache | None = None,
@@ -194,9 +210,11 @@ def create_app(
         finally:
             metrics.latency.labels(verb).observe(time.perf_counter() - started)
 
-    def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
+    async def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
         pod, names = _pod(args), _node_names(args)
         pending = cache.note_pending(args.Pod, pod) if cache is not None else None
+        if cache is not None and pending is not None:
+            pending = await _settle(cache, pending)
         holds = cache.holds(pending) if cache is not None and pending is not None else []
         leaving = cache.leaving(pending) if cache is not None and pending and not holds else []
         with view(args) as snapshot:

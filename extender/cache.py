@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 LEAVING_GRACE = 30.0
+SETTLE_WINDOW = 2.0  # a Reservation normally follows its predecessor's deletion within this
 PROMISE_SECONDS = 30.0
 
 
@@ -47,6 +48,16 @@ class PendingPod:
     # labels and annotations, kept only for pods that use local rebuild or an IP pool
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Leaving:
+    """An opted-in pod held by the rebuild finalizer while it terminates."""
+
+    key: str  # its successor key
+    node: str
+    seen: float  # when the watch first showed it terminating
+    gone: float | None = None  # when it left the apiserver
 
 
 def pending_pod(pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
@@ -92,7 +103,7 @@ class ClusterCache:
         self.bad_objects: dict[str, str] = {}  # key -> why it was ignored
         self.reservations: dict[str, rebuild.Reservation] = {}  # namespace/name ->
         # terminating opted-in pod uid -> (successor key, node, when it left the apiserver)
-        self._leaving: dict[str, tuple[str, str, float | None]] = {}
+        self._leaving: dict[str, Leaving] = {}
         self._requests: dict[str, PodRequest] = {}  # reservation -> its predecessor's request
         self._claims: dict[str, str] = {}  # reservation namespace/name -> successor uid
         self._promised: dict[str, tuple[str, float]] = {}  # reservation -> (pod uid, until)
@@ -202,7 +213,7 @@ class ClusterCache:
         key = rebuild.successor_key(pod)
         if key is not None:
             with self.lock:
-                self._leaving[uid] = (key, node, None)
+                self._leaving[uid] = Leaving(key, node, time.monotonic())
 
     def _place(
         self, uid: str, request: PodRequest, node: str, devices: tuple[int, ...] | None
@@ -229,8 +240,7 @@ class ClusterCache:
         for orphans in self._orphans.values():
             orphans.pop(uid, None)
         if uid in self._leaving:  # its Reservation may still be on its way: keep the successor
-            key, node, _ = self._leaving[uid]  # waiting until it shows, or LEAVING_GRACE passes
-            self._leaving[uid] = (key, node, time.monotonic())
+            self._leaving[uid].gone = time.monotonic()  # waiting until it shows, or LEAVING_GRACE
         if uid in self._by_predecessor:  # its node's room is now held for its successor
             self._sync_hold(self._by_predecessor[uid])
 
@@ -328,29 +338,38 @@ class ClusterCache:
                 if r.key == pending.successor and rid not in self._claims and not r.active(now)
             ]
 
-    def leaving(self, pending: PendingPod) -> list[str]:
+    def leaving(self, pending: PendingPod, *, within: float = LEAVING_GRACE) -> list[str]:
         """Nodes of ``pending``'s predecessors that left (or are leaving) but are not reserved yet.
 
         The rebuild controller writes a Reservation before it lets an opted-in pod go, but the
         two arrive here on different watches; for LEAVING_GRACE seconds after the pod went we
-        trust that its Reservation is on its way.
+        trust that its Reservation is on its way. ``within``: only predecessors seen starting to
+        terminate at most that many seconds ago.
         """
         if pending.successor is None:
             return []
         now = time.monotonic()
         with self.lock:
-            stale = [
-                u
-                for u, (_, _, gone) in self._leaving.items()
-                if gone and now - gone > LEAVING_GRACE
-            ]
+            stale = [u for u, p in self._leaving.items() if p.gone and now - p.gone > LEAVING_GRACE]
             for uid in stale:
                 del self._leaving[uid]
             return [
-                node
-                for uid, (key, node, _) in self._leaving.items()
-                if key == pending.successor and uid not in self._by_predecessor
+                p.node
+                for uid, p in self._leaving.items()
+                if p.key == pending.successor
+                and uid not in self._by_predecessor
+                and now - p.seen <= within
             ]
+
+    def settling(self, pending: PendingPod) -> bool:
+        """Whether this successor's home is about to be known: the watch has not shown the pod
+        yet, or a predecessor began terminating moments ago and its Reservation is on its way."""
+        current = self.pending(pending.uid) or pending
+        if current.successor is None:
+            return False
+        if not current.watched:
+            return True
+        return not self.holds(current) and bool(self.leaving(current, within=SETTLE_WINDOW))
 
     def fits_in_hold(self, reservation: rebuild.Reservation, request: PodRequest) -> bool:
         """Whether ``request`` fits its reservation's node once the held room is given to it."""

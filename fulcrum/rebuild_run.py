@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +321,7 @@ class Kept:
     node: int
     ip: int
     claims: int
+    misses: tuple[str, ...] = field(default=(), compare=False)  # who did not keep what
 
     def __str__(self) -> str:
         return (
@@ -349,11 +350,17 @@ def kept(before: Mapping[str, Member], after: Mapping[str, Member]) -> Kept:
     paired = {a.uid for _, a in pairs}
     spare = Counter(m.node for m in after.values() if m.uid not in paired)
     shared = sum((Counter(m.node for m in loose) & spare).values())
+    misses = tuple(
+        f"{b.name}@{b.node}/{b.ip} -> {a.name}@{a.node}/{a.ip} claimed {a.claimed or '-'}"
+        for b, a in pairs
+        if (a.node, a.ip, a.claims) != (b.node, b.ip, b.claims)
+    )
     return Kept(
         len(before),
         sum(a.node == b.node for b, a in pairs) + shared,
         sum(bool(a.ip) and a.ip == b.ip for b, a in pairs),
         sum(a.claims == b.claims for b, a in pairs),
+        misses,
     )
 
 

@@ -352,9 +352,6 @@ class Controller:
                 options.pool,
                 lambda p: ippool.transfer(p, f"pod:{uid}", f"reservation:{name}"),
             )
-        for successor in self.pending_successors(namespace, reservation.key):
-            # the write makes kube-scheduler retry it now that its room is reserved
-            self.report(successor, "waiting", f"node {reservation.node} is reserved for it")
 
     def pending_successors(self, namespace: str, key: str) -> list[Obj]:
         return [

@@ -43,6 +43,10 @@ def reservations(kit: rr.Kit) -> list[dict[str, Any]]:
     return list(found["items"])
 
 
+def _renamed(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**pod, "metadata": {**pod["metadata"], "name": name}}
+
+
 def test_rollouts_bring_every_successor_back_on_its_node_with_its_ip_and_volumes(
     kit: rr.Kit,
 ) -> None:
@@ -68,49 +72,44 @@ def test_rollouts_bring_every_successor_back_on_its_node_with_its_ip_and_volumes
         lambda: all(rr.running(kit, NS, a, lambda _: True) == n for a, n in apps.items()),
         timeout=240,
     )
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, rr.Rollout]] = {}
     for change, value, want in (
         ("image", rr.NEW_IMAGE, rr.has_image(rr.NEW_IMAGE)),
         ("env", "2", rr.has_env("2")),
     ):
-        before = {app: rr.members(kit, NS, app) for app in apps}
-        started = time.monotonic()
-        if change == "image":
-            kit.kubectl(
-                "set", "image", "deployment/web", "deployment/plain", f"main={value}", "-n", NS
-            )
-            kit.kubectl("set", "image", "statefulset/db", f"main={value}", "-n", NS)
-            solo = [
-                rr.bare_pod(NS, f"solo-{i}", "solo", pool="solo", image=value) for i in range(10)
-            ]
-        else:
-            kit.kubectl(
-                "set", "env", "deployment/web", "deployment/plain", f"REVISION={value}", "-n", NS
-            )
-            kit.kubectl("set", "env", "statefulset/db", f"REVISION={value}", "-n", NS)
-            solo = [
-                rr.bare_pod(NS, f"solo-{i}", "solo", pool="solo", image=rr.NEW_IMAGE, env=value)
-                for i in range(10)
-            ]
-        rr.replace_force(kit, solo)
-        seconds = {}
-        for app, n in apps.items():
-            rr.wait_for(
-                f"{app} after the {change} change",
-                lambda a=app, n=n, w=want: rr.running(kit, NS, a, w) == n,  # type: ignore[misc]
-                timeout=300,
-            )
-            seconds[app] = time.monotonic() - started
-        after = {app: rr.members(kit, NS, app) for app in apps}
-        results[change] = {app: (rr.kept(before[app], after[app]), seconds[app]) for app in apps}
+
+        def make(change: str = change, value: str = value) -> None:
+            if change == "image":
+                kit.kubectl(
+                    "set", "image", "deployment/web", "deployment/plain", f"main={value}", "-n", NS
+                )
+                kit.kubectl("set", "image", "statefulset/db", f"main={value}", "-n", NS)
+                solo = [rr.bare_pod(NS, "solo-0", "solo", pool="solo", image=value)]
+            else:
+                kit.kubectl(
+                    "set",
+                    "env",
+                    "deployment/web",
+                    "deployment/plain",
+                    f"REVISION={value}",
+                    "-n",
+                    NS,
+                )
+                kit.kubectl("set", "env", "statefulset/db", f"REVISION={value}", "-n", NS)
+                solo = [
+                    rr.bare_pod(NS, "solo-0", "solo", pool="solo", image=rr.NEW_IMAGE, env=value)
+                ]
+            rr.replace_force(kit, [_renamed(solo[0], f"solo-{i}") for i in range(10)])
+
+        results[change] = rr.roll(kit, NS, apps, make, want, timeout=300)
         print(f"\n{change} change:")
-        for app, (k, s) in results[change].items():
-            print(f"  {app:6s} all successors Running after {s:5.1f} s; {k}")
+        for rollout in results[change].values():
+            print(f"  {rollout}")
 
     for change, by_app in results.items():
         for app in ("web", "db", "solo"):
-            k = by_app[app][0]
-            assert (k.node, k.ip, k.claims) == (k.total,) * 3, (change, app, k)
+            k = by_app[app].kept
+            assert (k.node, k.ip, k.claims) == (k.total,) * 3, (change, app, k, k.misses)
     assert not [r for r in reservations(kit) if r["status"]["phase"] == "Held"]
     for name in ("web", "db", "solo"):
         ippool.check_invariants(pool(kit, name))
