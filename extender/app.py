@@ -234,7 +234,16 @@ def create_app(
                     snapshot, pending, names, holds, choose=settings.decide_in_filter
                 )
             else:
-                out = decider.filter(snapshot, pod, names, choose=settings.decide_in_filter)
+                homes = set(cache.homes(pending)) if cache is not None and pending else set()
+                choose = settings.decide_in_filter
+                out = decider.filter(snapshot, pod, names, choose=choose and not homes)
+                if homes:  # create-first: beside a predecessor where there is headroom, if any
+                    beside = [n for n in out.passed if n in homes] or out.passed
+                    if choose and beside:
+                        beside = decider.filter(snapshot, pod, beside, choose=True).passed
+                    reason = "create-first: placed beside its predecessor"
+                    others = {n: reason for n in out.passed if n not in beside}
+                    out = FilterOutcome(beside, out.failed, {**out.unresolvable, **others})
         metrics.decisions.labels("passed").inc(len(out.passed))
         metrics.decisions.labels("failed").inc(len(out.failed) + len(out.unresolvable))
         if args.NodeNames is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -77,6 +78,10 @@ def pending_pod(pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
     )
 
 
+def _revision(labels: Mapping[str, str]) -> str:
+    return labels.get("pod-template-hash") or labels.get("controller-revision-hash") or ""
+
+
 def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
@@ -104,6 +109,7 @@ class ClusterCache:
         self.reservations: dict[str, rebuild.Reservation] = {}  # namespace/name ->
         # terminating opted-in pod uid -> (successor key, node, when it left the apiserver)
         self._leaving: dict[str, Leaving] = {}
+        self._homes: dict[str, tuple[str, str, str]] = {}  # opted-in uid -> (key, node, revision)
         self._requests: dict[str, PodRequest] = {}  # reservation -> its predecessor's request
         self._claims: dict[str, str] = {}  # reservation namespace/name -> successor uid
         self._promised: dict[str, tuple[str, float]] = {}  # reservation -> (pod uid, until)
@@ -196,7 +202,12 @@ class ClusterCache:
             self._pending.pop(uid, None)
             self._forget(uid)
             self._place(uid, request, node, devices)
-            claimed = (meta.get("annotations") or {}).get(rebuild.RESERVATION)
+            annotations = meta.get("annotations") or {}
+            if rebuild.REBUILD in annotations:
+                key = rebuild.successor_key(pod)
+                if key:
+                    self._homes[uid] = (key, node, _revision(meta.get("labels") or {}))
+            claimed = annotations.get(rebuild.RESERVATION)
             if claimed:
                 self.claim(f"{meta.get('namespace', '')}/{claimed}", uid)
 
@@ -234,6 +245,7 @@ class ClusterCache:
 
     def _forget(self, uid: str) -> None:
         self._assumed.pop(uid, None)
+        self._homes.pop(uid, None)
         if uid in self.snapshot.pods():
             self.snapshot.release(uid)
             self.changes += 1
@@ -361,6 +373,20 @@ class ClusterCache:
                 and now - p.seen <= within
             ]
 
+    def homes(self, pending: PendingPod) -> list[str]:
+        """``create-first``: nodes where a predecessor (same successor key, another revision)
+        still runs with no pod of ``pending``'s revision beside it yet."""
+        if pending.successor is None or pending.annotations.get(rebuild.ORDER) != "create-first":
+            return []
+        revision = _revision(pending.labels)
+        old: Counter[str] = Counter()
+        new: Counter[str] = Counter()
+        with self.lock:
+            for key, node, rev in self._homes.values():
+                if key == pending.successor:
+                    (new if rev == revision else old)[node] += 1
+        return [node for node, count in old.items() if count > new[node]]
+
     def settling(self, pending: PendingPod) -> bool:
         """Whether this successor's home is about to be known: the watch has not shown the pod
         yet, or a predecessor began terminating moments ago and its Reservation is on its way."""
@@ -397,6 +423,8 @@ class ClusterCache:
                 return uid in self.snapshot.pods()
             self._place(uid, pending.request, node, devices)
             self._assumed[uid] = pending
+            if pending.successor:
+                self._homes[uid] = (pending.successor, node, _revision(pending.labels))
             return True
 
     def unassume(self, uid: str) -> None:

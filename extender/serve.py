@@ -69,6 +69,7 @@ class KubeBinder:
             "limits": httpx.Limits(max_connections=16, max_keepalive_connections=16),
         }
         self._client: httpx.AsyncClient | None = None
+        self._pools: dict[str, dict[str, Any]] = {}  # IPPool path -> as our last write left it
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -112,14 +113,16 @@ class KubeBinder:
     ) -> str:
         path = f"/apis/{rebuild.API_VERSION}/namespaces/{namespace}/{rebuild.IPPOOLS}/{pool}"
         for _ in range(8):  # compare-and-swap: the PUT carries the resourceVersion we read
-            reply = await self.client.get(path)
-            if reply.status_code == 404:
-                raise ValueError(
-                    f"annotation {rebuild.IP_POOL}={pool!r}: no IPPool {pool!r} in namespace "
-                    f"{namespace!r}; create it or fix the annotation"
-                )
-            self._raise_for(reply)
-            current = reply.json()
+            current = self._pools.pop(path, None)  # what our last write left, if anything
+            if current is None:
+                reply = await self.client.get(path)
+                if reply.status_code == 404:
+                    raise ValueError(
+                        f"annotation {rebuild.IP_POOL}={pool!r}: no IPPool {pool!r} in "
+                        f"namespace {namespace!r}; create it or fix the annotation"
+                    )
+                self._raise_for(reply)
+                current = reply.json()
             if not ippool.selects(current, pod):
                 raise ValueError(
                     f"IPPool {namespace}/{pool} does not select this pod (spec.selector); "
@@ -127,10 +130,12 @@ class KubeBinder:
                 )
             changed, ip = ippool.allocate(current, holder, want=want)  # PoolError: ValueError
             if changed == current:
+                self._pools[path] = current
                 return ip
             put = await self.client.put(path, json=changed)
-            if put.status_code != 409:
+            if put.status_code != 409:  # on 409 (someone else wrote) read it again
                 self._raise_for(put)
+                self._pools[path] = put.json()
                 return ip
         raise RuntimeError(f"IPPool {namespace}/{pool}: too many concurrent updates; retrying")
 

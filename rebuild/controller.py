@@ -155,7 +155,7 @@ def _relevant(pod: Obj) -> bool:
 class Controller:
     """Reconciles pods, reservations and pools; see the module docstring for the protocol."""
 
-    def __init__(self, api_client: Any, *, workers: int = 2) -> None:
+    def __init__(self, api_client: Any, *, workers: int = 4) -> None:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -243,7 +243,9 @@ class Controller:
         finalized = api.FINALIZER in (meta.get("finalizers") or [])
         deleting = bool(meta.get("deletionTimestamp"))
         refusal = self.refusal(pod)
-        if refusal or api.REBUILD not in annotations:
+        create_first = not refusal and api.parse_options(annotations).order == "create-first"
+        if refusal or api.REBUILD not in annotations or create_first:
+            # create-first successors start beside their predecessor: nothing to hold
             if refusal:
                 self.report(pod, "refused", refusal, warning=True)
             if finalized:  # nothing to hold for it: let it go (a live pod keeps its IP)
@@ -347,11 +349,7 @@ class Controller:
                     raise
             crash_point("reserved")
         if ip and options.pool:
-            self.update_pool(
-                namespace,
-                options.pool,
-                lambda p: ippool.transfer(p, f"pod:{uid}", f"reservation:{name}"),
-            )
+            self.move_ip(namespace, options.pool, ip, f"pod:{uid}", f"reservation:{name}")
 
     def pending_successors(self, namespace: str, key: str) -> list[Obj]:
         return [
@@ -372,10 +370,12 @@ class Controller:
             crash_point("claiming")
             reservation = api.Reservation.from_object(found)
             if reservation.ip and reservation.pool:
-                self.update_pool(
+                self.move_ip(
                     namespace,
                     reservation.pool,
-                    lambda p: ippool.transfer(p, f"reservation:{claimed}", f"pod:{uid}"),
+                    reservation.ip,
+                    f"reservation:{claimed}",
+                    f"pod:{uid}",
                 )
             node = pod["spec"]["nodeName"]
             where = (
@@ -461,10 +461,15 @@ class Controller:
 
     def release_pod_ip(self, pod: Obj) -> None:
         meta = _meta(pod)
-        pool = (meta.get("annotations") or {}).get(api.IP_POOL)
+        annotations = meta.get("annotations") or {}
+        pool = annotations.get(api.IP_POOL)
         if pool and "/" not in pool:
             holder = f"pod:{meta.get('uid')}"
-            self.update_pool(str(meta["namespace"]), pool, lambda p: ippool.release(p, holder))
+            ip = annotations.get(api.ASSIGNED_IP)
+            if ip:
+                self.move_ip(str(meta["namespace"]), pool, ip, holder, None)
+            else:  # never bound with an address, or bound by another scheduler: check the pool
+                self.update_pool(str(meta["namespace"]), pool, functools.partial(_release, holder))
 
     # --- reservations --------------------------------------------------------------------------
     def reservation(self, r: api.Reservation) -> float | None:
@@ -478,8 +483,7 @@ class Controller:
             if now < r.expires_at + EXPIRED_GRACE:
                 return (r.expires_at + EXPIRED_GRACE - now).total_seconds()
             if r.ip and r.pool:
-                holder = f"reservation:{r.name}"
-                self.update_pool(r.namespace, r.pool, lambda p: ippool.release(p, holder))
+                self.move_ip(r.namespace, r.pool, r.ip, f"reservation:{r.name}", None)
             self.delete_reservation(r.namespace, r.name)
         return None
 
@@ -571,6 +575,37 @@ class Controller:
         self._absent = absent
 
     # --- apiserver writes ----------------------------------------------------------------------
+    def move_ip(self, namespace: str, pool: str, ip: str, old: str, new: str | None) -> None:
+        """Hand ``ip`` from holder ``old`` to ``new`` (None: back to the pool) in one write.
+
+        A JSON patch whose ``test`` makes it conditional on ``old`` still holding ``ip``: a
+        compare-and-swap of that one entry, without reading (and rewriting) the whole pool. If
+        the test fails (a retry after a crash, or a hand edit), the pool is read and the pure
+        ``ippool`` rules decide (idempotent: nothing to move is no write).
+        """
+        path = "/status/allocations/" + ip.replace("~", "~0").replace("/", "~1")
+        ops: list[dict[str, Any]] = [{"op": "test", "path": path, "value": old}]
+        ops.append(
+            {"op": "replace", "path": path, "value": new} if new else {"op": "remove", "path": path}
+        )
+        try:
+            self.custom.patch_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.IPPOOLS,
+                pool,
+                ops,
+                _content_type="application/json-patch+json",
+            )
+        except client.ApiException as exc:
+            if exc.status not in (409, 422):
+                raise
+            if new:
+                self.update_pool(namespace, pool, lambda p: ippool.transfer(p, old, new))
+            else:
+                self.update_pool(namespace, pool, functools.partial(_release, old))
+
     def update_pool(
         self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
     ) -> None:

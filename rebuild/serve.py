@@ -22,6 +22,7 @@ from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 from rebuild.controller import Controller
 
 log = logging.getLogger(__name__)
+logging.getLogger("leaderelection").setLevel(logging.WARNING)  # it logs every renewal at INFO
 
 LEASE_NAME = "fulcrum-rebuild"
 

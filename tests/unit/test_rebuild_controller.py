@@ -207,6 +207,25 @@ class FakeApiserver:
             raise ApiException(status=409, reason=f"{plural} {namespace}/{name} was modified")
         return self.put(plural, body)
 
+    def patch_namespaced_custom_object(
+        self,
+        group: str,
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        body: Any,
+        _content_type: str = "",
+    ) -> Obj:
+        assert _content_type == "application/json-patch+json"
+        current = self.get_namespaced_custom_object(group, version, namespace, plural, name)
+        try:
+            for op in body:
+                _json_patch(current, op)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ApiException(status=422, reason=f"patch: {exc}") from exc
+        return self.put(plural, current)
+
     def delete_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Obj:
@@ -460,7 +479,10 @@ def test_a_pool_write_that_lost_a_race_is_redone_on_the_fresh_pool(
         return found
 
     monkeypatch.setattr(rig.apiserver, "get_namespaced_custom_object", read_then_race)
-    rig.reconcile("pods/ns/web-0")
+    # the read-modify-write path (a single move is one conditional patch and needs no read)
+    rig.controller.update_pool(
+        "ns", "web", lambda p: ippool.transfer(p, f"pod:{OLD}", f"reservation:{HELD}")
+    )
 
     holders = ippool.holders(rig.apiserver.pool())
     assert holders == {f"reservation:{HELD}": IP, "pod:other": "10.0.0.1"}
