@@ -1,8 +1,9 @@
-"""The main job: a kwok cluster with Fulcrum beside kube-scheduler, a workload placed twice.
+"""The main job: a kwok cluster with Fulcrum beside kube-scheduler, a workload placed and rebuilt.
 
 The same pods are placed by the plain default-scheduler and then by fulcrum-scheduler (the
 real kube-scheduler calling Fulcrum's extender), on the same nodes in the same run, and the
-nodes each one used are shown against the lower bound.
+nodes each one used are shown against the lower bound. Then two Deployments, one opted in to
+local rebuild and one not, get the same env change: where their successors went is shown.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from kubernetes.utils.quantity import parse_quantity
 
 from fulcrum import cluster
+from fulcrum import rebuild_run as rr
 from fulcrum.workload import (
     DEFAULT_SHAPES,
     create_pods,
@@ -57,6 +59,41 @@ def _show(usage: dict[str, tuple[float, float]]) -> None:
         _say(f"  {node:18} {cpu:6.0%} {mem:7.0%}")
 
 
+def _rebuild(name: str, replicas: int) -> None:
+    kit = rr.Kit.of(name)
+    ns = "demo-rebuild"
+    kit.kubectl("create", "namespace", ns)
+    apps = {"local": replicas, "plain": replicas}
+    rr.apply(
+        kit,
+        [
+            rr.ip_pool(ns, "local", "10.64.0.0/24"),
+            rr.deployment(ns, "local", replicas, pool="local"),
+            rr.deployment(ns, "plain", replicas, opted=False),
+        ],
+    )
+    rr.wait_for(
+        "demo Deployments running",
+        lambda: all(rr.running(kit, ns, a, lambda _: True) == n for a, n in apps.items()),
+    )
+    _say(
+        f"\nlocal rebuild: Deployments 'local' (annotated fulcrum.io/rebuild: local, IP pool) and "
+        f"'plain' ({replicas} pods each); `kubectl set env` on both at once"
+    )
+    results = rr.roll(
+        kit,
+        ns,
+        apps,
+        lambda: kit.kubectl(
+            "set", "env", "deployment/local", "deployment/plain", "REVISION=2", "-n", ns
+        ),
+        rr.has_env("2"),
+        say=_say,
+    )
+    for result in results.values():
+        _say(f"  {result}")
+
+
 def run_demo(*, name: str, nodes: int, pods: int, keep: bool) -> int:
     state = cluster.up(name, nodes=nodes, shape=NODE, log=_say)
     try:
@@ -80,6 +117,7 @@ def run_demo(*, name: str, nodes: int, pods: int, keep: bool) -> int:
             "Fulcrum's extender was called: "
             + ", ".join(f"{verb} {count:.0f}" for verb, count in sorted(calls.items()))
         )
+        _rebuild(name, replicas=20)
     finally:
         if keep:
             _say(

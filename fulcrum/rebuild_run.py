@@ -437,7 +437,7 @@ def roll(
     kit: Kit,
     namespace: str,
     apps: Mapping[str, int],
-    change: Callable[[], None],
+    change: Callable[[], object],
     want: Callable[[dict[str, Any]], bool],
     *,
     timeout: float = 600,

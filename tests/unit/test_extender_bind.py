@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from extender.bind import BindConflict, BindService, PodGone
@@ -38,6 +38,11 @@ class FakeApiserver:
         if key not in self.pods:
             raise PodGone
         return self.pods[key]
+
+    async def allocate_ip(
+        self, namespace: str, pool: str, holder: str, want: str | None, pod: Mapping[str, object]
+    ) -> str:
+        raise AssertionError("these pods name no IP pool")
 
 
 def no_devices(*_: Any) -> tuple[int, ...]:

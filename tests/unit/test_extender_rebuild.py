@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from extender.app import _settle
 from extender.bind import BindService
 from extender.cache import ClusterCache
 from extender.decide import Decider, WeightedPolicy
@@ -229,3 +232,43 @@ def test_deleting_a_reservation_releases_its_room(event: str) -> None:
         cache.replace("reservations", [])
     assert cache.snapshot.free[0, 0] == 4000
     cache.replace("pods", [])  # a pod re-list never drops held rooms by mistake
+
+
+def replica(uid: str, revision: str, *, node_name: str = "") -> dict[str, Any]:
+    p = pod(uid, f"web-{revision}-{uid}", node_name=node_name, annotations={**FIRST})
+    p["metadata"]["labels"]["pod-template-hash"] = revision
+    p["metadata"]["ownerReferences"] = [
+        {"kind": "ReplicaSet", "name": f"web-{revision}", "controller": True}
+    ]
+    return p
+
+
+FIRST = {api.REBUILD: "local", api.ORDER: "create-first"}
+
+
+def test_create_first_places_a_successor_beside_a_predecessor_without_one() -> None:
+    cache, _, _, _ = cluster()
+    cache.apply("pods", "ADDED", replica("a", "old", node_name="n2"))
+    cache.apply("pods", "ADDED", replica("b", "old", node_name="n3"))
+    new = replica("c", "new")
+    assert sorted(cache.homes(cache.note_pending(new, pod_request(new)))) == ["n2", "n3"]
+
+    cache.apply("pods", "ADDED", replica("d", "new", node_name="n2"))  # n2 has its successor
+    assert cache.homes(cache.note_pending(new, pod_request(new))) == ["n3"]
+
+    plain = pod("e", "x", annotations={api.REBUILD: "local"})  # delete-first: no homes
+    assert cache.homes(cache.note_pending(plain, pod_request(plain))) == []
+
+
+def test_settle_waits_for_the_watch_then_answers_at_once() -> None:
+    cache, _, _, _ = cluster()
+    successor = pod("new", "web-0", annotations=OPTED)
+    pending = cache.note_pending(successor, pod_request(successor))
+    assert cache.settling(pending)  # the scheduler asked before the watch showed the pod
+    threading.Timer(0.05, cache.apply, ("pods", "ADDED", successor)).start()
+    started = time.monotonic()
+    settled = asyncio.run(_settle(cache, pending))
+    assert settled.watched and 0.04 < time.monotonic() - started < 0.4
+    started = time.monotonic()
+    asyncio.run(_settle(cache, settled))  # nothing to wait for
+    assert time.monotonic() - started < 0.05
