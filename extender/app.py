@@ -233,6 +233,12 @@ def create_app(
                 out = decider.filter_held(
                     snapshot, pending, names, holds, choose=settings.decide_in_filter
                 )
+            elif cache is not None and pending is not None and cache.contested(pending):
+                reason = (
+                    "local rebuild: every room held for this pod's workload is promised to "
+                    "another successor being bound; waiting"
+                )
+                out = FilterOutcome([], {}, dict.fromkeys(names, reason))
             else:
                 homes = set(cache.homes(pending)) if cache is not None and pending else set()
                 choose = settings.decide_in_filter

@@ -121,11 +121,14 @@ class BindService:
                         return replace(ticket, error=f"node {node} is not in Fulcrum's cache")
                     holds = self.cache.holds(pending)
                     hold = next((h for h in holds if h.node == node), None)
-                    if hold is None and (holds or self.cache.leaving(pending)):
+                    if hold is None and (
+                        holds or self.cache.leaving(pending) or self.cache.contested(pending)
+                    ):
                         return replace(  # another successor claimed the room filter saw
                             ticket,
-                            error=f"pod {pod}: its predecessor's room on node {node} was "
-                            "claimed by another successor; the scheduler will retry",
+                            error=f"pod {pod}: no room held for it on node {node} (its "
+                            "workload's held rooms are elsewhere, or claimed by or promised to "
+                            "other successors); the scheduler will retry",
                         )
                     lapsed = None if hold else next(iter(self.cache.lapsed(pending)), None)
                     if hold is not None or lapsed is not None:  # a lapsed one: just its IP

@@ -332,6 +332,22 @@ class ClusterCache:
                     found.append(r)
             return found
 
+    def contested(self, pending: PendingPod) -> int:
+        """How many active rooms of ``pending``'s predecessors are promised to other pods."""
+        if pending.successor is None:
+            return 0
+        now, clock = self.now(), time.monotonic()
+        with self.lock:
+            return sum(
+                1
+                for rid, r in self.reservations.items()
+                if r.key == pending.successor
+                and rid not in self._claims
+                and r.active(now)
+                and self._promised.get(rid, (pending.uid, 0.0))[0] != pending.uid
+                and self._promised[rid][1] >= clock
+            )
+
     def promise(self, reservation: rebuild.Reservation, uid: str) -> None:
         """Keep ``reservation`` for pod ``uid`` (filter chose its node) until it binds, briefly."""
         with self.lock:

@@ -115,7 +115,12 @@ class Store:
             for pod in self.owned_pods("StatefulSet", key):
                 self.queue.add(f"pods/{_id(pod)}")
         elif kind != "pods" or _relevant(obj):
-            self.queue.add(f"{kind}/{key}")
+            # a pod held by our finalizer first: its successor waits for it to go
+            meta = _meta(obj)
+            held = bool(meta.get("deletionTimestamp")) and api.FINALIZER in (
+                meta.get("finalizers") or []
+            )
+            self.queue.add(f"{kind}/{key}", urgent=held)
 
     def get(self, kind: str, key: str) -> Obj | None:
         with self.lock:
@@ -496,7 +501,7 @@ class Controller:
             obj.setdefault("status", {})["phase"] = "Expired"
             return obj
 
-        self.update_reservation(r.namespace, r.name, mark)
+        self.update_custom(api.RESERVATIONS, r.namespace, r.name, mark)
         for pod in self.pending_successors(r.namespace, r.key)[:1]:
             # the status write also makes kube-scheduler look at the pod again
             self.report(
@@ -609,26 +614,20 @@ class Controller:
     def update_pool(
         self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
     ) -> None:
-        update_object(
-            lambda: self.custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.IPPOOLS, name
-            ),
-            lambda body: self.custom.replace_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.IPPOOLS, name, body
-            ),
-            change,
-        )
+        self.update_custom(api.IPPOOLS, namespace, name, change)
 
-    def update_reservation(
-        self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    def update_custom(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
     ) -> None:
+        """Compare-and-swap one of Fulcrum's custom objects (``rebuild.kube.update_object``)."""
+        where = (api.GROUP, api.VERSION, namespace, plural, name)
         update_object(
-            lambda: self.custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.RESERVATIONS, name
-            ),
-            lambda body: self.custom.replace_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.RESERVATIONS, name, body
-            ),
+            lambda: self.custom.get_namespaced_custom_object(*where),
+            lambda body: self.custom.replace_namespaced_custom_object(*where, body),
             change,
         )
 

@@ -71,10 +71,17 @@ class WorkQueue:
         self._order = itertools.count()
         self._shutting_down = False
 
-    def add(self, key: str) -> None:
-        """Queue ``key`` unless it is already queued (or it is processing: then on ``done``)."""
+    def add(self, key: str, *, urgent: bool = False) -> None:
+        """Queue ``key`` unless it is already queued (or it is processing: then on ``done``).
+
+        An ``urgent`` key goes to the front, ahead of everything ready (moved there if it was
+        queued already).
+        """
         with self._cond:
-            self._add(key)
+            if urgent and key in self._dirty and key not in self._processing:
+                self._ready.remove(key)
+                self._dirty.discard(key)
+            self._add(key, urgent=urgent)
 
     def add_after(self, key: str, seconds: float) -> None:
         """Queue ``key`` in ``seconds``; an earlier pending request for it wins."""
@@ -157,12 +164,15 @@ class WorkQueue:
             self._promote(self._clock())
             return len(self._ready)
 
-    def _add(self, key: str) -> None:
+    def _add(self, key: str, *, urgent: bool = False) -> None:
         if self._shutting_down or key in self._dirty:
             return
         self._dirty.add(key)
         if key not in self._processing:
-            self._ready.append(key)
+            if urgent:
+                self._ready.appendleft(key)
+            else:
+                self._ready.append(key)
             self._cond.notify()
 
     def _promote(self, now: float) -> None:

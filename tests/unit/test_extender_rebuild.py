@@ -272,3 +272,31 @@ def test_settle_waits_for_the_watch_then_answers_at_once() -> None:
     started = time.monotonic()
     asyncio.run(_settle(cache, settled))  # nothing to wait for
     assert time.monotonic() - started < 0.05
+
+
+def test_a_room_promised_to_one_successor_makes_another_wait_not_go_elsewhere() -> None:
+    cache, decider, apiserver, binds = cluster()
+    old = replica("old", "v1", node_name="n2")
+    old["metadata"]["annotations"] = dict(OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    cache.apply("reservations", "ADDED", reservation(old, "n2"))
+    first, second = replica("s1", "v2"), replica("s2", "v2")
+    for p in (first, second):
+        p["metadata"]["annotations"] = dict(OPTED)
+        cache.apply("pods", "ADDED", p)
+
+    one = cache.note_pending(first, pod_request(first))
+    with cache.lock:
+        out = decider.filter_held(
+            cache.snapshot, one, ["n1", "n2", "n3"], cache.holds(one), choose=True
+        )
+    assert out.passed == ["n2"]  # and promised to s1
+
+    two = cache.note_pending(second, pod_request(second))
+    assert cache.holds(two) == [] and cache.contested(two) == 1
+    refused = asyncio.run(binds.bind("ns", second["metadata"]["name"], "s2", "n1"))
+    assert "promised to other successors" in refused
+    assert asyncio.run(binds.bind("ns", first["metadata"]["name"], "s1", "n2")) == ""
+    assert apiserver.bound["s1"][1][api.RESERVATION] == api.reservation_name("old")
+    assert cache.contested(two) == 0

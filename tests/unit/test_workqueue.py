@@ -198,3 +198,12 @@ def test_get_times_out(timeout: float) -> None:
     started = time.monotonic()
     assert WorkQueue().get(timeout) is None
     assert time.monotonic() - started < timeout + 0.1
+
+
+def test_an_urgent_key_jumps_the_queue() -> None:
+    queue = WorkQueue()
+    for key in ("a", "b", "c"):
+        queue.add(key)
+    queue.add("c", urgent=True)
+    queue.add("d", urgent=True)
+    assert [queue.get(timeout=0) for _ in range(4)] == ["d", "c", "a", "b"]
