@@ -379,7 +379,7 @@ class _Clock:
         self.want = want
         self.lock = threading.Lock()
         self.deleted: dict[str, tuple[str, float]] = {}  # uid -> (app, first seen terminating)
-        self.ready: dict[str, tuple[str, float, str]] = {}  # uid -> (app, Ready, claimed)
+        self.ready: dict[str, tuple[str, float]] = {}  # uid -> (app, when it became Ready)
         self.informer = Informer(
             "pods",
             functools.partial(kit.core.list_namespaced_pod, namespace),
@@ -407,8 +407,7 @@ class _Clock:
                 )
                 and self.want(dict(obj))
             ):
-                claimed = (meta.get("annotations") or {}).get(api.RESERVATION, "")
-                self.ready[uid] = (app, now, claimed)
+                self.ready[uid] = (app, now)
 
 
 @dataclass(frozen=True)
@@ -445,8 +444,9 @@ def roll(
 ) -> dict[str, Rollout]:
     """Make ``change`` and follow every app's rollout until ``apps[app]`` pods satisfy ``want``.
 
-    A successor that claimed a Reservation is paired with the predecessor it names; the others
-    (apps without local rebuild) with the predecessors in order of time.
+    Per-pod latency pairs the i-th predecessor to start terminating with the i-th successor to
+    become Ready, the same way for every app (Deployment replicas are interchangeable, so the
+    Reservation a successor claimed need not be its own predecessor's).
     """
     clock = _Clock(kit, namespace, want)
     clock.informer.start()
@@ -470,13 +470,9 @@ def roll(
     for app, n in apps.items():
         old = {m.uid for m in before[app].values()}
         with clock.lock:
-            gone = {u: t for u, (a, t) in clock.deleted.items() if a == app and u in old}
-            new = [(t, c) for u, (a, t, c) in clock.ready.items() if a == app and u not in old]
-        paired = [t - gone[c[3:]] for t, c in new if c and c[3:] in gone]
-        rest_new = sorted(t for t, c in new if not (c and c[3:] in gone))
-        claimed = {c[3:] for _, c in new if c}
-        rest_old = sorted(t for u, t in gone.items() if u not in claimed)
-        paired += [b - a for a, b in zip(rest_old, rest_new, strict=False)]
+            gone = sorted(t for u, (a, t) in clock.deleted.items() if a == app and u in old)
+            ready = sorted(t for u, (a, t) in clock.ready.items() if a == app and u not in old)
+        latencies = [b - a for a, b in zip(gone, ready, strict=False)]
         after = members(kit, namespace, app)
-        out[app] = Rollout(app, n, seconds[app], paired, kept(before[app], after))
+        out[app] = Rollout(app, n, seconds[app], latencies, kept(before[app], after))
     return out
