@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda: all(rr.running(kit, ns, a, lambda _: True) == n for a, n in apps.items()),
             timeout=1200,
         )
+        # a pod deleted before the controller has put its finalizer on is not held for
+        waited = rr.wait_for(
+            "finalizers", lambda: rr.guarded(kit, ns, "opted") == args.pods, timeout=600
+        )
+        say(f"all opted-in pods guarded by the rebuild finalizer ({waited:.1f} s after Running)")
         say("env change on both Deployments")
         results = rr.roll(
             kit,

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from extender.bind import Binder, BindService
 from extender.cache import ClusterCache, PendingPod
 from extender.config import ExtenderSettings
-from extender.decide import Decider, FilterOutcome, WeightedPolicy
+from extender.decide import Decider, WeightedPolicy
 from extender.preempt import candidates_from_wire, result_to_wire, select_victims
 from extender.resources import node_spec, pod_request
 from extender.wire import (
@@ -215,41 +215,13 @@ def create_app(
         pending = cache.note_pending(args.Pod, pod) if cache is not None else None
         if cache is not None and pending is not None:
             pending = await _settle(cache, pending)
-        holds = cache.holds(pending) if cache is not None and pending is not None else []
-        leaving = cache.leaving(pending) if cache is not None and pending and not holds else []
         with view(args) as snapshot:
-            if pending and pending.successor and not pending.watched and not holds:
-                # the scheduler saw the pod before our watch did: we may also have missed its
-                # predecessor's deletion, so the pod's home is not known yet
-                reason = "local rebuild: Fulcrum's cache has not caught up with this pod yet"
-                out = FilterOutcome([], {}, dict.fromkeys(names, reason))
-            elif leaving:
-                reason = (
-                    f"waiting for the rebuild controller to reserve node {leaving[0]}, where "
-                    "this pod's predecessor is terminating"
-                )
-                out = FilterOutcome([], {}, dict.fromkeys(names, reason))
-            elif holds and pending is not None:
-                out = decider.filter_held(
-                    snapshot, pending, names, holds, choose=settings.decide_in_filter
-                )
-            elif cache is not None and pending is not None and cache.contested(pending):
-                reason = (
-                    "local rebuild: every room held for this pod's workload is promised to "
-                    "another successor being bound; waiting"
-                )
-                out = FilterOutcome([], {}, dict.fromkeys(names, reason))
-            else:
-                homes = set(cache.homes(pending)) if cache is not None and pending else set()
-                choose = settings.decide_in_filter
-                out = decider.filter(snapshot, pod, names, choose=choose and not homes)
-                if homes:  # create-first: beside a predecessor where there is headroom, if any
-                    beside = [n for n in out.passed if n in homes] or out.passed
-                    if choose and beside:
-                        beside = decider.filter(snapshot, pod, beside, choose=True).passed
-                    reason = "create-first: placed beside its predecessor"
-                    others = {n: reason for n in out.passed if n not in beside}
-                    out = FilterOutcome(beside, out.failed, {**out.unresolvable, **others})
+            choose = settings.decide_in_filter
+            out = (
+                decider.filter_rebuild(snapshot, pending, names, choose=choose) if pending else None
+            )
+            if out is None:
+                out = decider.filter(snapshot, pod, names, choose=choose)
         metrics.decisions.labels("passed").inc(len(out.passed))
         metrics.decisions.labels("failed").inc(len(out.failed) + len(out.unresolvable))
         if args.NodeNames is not None:

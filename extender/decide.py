@@ -205,6 +205,51 @@ class Decider:
             out.passed[:] = [snapshot.names[int(best)]]
         return out
 
+    def filter_rebuild(
+        self, snapshot: Snapshot, pod: PendingPod, names: Sequence[str], *, choose: bool = False
+    ) -> FilterOutcome | None:
+        """Where local rebuild puts ``pod``, or None when it has no say (place it normally).
+
+        A successor waits (every node unresolvable, with the reason) while its home is not
+        known yet: our watch has not shown it (we may have missed its predecessor's deletion),
+        its predecessor is terminating unreserved, or every room held for its workload is
+        promised to another successor. It passes only on held rooms (``filter_held``). A
+        ``create-first`` pod passes only beside a predecessor, where there is headroom.
+        """
+        cache = self.cache
+        if cache is None or pod.successor is None:
+            return None
+        holds = cache.holds(pod)
+        if holds:
+            return self.filter_held(snapshot, pod, names, holds, choose=choose)
+        leaving = cache.leaving(pod)
+        reason = ""
+        if not pod.watched:
+            reason = "local rebuild: Fulcrum's cache has not caught up with this pod yet"
+        elif leaving:
+            reason = (
+                f"waiting for the rebuild controller to reserve node {leaving[0]}, where this "
+                "pod's predecessor is terminating"
+            )
+        elif cache.contested(pod):
+            reason = (
+                "local rebuild: every room held for this pod's workload is promised to another "
+                "successor being bound; waiting"
+            )
+        if reason:
+            return FilterOutcome([], {}, dict.fromkeys(names, reason))
+        homes = set(cache.homes(pod))
+        if not homes:
+            return None
+        out = self.filter(snapshot, pod.request, names)
+        beside = [n for n in out.passed if n in homes] or out.passed  # no headroom: anywhere
+        if choose and beside:
+            beside = self.filter(snapshot, pod.request, beside, choose=True).passed
+        others = {n: "create-first: placed beside its predecessor" for n in out.passed}
+        for n in beside:
+            others.pop(n)
+        return FilterOutcome(beside, out.failed, {**out.unresolvable, **others})
+
     def filter_held(
         self,
         snapshot: Snapshot,

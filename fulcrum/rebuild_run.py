@@ -289,6 +289,18 @@ def running(kit: Kit, namespace: str, app: str, want: Callable[[dict[str, Any]],
     return count
 
 
+def guarded(kit: Kit, namespace: str, app: str) -> int:
+    """How many of the app's live pods carry the rebuild finalizer (the controller saw them)."""
+    pods = kit.core.list_namespaced_pod(
+        namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
+    )
+    return sum(
+        api.FINALIZER in (pod["metadata"].get("finalizers") or [])
+        for pod in orjson.loads(pods.data)["items"]
+        if not pod["metadata"].get("deletionTimestamp")
+    )
+
+
 def wait_for(
     what: str, check: Callable[[], bool], *, timeout: float = 300, interval: float = 0.5
 ) -> float:
