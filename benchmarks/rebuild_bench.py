@@ -14,8 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+
+import orjson
 
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
@@ -83,6 +86,25 @@ def main(argv: list[str] | None = None) -> int:
             f"time ratio opted/plain {opted.seconds / plain.seconds:.2f}; "
             f"total {time.monotonic() - started:.0f} s"
         )
+        reasons = Counter(
+            e["reason"]
+            for e in orjson.loads(kit.core.list_namespaced_event(ns, _preload_content=False).data)[
+                "items"
+            ]
+            if e["reason"].startswith(("Rebuild", "Reserved"))
+        )
+        print("rebuild events: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
+        time.sleep(5)  # the controller finishes the last claims
+        left = kit.custom.list_namespaced_custom_object(
+            "fulcrum.io", "v1alpha1", ns, "reservations"
+        )
+        pool = kit.custom.get_namespaced_custom_object(
+            "fulcrum.io", "v1alpha1", ns, "ippools", "opted"
+        )
+        holders = Counter(
+            h.split(":")[0] for h in (pool.get("status") or {}).get("allocations", {}).values()
+        )
+        print(f"reservations left: {len(left['items'])}; pool holders: {dict(holders)}")
         if args.out:
             rr.write_json(args.out, {app: asdict(r) for app, r in results.items()})
     finally:

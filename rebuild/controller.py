@@ -371,6 +371,9 @@ class Controller:
         meta = _meta(pod)
         namespace, uid = str(meta["namespace"]), str(meta["uid"])
         found = self.store.get("reservations", f"{namespace}/{claimed}")
+        if found is None and self.status(pod).get("action") not in ("claimed", "rebuilt"):
+            # our reservations watch may lag the pods watch: ask before deciding it is done
+            found = self.read_custom(api.RESERVATIONS, namespace, claimed)
         if found is not None:
             crash_point("claiming")
             reservation = api.Reservation.from_object(found)
@@ -610,6 +613,18 @@ class Controller:
                 self.update_pool(namespace, pool, lambda p: ippool.transfer(p, old, new))
             else:
                 self.update_pool(namespace, pool, functools.partial(_release, old))
+
+    def read_custom(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """One of Fulcrum's custom objects as the apiserver has it now, or None (404)."""
+        try:
+            found: Obj = self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, plural, name
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
 
     def update_pool(
         self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]

@@ -598,6 +598,22 @@ def test_the_successor_takes_the_ip_and_is_rebuilt_once_ready() -> None:
     assert rig.apiserver.reasons() == ["Reserved", "RebuildClaimed"]  # "rebuilt" is no Event
 
 
+def test_a_claim_is_finished_even_when_the_reservations_watch_lags() -> None:
+    rig = cluster(("pods", pod(OLD)))
+    rig.apiserver.delete_pod("web-0")
+    rig.reconcile("pods/ns/web-0")
+    successor = pod(NEW, annotations={**BOUND, api.RESERVATION: HELD}, finalized=False)
+    rig.apiserver.put("pods", successor)
+    rig.sync()
+    rig.controller.store.apply("reservations", "DELETED", rig.apiserver.reservations()[0])
+
+    rig.controller.reconcile("pods/ns/web-0")  # the store has not seen the Reservation
+
+    assert rig.apiserver.reservations() == []
+    assert ippool.holders(rig.apiserver.pool()) == {f"pod:{NEW}": IP}
+    assert rig.apiserver.status("web-0")["action"] == "claimed"
+
+
 # --- 5. expiry ----------------------------------------------------------------------------
 
 
