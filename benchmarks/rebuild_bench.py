@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-unavailable", default="25%")
     parser.add_argument("--name", default="fulcrum-rebuild-bench")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     args = parser.parse_args(argv)
 
     def say(msg: str) -> None:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             if e["reason"].startswith(("Rebuild", "Reserved"))
         )
         print("rebuild events: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
-        time.sleep(5)  # the controller finishes the last claims
+        time.sleep(5)  # the controller may still be finishing claims: a snapshot
         left = kit.custom.list_namespaced_custom_object(
             "fulcrum.io", "v1alpha1", ns, "reservations"
         )
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             rr.write_json(args.out, {app: asdict(r) for app, r in results.items()})
     finally:
-        cluster.down(args.name, log=say)
+        if not args.keep:
+            cluster.down(args.name, log=say)
     return 0
 
 

@@ -45,6 +45,7 @@ from rebuild.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 30.0
+ABANDON_SECONDS = 120.0  # a reservation nothing came for is dropped after this
 EXPIRED_GRACE = timedelta(minutes=5)  # an expired reservation keeps its IP this long
 COMPONENT = "fulcrum-rebuild"
 Obj = Mapping[str, Any]
@@ -170,7 +171,7 @@ class Controller:
         self.workers = workers
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         self._absent: set[str] = set()  # pool holders seen without a live owner once
-        self._idle: set[str] = set()  # held reservations seen without a pending successor once
+        self._idle: dict[str, float] = {}  # held reservation -> since when no successor came
         self._stop = threading.Event()
         self.informers: list[Informer] = []
 
@@ -531,10 +532,13 @@ class Controller:
     def sweep(self) -> None:
         """Drop abandoned reservations; release addresses whose holder is gone.
 
-        Both only when seen so on two sweeps in a row (SWEEP_SECONDS apart), so a successor or
-        pod that is just being created is never mistaken for a missing one.
+        An address only when its holder was missing on two sweeps in a row (SWEEP_SECONDS
+        apart), so a pod that is just being created is never mistaken for a missing one; a
+        reservation only once nothing came for it for ABANDON_SECONDS (on two sweeps at least):
+        under load a workload controller can take a while to create a successor.
         """
-        idle: set[str] = set()
+        idle: dict[str, float] = {}
+        clock = time.monotonic()
         pods = self.store.all("pods")
         around = {str(_meta(p).get("uid")) for p in pods}  # predecessors still terminating
         claimed = {
@@ -552,8 +556,8 @@ class Controller:
                 or self.pending_successors(r.namespace, r.key)
             ):
                 continue
-            idle.add(rid)
-            if rid in self._idle:  # its predecessor is not coming back: scaled down, deleted
+            idle[rid] = self._idle.get(rid, clock)
+            if rid in self._idle and clock - idle[rid] >= ABANDON_SECONDS:  # scaled down, deleted
                 self.event(
                     obj,
                     "RebuildAbandoned",

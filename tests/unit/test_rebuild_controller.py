@@ -20,6 +20,7 @@ import pytest
 from kubernetes.client import ApiClient, ApiException
 
 from rebuild import api, ippool
+from rebuild import controller as controller_module
 from rebuild.controller import CRASH_ENV, EXPIRED_GRACE, Controller, Store
 from rebuild.hooks import ANNOTATION as HOOKS
 from rebuild.hooks import LEADER, LEADER_RETRY_SECONDS, ROLE_LABEL
@@ -696,13 +697,17 @@ def test_a_holder_that_shows_up_between_sweeps_is_kept() -> None:
     assert ippool.holders(rig.apiserver.pool()) == {f"pod:{NEW}": IP}
 
 
-def test_a_reservation_nobody_comes_back_for_is_dropped_on_the_second_sweep() -> None:
+def test_a_reservation_nobody_comes_back_for_is_dropped_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rig = cluster(("reservations", held()), allocations={IP: f"reservation:{HELD}"})
 
     rig.reconcile("sweep")
+    rig.reconcile("sweep")  # two sweeps, but not ABANDON_SECONDS yet
     assert len(rig.apiserver.reservations()) == 1
     assert rig.apiserver.events == []
 
+    monkeypatch.setattr(controller_module, "ABANDON_SECONDS", 0.0)
     rig.reconcile("sweep")
     assert rig.apiserver.reservations() == []
     assert rig.apiserver.pool()["status"]["allocations"] == {}
@@ -712,7 +717,10 @@ def test_a_reservation_nobody_comes_back_for_is_dropped_on_the_second_sweep() ->
     assert "released node n1 and IP 10.0.0.2" in event["message"]
 
 
-def test_a_reservation_with_a_pending_successor_survives_sweeps() -> None:
+def test_a_reservation_with_a_pending_successor_survives_sweeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(controller_module, "ABANDON_SECONDS", 0.0)
     waiting = pod(NEW, node_name=None, annotations=OPTED, finalized=False)
     rig = cluster(
         ("reservations", held()), ("pods", waiting), allocations={IP: f"reservation:{HELD}"}
@@ -726,7 +734,10 @@ def test_a_reservation_with_a_pending_successor_survives_sweeps() -> None:
     assert rig.apiserver.events == []
 
 
-def test_a_reservation_survives_sweeps_while_its_predecessor_terminates() -> None:
+def test_a_reservation_survives_sweeps_while_its_predecessor_terminates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(controller_module, "ABANDON_SECONDS", 0.0)
     terminating = pod(OLD, finalized=False)
     terminating["metadata"]["deletionTimestamp"] = "2026-11-27T08:00:00Z"
     rig = cluster(
