@@ -18,8 +18,10 @@ How a rebuild goes (``docs/rebuild.md`` has the whole story):
    ``fulcrum.io/rebuild-wait``: its room is released and the successor is placed normally (it
    keeps the IP), with an Event saying why.
 
-Image-only changes of a StatefulSet with ``updateStrategy: OnDelete`` are applied in place (same
-pod, same node, same IP). All state is in the apiserver; this process keeps only caches.
+Changes of a StatefulSet with ``updateStrategy: OnDelete`` that touch only images and cpu/memory
+are applied in place (same pod, same node, same IP): images by a pod update, cpu/memory through
+the ``resize`` subresource; anything else is a local recreate. All state is in the apiserver;
+this process keeps only caches.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -413,7 +416,7 @@ class Controller:
         return None
 
     def in_place(self, pod: Obj) -> float | None:
-        """StatefulSets with OnDelete: images in place, anything else by a local recreate."""
+        """StatefulSets with OnDelete: images and cpu/memory in place, the rest recreated."""
         owner = next(
             (
                 r
@@ -439,12 +442,12 @@ class Controller:
             return verdict.retry_after or 5.0
         template = sts["spec"]["template"]["spec"]
         claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates") or []}
-        images = _image_only_change(pod["spec"], template, claims)
+        change = _in_place_change(pod["spec"], template, claims)
         name, namespace = _meta(pod)["name"], _meta(pod)["namespace"]
-        if images is not None:
-            patch = [
+        if change is not None and self.resize(pod, change.resources):
+            patch: list[dict[str, Any]] = [
                 {"op": "replace", "path": f"/spec/containers/{i}/image", "value": image}
-                for i, image in images.items()
+                for i, image in change.images.items()
             ]
             patch.append(
                 {
@@ -454,11 +457,34 @@ class Controller:
                 }
             )
             self.core.patch_namespaced_pod(name, namespace, patch)
-            self.report(pod, "in-place", f"image updated in place to revision {revision}")
+            what = " and ".join(
+                w
+                for w, done in (("image", change.images), ("cpu/memory", change.resources))
+                if done
+            )
+            self.report(pod, "in-place", f"{what} updated in place to revision {revision}")
         else:
             self.report(pod, "recreating", f"local recreate for revision {revision}")
             self.core.delete_namespaced_pod(name, namespace)
         return None
+
+    def resize(self, pod: Obj, resources: Mapping[str, Mapping[str, Any]]) -> bool:
+        """cpu/memory through the pod's ``resize`` subresource; False if the server refuses."""
+        if not resources:
+            return True
+        body = {
+            "spec": {
+                "containers": [{"name": n, "resources": r} for n, r in sorted(resources.items())]
+            }
+        }
+        try:
+            self.core.patch_namespaced_pod_resize(_meta(pod)["name"], _meta(pod)["namespace"], body)
+        except client.ApiException as exc:
+            if exc.status in (400, 403, 404, 405, 422):  # unsupported, forbidden or infeasible
+                log.info("resize of %s refused (%s): recreating it instead", _id(pod), exc.reason)
+                return False
+            raise
+        return True
 
     def pre_rebuild(self, pod: Obj) -> Verdict:
         hooks = hooks_for(_meta(pod).get("annotations"), self.hooks)
@@ -755,10 +781,16 @@ def _own(items: Any) -> list[Any]:
     ]
 
 
-def _image_only_change(
-    pod_spec: Obj, template: Obj, claim_templates: set[str]
-) -> dict[int, str] | None:
-    """{container index: new image} if only images differ between pod and template, else None.
+@dataclass(frozen=True)
+class InPlace:
+    """What can change in a running pod: images (a pod update) and cpu/memory (a resize)."""
+
+    images: dict[int, str]  # container index -> new image
+    resources: dict[str, dict[str, Any]]  # container name -> new resources
+
+
+def _in_place_change(pod_spec: Obj, template: Obj, claim_templates: set[str]) -> InPlace | None:
+    """How to take ``template``'s change in place, or None if anything else differs.
 
     The StatefulSet controller adds a volume per claim template (``claim_templates``) to its
     pods, and the ServiceAccount admission plugin a token volume: neither is a difference.
@@ -772,14 +804,25 @@ def _image_only_change(
         != _own(template.get("volumes"))
     ):
         return None
-    changes: dict[int, str] = {}
+    change = InPlace({}, {})
     for i, (a, b) in enumerate(zip(have, want, strict=True)):
         a, b = _as_admitted(a), _as_admitted(b)
-        if any(a.get(k) != b.get(k) for k in _SAME):
+        if any(a.get(k) != b.get(k) for k in _SAME if k != "resources"):
             return None
         if a.get("image") != b.get("image"):
-            changes[i] = str(b.get("image"))
-    return changes or None
+            change.images[i] = str(b.get("image"))
+        if a.get("resources") != b.get("resources"):
+            if _without_cpu_memory(a.get("resources")) != _without_cpu_memory(b.get("resources")):
+                return None
+            change.resources[str(b["name"])] = b.get("resources") or {}
+    return change if change.images or change.resources else None
+
+
+def _without_cpu_memory(resources: Any) -> dict[str, Any]:
+    return {
+        kind: {r: q for r, q in (values or {}).items() if r not in ("cpu", "memory")}
+        for kind, values in (resources or {}).items()
+    }
 
 
 def _as_admitted(container: Obj) -> dict[str, Any]:

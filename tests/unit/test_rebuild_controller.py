@@ -89,6 +89,8 @@ class FakeApiserver:
     """The apiserver calls the controller makes (``grep 'self.core.\\|self.custom.'``)."""
 
     def __init__(self) -> None:
+        self.resized: list[str] = []
+        self.resize_refusal = 0  # an HTTP status to refuse resizes with (0: accept)
         self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in Store.KINDS}
         self.nodes: dict[str, SimpleNamespace] = {NODE: node()}
         self.events: list[Obj] = []
@@ -160,6 +162,16 @@ class FakeApiserver:
         added = set(pod["metadata"].get("finalizers") or []) - before
         if added and pod["metadata"].get("deletionTimestamp"):
             raise ApiException(status=422, reason="no new finalizers on an object being deleted")
+        return self._save_pod(pod)
+
+    def patch_namespaced_pod_resize(self, name: str, namespace: str, body: Obj) -> Obj:
+        if self.resize_refusal:
+            raise ApiException(status=self.resize_refusal, reason="resize refused")
+        pod = self._pod(name, namespace)
+        by_name = {c["name"]: c for c in pod["spec"]["containers"]}
+        for container in body["spec"]["containers"]:
+            by_name[container["name"]]["resources"] = copy.deepcopy(container["resources"])
+        self.resized.append(f"{namespace}/{name}")
         return self._save_pod(pod)
 
     def delete_namespaced_pod(self, name: str, namespace: str) -> Obj:
@@ -821,10 +833,12 @@ def statefulset_pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {}}
 
 
-def rolled(sts: Obj, *, image: str = "db:1", env: str = "a") -> Obj:
+def rolled(sts: Obj, *, image: str = "db:1", env: str = "a", cpu: str = "1") -> Obj:
     """``sts`` after a template change to revision db-2."""
     new = copy.deepcopy(sts)
-    new["spec"]["template"]["spec"]["containers"] = [app_container(image, env)]
+    container = app_container(image, env)
+    container["resources"]["requests"]["cpu"] = cpu
+    new["spec"]["template"]["spec"]["containers"] = [container]
     new["status"]["updateRevision"] = "db-2"
     return new
 
@@ -846,6 +860,26 @@ def test_an_image_change_is_applied_in_place() -> None:
 
     assert rig.reconcile("pods/ns/db-0") is None  # up to date now
     assert rig.apiserver.reasons() == ["RebuildInPlace"]
+
+
+@pytest.mark.parametrize("refusal", [0, 422])
+def test_a_cpu_change_is_a_resize_unless_the_server_refuses(refusal: int) -> None:
+    before = statefulset()
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", rolled(before, cpu="2")))
+    rig.apiserver.resize_refusal = refusal
+
+    assert rig.reconcile("pods/ns/db-0") is None
+
+    if refusal:  # e.g. a server without in-place resize: a local recreate instead
+        assert rig.apiserver.deleted_pods == ["ns/db-0"]
+        assert rig.apiserver.status("db-0")["action"] == "recreating"
+        return
+    after = rig.apiserver.pod("db-0")
+    assert rig.apiserver.resized == ["ns/db-0"] and rig.apiserver.deleted_pods == []
+    assert after["metadata"]["uid"] == OLD
+    assert after["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
+    assert after["metadata"]["labels"]["controller-revision-hash"] == "db-2"
+    assert rig.apiserver.status("db-0")["reason"] == "cpu/memory updated in place to revision db-2"
 
 
 def test_any_other_change_is_a_local_recreate() -> None:
