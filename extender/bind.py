@@ -119,34 +119,9 @@ class BindService:
                         row = snapshot.index_of(node)
                     except KeyError:
                         return replace(ticket, error=f"node {node} is not in Fulcrum's cache")
-                    holds = self.cache.holds(pending)
-                    hold = next((h for h in holds if h.node == node), None)
-                    if hold is None and (
-                        holds or self.cache.leaving(pending) or self.cache.contested(pending)
-                    ):
-                        return replace(  # another successor claimed the room filter saw
-                            ticket,
-                            error=f"pod {pod}: no room held for it on node {node} (its "
-                            "workload's held rooms are elsewhere, or claimed by or promised to "
-                            "other successors); the scheduler will retry",
-                        )
-                    lapsed = None if hold else next(iter(self.cache.lapsed(pending)), None)
-                    if hold is not None or lapsed is not None:  # a lapsed one: just its IP
-                        fits = (
-                            self.cache.fits_in_hold(hold, pending.request)
-                            if hold
-                            else bool(snapshot.feasible(pending.request)[row])
-                        )
-                        hold = hold or lapsed
-                        assert hold is not None
-                        claimed = f"{hold.namespace}/{hold.name}"
-                        self.cache.claim(claimed, uid)
-                        ticket = replace(ticket, claimed=claimed)
-                        ticket.annotations[rebuild.RESERVATION] = hold.name
-                        if hold.ip:
-                            ticket.annotations.update(ip_annotations(hold.ip))
-                    else:
-                        fits = bool(snapshot.feasible(pending.request)[row])
+                    ticket, fits = self._fit(ticket, pending, row)
+                    if ticket.error:
+                        return ticket
                     if not fits:
                         self._unclaim(ticket)
                         return replace(
@@ -156,10 +131,46 @@ class BindService:
                         )
                     if pending.request.gpu_count:
                         devices = self.choose_devices(snapshot, pending.request, node)
-                        ticket.annotations[GPU_DEVICES_ANNOTATION] = ",".join(map(str, devices))
+                        ticket = replace(
+                            ticket,
+                            annotations={
+                                **ticket.annotations,
+                                GPU_DEVICES_ANNOTATION: ",".join(map(str, devices)),
+                            },
+                        )
                     self.cache.assume(uid, node, devices)
             self._in_flight.add(uid)
         return replace(ticket, devices=devices, pending=pending)
+
+    def _fit(self, ticket: Ticket, pending: PendingPod, row: int) -> tuple[Ticket, bool]:
+        """Whether the pod fits its node by Fulcrum's accounting.
+
+        A local-rebuild successor claims the room held for it there (or, if its reservation
+        lapsed, just that reservation's IP); it is refused a node with no room held for it while
+        its workload still has held, leaving or promised rooms elsewhere.
+        """
+        holds = self.cache.holds(pending)
+        hold = next((h for h in holds if h.node == ticket.node), None)
+        if hold is None and (holds or self.cache.leaving(pending) or self.cache.contested(pending)):
+            error = (
+                f"pod {ticket.namespace}/{ticket.name}: no room held for it on node "
+                f"{ticket.node} (its workload's held rooms are elsewhere, or claimed by or "
+                "promised to other successors); the scheduler will retry"
+            )
+            return replace(ticket, error=error), False
+        if hold is not None:
+            fits = self.cache.fits_in_hold(hold, pending.request)
+        else:
+            fits = bool(self.cache.snapshot.feasible(pending.request)[row])
+            hold = next(iter(self.cache.lapsed(pending)), None)
+        if hold is None:
+            return ticket, fits
+        claimed = f"{hold.namespace}/{hold.name}"
+        self.cache.claim(claimed, ticket.uid)
+        annotations = {**ticket.annotations, rebuild.RESERVATION: hold.name}
+        if hold.ip:
+            annotations.update(ip_annotations(hold.ip))
+        return replace(ticket, claimed=claimed, annotations=annotations), fits
 
     def _unclaim(self, ticket: Ticket) -> None:
         if ticket.claimed:

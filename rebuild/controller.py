@@ -492,9 +492,12 @@ class Controller:
 
     def pod_gone(self, pod: Obj) -> None:
         """A pod left the apiserver: return its IP unless a reservation holds it now."""
-        self.release_pod_ip(pod)
+        self.release_pod_ip(pod, settle=False)
 
-    def release_pod_ip(self, pod: Obj) -> None:
+    def release_pod_ip(self, pod: Obj, *, settle: bool = True) -> None:
+        """Return the pod's address to its pool. Without ``settle``, only if the pool still
+        says the pod holds it (one conditional write): otherwise a reservation took it over, or
+        it was released already, and the sweep deals with anything left over."""
         meta = _meta(pod)
         annotations = meta.get("annotations") or {}
         pool = annotations.get(api.IP_POOL)
@@ -502,7 +505,7 @@ class Controller:
             holder = f"pod:{meta.get('uid')}"
             ip = annotations.get(api.ASSIGNED_IP)
             if ip:
-                self.move_ip(str(meta["namespace"]), pool, ip, holder, None)
+                self.move_ip(str(meta["namespace"]), pool, ip, holder, None, settle=settle)
             else:  # never bound with an address, or bound by another scheduler: check the pool
                 self.update_pool(str(meta["namespace"]), pool, functools.partial(_release, holder))
 
@@ -613,13 +616,15 @@ class Controller:
         self._absent = absent
 
     # --- apiserver writes ----------------------------------------------------------------------
-    def move_ip(self, namespace: str, pool: str, ip: str, old: str, new: str | None) -> None:
+    def move_ip(
+        self, namespace: str, pool: str, ip: str, old: str, new: str | None, *, settle: bool = True
+    ) -> None:
         """Hand ``ip`` from holder ``old`` to ``new`` (None: back to the pool) in one write.
 
         A JSON patch whose ``test`` makes it conditional on ``old`` still holding ``ip``: a
         compare-and-swap of that one entry, without reading (and rewriting) the whole pool. If
         the test fails (a retry after a crash, or a hand edit), the pool is read and the pure
-        ``ippool`` rules decide (idempotent: nothing to move is no write).
+        ``ippool`` rules decide (idempotent: nothing to move is no write), unless not ``settle``.
         """
         path = "/status/allocations/" + ip.replace("~", "~0").replace("/", "~1")
         ops: list[dict[str, Any]] = [{"op": "test", "path": path, "value": old}]
@@ -639,6 +644,8 @@ class Controller:
         except client.ApiException as exc:
             if exc.status not in (409, 422):
                 raise
+            if not settle:
+                return
             if new:
                 self.update_pool(namespace, pool, lambda p: ippool.transfer(p, old, new))
             else:
