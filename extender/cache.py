@@ -221,6 +221,24 @@ class ClusterCache:
         meta = pod.get("metadata") or {}
         if uid in self._leaving or rebuild.FINALIZER not in (meta.get("finalizers") or []):
             return
+        self._note_left(pod, uid, node)
+
+    def _note_left(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+        """An opted-in pod the rebuild controller will reserve for is going or gone.
+
+        Also called with the pod's last state when it leaves, in case the watch never showed it
+        terminating: pods the controller refuses or does not hold (create-first) are skipped.
+        """
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        if uid in self._leaving or rebuild.REBUILD not in annotations:
+            return
+        if rebuild.option_errors(annotations) or (
+            rebuild.data_loss_volumes(pod) and annotations.get(rebuild.ACCEPT_DATA_LOSS) != "true"
+        ):
+            return
+        if annotations.get(rebuild.ORDER) == "create-first":
+            return
         key = rebuild.successor_key(pod)
         if key is not None:
             with self.lock:
@@ -490,6 +508,10 @@ class ClusterCache:
             else:
                 self.upsert_reservation(obj)
         elif event == "DELETED":
+            node = (obj.get("spec") or {}).get("nodeName")
+            if node:
+                with self.lock:
+                    self._note_left(obj, obj["metadata"]["uid"], node)
             self.delete_pod(obj["metadata"]["uid"])
         else:
             self.upsert_pod(obj)

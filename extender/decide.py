@@ -8,6 +8,7 @@ internal 0..100 scale, weighted, then mapped to the extender's 0..10 in ``to_ext
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from scheduler.policy import Policy, PolicyContext
 from scheduler.score_cache import ScoreCache
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot
 
+log = logging.getLogger(__name__)
 WORKLOAD_REFRESH_SECONDS = 30.0
 _BASE = (("cpu", CPU_COL), ("memory", MEMORY_COL), ("ephemeral-storage", EPHEMERAL_COL))
 
@@ -240,6 +242,7 @@ class Decider:
             return FilterOutcome([], {}, dict.fromkeys(names, reason))
         homes = set(cache.homes(pod))
         if not homes:
+            log.info("%s: nothing held for %s; placing it normally", pod.key, pod.successor)
             return None
         out = self.filter(snapshot, pod.request, names)
         beside = [n for n in out.passed if n in homes] or out.passed  # no headroom: anywhere

@@ -300,3 +300,19 @@ def test_a_room_promised_to_one_successor_makes_another_wait_not_go_elsewhere() 
     assert asyncio.run(binds.bind("ns", first["metadata"]["name"], "s1", "n2")) == ""
     assert apiserver.bound["s1"][1][api.RESERVATION] == api.reservation_name("old")
     assert cache.contested(two) == 0
+
+
+def test_a_predecessor_seen_only_as_gone_still_makes_its_successor_wait() -> None:
+    cache, _, _, _ = cluster()
+    old = pod("old", "web-0", node_name="n1", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)  # its terminating state never reached us
+    successor = pod("new", "web-0", annotations=OPTED)
+    cache.apply("pods", "ADDED", successor)
+    assert cache.leaving(cache.note_pending(successor, pod_request(successor))) == ["n1"]
+
+    refused = pod("x", "scratch", node_name="n1", annotations={api.REBUILD: "nope"})
+    cache.apply("pods", "ADDED", refused)
+    cache.apply("pods", "DELETED", refused)  # the controller refuses it: nothing will be held
+    again = pod("y", "scratch", annotations={api.REBUILD: "nope"})
+    assert cache.leaving(cache.note_pending(again, pod_request(again))) == []
