@@ -134,23 +134,6 @@ def test_a_statefulset_on_delete_takes_an_image_change_in_place(kit: rr.Kit) -> 
     assert {k: m.uid for k, m in after.items()} == {k: m.uid for k, m in before.items()}
     assert {k: m.node for k, m in after.items()} == {k: m.node for k, m in before.items()}
 
-    kit.kubectl(  # cpu through the resize subresource: still the same pods
-        "set", "resources", "statefulset/cache", "--requests=cpu=3", "--limits=cpu=3", "-n", NS
-    )
-
-    def resized() -> bool:
-        pods = rr.members(kit, NS, "cache")
-        return all(
-            kit.core.read_namespaced_pod(m.name, NS).spec.containers[0].resources.requests["cpu"]
-            == "3"
-            for m in pods.values()
-        )
-
-    rr.wait_for("in-place resize", resized)
-    assert {k: m.uid for k, m in rr.members(kit, NS, "cache").items()} == {
-        k: m.uid for k, m in before.items()
-    }
-
     kit.kubectl("set", "env", "statefulset/cache", "REVISION=2", "-n", NS)  # not in place
     rr.wait_for("local recreate", lambda: rr.running(kit, NS, "cache", rr.has_env("2")) == 3)
     recreated = rr.members(kit, NS, "cache")
