@@ -57,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             objects.append(deployment)
         say(f"creating 2 Deployments of {args.pods} pods ({args.cpu} cpu each)")
         rr.apply(kit, objects)
-        rr.wait_for(
-            "pods running",
-            lambda: all(rr.running(kit, ns, a, lambda _: True) == n for a, n in apps.items()),
-            timeout=1200,
-        )
+        rr.wait_running(kit, ns, apps, timeout=1200)
         # a pod deleted before the controller has put its finalizer on is not held for
         waited = rr.wait_for(
             "finalizers", lambda: rr.guarded(kit, ns, "opted") == args.pods, timeout=600

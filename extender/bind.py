@@ -80,7 +80,6 @@ class Ticket:
     name: str
     uid: str
     node: str
-    devices: tuple[int, ...] | None = None
     error: str = ""
     done: bool = False
     annotations: dict[str, str] = field(default_factory=dict)
@@ -140,7 +139,7 @@ class BindService:
                         )
                     self.cache.assume(uid, node, devices)
             self._in_flight.add(uid)
-        return replace(ticket, devices=devices, pending=pending)
+        return replace(ticket, pending=pending)
 
     def _fit(self, ticket: Ticket, pending: PendingPod, row: int) -> tuple[Ticket, bool]:
         """Whether the pod fits its node by Fulcrum's accounting.

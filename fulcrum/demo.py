@@ -72,10 +72,7 @@ def _rebuild(name: str, replicas: int) -> None:
             rr.deployment(ns, "plain", replicas, opted=False),
         ],
     )
-    rr.wait_for(
-        "demo Deployments running",
-        lambda: all(rr.running(kit, ns, a, lambda _: True) == n for a, n in apps.items()),
-    )
+    rr.wait_running(kit, ns, apps)
     _say(
         f"\nlocal rebuild: Deployments 'local' (annotated fulcrum.io/rebuild: local, IP pool) and "
         f"'plain' ({replicas} pods each); `kubectl set env` on both at once"

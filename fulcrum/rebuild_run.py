@@ -28,6 +28,7 @@ from fulcrum import cluster
 from fulcrum.cluster import FULCRUM_SCHEDULER
 from fulcrum.workload import PAUSE_IMAGE
 from rebuild import api
+from rebuild.hooks import is_ready
 from rebuild.kube import Informer
 
 NEW_IMAGE = "registry.k8s.io/pause:3.9"
@@ -242,16 +243,21 @@ def replace_force(kit: Kit, objects: list[dict[str, Any]]) -> None:
         kit.kubectl("replace", "--force", "-f", manifest.name)
 
 
-def members(kit: Kit, namespace: str, app: str) -> dict[str, Member]:
-    """The app's live pods (not terminating), by successor key."""
+def live_pods(kit: Kit, namespace: str, app: str) -> list[dict[str, Any]]:
+    """The app's pods that are not terminating, as JSON."""
     pods = kit.core.list_namespaced_pod(
         namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
     )
+    return [
+        p for p in orjson.loads(pods.data)["items"] if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def members(kit: Kit, namespace: str, app: str) -> dict[str, Member]:
+    """The app's live pods, by successor key."""
     out: dict[str, Member] = {}
-    for pod in orjson.loads(pods.data)["items"]:
+    for pod in live_pods(kit, namespace, app):
         meta = pod["metadata"]
-        if meta.get("deletionTimestamp"):
-            continue
         key = api.successor_key(pod) or meta["name"]
         if key.startswith("Deployment/"):
             key = f"{key}/{meta['name']}"  # replicas are interchangeable: keep each one apart
@@ -267,37 +273,31 @@ def members(kit: Kit, namespace: str, app: str) -> dict[str, Member]:
     return out
 
 
+def _up(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running" and is_ready(pod)
+
+
 def running(kit: Kit, namespace: str, app: str, want: Callable[[dict[str, Any]], bool]) -> int:
     """How many of the app's live pods are Running, Ready and satisfy ``want``."""
-    pods = kit.core.list_namespaced_pod(
-        namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
+    return sum(_up(pod) and want(pod) for pod in live_pods(kit, namespace, app))
+
+
+def wait_running(
+    kit: Kit, namespace: str, apps: Mapping[str, int], *, timeout: float = 300
+) -> None:
+    """Until every app has its count of live pods Running and Ready."""
+    wait_for(
+        f"{', '.join(apps)} running",
+        lambda: all(running(kit, namespace, a, lambda _: True) == n for a, n in apps.items()),
+        timeout=timeout,
     )
-    count = 0
-    for pod in orjson.loads(pods.data)["items"]:
-        status = pod.get("status") or {}
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        if (
-            not pod["metadata"].get("deletionTimestamp")
-            and status.get("phase") == "Running"
-            and ready
-            and want(pod)
-        ):
-            count += 1
-    return count
 
 
 def guarded(kit: Kit, namespace: str, app: str) -> int:
     """How many of the app's live pods carry the rebuild finalizer (the controller saw them)."""
-    pods = kit.core.list_namespaced_pod(
-        namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
-    )
     return sum(
         api.FINALIZER in (pod["metadata"].get("finalizers") or [])
-        for pod in orjson.loads(pods.data)["items"]
-        if not pod["metadata"].get("deletionTimestamp")
+        for pod in live_pods(kit, namespace, app)
     )
 
 
@@ -406,19 +406,10 @@ class _Clock:
         now = time.monotonic()
         meta = obj["metadata"]
         uid, app = meta["uid"], (meta.get("labels") or {}).get(APP_LABEL, "")
-        status = obj.get("status") or {}
         with self.lock:
             if meta.get("deletionTimestamp") or event == "DELETED":
                 self.deleted.setdefault(uid, (app, now))
-            elif (
-                uid not in self.ready
-                and status.get("phase") == "Running"
-                and any(
-                    c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in status.get("conditions") or []
-                )
-                and self.want(dict(obj))
-            ):
+            elif uid not in self.ready and _up(obj) and self.want(dict(obj)):
                 self.ready[uid] = (app, now)
 
 

@@ -151,6 +151,11 @@ class Store:
         ]
 
 
+def _unplaced(pod: Obj) -> bool:
+    """Not bound to a node yet, and not going away."""
+    return not (pod.get("spec") or {}).get("nodeName") and not _meta(pod).get("deletionTimestamp")
+
+
 def _relevant(pod: Obj) -> bool:
     meta = _meta(pod)
     annotations = meta.get("annotations") or {}
@@ -365,8 +370,7 @@ class Controller:
             pod
             for pod in self.store.all("pods")
             if _meta(pod).get("namespace") == namespace
-            and not (pod.get("spec") or {}).get("nodeName")
-            and not _meta(pod).get("deletionTimestamp")
+            and _unplaced(pod)
             and api.successor_key(pod) == key
         ]
 
@@ -569,20 +573,23 @@ class Controller:
         idle: dict[str, float] = {}
         clock = time.monotonic()
         pods = self.store.all("pods")
-        around = {str(_meta(p).get("uid")) for p in pods}  # predecessors still terminating
+        live = {str(_meta(p).get("uid")) for p in pods}  # predecessors still terminating, too
         claimed = {
             f"{_meta(p).get('namespace')}/{(_meta(p).get('annotations') or {})[api.RESERVATION]}"
             for p in pods
             if api.RESERVATION in (_meta(p).get("annotations") or {})
+        }
+        waiting = {  # (namespace, successor key) of every pending pod, once per sweep
+            (_meta(p).get("namespace"), api.successor_key(p)) for p in pods if _unplaced(p)
         }
         for obj in self.store.all("reservations"):
             r = api.Reservation.from_object(obj)
             rid = f"{r.namespace}/{r.name}"
             if (
                 r.phase != "Held"
-                or r.predecessor_uid in around
+                or r.predecessor_uid in live
                 or rid in claimed
-                or self.pending_successors(r.namespace, r.key)
+                or (r.namespace, r.key) in waiting
             ):
                 continue
             idle[rid] = self._idle.get(rid, clock)
@@ -599,7 +606,6 @@ class Controller:
                     )
                 self.delete_reservation(r.namespace, r.name)
         self._idle = idle
-        live = {str(_meta(p).get("uid")) for p in self.store.all("pods")}
         reservations = {_meta(r).get("name") for r in self.store.all("reservations")}
         absent: set[str] = set()
         for pool in self.store.all("ippools"):

@@ -67,11 +67,7 @@ def test_rollouts_bring_every_successor_back_on_its_node_with_its_ip_and_volumes
         ],
     )
     apps = {"web": 30, "plain": 30, "db": 10, "solo": 10}
-    rr.wait_for(
-        "workloads running",
-        lambda: all(rr.running(kit, NS, a, lambda _: True) == n for a, n in apps.items()),
-        timeout=240,
-    )
+    rr.wait_running(kit, NS, apps, timeout=240)
     for app in ("web", "db", "solo"):  # the controller has seen every opted-in pod
         rr.wait_for(f"{app} guarded", lambda a=app: rr.guarded(kit, NS, a) == apps[a])  # type: ignore[misc]
     results: dict[str, dict[str, rr.Rollout]] = {}
