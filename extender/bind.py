@@ -148,9 +148,9 @@ class BindService:
         lapsed, just that reservation's IP); it is refused a node with no room held for it while
         its workload still has held, leaving or promised rooms elsewhere.
         """
-        holds = self.cache.holds(pending)
-        hold = next((h for h in holds if h.node == ticket.node), None)
-        if hold is None and (holds or self.cache.leaving(pending) or self.cache.contested(pending)):
+        rooms = self.cache.rooms(pending)
+        hold = next((h for h in rooms.held if h.node == ticket.node), None)
+        if hold is None and (rooms.held or rooms.contested or self.cache.leaving(pending)):
             error = (
                 f"pod {ticket.namespace}/{ticket.name}: no room held for it on node "
                 f"{ticket.node} (its workload's held rooms are elsewhere, or claimed by or "
@@ -161,7 +161,7 @@ class BindService:
             fits = self.cache.fits_in_hold(hold, pending.request)
         else:
             fits = bool(self.cache.snapshot.feasible(pending.request)[row])
-            hold = next(iter(self.cache.lapsed(pending)), None)
+            hold = next(iter(rooms.lapsed), None)
         if hold is None:
             return ticket, fits
         claimed = f"{hold.namespace}/{hold.name}"

@@ -52,6 +52,15 @@ class PendingPod:
 
 
 @dataclass
+class Rooms:
+    """What the unclaimed reservations of a successor's predecessors offer it."""
+
+    held: list[rebuild.Reservation]  # active, and free or promised to it (that one first)
+    contested: int  # active but promised to another successor
+    lapsed: list[rebuild.Reservation]  # expired: only their IPs still wait
+
+
+@dataclass
 class Leaving:
     """An opted-in pod held by the rebuild finalizer while it terminates."""
 
@@ -329,60 +338,39 @@ class ClusterCache:
             self._claims.pop(rid, None)
             self._sync_hold(rid)
 
-    def holds(self, pending: PendingPod) -> list[rebuild.Reservation]:
-        """Active reservations ``pending`` may claim: its predecessors' rooms, not yet claimed
-        nor promised to another successor."""
+    def rooms(self, pending: PendingPod) -> Rooms:
+        """The unclaimed reservations of ``pending``'s predecessors, by what they offer it."""
+        rooms = Rooms([], 0, [])
         if pending.successor is None:
-            return []
+            return rooms
         now, clock = self.now(), time.monotonic()
         with self.lock:
-            found: list[rebuild.Reservation] = []
             for rid, r in self.reservations.items():
                 if r.key != pending.successor or rid in self._claims:
                     continue
                 if not r.active(now):  # expired since the last event: stop holding its room
                     self._sync_hold(rid)
+                    rooms.lapsed.append(r)
                     continue
                 promised, until = self._promised.get(rid, ("", 0.0))
                 if promised == pending.uid:
-                    found.insert(0, r)  # what filter chose for it comes first
+                    rooms.held.insert(0, r)  # what filter chose for it comes first
                 elif not promised or until < clock:
-                    found.append(r)
-            return found
+                    rooms.held.append(r)
+                else:
+                    rooms.contested += 1
+        return rooms
 
-    def contested(self, pending: PendingPod) -> int:
-        """How many active rooms of ``pending``'s predecessors are promised to other pods."""
-        if pending.successor is None:
-            return 0
-        now, clock = self.now(), time.monotonic()
-        with self.lock:
-            return sum(
-                1
-                for rid, r in self.reservations.items()
-                if r.key == pending.successor
-                and rid not in self._claims
-                and r.active(now)
-                and self._promised.get(rid, (pending.uid, 0.0))[0] != pending.uid
-                and self._promised[rid][1] >= clock
-            )
+    def holds(self, pending: PendingPod) -> list[rebuild.Reservation]:
+        """Active reservations ``pending`` may claim: its predecessors' rooms, not yet claimed
+        nor promised to another successor."""
+        return self.rooms(pending).held
 
     def promise(self, reservation: rebuild.Reservation, uid: str) -> None:
         """Keep ``reservation`` for pod ``uid`` (filter chose its node) until it binds, briefly."""
         with self.lock:
             rid = f"{reservation.namespace}/{reservation.name}"
             self._promised[rid] = (uid, time.monotonic() + PROMISE_SECONDS)
-
-    def lapsed(self, pending: PendingPod) -> list[rebuild.Reservation]:
-        """Expired, unclaimed reservations of ``pending``'s predecessors: their IPs still wait."""
-        if pending.successor is None:
-            return []
-        now = self.now()
-        with self.lock:
-            return [
-                r
-                for rid, r in self.reservations.items()
-                if r.key == pending.successor and rid not in self._claims and not r.active(now)
-            ]
 
     def leaving(self, pending: PendingPod, *, within: float = LEAVING_GRACE) -> list[str]:
         """Nodes of ``pending``'s predecessors that left (or are leaving) but are not reserved yet.

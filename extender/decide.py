@@ -221,9 +221,9 @@ class Decider:
         cache = self.cache
         if cache is None or pod.successor is None:
             return None
-        holds = cache.holds(pod)
-        if holds:
-            return self.filter_held(snapshot, pod, names, holds, choose=choose)
+        rooms = cache.rooms(pod)
+        if rooms.held:
+            return self.filter_held(snapshot, pod, names, rooms.held, choose=choose)
         leaving = cache.leaving(pod)
         reason = ""
         if not pod.watched:
@@ -233,7 +233,7 @@ class Decider:
                 f"waiting for the rebuild controller to reserve node {leaving[0]}, where this "
                 "pod's predecessor is terminating"
             )
-        elif cache.contested(pod):
+        elif rooms.contested:
             reason = (
                 "local rebuild: every room held for this pod's workload is promised to another "
                 "successor being bound; waiting"

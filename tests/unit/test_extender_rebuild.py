@@ -294,12 +294,12 @@ def test_a_room_promised_to_one_successor_makes_another_wait_not_go_elsewhere() 
     assert out.passed == ["n2"]  # and promised to s1
 
     two = cache.note_pending(second, pod_request(second))
-    assert cache.holds(two) == [] and cache.contested(two) == 1
+    assert cache.holds(two) == [] and cache.rooms(two).contested == 1
     refused = asyncio.run(binds.bind("ns", second["metadata"]["name"], "s2", "n1"))
     assert "promised to other successors" in refused
     assert asyncio.run(binds.bind("ns", first["metadata"]["name"], "s1", "n2")) == ""
     assert apiserver.bound["s1"][1][api.RESERVATION] == api.reservation_name("old")
-    assert cache.contested(two) == 0
+    assert cache.rooms(two).contested == 0
 
 
 def test_a_predecessor_seen_only_as_gone_still_makes_its_successor_wait() -> None:
