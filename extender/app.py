@@ -56,7 +56,8 @@ class Metrics:
         )
         self.errors = Counter(
             "fulcrum_extender_errors",
-            "Extender calls refused or failed, by verb and HTTP status (or 'refused')",
+            "Extender calls refused or failed, by verb and HTTP status ('refused': a bind the "
+            "apiserver or Fulcrum refused; 'retry': a filter answered 'wait, then retry')",
             ["verb", "status"],
             registry=self.registry,
         )
@@ -222,6 +223,9 @@ def create_app(
             )
             if out is None:
                 out = decider.filter(snapshot, pod, names, choose=choose)
+        if out.retry:
+            metrics.errors.labels("filter", "retry").inc()
+            return ExtenderFilterResult(Error=out.retry)
         metrics.decisions.labels("passed").inc(len(out.passed))
         metrics.decisions.labels("failed").inc(len(out.failed) + len(out.unresolvable))
         if args.NodeNames is not None:

@@ -136,6 +136,15 @@ class FilterOutcome:
     passed: list[str]
     failed: dict[str, str]
     unresolvable: dict[str, str]
+    # A wait that only time or Fulcrum's own objects end (a Reservation on its way, a promise,
+    # an expiry): answered as the filter's Error, which kube-scheduler retries after its
+    # back-off (1 s doubling to 10 s). Rejected nodes instead would park the pod until a
+    # cluster event kube-scheduler watches, up to 5 minutes on a quiet cluster.
+    retry: str = ""
+
+
+def retry(reason: str) -> FilterOutcome:
+    return FilterOutcome([], {}, {}, retry=reason)
 
 
 class Decider:
@@ -212,11 +221,11 @@ class Decider:
     ) -> FilterOutcome | None:
         """Where local rebuild puts ``pod``, or None when it has no say (place it normally).
 
-        A successor waits (every node unresolvable, with the reason) while its home is not
-        known yet: our watch has not shown it (we may have missed its predecessor's deletion),
-        its predecessor is terminating unreserved, or every room held for its workload is
-        promised to another successor. It passes only on held rooms (``filter_held``). A
-        ``create-first`` pod passes only beside a predecessor, where there is headroom.
+        A successor waits (``retry``, with the reason) while its home is not known yet: our
+        watch has not shown it (we may have missed its predecessor's deletion), its predecessor
+        is terminating unreserved, or every room held for its workload is promised to another
+        successor. It passes only on held rooms (``filter_held``). A ``create-first`` pod passes
+        only beside a predecessor, where there is headroom.
         """
         cache = self.cache
         if cache is None or pod.successor is None:
@@ -239,7 +248,7 @@ class Decider:
                 "successor being bound; waiting"
             )
         if reason:
-            return FilterOutcome([], {}, dict.fromkeys(names, reason))
+            return retry(reason)
         homes = set(cache.homes(pod))
         if not homes:
             log.info("%s: nothing held for %s; placing it normally", pod.key, pod.successor)
@@ -292,12 +301,11 @@ class Decider:
             reason = f"held for local rebuild: the pod returns to node {passed[0]}"
             return FilterOutcome(passed, {}, {n: reason for n in names if n not in passed})
         hold = holds[0]
-        after = (
-            f"normal placement from {hold.expires_at:%H:%M:%S} UTC"
-            if hold.expires_at is not None
-            else "fulcrum.io/rebuild-fallback is wait"
-        )
-        reason = f"waiting to rebuild on node {hold.node}: {why[hold.node]}; {after}"
+        reason = f"waiting to rebuild on node {hold.node}: {why[hold.node]}; "
+        if hold.expires_at is not None:  # ends by time: have kube-scheduler retry
+            return retry(reason + f"normal placement from {hold.expires_at:%H:%M:%S} UTC")
+        # ends when the node is uncordoned or room is freed there: events kube-scheduler watches
+        reason += "fulcrum.io/rebuild-fallback is wait"
         return FilterOutcome([], {}, dict.fromkeys(names, reason))
 
     def scores(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:

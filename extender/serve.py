@@ -211,6 +211,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
     check_port_free(settings.host, settings.port)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per bind
     cache = binder = None
     if kubeconfig is not None:
         api = core_api(kubeconfig)

@@ -293,6 +293,37 @@ def wait_running(
     )
 
 
+def stuck(kit: Kit, namespace: str, app: str, want: Callable[[dict[str, Any]], bool]) -> str:
+    """What an app's rollout waits on: each pod not yet Ready with the change (terminating ones
+    too), its finalizers and last Events, and the namespace's Reservations."""
+    pods = kit.core.list_namespaced_pod(
+        namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
+    )
+    lines = [f"{app}:"]
+    for pod in orjson.loads(pods.data)["items"]:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if _up(pod) and want(pod) and not meta.get("deletionTimestamp"):
+            continue
+        lines.append(
+            f"  {meta['name']} uid {meta['uid'][:8]} phase {status.get('phase')} "
+            f"node {pod['spec'].get('nodeName') or '-'} ip {status.get('podIP') or '-'} "
+            f"deleting {bool(meta.get('deletionTimestamp'))} changed {want(pod)} "
+            f"finalizers {meta.get('finalizers') or []} "
+            f"annotations {(meta.get('annotations') or {})}"
+        )
+        events = kit.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={meta['uid']}", _preload_content=False
+        )
+        for e in orjson.loads(events.data)["items"][-4:]:
+            lines.append(f"    {e['reason']}: {e['message']}")
+    found = kit.custom.list_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.RESERVATIONS
+    )
+    for r in found["items"]:
+        lines.append(f"  reservation {r['metadata']['name']}: {r.get('spec')} {r.get('status')}")
+    return "\n".join(lines)
+
+
 def guarded(kit: Kit, namespace: str, app: str) -> int:
     """How many of the app's live pods carry the rebuild finalizer (the controller saw them)."""
     return sum(
@@ -461,7 +492,11 @@ def roll(
     try:
         while len(seconds) < len(apps):
             if time.monotonic() - started > timeout:
-                raise TimeoutError(f"rollout of {sorted(set(apps) - set(seconds))}: {timeout} s")
+                late = sorted(set(apps) - set(seconds))
+                raise TimeoutError(
+                    f"rollout of {late}: {timeout} s\n"
+                    + "\n".join(stuck(kit, namespace, app, want) for app in late)
+                )
             for app, n in apps.items():
                 if app not in seconds and running(kit, namespace, app, want) == n:
                     seconds[app] = time.monotonic() - started

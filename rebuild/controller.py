@@ -271,6 +271,11 @@ class Controller:
         if deleting:
             if finalized:
                 if node:
+                    claimed = annotations.get(api.RESERVATION)
+                    if claimed and self.take_over(pod, claimed) is not None:
+                        # deleted before we finished its claim: the IP is still the claimed
+                        # reservation's; make it the pod's so the new reservation takes it
+                        self.delete_reservation(str(meta["namespace"]), claimed)
                     self.reserve(pod)
                 else:
                     self.release_pod_ip(pod)
@@ -374,25 +379,31 @@ class Controller:
             and api.successor_key(pod) == key
         ]
 
-    def finish(self, pod: Obj, claimed: str) -> float | None:
-        """The successor was bound on its reservation: give it the IP, drop the reservation."""
+    def take_over(self, pod: Obj, claimed: str) -> api.Reservation | None:
+        """Hand the IP of reservation ``claimed`` (which ``pod`` claimed at bind) to the pod;
+        the reservation, or None if it is gone already."""
         meta = _meta(pod)
         namespace, uid = str(meta["namespace"]), str(meta["uid"])
         found = self.store.get("reservations", f"{namespace}/{claimed}")
         if found is None and self.status(pod).get("action") not in ("claimed", "rebuilt"):
             # our reservations watch may lag the pods watch: ask before deciding it is done
             found = self.read_custom(api.RESERVATIONS, namespace, claimed)
-        if found is not None:
-            crash_point("claiming")
-            reservation = api.Reservation.from_object(found)
-            if reservation.ip and reservation.pool:
-                self.move_ip(
-                    namespace,
-                    reservation.pool,
-                    reservation.ip,
-                    f"reservation:{claimed}",
-                    f"pod:{uid}",
-                )
+        if found is None:
+            return None
+        crash_point("claiming")
+        reservation = api.Reservation.from_object(found)
+        if reservation.ip and reservation.pool:
+            self.move_ip(
+                namespace, reservation.pool, reservation.ip, f"reservation:{claimed}", f"pod:{uid}"
+            )
+        return reservation
+
+    def finish(self, pod: Obj, claimed: str) -> float | None:
+        """The successor was bound on its reservation: give it the IP, drop the reservation."""
+        meta = _meta(pod)
+        namespace = str(meta["namespace"])
+        reservation = self.take_over(pod, claimed)
+        if reservation is not None:
             node = pod["spec"]["nodeName"]
             where = (
                 f"back on node {node}"

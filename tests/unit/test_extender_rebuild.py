@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from extender.app import _settle
+from extender.app import _settle, create_app
 from extender.bind import BindService
 from extender.cache import ClusterCache
+from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
 from extender.resources import pod_request
 from policies.registry import default_registry
@@ -119,7 +121,7 @@ def decide(cache: ClusterCache, decider: Decider, p: dict[str, Any]) -> tuple[li
         else:
             out = decider.filter(cache.snapshot, pending.request, ["n1", "n2", "n3"])
     reasons = {**out.failed, **out.unresolvable}
-    return out.passed, next(iter(reasons.values()), "")
+    return out.passed, out.retry or next(iter(reasons.values()), "")
 
 
 def test_a_held_room_is_hidden_from_others_and_given_to_the_successor() -> None:
@@ -316,3 +318,40 @@ def test_a_predecessor_seen_only_as_gone_still_makes_its_successor_wait() -> Non
     cache.apply("pods", "DELETED", refused)  # the controller refuses it: nothing will be held
     again = pod("y", "scratch", annotations={api.REBUILD: "nope"})
     assert cache.leaving(cache.note_pending(again, pod_request(again))) == []
+
+
+def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retries() -> None:
+    """kube-scheduler parks a pod whose nodes were rejected until a cluster event it watches
+    (up to 5 min on a quiet cluster); a Reservation is not one. So a successor waiting for its
+    Reservation gets the filter's Error (retried after back-off); one waiting for its cordoned
+    node under ``wait`` gets rejected nodes (the uncordon requeues it)."""
+    cache, _, _, _ = cluster()
+    app = TestClient(create_app(ExtenderSettings(decide_in_filter=False), cache))
+    old = pod("old", "web-0", node_name="n1", annotations=OPTED, finalizers=[api.FINALIZER])
+    cache.apply("pods", "ADDED", old)
+    cache.apply(
+        "pods", "MODIFIED", {**old, "metadata": {**old["metadata"], "deletionTimestamp": "x"}}
+    )
+    successor = pod("new", "web-0", annotations=OPTED)
+    cache.apply("pods", "ADDED", successor)
+    names = ["n1", "n2", "n3"]
+
+    reply = app.post("/filter", json={"Pod": successor, "NodeNames": names}).json()
+    assert "waiting for the rebuild controller to reserve node n1" in reply["Error"]
+    assert not reply.get("NodeNames") and not reply.get("FailedAndUnresolvableNodes")
+
+    cache.apply("pods", "DELETED", old)
+    cache.apply("reservations", "ADDED", reservation(old, "n1"))
+    cordoned = node("n1")
+    cordoned["spec"] = {"unschedulable": True}
+    cache.apply("nodes", "MODIFIED", cordoned)
+    reply = app.post("/filter", json={"Pod": successor, "NodeNames": names}).json()
+    assert not reply.get("Error") and not reply.get("NodeNames")
+    assert set(reply["FailedAndUnresolvableNodes"]) == set(names)
+
+    timed = reservation(
+        old, "n1", fallback="reschedule", expires_at=datetime.now(UTC) + timedelta(minutes=1)
+    )
+    cache.apply("reservations", "MODIFIED", timed)
+    reply = app.post("/filter", json={"Pod": successor, "NodeNames": names}).json()
+    assert "normal placement from" in reply["Error"]

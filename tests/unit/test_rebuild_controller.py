@@ -627,6 +627,24 @@ def test_a_claim_is_finished_even_when_the_reservations_watch_lags() -> None:
     assert rig.apiserver.status("web-0")["action"] == "claimed"
 
 
+def test_a_successor_deleted_before_its_claim_was_finished_hands_the_ip_on() -> None:
+    """Under load the claim's bookkeeping can trail the rollout: the next change deletes the
+    successor while its pool entry still names the reservation it claimed."""
+    rig = cluster(("pods", pod(OLD)))
+    rig.apiserver.delete_pod("web-0")
+    rig.reconcile("pods/ns/web-0")
+    rig.apiserver.put("pods", pod(NEW, annotations={**BOUND, api.RESERVATION: HELD}))
+    rig.apiserver.delete_pod("web-0")  # before any worker looked at the bound successor
+
+    rig.reconcile("pods/ns/web-0")
+
+    assert [r["metadata"]["name"] for r in rig.apiserver.reservations()] == [
+        api.reservation_name(NEW)
+    ]
+    assert ippool.holders(rig.apiserver.pool()) == {f"reservation:{api.reservation_name(NEW)}": IP}
+    assert rig.apiserver.get("pods", "web-0") is None
+
+
 # --- 5. expiry ----------------------------------------------------------------------------
 
 
