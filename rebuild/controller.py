@@ -51,6 +51,7 @@ SWEEP_SECONDS = 30.0
 ABANDON_SECONDS = 120.0  # a reservation nothing came for is dropped after this
 EXPIRED_GRACE = timedelta(minutes=5)  # an expired reservation keeps its IP this long
 COMPONENT = "fulcrum-rebuild"
+RELEASED_REMEMBERED = 10_000  # finalizers removed, remembered so a lagging watch replays none
 Obj = Mapping[str, Any]
 
 
@@ -119,12 +120,16 @@ class Store:
             for pod in self.owned_pods("StatefulSet", key):
                 self.queue.add(f"pods/{_id(pod)}")
         elif kind != "pods" or _relevant(obj):
-            # a pod held by our finalizer first: its successor waits for it to go
+            # first a pod held by our finalizer (its successor waits for it to go), and an
+            # opted-in pod not guarded yet (deleted before that, it would not come back locally)
             meta = _meta(obj)
-            held = bool(meta.get("deletionTimestamp")) and api.FINALIZER in (
-                meta.get("finalizers") or []
+            finalized = api.FINALIZER in (meta.get("finalizers") or [])
+            deleting = bool(meta.get("deletionTimestamp"))
+            unguarded = (
+                not finalized and not deleting and api.REBUILD in (meta.get("annotations") or {})
             )
-            self.queue.add(f"{kind}/{key}", urgent=held)
+            urgent = (kind == "pods") and ((deleting and finalized) or unguarded)
+            self.queue.add(f"{kind}/{key}", urgent=urgent)
 
     def get(self, kind: str, key: str) -> Obj | None:
         with self.lock:
@@ -180,6 +185,9 @@ class Controller:
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         self._absent: set[str] = set()  # pool holders seen without a live owner once
         self._idle: dict[str, float] = {}  # held reservation -> since when no successor came
+        # uids whose finalizer we removed: our watch may still show them terminating (recent
+        # ones; a restart re-lists, and a re-list shows no such pod)
+        self._released: dict[str, None] = {}
         self._stop = threading.Event()
         self.informers: list[Informer] = []
 
@@ -269,7 +277,7 @@ class Controller:
             return None
         node = (pod.get("spec") or {}).get("nodeName")
         if deleting:
-            if finalized:
+            if finalized and meta.get("uid") not in self._released:
                 if node:
                     claimed = annotations.get(api.RESERVATION)
                     if claimed and self.take_over(pod, claimed) is not None:
@@ -471,7 +479,8 @@ class Controller:
                     "value": revision,
                 }
             )
-            self.core.patch_namespaced_pod(name, namespace, patch)
+            if not self._patch_pod(_meta(pod), patch):
+                return None
             what = " and ".join(
                 w
                 for w, done in (("image", change.images), ("cpu/memory", change.resources))
@@ -480,7 +489,13 @@ class Controller:
             self.report(pod, "in-place", f"{what} updated in place to revision {revision}")
         else:
             self.report(pod, "recreating", f"local recreate for revision {revision}")
-            self.core.delete_namespaced_pod(name, namespace)
+            try:  # this very pod, not a successor of the same name
+                self.core.delete_namespaced_pod(
+                    name, namespace, body={"preconditions": {"uid": _meta(pod)["uid"]}}
+                )
+            except client.ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
         return None
 
     def resize(self, pod: Obj, resources: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -488,9 +503,10 @@ class Controller:
         if not resources:
             return True
         body = {
+            "metadata": {"uid": _meta(pod)["uid"]},  # this very pod (422 otherwise)
             "spec": {
                 "containers": [{"name": n, "resources": r} for n, r in sorted(resources.items())]
-            }
+            },
         }
         try:
             self.core.patch_namespaced_pod_resize(_meta(pod)["name"], _meta(pod)["namespace"], body)
@@ -724,14 +740,41 @@ class Controller:
             {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.FINALIZER},
             {"op": "remove", "path": f"/metadata/finalizers/{index}"},
         ]
-        self._patch_pod(meta, patch)
+        if self._patch_pod(meta, patch) and meta.get("deletionTimestamp"):
+            self._released[str(meta["uid"])] = None
+            while len(self._released) > RELEASED_REMEMBERED:
+                del self._released[next(iter(self._released))]
 
-    def _patch_pod(self, meta: Mapping[str, Any], patch: Any) -> None:
+    def _patch_pod(self, meta: Mapping[str, Any], patch: dict[str, Any] | list[Any]) -> bool:
+        """Patch the pod ``meta`` describes, that very pod: a pod of the same name but another
+        UID (a StatefulSet's next one, while our watch lags) is left alone. False if the pod is
+        gone or replaced."""
+        uid = meta["uid"]
+        if isinstance(patch, list):  # JSON patch
+            patch = [{"op": "test", "path": "/metadata/uid", "value": uid}, *patch]
+        else:  # a merge patch naming another uid fails (422: metadata.uid is immutable)
+            patch = {**patch, "metadata": {**patch.get("metadata", {}), "uid": uid}}
         try:
             self.core.patch_namespaced_pod(meta["name"], meta["namespace"], patch)
         except client.ApiException as exc:
-            if exc.status != 404:  # gone already: nothing to do
-                raise
+            if exc.status == 404:
+                return False
+            if exc.status == 422 and self._replaced(meta):
+                return False
+            raise
+        return True
+
+    def _replaced(self, meta: Mapping[str, Any]) -> bool:
+        """Whether the apiserver has no pod by this name with this UID any more."""
+        try:
+            current = self.core.read_namespaced_pod(
+                meta["name"], meta["namespace"], _preload_content=False
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return bool(orjson.loads(current.data)["metadata"]["uid"] != meta["uid"])
 
     @staticmethod
     def status(pod: Obj) -> dict[str, Any]:
@@ -751,8 +794,7 @@ class Controller:
             return
         status = {"action": action, "reason": reason, "time": _now().isoformat()}
         patch = {"metadata": {"annotations": {api.STATUS: orjson.dumps(status).decode()}}}
-        self._patch_pod(_meta(pod), patch)
-        if event:
+        if self._patch_pod(_meta(pod), patch) and event:
             self.event(pod, f"Rebuild{action.title().replace('-', '')}", reason, warning=warning)
 
     def event(self, obj: Obj, reason: str, message: str, *, warning: bool = False) -> None:

@@ -148,8 +148,16 @@ class FakeApiserver:
             return pod
         return self.put("pods", pod)
 
+    @staticmethod
+    def _check_uid(pod: Obj, body: Any) -> None:
+        """A patch naming another ``metadata.uid`` is invalid: uid is immutable."""
+        uid = body.get("metadata", {}).get("uid") if isinstance(body, Mapping) else None
+        if uid is not None and uid != pod["metadata"]["uid"]:
+            raise ApiException(status=422, reason="metadata.uid: field is immutable")
+
     def patch_namespaced_pod(self, name: str, namespace: str, body: Any) -> Obj:
         pod = self._pod(name, namespace)
+        self._check_uid(pod, body)
         before = set(pod["metadata"].get("finalizers") or [])
         try:
             if isinstance(body, list):
@@ -168,14 +176,24 @@ class FakeApiserver:
         if self.resize_refusal:
             raise ApiException(status=self.resize_refusal, reason="resize refused")
         pod = self._pod(name, namespace)
+        self._check_uid(pod, body)
         by_name = {c["name"]: c for c in pod["spec"]["containers"]}
         for container in body["spec"]["containers"]:
             by_name[container["name"]]["resources"] = copy.deepcopy(container["resources"])
         self.resized.append(f"{namespace}/{name}")
         return self._save_pod(pod)
 
-    def delete_namespaced_pod(self, name: str, namespace: str) -> Obj:
+    def read_namespaced_pod(
+        self, name: str, namespace: str, _preload_content: bool = True
+    ) -> SimpleNamespace:
+        assert not _preload_content
+        return SimpleNamespace(data=orjson.dumps(self._pod(name, namespace)))
+
+    def delete_namespaced_pod(self, name: str, namespace: str, body: Any = None) -> Obj:
         pod = self._pod(name, namespace)
+        uid = ((body or {}).get("preconditions") or {}).get("uid")
+        if uid is not None and uid != pod["metadata"]["uid"]:
+            raise ApiException(status=409, reason="Precondition failed: UID")
         self.deleted_pods.append(f"{namespace}/{name}")
         pod["metadata"].setdefault("deletionTimestamp", "2026-11-27T08:00:00Z")
         return self._save_pod(pod)
@@ -643,6 +661,45 @@ def test_a_successor_deleted_before_its_claim_was_finished_hands_the_ip_on() -> 
     ]
     assert ippool.holders(rig.apiserver.pool()) == {f"reservation:{api.reservation_name(NEW)}": IP}
     assert rig.apiserver.get("pods", "web-0") is None
+
+
+def test_a_lagging_watch_replays_no_release_and_touches_no_namesake() -> None:
+    """A StatefulSet's next pod has its predecessor's name: a watch that still shows the old pod
+    terminating must neither reserve for it again (its room was claimed and dropped already)
+    nor write to the new pod."""
+    rig = cluster(("pods", pod(OLD)))
+    rig.apiserver.delete_pod("web-0")
+    stale = copy.deepcopy(rig.apiserver.pod("web-0"))
+    rig.reconcile("pods/ns/web-0")  # reserved, released
+    rig.apiserver.objects["reservations"].clear()  # claimed and dropped since
+    rig.apiserver.put("pods", pod(NEW, node_name=None, finalized=False, annotations=OPTED))
+    fresh = copy.deepcopy(rig.apiserver.pod("web-0"))
+    rig.controller.store.replace("reservations", [])
+    rig.controller.store.apply("pods", "MODIFIED", stale)  # what our watch still says
+
+    rig.controller.reconcile("pods/ns/web-0")
+
+    assert rig.apiserver.reservations() == []
+    assert rig.apiserver.pod("web-0") == fresh
+
+
+def test_writes_to_a_replaced_pod_are_dropped_not_retried() -> None:
+    rig = cluster(("pods", pod(OLD, finalized=False)))
+    rig.sync()
+    rig.apiserver.objects["pods"].clear()
+    rig.apiserver.put("pods", pod(NEW, finalized=False))  # same name, another pod
+
+    rig.controller.reconcile("pods/ns/web-0")  # would add our finalizer to the old one
+
+    assert finalizers(rig) == []
+
+
+def test_an_unguarded_opted_in_pod_jumps_the_queue() -> None:
+    rig = cluster()
+    queue = rig.controller.queue
+    queue.add("reservations/ns/other")
+    rig.controller.store.apply("pods", "ADDED", pod(NEW, finalized=False))
+    assert queue.get(timeout=0) == "pods/ns/web-0"
 
 
 # --- 5. expiry ----------------------------------------------------------------------------
