@@ -367,7 +367,7 @@ def test_binder_authenticates_with_the_deployed_kubeconfig(tmp_path: Path) -> No
     from extender.serve import KubeBinder, core_api
 
     binder = KubeBinder(core_api(_local_kubeconfig(tmp_path)))
-    assert binder.client.headers.get("authorization") == "Bearer header.payload.signature"
+    assert binder._headers["Authorization"] == "Bearer header.payload.signature"
 
 
 # --- RBAC --------------------------------------------------------------------------------------
