@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from extender.bind import Binder, BindService
 from extender.cache import ClusterCache, PendingPod
@@ -39,6 +40,7 @@ from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
 Args = TypeVar("Args", bound=BaseModel)
+Answer = tuple[int, bytes]  # HTTP status, JSON body
 SETTLE_SECONDS = 0.5
 
 
@@ -83,27 +85,30 @@ class Metrics:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
 
 
-def _json(
-    result: BaseModel | list[tuple[str, int]] | dict[str, Any], status: int = 200
-) -> Response:
+def _encode(result: BaseModel | list[tuple[str, int]] | dict[str, Any]) -> bytes:
     if isinstance(result, list):  # HostPriorityList, built without a model per node (5,000)
-        body = orjson.dumps([{"Host": host, "Score": score} for host, score in result])
-    elif isinstance(result, dict):
-        body = orjson.dumps(result)
-    else:
-        body = orjson.dumps(result.model_dump(exclude_none=True))
-    return Response(body, status_code=status, media_type="application/json")
+        return orjson.dumps([{"Host": host, "Score": score} for host, score in result])
+    if isinstance(result, dict):
+        return orjson.dumps(result)
+    return orjson.dumps(result.model_dump(exclude_none=True))
 
 
-async def _read_args(request: Request, limit: int, model: type[Args]) -> Args:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+async def _read_args(scope: Scope, receive: Receive, limit: int, model: type[Args]) -> Args:
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(
+            413, f"request body of {declared.decode()} bytes exceeds the {limit}-byte limit"
+        )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest(400, "the client went away before sending the whole body")
+        body += message.get("body", b"")
         if len(body) > limit:
             raise BadRequest(413, f"request body exceeds the {limit}-byte limit")
+        if not message.get("more_body"):
+            break
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -150,6 +155,33 @@ def _snapshot_of(args: ExtenderArgs) -> Snapshot:
     return snapshot
 
 
+class Verbs:
+    """The extender verbs as plain ASGI, in front of FastAPI's routing.
+
+    FastAPI's per-request machinery (routing, dependency solving, Request and Response objects,
+    its middleware) cost ~0.25 ms of the ~0.47 ms of CPU a filter took (measured with a real
+    uvicorn server and 200 nodes); kube-scheduler waits for every filter, one pod at a time.
+    Everything else (health, readiness, metrics, 404s) is FastAPI's.
+    """
+
+    def __init__(
+        self, app: ASGIApp, handlers: Mapping[str, Callable[[Scope, Receive], Awaitable[Answer]]]
+    ) -> None:
+        self.app, self.handlers = app, handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.handlers.get(scope["path"])
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        status, body = await handler(scope, receive)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 async def _settle(cache: ClusterCache, pending: PendingPod) -> PendingPod:
     """Give the watches a moment to show where a local-rebuild successor belongs.
 
@@ -194,22 +226,27 @@ def create_app(
         with cache.lock:
             yield cache.snapshot
 
-    async def handle(
-        verb: str, request: Request, model: type[Args], decide: Callable[[Args], Any]
-    ) -> Response:
-        started = time.perf_counter()
-        metrics.calls.labels(verb).inc()
-        try:
-            args = await _read_args(request, settings.max_body_bytes, model)
-            result = decide(args)
-            if inspect.isawaitable(result):
-                result = await result
-            return _json(result)
-        except BadRequest as exc:
-            metrics.errors.labels(verb, str(exc.status)).inc()
-            return _json(ExtenderFilterResult(Error=exc.message), exc.status)
-        finally:
-            metrics.latency.labels(verb).observe(time.perf_counter() - started)
+    def verb(
+        name: str, model: type[Args], decide: Callable[[Args], Any]
+    ) -> Callable[[Scope, Receive], Awaitable[Answer]]:
+        calls, latency = metrics.calls.labels(name), metrics.latency.labels(name)
+
+        async def answer(scope: Scope, receive: Receive) -> Answer:
+            started = time.perf_counter()
+            calls.inc()
+            try:
+                args = await _read_args(scope, receive, settings.max_body_bytes, model)
+                result = decide(args)
+                if inspect.isawaitable(result):
+                    result = await result
+                return 200, _encode(result)
+            except BadRequest as exc:
+                metrics.errors.labels(name, str(exc.status)).inc()
+                return exc.status, _encode(ExtenderFilterResult(Error=exc.message))
+            finally:
+                latency.observe(time.perf_counter() - started)
+
+        return answer
 
     async def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
         pod, names = _pod(args), _node_names(args)
@@ -279,21 +316,15 @@ def create_app(
             chosen = select_victims(cache.snapshot, pod, candidates, priority, decider.scores)
         return result_to_wire(chosen)
 
-    @app.post("/filter")
-    async def filter_verb(request: Request) -> Response:
-        return await handle("filter", request, ExtenderArgs, do_filter)
-
-    @app.post("/prioritize")
-    async def prioritize_verb(request: Request) -> Response:
-        return await handle("prioritize", request, ExtenderArgs, do_prioritize)
-
-    @app.post("/preempt")
-    async def preempt_verb(request: Request) -> Response:
-        return await handle("preempt", request, ExtenderPreemptionArgs, do_preempt)
-
-    @app.post("/bind")
-    async def bind_verb(request: Request) -> Response:
-        return await handle("bind", request, ExtenderBindingArgs, do_bind)
+    app.add_middleware(
+        Verbs,
+        handlers={
+            "/filter": verb("filter", ExtenderArgs, do_filter),
+            "/prioritize": verb("prioritize", ExtenderArgs, do_prioritize),
+            "/preempt": verb("preempt", ExtenderPreemptionArgs, do_preempt),
+            "/bind": verb("bind", ExtenderBindingArgs, do_bind),
+        },
+    )
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -184,7 +184,9 @@ class Decider:
         """Nodes that fit, with a reason for each that does not.
 
         With ``choose``, only the best-scoring node that fits passes (ties: the lowest snapshot
-        row, so equal nodes fill first-fit): kube-scheduler then skips scoring altogether.
+        row, so equal nodes fill first-fit): kube-scheduler then skips scoring altogether. The
+        others are left out without reasons, which kube-scheduler needs only for a pod that
+        cannot be placed (its FailedScheduling event, preemption).
         """
         rows, missing = self._rows(snapshot, names)
         fit = snapshot.feasible(pod)
@@ -200,6 +202,12 @@ class Decider:
         for i in np.flatnonzero(held).tolist():
             out.failed[known[i]] = "node is cordoned (spec.unschedulable)"
         ok = fit[index] & ~held
+        good = np.flatnonzero(ok).tolist()
+        if choose and good:  # reasons matter only when no node passes: skip the work
+            candidates = index[good]
+            scores = self.scores(snapshot, pod)[candidates]
+            best = candidates[scores == scores.max()].min()
+            return FilterOutcome([snapshot.names[int(best)]], {}, {})
         bad = np.flatnonzero(~ok & ~held)
         if bad.size:
             reasons, hopeless = explain(snapshot, index[bad], pod)
@@ -207,13 +215,7 @@ class Decider:
                 bad.tolist(), reasons, hopeless.tolist(), strict=True
             ):
                 (out.unresolvable if unresolvable else out.failed)[known[i]] = reason
-        good = np.flatnonzero(ok).tolist()
         out.passed.extend(known[i] for i in good)
-        if choose and len(good) > 1:
-            candidates = index[good]
-            scores = self.scores(snapshot, pod)[candidates]
-            best = candidates[scores == scores.max()].min()
-            out.passed[:] = [snapshot.names[int(best)]]
         return out
 
     def filter_rebuild(

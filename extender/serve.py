@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # connection the server is closing.
 KEEP_ALIVE_SECONDS = 120
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+BIND_CONNECTIONS = 64
 
 
 class ServeError(RuntimeError):
@@ -73,8 +74,9 @@ class KubeBinder:
         if self._session is None:  # created on first use, inside the server's event loop
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
-                # a few kept-alive connections: every new one costs a TLS handshake
-                connector=aiohttp.TCPConnector(ssl=self._context, limit=16),
+                # kube-scheduler binds many pods at once, and each HTTP/1.1 connection carries
+                # one request at a time; kept alive, as each new one costs a TLS handshake
+                connector=aiohttp.TCPConnector(ssl=self._context, limit=BIND_CONNECTIONS),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
         return self._session
@@ -239,4 +241,8 @@ def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level="warning",
         access_log=False,
+        # per-request work nobody reads: kube-scheduler calls us directly, not via a proxy
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
     )

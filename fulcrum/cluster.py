@@ -549,10 +549,15 @@ def _rss_mib(pid: int) -> float:
 
 
 def _process_name(pid: int) -> str:
+    """The executable's name; for Fulcrum's own processes, ``fulcrum <command>``."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "?"
+    if b"fulcrum.cli" in argv:
+        return "fulcrum " + argv[argv.index(b"fulcrum.cli") + 1].decode()
+    return name
 
 
 def scheduler_pid(name: str, scheduler: str) -> int:
@@ -569,13 +574,14 @@ def scheduler_pid(name: str, scheduler: str) -> int:
 def cpu_seconds(name: str) -> dict[str, float]:
     """CPU time (user + system) used so far by each process of the cluster, by name."""
     ticks = os.sysconf("SC_CLK_TCK")
+    ours = load_state(name).scheduler_pid
     out: dict[str, float] = {}
     for pid in processes_under(state_dir(name)):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        label = _process_name(pid)
+        label = FULCRUM_SCHEDULER if pid == ours else _process_name(pid)
         out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return out
 

@@ -294,8 +294,13 @@ def compare(
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda row: api.create_node(node_manifest(nodes, row)), picked.nodes))
     cluster.wait_nodes_ready(name, len(picked.nodes), log=log)
+    start = cluster.cpu_seconds(name)
     baseline = run_phase(name, nodes, pods, picked, "default-scheduler", log=log)
     before = cluster.cpu_seconds(name)
+    log(
+        "  CPU seconds during default-scheduler's phase: "
+        + ", ".join(f"{proc} {before[proc] - start.get(proc, 0):.1f}" for proc in sorted(before))
+    )
     port = cluster.load_state(name).extender_port or 0
     calls, seconds = extender_calls(port), extender_seconds(port)
     ours = run_phase(name, nodes, pods, picked, cluster.FULCRUM_SCHEDULER, log=log)

@@ -118,7 +118,11 @@ def test_five_thousand_nodes_and_empty_inputs() -> None:
     body = {"Pod": pod(4000, 8192, 1, 1000, None), "NodeNames": names}
     result = client.post("/filter", json=body).json()
     assert len(result["NodeNames"]) == 1 and result["NodeNames"][0] in names
-    assert len(result["FailedAndUnresolvableNodes"]) == 3750  # the nodes without GPUs
+    assert not result.get("FailedNodes") and not result.get("FailedAndUnresolvableNodes")
+    every = TestClient(create_app(ExtenderSettings(decide_in_filter=False), cache))
+    passing = every.post("/filter", json=body).json()
+    assert len(passing["FailedAndUnresolvableNodes"]) == 3750  # the nodes without GPUs
+    assert len(passing["NodeNames"]) == 1250
     scores = client.post("/prioritize", json=body).json()
     assert len(scores) == 5000 and all(0 <= s["Score"] <= 10 for s in scores)
 
