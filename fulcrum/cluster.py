@@ -560,6 +560,18 @@ def _process_name(pid: int) -> str:
     return name
 
 
+def scheduler_metrics_port(name: str, scheduler: str) -> int:
+    """The secure port where ``scheduler``'s kube-scheduler serves /metrics (no auth needed)."""
+    if scheduler == FULCRUM_SCHEDULER:
+        return load_state(name).scheduler_port or 0
+    config = _kwok_workdir(name) / "clusters" / name / "kwok.yaml"
+    for doc in yaml.safe_load_all(config.read_text()):
+        for component in (doc or {}).get("components") or []:
+            if component.get("name") == "kube-scheduler":
+                return int(component["ports"][0]["port"])
+    raise ClusterError(f"no kube-scheduler component in {config}")
+
+
 def scheduler_pid(name: str, scheduler: str) -> int:
     """Pid of the kube-scheduler process serving ``scheduler`` (a schedulerName) in ``name``."""
     state = load_state(name)

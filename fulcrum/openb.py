@@ -31,7 +31,13 @@ from extender.resources import (
     pod_request,
 )
 from fulcrum import cluster
-from fulcrum.workload import PAUSE_IMAGE, ensure_namespace, extender_calls, extender_seconds
+from fulcrum.workload import (
+    PAUSE_IMAGE,
+    ensure_namespace,
+    extender_calls,
+    extender_seconds,
+    scheduling_algorithm,
+)
 from scheduler.pod import MIB
 from scheduler.replay import nodes_lower_bound
 from scheduler.snapshot import Snapshot
@@ -244,6 +250,8 @@ def run_phase(
         time.sleep(2)  # let watchers (Fulcrum's cache among them) catch up before the clock starts
     finally:
         os.kill(pid, signal.SIGCONT)
+    port = cluster.scheduler_metrics_port(name, scheduler)
+    algorithm_before = scheduling_algorithm(port)
     started = time.monotonic()
     deadline = started + timeout
     last_bound, bound_at = -1, started
@@ -260,6 +268,14 @@ def run_phase(
             log(f"  {scheduler}: stopped waiting, {len(manifests) - len(placed)} pods unbound")
             break
         time.sleep(0.5)
+    algorithm = [b - a for a, b in zip(algorithm_before, scheduling_algorithm(port), strict=True)]
+    seconds, filters, attempts = algorithm
+    if attempts:
+        log(
+            f"  {scheduler}: its scheduling algorithm took {1000 * seconds / attempts:.2f} ms per "
+            f"attempt, of which its own Filter plugins {1000 * filters / attempts:.2f} ms "
+            f"({attempts:.0f} attempts)"
+        )
     report = RunReport(
         scheduler=scheduler,
         pods=len(manifests),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -141,6 +142,30 @@ def extender_calls(port: int) -> dict[str, float]:
 def extender_seconds(port: int) -> dict[str, float]:
     """Total seconds spent serving each verb, read from the extender's /metrics."""
     return _metric_by_verb(port, "fulcrum_extender_latency_seconds_sum")
+
+
+def scheduling_algorithm(port: int) -> tuple[float, float, float]:
+    """kube-scheduler's own seconds in its scheduling algorithm (its filters, the extenders'
+    calls, scoring), of those in its Filter plugins, and its attempts; from its /metrics on
+    secure ``port``."""
+    context = ssl._create_unverified_context()  # kube-scheduler serves a self-signed cert
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{port}/metrics", timeout=5, context=context
+    ) as reply:
+        text = reply.read().decode()
+    seconds = filters = attempts = 0.0
+    for line in text.splitlines():
+        value = line.rsplit(" ", 1)[-1]
+        if line.startswith("scheduler_scheduling_algorithm_duration_seconds_sum"):
+            seconds += float(value)
+        elif line.startswith("scheduler_scheduling_algorithm_duration_seconds_count"):
+            attempts += float(value)
+        elif (
+            line.startswith("scheduler_framework_extension_point_duration_seconds_sum")
+            and 'extension_point="Filter"' in line
+        ):
+            filters += float(value)
+    return seconds, filters, attempts
 
 
 def ensure_namespace(api: Any, namespace: str, *, timeout: float = 60) -> None:
