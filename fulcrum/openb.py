@@ -10,11 +10,13 @@ node affinity on the model label, which both schedulers honour.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from fulcrum.workload import (
     extender_seconds,
     scheduling_algorithm,
 )
+from rebuild.kube import Informer
 from scheduler.pod import MIB
 from scheduler.replay import nodes_lower_bound
 from scheduler.snapshot import Snapshot
@@ -220,6 +223,28 @@ def _overcommitted(nodes: NodeTrace, sample_: Sample, placed: list[dict[str, Any
     return bad
 
 
+class _Bindings:
+    """A namespace's pods as a watch shows them: when each was first seen bound (a ``Sink``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bound: dict[str, float] = {}  # uid -> when first seen with a node (monotonic)
+
+    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
+        for obj in objects:
+            self.apply(kind, "ADDED", obj)
+
+    def apply(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
+        if (obj.get("spec") or {}).get("nodeName"):
+            with self.lock:
+                self.bound.setdefault(obj["metadata"]["uid"], time.monotonic())
+
+    def progress(self, since: float) -> tuple[int, float]:
+        """How many are bound, and when the last of them was (``since`` if none)."""
+        with self.lock:
+            return len(self.bound), max(self.bound.values(), default=since)
+
+
 def run_phase(
     name: str,
     nodes: NodeTrace,
@@ -240,34 +265,41 @@ def run_phase(
     ensure_namespace(api, namespace)
     manifests = [pod_manifest(pods, row, scheduler) for row in sample_.pods]
     pid = cluster.scheduler_pid(name, scheduler)
+    port = cluster.scheduler_metrics_port(name, scheduler)
+    algorithm_before = scheduling_algorithm(port)  # while it runs: a stopped one cannot answer
     started = time.monotonic()
+    bindings = _Bindings()
+    informer = Informer("pods", functools.partial(api.list_namespaced_pod, namespace), bindings)
     os.kill(pid, signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda m: api.create_namespaced_pod(namespace, m), manifests))
         created = time.monotonic() - started
         log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s (scheduler paused)")
+        informer.start()
+        informer.synced.wait(60)
         time.sleep(2)  # let watchers (Fulcrum's cache among them) catch up before the clock starts
     finally:
+        started = time.monotonic()
         os.kill(pid, signal.SIGCONT)
-    port = cluster.scheduler_metrics_port(name, scheduler)
-    algorithm_before = scheduling_algorithm(port)
-    started = time.monotonic()
-    deadline = started + timeout
     last_bound, bound_at = -1, started
-    while True:
-        raw = api.list_namespaced_pod(namespace, _preload_content=False).data
-        items = orjson.loads(raw)["items"]
-        placed = [p for p in items if p["spec"].get("nodeName")]
-        if len(placed) != last_bound:
-            last_bound, bound_at = len(placed), time.monotonic()
-            log(f"  {scheduler}: {len(placed)}/{len(manifests)} bound")
-        if len(placed) == len(manifests):
-            break
-        if time.monotonic() > deadline or time.monotonic() - bound_at > 60:
-            log(f"  {scheduler}: stopped waiting, {len(manifests) - len(placed)} pods unbound")
-            break
-        time.sleep(0.5)
+    try:  # a watch, not a list every tick: it loads the apiserver less and times each binding
+        while True:
+            bound, bound_at = bindings.progress(started)
+            if bound != last_bound:
+                last_bound, stalled_since = bound, time.monotonic()
+                log(f"  {scheduler}: {bound}/{len(manifests)} bound")
+            if bound == len(manifests):
+                break
+            now = time.monotonic()
+            if now - started > timeout or now - stalled_since > 60:
+                log(f"  {scheduler}: stopped waiting, {len(manifests) - bound} pods unbound")
+                break
+            time.sleep(0.5)
+    finally:
+        informer.stop()
+    raw = api.list_namespaced_pod(namespace, _preload_content=False).data
+    placed = [p for p in orjson.loads(raw)["items"] if p["spec"].get("nodeName")]
     algorithm = [b - a for a, b in zip(algorithm_before, scheduling_algorithm(port), strict=True)]
     seconds, filters, attempts = algorithm
     if attempts:
