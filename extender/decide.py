@@ -192,15 +192,12 @@ class Decider:
         fit = snapshot.feasible(pod)
         for policy, _ in self.policies():
             fit = fit & policy.filter(snapshot, pod)
-        cordoned = self.cache.unschedulable if self.cache else set()
-        out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})
-        known = [name for name, row in zip(names, rows, strict=True) if row >= 0]
         index = rows[rows >= 0]
-        held = np.zeros(len(known), dtype=np.bool_)
+        held = np.zeros(index.size, dtype=np.bool_)
+        cordoned = self.cache.unschedulable if self.cache else set()
         if cordoned:
-            held = np.fromiter((n in cordoned for n in known), dtype=np.bool_, count=len(known))
-        for i in np.flatnonzero(held).tolist():
-            out.failed[known[i]] = "node is cordoned (spec.unschedulable)"
+            lookup = self._row_index[2]
+            held = np.isin(index, [lookup[n] for n in cordoned if n in lookup])
         ok = fit[index] & ~held
         good = np.flatnonzero(ok).tolist()
         if choose and good:  # reasons matter only when no node passes: skip the work
@@ -208,6 +205,10 @@ class Decider:
             scores = self.scores(snapshot, pod)[candidates]
             best = candidates[scores == scores.max()].min()
             return FilterOutcome([snapshot.names[int(best)]], {}, {})
+        out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})
+        known = [name for name, row in zip(names, rows, strict=True) if row >= 0]
+        for i in np.flatnonzero(held).tolist():
+            out.failed[known[i]] = "node is cordoned (spec.unschedulable)"
         bad = np.flatnonzero(~ok & ~held)
         if bad.size:
             reasons, hopeless = explain(snapshot, index[bad], pod)
