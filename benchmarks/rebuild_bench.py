@@ -22,6 +22,7 @@ import orjson
 
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
+from rebuild import api
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"creating 2 Deployments of {args.pods} pods ({args.cpu} cpu each)")
         rr.apply(kit, objects)
         rr.wait_running(kit, ns, apps, timeout=1200)
-        # a pod deleted before the controller has put its finalizer on is not held for
-        waited = rr.wait_for(
-            "finalizers", lambda: rr.guarded(kit, ns, "opted") == args.pods, timeout=600
-        )
+        waited = rr.wait_guarded(kit, ns, {"opted": args.pods}, timeout=600)
         say(f"all opted-in pods guarded by the rebuild finalizer ({waited:.1f} s after Running)")
         say("env change on both Deployments")
         results = rr.roll(
@@ -93,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print("rebuild events: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
         time.sleep(5)  # the controller may still be finishing claims: a snapshot
         left = kit.custom.list_namespaced_custom_object(
-            "fulcrum.io", "v1alpha1", ns, "reservations"
+            api.GROUP, api.VERSION, ns, api.RESERVATIONS
         )
         pool = kit.custom.get_namespaced_custom_object(
-            "fulcrum.io", "v1alpha1", ns, "ippools", "opted"
+            api.GROUP, api.VERSION, ns, api.IPPOOLS, "opted"
         )
         holders = Counter(
             h.split(":")[0] for h in (pool.get("status") or {}).get("allocations", {}).values()

@@ -73,6 +73,7 @@ def _rebuild(name: str, replicas: int) -> None:
         ],
     )
     rr.wait_running(kit, ns, apps)
+    rr.wait_guarded(kit, ns, {"local": replicas})
     _say(
         f"\nlocal rebuild: Deployments 'local' (annotated fulcrum.io/rebuild: local, IP pool) and "
         f"'plain' ({replicas} pods each); `kubectl set env` on both at once"

@@ -243,14 +243,18 @@ def replace_force(kit: Kit, objects: list[dict[str, Any]]) -> None:
         kit.kubectl("replace", "--force", "-f", manifest.name)
 
 
-def live_pods(kit: Kit, namespace: str, app: str) -> list[dict[str, Any]]:
-    """The app's pods that are not terminating, as JSON."""
+def _pods(kit: Kit, namespace: str, app: str) -> list[dict[str, Any]]:
+    """The app's pods, terminating ones too, as JSON."""
     pods = kit.core.list_namespaced_pod(
         namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
     )
-    return [
-        p for p in orjson.loads(pods.data)["items"] if not p["metadata"].get("deletionTimestamp")
-    ]
+    found: list[dict[str, Any]] = orjson.loads(pods.data)["items"]
+    return found
+
+
+def live_pods(kit: Kit, namespace: str, app: str) -> list[dict[str, Any]]:
+    """The app's pods that are not terminating, as JSON."""
+    return [p for p in _pods(kit, namespace, app) if not p["metadata"].get("deletionTimestamp")]
 
 
 def members(kit: Kit, namespace: str, app: str) -> dict[str, Member]:
@@ -296,11 +300,8 @@ def wait_running(
 def stuck(kit: Kit, namespace: str, app: str, want: Callable[[dict[str, Any]], bool]) -> str:
     """What an app's rollout waits on: each pod not yet Ready with the change (terminating ones
     too), its finalizers and last Events, and the namespace's Reservations."""
-    pods = kit.core.list_namespaced_pod(
-        namespace, label_selector=f"{APP_LABEL}={app}", _preload_content=False
-    )
     lines = [f"{app}:"]
-    for pod in orjson.loads(pods.data)["items"]:
+    for pod in _pods(kit, namespace, app):
         meta, status = pod["metadata"], pod.get("status") or {}
         if _up(pod) and want(pod) and not meta.get("deletionTimestamp"):
             continue
@@ -329,6 +330,18 @@ def guarded(kit: Kit, namespace: str, app: str) -> int:
     return sum(
         api.FINALIZER in (pod["metadata"].get("finalizers") or [])
         for pod in live_pods(kit, namespace, app)
+    )
+
+
+def wait_guarded(
+    kit: Kit, namespace: str, apps: Mapping[str, int], *, timeout: float = 300
+) -> float:
+    """Seconds until every app has its count of live pods guarded by the rebuild finalizer: a
+    pod deleted before the controller has put it on is not held for."""
+    return wait_for(
+        f"{', '.join(apps)} guarded",
+        lambda: all(guarded(kit, namespace, a) == n for a, n in apps.items()),
+        timeout=timeout,
     )
 
 

@@ -68,12 +68,8 @@ def test_rollouts_bring_every_successor_back_on_its_node_with_its_ip_and_volumes
     )
     apps = {"web": 30, "plain": 30, "db": 10, "solo": 10}
     rr.wait_running(kit, NS, apps, timeout=240)
-
-    def all_guarded() -> None:  # the controller has seen every opted-in pod
-        for app in ("web", "db", "solo"):
-            rr.wait_for(f"{app} guarded", lambda a=app: rr.guarded(kit, NS, a) == apps[a])  # type: ignore[misc]
-
-    all_guarded()
+    opted = {app: apps[app] for app in ("web", "db", "solo")}
+    rr.wait_guarded(kit, NS, opted)
     results: dict[str, dict[str, rr.Rollout]] = {}
     for change, value, want in (
         ("image", rr.NEW_IMAGE, rr.has_image(rr.NEW_IMAGE)),
@@ -104,7 +100,7 @@ def test_rollouts_bring_every_successor_back_on_its_node_with_its_ip_and_volumes
             rr.replace_force(kit, [_renamed(solo[0], f"solo-{i}") for i in range(10)])
 
         results[change] = rr.roll(kit, NS, apps, make, want, timeout=300)
-        all_guarded()
+        rr.wait_guarded(kit, NS, opted)
         print(f"\n{change} change:")
         for rollout in results[change].values():
             print(f"  {rollout}")
