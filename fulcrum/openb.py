@@ -267,14 +267,14 @@ def run_phase(
     pid = cluster.scheduler_pid(name, scheduler)
     port = cluster.scheduler_metrics_port(name, scheduler)
     algorithm_before = scheduling_algorithm(port)  # while it runs: a stopped one cannot answer
-    started = time.monotonic()
     bindings = _Bindings()
     informer = Informer("pods", functools.partial(api.list_namespaced_pod, namespace), bindings)
+    creating = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda m: api.create_namespaced_pod(namespace, m), manifests))
-        created = time.monotonic() - started
+        created = time.monotonic() - creating
         log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s (scheduler paused)")
         informer.start()
         informer.synced.wait(60)

@@ -123,11 +123,15 @@ def node_usage(api: Any) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _metrics(url: str, context: ssl.SSLContext | None = None) -> list[str]:
+    """The lines of a Prometheus /metrics page."""
+    with urllib.request.urlopen(url, timeout=5, context=context) as reply:
+        return str(reply.read().decode()).splitlines()
+
+
 def _metric_by_verb(port: int, metric: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
     values: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in _metrics(f"http://127.0.0.1:{port}/metrics"):
         if line.startswith(metric + "{"):
             verb = line.split('verb="')[1].split('"')[0]
             values[verb] = float(line.rsplit(" ", 1)[1])
@@ -149,12 +153,8 @@ def scheduling_algorithm(port: int) -> tuple[float, float, float]:
     calls, scoring), of those in its Filter plugins, and its attempts; from its /metrics on
     secure ``port``."""
     context = ssl._create_unverified_context()  # kube-scheduler serves a self-signed cert
-    with urllib.request.urlopen(
-        f"https://127.0.0.1:{port}/metrics", timeout=5, context=context
-    ) as reply:
-        text = reply.read().decode()
     seconds = filters = attempts = 0.0
-    for line in text.splitlines():
+    for line in _metrics(f"https://127.0.0.1:{port}/metrics", context):
         value = line.rsplit(" ", 1)[-1]
         if line.startswith("scheduler_scheduling_algorithm_duration_seconds_sum"):
             seconds += float(value)
