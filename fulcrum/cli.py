@@ -121,9 +121,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     cluster.up(args.name, nodes=0, extender_config=args.extender_config)
     try:
         result = compare(
-            args.name, n_nodes=args.nodes, n_pods=args.pods, seed=args.seed, workload=args.workload
+            args.name,
+            n_nodes=args.nodes,
+            n_pods=args.pods,
+            seed=args.seed,
+            workload=args.workload,
+            rounds=args.rounds,
         )
-        print(format_reports(*result))
+        print(format_reports(result))
     finally:
         cluster.down(args.name)
     return 0
@@ -204,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--pods", type=int, default=2000)
     compare.add_argument("--seed", type=int, default=42)
     compare.add_argument("--workload", default="default", help="openb_pod_list_<workload>.csv")
+    compare.add_argument(
+        "--rounds", type=int, default=1, help="run both schedulers this many times, in turns"
+    )
     compare.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
     compare.set_defaults(func=_cmd_compare)
 

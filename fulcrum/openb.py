@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+from kubernetes.client.exceptions import ApiException
 
 from extender.resources import (
     GPU_MILLI_ANNOTATION,
@@ -195,6 +196,7 @@ class RunReport:
     overcommitted_nodes: int  # by Fulcrum's device-level accounting
     create_seconds: float
     schedule_seconds: float  # scheduler resumed to last pod bound
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, resumed to all bound
 
     @property
     def throughput(self) -> float:
@@ -221,6 +223,23 @@ def _overcommitted(nodes: NodeTrace, sample_: Sample, placed: list[dict[str, Any
             fallback = tuple(range(request.gpu_count))
             snapshot.assign(uid, request, node, devices=fallback, check=False)
     return bad
+
+
+def _machine_seconds() -> dict[str, float]:
+    """The whole machine's busy and stolen CPU seconds so far, and its context switches in
+    thousands (``/proc/stat``)."""
+    lines = Path("/proc/stat").read_text().splitlines()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, lines[0].split()[1:9])
+    ticks = os.sysconf("SC_CLK_TCK")
+    switches = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
+    return {
+        MACHINE: (user + nice + system + irq + softirq) / ticks,
+        STEAL: steal / ticks,
+        SWITCHES: switches / 1000,
+    }
+
+
+MACHINE, STEAL, SWITCHES = "(machine)", "(stolen)", "(context switches)"
 
 
 class _Bindings:
@@ -280,22 +299,26 @@ def run_phase(
         informer.synced.wait(60)
         time.sleep(2)  # let watchers (Fulcrum's cache among them) catch up before the clock starts
     finally:
+        cpu_before = {**cluster.cpu_seconds(name), **_machine_seconds()}
         started = time.monotonic()
         os.kill(pid, signal.SIGCONT)
-    last_bound, bound_at = -1, started
+    last_bound, bound_at, logged = -1, started, 0.0
     try:  # a watch, not a list every tick: it loads the apiserver less and times each binding
         while True:
             bound, bound_at = bindings.progress(started)
-            if bound != last_bound:
+            if bound != last_bound:  # CPU up to the latest binding, not through a stall
                 last_bound, stalled_since = bound, time.monotonic()
-                log(f"  {scheduler}: {bound}/{len(manifests)} bound")
+                cpu_after = {**cluster.cpu_seconds(name), **_machine_seconds()}
+                if stalled_since - logged >= 0.5 or bound == len(manifests):
+                    logged = stalled_since
+                    log(f"  {scheduler}: {bound}/{len(manifests)} bound")
             if bound == len(manifests):
                 break
             now = time.monotonic()
             if now - started > timeout or now - stalled_since > 60:
                 log(f"  {scheduler}: stopped waiting, {len(manifests) - bound} pods unbound")
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
     finally:
         informer.stop()
     raw = api.list_namespaced_pod(namespace, _preload_content=False).data
@@ -316,11 +339,35 @@ def run_phase(
         overcommitted_nodes=len(_overcommitted(nodes, sample_, placed)),
         create_seconds=created,
         schedule_seconds=bound_at - started,
+        cpu_seconds={p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after},
     )
     api.delete_namespace(namespace)
-    while any(True for _ in api.list_namespaced_pod(namespace, limit=1).items):
-        time.sleep(0.5)
+    while _namespace_exists(api, namespace):  # its pods, then its events: the next phase
+        time.sleep(0.5)  # should not pay for this one's clean-up
     return report
+
+
+def _namespace_exists(api: Any, namespace: str) -> bool:
+    try:
+        api.read_namespace(namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+@dataclass
+class Comparison:
+    """Both schedulers on the same pods, round by round, and the lower bound on nodes."""
+
+    rounds: list[tuple[RunReport, RunReport]]  # (default-scheduler, fulcrum-scheduler)
+    lower_bound: int
+
+    @property
+    def ratios(self) -> list[float]:
+        """fulcrum-scheduler's throughput as a fraction of default-scheduler's, per round."""
+        return [ours.throughput / baseline.throughput for baseline, ours in self.rounds]
 
 
 def compare(
@@ -330,11 +377,13 @@ def compare(
     n_pods: int,
     seed: int = 42,
     workload: str = "default",
+    rounds: int = 1,
     log: Callable[[str], None] = print,
-) -> tuple[RunReport, RunReport, int]:
-    """On a running cluster ``name`` with no nodes: add the sampled openb nodes, run the same
-    pods through default-scheduler, then fulcrum-scheduler. Returns both reports and the
-    lower bound on nodes."""
+) -> Comparison:
+    """On a running cluster ``name`` with no nodes: add the sampled openb nodes, then run the
+    same pods through default-scheduler and fulcrum-scheduler, ``rounds`` times, in turns
+    (default first in even rounds, fulcrum first in odd ones, so neither always follows the
+    other's clean-up)."""
     nodes = load_nodes(TRACES / "openb_node_list_all_node.csv")
     pods = load_pods(TRACES / f"openb_pod_list_{workload}.csv")
     picked = sample(nodes, pods, n_nodes, n_pods, seed=seed)
@@ -342,46 +391,76 @@ def compare(
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda row: api.create_node(node_manifest(nodes, row)), picked.nodes))
     cluster.wait_nodes_ready(name, len(picked.nodes), log=log)
-    start = cluster.cpu_seconds(name)
-    baseline = run_phase(name, nodes, pods, picked, "default-scheduler", log=log)
-    before = cluster.cpu_seconds(name)
-    log(
-        "  CPU seconds during default-scheduler's phase: "
-        + ", ".join(f"{proc} {before[proc] - start.get(proc, 0):.1f}" for proc in sorted(before))
-    )
     port = cluster.load_state(name).extender_port or 0
-    calls, seconds = extender_calls(port), extender_seconds(port)
-    ours = run_phase(name, nodes, pods, picked, cluster.FULCRUM_SCHEDULER, log=log)
-    after = cluster.cpu_seconds(name)
-    calls_after, seconds_after = extender_calls(port), extender_seconds(port)
-    log(
-        "  extender time per call: "
-        + ", ".join(
-            f"{verb} {1000 * (seconds_after[verb] - seconds.get(verb, 0)) / n:.2f} ms"
-            for verb in sorted(calls_after)
-            if (n := calls_after[verb] - calls.get(verb, 0))
-        )
-    )
-    log(
-        "  CPU seconds during fulcrum-scheduler's phase: "
-        + ", ".join(f"{proc} {after[proc] - before.get(proc, 0):.1f}" for proc in sorted(after))
-    )
-    return baseline, ours, lower_bound(nodes, picked, pods)
+    done: list[tuple[RunReport, RunReport]] = []
+    for i in range(rounds):
+        if rounds > 1:
+            log(f"round {i + 1}/{rounds}")
+        reports: dict[str, RunReport] = {}
+        order = ["default-scheduler", cluster.FULCRUM_SCHEDULER][:: -1 if i % 2 else 1]
+        for scheduler in order:
+            calls, seconds = extender_calls(port), extender_seconds(port)
+            reports[scheduler] = run_phase(name, nodes, pods, picked, scheduler, log=log)
+            if scheduler == cluster.FULCRUM_SCHEDULER:
+                calls_after, seconds_after = extender_calls(port), extender_seconds(port)
+                log(
+                    "  extender time per call: "
+                    + ", ".join(
+                        f"{verb} {1000 * (seconds_after[verb] - seconds.get(verb, 0)) / n:.2f} ms"
+                        for verb in sorted(calls_after)
+                        if (n := calls_after[verb] - calls.get(verb, 0))
+                    )
+                )
+        done.append((reports["default-scheduler"], reports[cluster.FULCRUM_SCHEDULER]))
+        log(format_cpu(*done[-1]))
+    return Comparison(done, lower_bound(nodes, picked, pods))
 
 
-def format_reports(baseline: RunReport, ours: RunReport, bound: int) -> str:
+def format_cpu(*reports: RunReport) -> str:
+    """Each process's CPU milliseconds per bound pod while each scheduler ran, and how busy the
+    machine was (100 % = every core)."""
+    procs = sorted({proc for r in reports for proc in r.cpu_seconds} - {MACHINE, STEAL, SWITCHES})
+
+    def cpu(r: RunReport, proc: str) -> float:
+        seconds = r.cpu_seconds
+        if proc == "cluster total":
+            return sum(seconds.get(p, 0.0) for p in procs)
+        if proc == "anything else":  # this process's watch, and whatever else the host runs
+            return seconds.get(MACHINE, 0.0) - cpu(r, "cluster total")
+        return seconds.get(proc, 0.0)
+
+    lines = ["CPU ms per bound pod, scheduler resumed to last binding:"]
+    lines.append(f"  {'process':20}" + "".join(f"{r.scheduler:>20}" for r in reports))
+    for proc in [*procs, "cluster total", "anything else", STEAL, SWITCHES]:
+        cells = "".join(f"{1000 * cpu(r, proc) / max(r.bound, 1):>20.2f}" for r in reports)
+        lines.append(f"  {proc:20}{cells}")
+    cores = os.cpu_count() or 1
+    busy = [r.cpu_seconds.get(MACHINE, 0.0) / (r.schedule_seconds * cores) for r in reports]
+    lines.append(f"  {'machine busy':20}" + "".join(f"{b:>20.0%}" for b in busy))
+    return "\n".join(lines)
+
+
+def format_reports(comparison: Comparison) -> str:
     lines = [
-        f"{'scheduler':20} {'bound':>11} {'nodes used':>10} {'over-committed':>14} "
+        f"{'round':>5} {'scheduler':20} {'bound':>11} {'nodes used':>10} {'over-committed':>14} "
         f"{'pods/s':>7} {'create s':>8}",
     ]
-    for r in (baseline, ours):
-        lines.append(
-            f"{r.scheduler:20} {r.bound:>5}/{r.pods:<5} {r.nodes_used:>10} "
-            f"{r.overcommitted_nodes:>14} {r.throughput:>7.1f} {r.create_seconds:>8.1f}"
-        )
-    lines.append(f"lower bound on nodes: {bound}")
+    for i, pair in enumerate(comparison.rounds):
+        for r in pair:
+            lines.append(
+                f"{i + 1:>5} {r.scheduler:20} {r.bound:>5}/{r.pods:<5} {r.nodes_used:>10} "
+                f"{r.overcommitted_nodes:>14} {r.throughput:>7.1f} {r.create_seconds:>8.1f}"
+            )
+    lines.append(f"lower bound on nodes: {comparison.lower_bound}")
+    ratios = comparison.ratios
+    nodes = [ours.nodes_used / baseline.nodes_used for baseline, ours in comparison.rounds]
     lines.append(
-        f"fulcrum/default: nodes used {ours.nodes_used / baseline.nodes_used:.2f}, "
-        f"throughput {ours.throughput / baseline.throughput:.2f}"
+        f"fulcrum/default: nodes used {np.median(nodes):.2f}, throughput "
+        f"{np.median(ratios):.2f}"
+        + (
+            f" (median of {len(ratios)} rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            if len(ratios) > 1
+            else ""
+        )
     )
     return "\n".join(lines)

@@ -21,10 +21,11 @@ def test_fulcrum_places_every_pod_where_it_fits_on_fewer_nodes() -> None:
     name = f"it-openb-{os.getpid()}"
     cluster.up(name, nodes=0, log=print)
     try:
-        baseline, ours, bound = compare(name, n_nodes=200, n_pods=2000, seed=42, log=print)
+        result = compare(name, n_nodes=200, n_pods=2000, seed=42, log=print)
     finally:
         cluster.down(name, log=print)
-    print(format_reports(baseline, ours, bound))
+    print(format_reports(result))
+    [(baseline, ours)], bound = result.rounds, result.lower_bound
 
     assert ours.bound == ours.pods > 1000
     assert ours.overcommitted_nodes == 0
