@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import logging
 import socket
 import ssl
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 KEEP_ALIVE_SECONDS = 120
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 BIND_CONNECTIONS = 64
+# Python's default (700, 10, 10) collects young objects after every 700 net allocations of
+# containers, and each request allocates many (uvicorn's, aiohttp's, decoded JSON). Old objects
+# are still collected now and then: asyncio's error paths leave reference cycles.
+GC_THRESHOLDS = (20_000, 50, 1_000)
 
 
 class ServeError(RuntimeError):
@@ -76,7 +81,11 @@ class KubeBinder:
                 headers=self._headers,
                 # kube-scheduler binds many pods at once, and each HTTP/1.1 connection carries
                 # one request at a time; kept alive, as each new one costs a TLS handshake
-                connector=aiohttp.TCPConnector(ssl=self._context, limit=BIND_CONNECTIONS),
+                # (kept past aiohttp's 15 s default, so a burst after a quiet spell does not
+                # pay for up to BIND_CONNECTIONS handshakes again)
+                connector=aiohttp.TCPConnector(
+                    ssl=self._context, limit=BIND_CONNECTIONS, keepalive_timeout=KEEP_ALIVE_SECONDS
+                ),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
         return self._session
@@ -207,6 +216,16 @@ def start_cache(api: Any, *, sync_timeout: float = 120) -> tuple[ClusterCache, l
     return cache, informers
 
 
+def tune_gc() -> None:
+    """Keep what exists now (the synced cache: thousands of long-lived objects) out of every
+    future collection, and collect young objects less often (``GC_THRESHOLDS``).
+
+    Measured with ``fulcrum compare --rounds 3``: throughput 0.52-0.56 of default-scheduler's
+    before, 0.60-0.69 with this and the longer-lived apiserver connections."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -231,6 +250,7 @@ def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )
+    tune_gc()
     tls = settings.tls
     uvicorn.run(
         create_app(settings, cache, binder),
