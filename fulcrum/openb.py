@@ -242,6 +242,11 @@ def _machine_seconds() -> dict[str, float]:
 MACHINE, STEAL, SWITCHES = "(machine)", "(stolen)", "(context switches)"
 
 
+# default-scheduler leaves a few of the sample's pods unschedulable (it spreads them); no
+# binding for this long ends a phase
+STALL_SECONDS = 30.0
+
+
 class _Bindings:
     """A namespace's pods as a watch shows them: when each was first seen bound (a ``Sink``)."""
 
@@ -315,7 +320,7 @@ def run_phase(
             if bound == len(manifests):
                 break
             now = time.monotonic()
-            if now - started > timeout or now - stalled_since > 60:
+            if now - started > timeout or now - stalled_since > STALL_SECONDS:
                 log(f"  {scheduler}: stopped waiting, {len(manifests) - bound} pods unbound")
                 break
             time.sleep(0.1)
