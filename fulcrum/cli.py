@@ -114,6 +114,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(name=args.name, nodes=args.nodes, pods=args.pods, keep=args.keep)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return value
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from fulcrum import cluster
     from fulcrum.openb import compare, format_reports
@@ -210,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=42)
     compare.add_argument("--workload", default="default", help="openb_pod_list_<workload>.csv")
     compare.add_argument(
-        "--rounds", type=int, default=1, help="run both schedulers this many times, in turns"
+        "--rounds",
+        type=_at_least_one,
+        default=1,
+        help="run both schedulers this many times, in turns",
     )
     compare.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
     compare.set_defaults(func=_cmd_compare)
