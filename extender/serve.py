@@ -221,7 +221,7 @@ def tune_gc() -> None:
     future collection, and collect young objects less often (``GC_THRESHOLDS``).
 
     Measured with ``fulcrum compare --rounds 3`` (with the longer-lived apiserver connections):
-    throughput 0.52-0.56 of default-scheduler's before; 0.60-0.69, then 0.43-0.74 with it. The
+    throughput 0.52-0.56 of default-scheduler's before; 0.60-0.69, 0.43-0.74, 0.46-0.62 with it. The
     spread between runs is as large as the change: it is cheap, not proven."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
