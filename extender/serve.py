@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # kube-scheduler's HTTP client keeps idle connections 90 s; outlive that so it never reuses a
 # connection the server is closing.
 KEEP_ALIVE_SECONDS = 120
+# Our side of it: idle apiserver connections are closed before kube-apiserver's own 90 s idle
+# timeout would, so a bind never goes out on a connection the apiserver is closing.
+APISERVER_KEEP_ALIVE_SECONDS = 60
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 BIND_CONNECTIONS = 64
 # Python's default (700, 10, 10) collects young objects after every 700 net allocations of
@@ -81,10 +84,12 @@ class KubeBinder:
                 headers=self._headers,
                 # kube-scheduler binds many pods at once, and each HTTP/1.1 connection carries
                 # one request at a time; kept alive, as each new one costs a TLS handshake
-                # (kept past aiohttp's 15 s default, so a burst after a quiet spell does not
+                # (past aiohttp's 15 s default, so a burst after a short quiet spell does not
                 # pay for up to BIND_CONNECTIONS handshakes again)
                 connector=aiohttp.TCPConnector(
-                    ssl=self._context, limit=BIND_CONNECTIONS, keepalive_timeout=KEEP_ALIVE_SECONDS
+                    ssl=self._context,
+                    limit=BIND_CONNECTIONS,
+                    keepalive_timeout=APISERVER_KEEP_ALIVE_SECONDS,
                 ),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
