@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import gc
 import logging
 import socket
 import ssl
@@ -39,10 +38,6 @@ KEEP_ALIVE_SECONDS = 120
 APISERVER_KEEP_ALIVE_SECONDS = 60
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 BIND_CONNECTIONS = 64
-# Python's default (700, 10, 10) collects young objects after every 700 net allocations of
-# containers, and each request allocates many (uvicorn's, aiohttp's, decoded JSON). Old objects
-# are still collected now and then: asyncio's error paths leave reference cycles.
-GC_THRESHOLDS = (20_000, 50, 1_000)
 
 
 class ServeError(RuntimeError):
@@ -221,17 +216,6 @@ def start_cache(api: Any, *, sync_timeout: float = 120) -> tuple[ClusterCache, l
     return cache, informers
 
 
-def tune_gc() -> None:
-    """Keep what exists now (the synced cache: thousands of long-lived objects) out of every
-    future collection, and collect young objects less often (``GC_THRESHOLDS``).
-
-    Measured with ``fulcrum compare --rounds 3`` (with the longer-lived apiserver connections):
-    throughput 0.52-0.56 of default-scheduler's before; 0.60-0.69, 0.43-0.74, 0.46-0.62 with it. The
-    spread between runs is as large as the change: it is cheap, not proven."""
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -256,7 +240,6 @@ def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )
-    tune_gc()
     tls = settings.tls
     uvicorn.run(
         create_app(settings, cache, binder),
