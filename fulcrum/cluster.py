@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from dataclasses import asdict, dataclass, field
@@ -583,17 +583,24 @@ def scheduler_pid(name: str, scheduler: str) -> int:
     raise ClusterError(f"no kube-scheduler process for {scheduler!r} in cluster {name!r}")
 
 
-def cpu_seconds(name: str) -> dict[str, float]:
-    """CPU time (user + system) used so far by each process of the cluster, by name."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def process_labels(name: str) -> dict[int, str]:
+    """The cluster's processes now, each with a label naming what it is (pid -> label)."""
     ours = load_state(name).scheduler_pid
+    return {
+        pid: FULCRUM_SCHEDULER if pid == ours else _process_name(pid)
+        for pid in processes_under(state_dir(name))
+    }
+
+
+def cpu_seconds(processes: Mapping[int, str]) -> dict[str, float]:
+    """CPU time (user + system) used so far by ``processes`` (``process_labels``), by label."""
+    ticks = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
-    for pid in processes_under(state_dir(name)):
+    for pid, label in processes.items():
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        label = FULCRUM_SCHEDULER if pid == ours else _process_name(pid)
         out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return out
 

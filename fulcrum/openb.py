@@ -196,7 +196,8 @@ class RunReport:
     overcommitted_nodes: int  # by Fulcrum's device-level accounting
     create_seconds: float
     schedule_seconds: float  # scheduler resumed to last pod bound
-    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, resumed to all bound
+    # CPU seconds per process, of the machine, and its context switches, resumed to all bound
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -225,17 +226,18 @@ def _overcommitted(nodes: NodeTrace, sample_: Sample, placed: list[dict[str, Any
     return bad
 
 
-def _machine_seconds() -> dict[str, float]:
-    """The whole machine's busy and stolen CPU seconds so far, and its context switches in
-    thousands (``/proc/stat``)."""
+def _usage(processes: Mapping[int, str]) -> dict[str, float]:
+    """CPU seconds so far of each of the cluster's ``processes`` (``cluster.process_labels``), of
+    the whole machine (busy, and stolen), and the machine's context switches (``/proc/stat``)."""
     lines = Path("/proc/stat").read_text().splitlines()
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, lines[0].split()[1:9])
     ticks = os.sysconf("SC_CLK_TCK")
     switches = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
     return {
+        **cluster.cpu_seconds(processes),
         MACHINE: (user + nice + system + irq + softirq) / ticks,
         STEAL: steal / ticks,
-        SWITCHES: switches / 1000,
+        SWITCHES: switches,
     }
 
 
@@ -290,6 +292,7 @@ def run_phase(
     manifests = [pod_manifest(pods, row, scheduler) for row in sample_.pods]
     pid = cluster.scheduler_pid(name, scheduler)
     port = cluster.scheduler_metrics_port(name, scheduler)
+    processes = cluster.process_labels(name)  # read once: /proc is scanned for them
     algorithm_before = scheduling_algorithm(port)  # while it runs: a stopped one cannot answer
     bindings = _Bindings()
     informer = Informer("pods", functools.partial(api.list_namespaced_pod, namespace), bindings)
@@ -304,7 +307,7 @@ def run_phase(
         informer.synced.wait(60)
         time.sleep(2)  # let watchers (Fulcrum's cache among them) catch up before the clock starts
     finally:
-        cpu_before = {**cluster.cpu_seconds(name), **_machine_seconds()}
+        cpu_before = _usage(processes)
         started = time.monotonic()
         os.kill(pid, signal.SIGCONT)
     last_bound, bound_at, logged = -1, started, 0.0
@@ -313,7 +316,7 @@ def run_phase(
             bound, bound_at = bindings.progress(started)
             if bound != last_bound:  # CPU up to the latest binding, not through a stall
                 last_bound, stalled_since = bound, time.monotonic()
-                cpu_after = {**cluster.cpu_seconds(name), **_machine_seconds()}
+                cpu_after = _usage(processes)
                 if stalled_since - logged >= 0.5 or bound == len(manifests):
                     logged = stalled_since
                     log(f"  {scheduler}: {bound}/{len(manifests)} bound")
@@ -434,10 +437,11 @@ def format_cpu(*reports: RunReport) -> str:
             return seconds.get(MACHINE, 0.0) - cpu(r, "cluster total")
         return seconds.get(proc, 0.0)
 
-    lines = ["CPU ms per bound pod, scheduler resumed to last binding:"]
+    lines = ["CPU ms (and context switches) per bound pod, scheduler resumed to last binding:"]
     lines.append(f"  {'process':20}" + "".join(f"{r.scheduler:>20}" for r in reports))
     for proc in [*procs, "cluster total", "anything else", STEAL, SWITCHES]:
-        cells = "".join(f"{1000 * cpu(r, proc) / max(r.bound, 1):>20.2f}" for r in reports)
+        scale = 1 if proc == SWITCHES else 1000
+        cells = "".join(f"{scale * cpu(r, proc) / max(r.bound, 1):>20.2f}" for r in reports)
         lines.append(f"  {proc:20}{cells}")
     cores = os.cpu_count() or 1
     busy = [r.cpu_seconds.get(MACHINE, 0.0) / (r.schedule_seconds * cores) for r in reports]
