@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from extender.bind import Binder, BindService
-from extender.cache import ClusterCache, PendingPod
+from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
 from extender.preempt import candidates_from_wire, result_to_wire, select_victims
@@ -183,18 +183,20 @@ class Verbs:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _settle(cache: ClusterCache, pending: PendingPod) -> PendingPod:
-    """Give the watches a moment to show where a local-rebuild successor belongs.
+async def _settle(busy: Callable[[], bool]) -> None:
+    """Give the watches a moment to show what kube-scheduler already knows, while ``busy()``.
 
-    The scheduler may ask about a successor a few milliseconds before our watches show the pod,
-    its predecessor's deletion or the Reservation; answering "no node" at once would cost it at
-    least kube-scheduler's 1 s back-off. Waits at most SETTLE_SECONDS, without blocking other
-    requests; a controller that is slow or down is not waited for (``ClusterCache.settling``).
+    The scheduler may ask about a pod a few milliseconds before our watches show what decides
+    it: a local-rebuild successor's pod, its predecessor's deletion or the Reservation
+    (``ClusterCache.settling``), or the deletion of the victims a preemptor evicted
+    (``ClusterCache.evicting``). Answering at once would cost a successor at least
+    kube-scheduler's 1 s back-off and a preemptor a second round of victims. Waits at most
+    SETTLE_SECONDS, without blocking other requests; a controller that is slow or down is not
+    waited for.
     """
     deadline = time.monotonic() + SETTLE_SECONDS
-    while cache.settling(pending) and time.monotonic() < deadline:
+    while busy() and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
-    return cache.pending(pending.uid) or pending
 
 
 def create_app(
@@ -251,9 +253,11 @@ def create_app(
 
     async def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
         pod, names = _pod(args), _node_names(args)
-        pending = cache.note_pending(args.Pod, pod) if cache is not None else None
-        if cache is not None and pending is not None:
-            pending = await _settle(cache, pending)
+        pending = None
+        if cache is not None:
+            noted = cache.note_pending(args.Pod, pod)
+            await _settle(lambda: cache.settling(noted) or cache.evicting(noted.uid, names))
+            pending = cache.pending(noted.uid) or noted
         with view(args) as snapshot:
             choose = settings.decide_in_filter
             out = (
@@ -315,6 +319,9 @@ def create_app(
             raise BadRequest(422, str(exc)) from exc
         with cache.lock:
             chosen = select_victims(cache.snapshot, pod, candidates, priority, decider.scores)
+        preemptor = str((args.Pod.get("metadata") or {}).get("uid") or "")
+        for node, victims in chosen.items():
+            cache.note_eviction(preemptor, node, victims.uids)
         return result_to_wire(chosen)
 
     app.add_middleware(

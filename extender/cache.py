@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,7 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 LEAVING_GRACE = 30.0
 SETTLE_WINDOW = 2.0  # a Reservation normally follows its predecessor's deletion within this
 PROMISE_SECONDS = 30.0
+EVICTION_SECONDS = 300.0  # how long the victims chosen for a preemptor are remembered
 
 
 def _pod_key(pod: Mapping[str, Any]) -> str:
@@ -123,6 +124,8 @@ class ClusterCache:
         self._claims: dict[str, str] = {}  # reservation namespace/name -> successor uid
         self._promised: dict[str, tuple[str, float]] = {}  # reservation -> (pod uid, until)
         self._by_predecessor: dict[str, str] = {}  # predecessor uid -> reservation namespace/name
+        # preemptor uid -> (node, victim uids, remembered until): what preempt chose for it
+        self._evicting: dict[str, tuple[str, tuple[str, ...], float]] = {}
         self.synced: dict[str, threading.Event] = {}  # kind -> set once its informer listed
         self.last_event = time.monotonic()
         self.changes = 0
@@ -468,6 +471,32 @@ class ClusterCache:
             if uid and uid not in self.snapshot.pods():
                 self._pending[uid] = pending
             return pending
+
+    def note_eviction(self, preemptor: str, node: str, victims: Iterable[str]) -> None:
+        """Preempt chose ``victims`` on ``node`` for ``preemptor``; kube-scheduler evicts them."""
+        now = time.monotonic()
+        with self.lock:
+            for uid in [u for u, (_, _, until) in self._evicting.items() if until < now]:
+                del self._evicting[uid]
+            self._evicting[preemptor] = (node, tuple(victims), now + EVICTION_SECONDS)
+
+    def evicting(self, preemptor: str, nodes: Collection[str]) -> bool:
+        """Whether a node of ``nodes`` still has, here, victims chosen for ``preemptor``.
+
+        kube-scheduler offers the extender only nodes its own filters passed, and they count a
+        victim until its deletion: a node offered with its victims still here means this cache
+        is behind kube-scheduler's. Answering from it would fail the pod on the node its
+        preemption freed, and kube-scheduler would preempt again, on another node.
+        """
+        with self.lock:
+            entry = self._evicting.get(preemptor)
+            if entry is None:
+                return False
+            node, victims, _ = entry
+            if not any(uid in self.snapshot.pods() for uid in victims):
+                del self._evicting[preemptor]
+                return False
+            return node in nodes
 
     def pending_pods(self) -> list[PendingPod]:
         with self.lock:

@@ -496,7 +496,11 @@ def up(
 
 
 def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
-    """Stop every process of cluster ``name`` and remove its files; safe to repeat."""
+    """Stop every process of cluster ``name`` and remove its files; safe to repeat.
+
+    With ``FULCRUM_KEEP_LOGS=DIR`` in the environment, the cluster's logs (Fulcrum's and the
+    control plane's) are first copied to ``DIR/<name>``, for diagnosing a failed test.
+    """
     directory = state_dir(name)
     if not directory.exists():
         log(f"no cluster named {name!r}; nothing to do")
@@ -507,6 +511,14 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
         stop_process(state.scheduler_pid)
         stop_process(state.extender_pid)
         stop_process(state.rebuild_pid)
+    keep = os.environ.get("FULCRUM_KEEP_LOGS")
+    if keep:
+        shutil.copytree(
+            directory,
+            Path(keep) / name,
+            ignore=lambda _, names: [n for n in names if n in ("bin", "etcd", "pki")],
+            dirs_exist_ok=True,
+        )
     if state and state.binaries.get("kwokctl") and kubeconfig_path(name).parent.exists():
         try:
             _kwokctl(

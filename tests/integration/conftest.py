@@ -6,7 +6,6 @@ Every cluster a test starts is torn down by the fixture that started it.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,18 +39,4 @@ def kwok_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KwokClust
     try:
         yield started
     finally:
-        keep_logs(name)
         cluster.down(name, log=print)
-
-
-def keep_logs(name: str) -> None:
-    """With FULCRUM_KEEP_LOGS=DIR, copy the cluster's logs (Fulcrum's and the control plane's)
-    to DIR/<cluster> before teardown, for diagnosing a failed run."""
-    into = os.environ.get("FULCRUM_KEEP_LOGS")
-    if into:
-        shutil.copytree(
-            cluster.state_dir(name),
-            os.path.join(into, name),
-            ignore=lambda _, names: [n for n in names if n in ("bin", "etcd", "pki")],
-            dirs_exist_ok=True,
-        )

@@ -78,3 +78,55 @@ def test_cordoned_and_unknown_nodes_fail_with_their_reason() -> None:
         "zz": "node not in Fulcrum's cache yet",
         "n1": "node is cordoned (spec.unschedulable)",
     }
+
+
+def test_a_preemptor_is_filtered_after_the_cache_sees_its_victims_go() -> None:
+    """kube-scheduler retries a preemptor as soon as its own cache loses the victim; the
+    extender's watch may be a few milliseconds behind. Answering from the stale cache would fail
+    the freed node and make kube-scheduler preempt a second pod elsewhere (seen in CI)."""
+    import threading
+    import time
+
+    from extender.cache import ClusterCache
+
+    cache = ClusterCache()
+    for name in ("n0", "n1"):
+        cache.apply(
+            "nodes",
+            "ADDED",
+            {
+                "metadata": {"name": name},
+                "status": {"allocatable": {"cpu": "4", "memory": "16Gi", "pods": "10"}},
+            },
+        )
+
+    def pod(uid: str, cpu: str, node: str = "") -> dict[str, object]:
+        return {
+            "metadata": {"uid": uid, "name": uid, "namespace": "p"},
+            "spec": {"nodeName": node, "containers": [{"resources": {"requests": {"cpu": cpu}}}]},
+            "status": {"phase": "Running" if node else "Pending"},
+        }
+
+    for uid, cpu, node in [("big0", "3", "n0"), ("small0", "1", "n0"), ("big1", "3", "n1")]:
+        cache.apply("pods", "ADDED", pod(uid, cpu, node))
+    cache.apply("pods", "ADDED", pod("small1", "1", "n1"))
+    client = TestClient(create_app(ExtenderSettings(decide_in_filter=True), cache))
+    urgent = pod("urgent", "3")
+    victims = {"n0": {"Pods": [{"UID": "big0"}]}, "n1": {"Pods": [{"UID": "big1"}]}}
+    reply = client.post("/preempt", json={"Pod": urgent, "NodeNameToMetaVictims": victims})
+    chosen = reply.json()["NodeNameToMetaVictims"]
+    ((node, answer),) = chosen.items()
+    victim = answer["Pods"][0]["UID"]
+
+    # a node the victims are not on is not waited for
+    other = "n1" if node == "n0" else "n0"
+    started = time.monotonic()
+    reply = client.post("/filter", json={"Pod": urgent, "NodeNames": [other]})
+    assert other in reply.json()["FailedNodes"] and time.monotonic() - started < 0.1
+
+    # kube-scheduler's cache lost the victim, ours 50 ms later: the filter waits for it
+    threading.Timer(0.05, cache.apply, ("pods", "DELETED", pod(victim, "3", node))).start()
+    started = time.monotonic()
+    reply = client.post("/filter", json={"Pod": urgent, "NodeNames": [node]})
+    assert reply.json()["NodeNames"] == [node]
+    assert 0.04 < time.monotonic() - started < 0.4

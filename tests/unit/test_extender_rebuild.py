@@ -269,10 +269,12 @@ def test_settle_waits_for_the_watch_then_answers_at_once() -> None:
     assert cache.settling(pending)  # the scheduler asked before the watch showed the pod
     threading.Timer(0.05, cache.apply, ("pods", "ADDED", successor)).start()
     started = time.monotonic()
-    settled = asyncio.run(_settle(cache, pending))
-    assert settled.watched and 0.04 < time.monotonic() - started < 0.4
+    asyncio.run(_settle(lambda: cache.settling(pending)))
+    settled = cache.pending(pending.uid)
+    assert settled is not None and settled.watched
+    assert 0.04 < time.monotonic() - started < 0.4
     started = time.monotonic()
-    asyncio.run(_settle(cache, settled))  # nothing to wait for
+    asyncio.run(_settle(lambda: cache.settling(settled)))  # nothing to wait for
     assert time.monotonic() - started < 0.05
 
 
