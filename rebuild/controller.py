@@ -413,11 +413,13 @@ class Controller:
         reservation = self.take_over(pod, claimed)
         if reservation is not None:
             node = pod["spec"]["nodeName"]
-            where = (
-                f"back on node {node}"
-                if node == reservation.node
-                else f"on node {node} (node {reservation.node} could not take it back)"
-            )
+            where = f"back on node {node}"
+            if node != reservation.node:
+                where = f"on node {node} (node {reservation.node} could not take it back)"
+                if self.status(pod).get("action") != "fallback":
+                    # the extender stops holding a room the moment it expires, so the pod
+                    # may be placed before expire() runs and finds no pending successor
+                    self.report_fallback(pod, reservation)
             self.report(  # before the reservation goes, so a crash cannot lose this status
                 pod,
                 "claimed",
@@ -557,8 +559,6 @@ class Controller:
         return None
 
     def expire(self, r: api.Reservation) -> None:
-        why = self.node_trouble(r.node)
-
         def mark(obj: dict[str, Any]) -> dict[str, Any] | None:
             if (obj.get("status") or {}).get("phase", "Held") != "Held":
                 return None
@@ -568,13 +568,17 @@ class Controller:
         self.update_custom(api.RESERVATIONS, r.namespace, r.name, mark)
         for pod in self.pending_successors(r.namespace, r.key)[:1]:
             # the status write also makes kube-scheduler look at the pod again
-            self.report(
-                pod,
-                "fallback",
-                f"node {r.node} could not take the pod back within the wait ({why}): "
-                "placing it normally" + (f", keeping IP {r.ip}" if r.ip else ""),
-                warning=True,
-            )
+            self.report_fallback(pod, r)
+
+    def report_fallback(self, pod: Obj, r: api.Reservation) -> None:
+        self.report(
+            pod,
+            "fallback",
+            f"node {r.node} could not take the pod back within the wait "
+            f"({self.node_trouble(r.node)}): placing it normally"
+            + (f", keeping IP {r.ip}" if r.ip else ""),
+            warning=True,
+        )
 
     def node_trouble(self, node: str) -> str:
         try:

@@ -746,6 +746,32 @@ def test_an_expired_reservation_lets_the_successor_go_elsewhere(
     assert len(rig.apiserver.events) == 1
 
 
+def test_a_successor_placed_elsewhere_before_expiry_ran_still_gets_its_fallback_event() -> None:
+    """The extender stops holding a room once it expires, so kube-scheduler may place the
+    successor elsewhere before the controller's expire() runs; expire() then finds no pending
+    successor to tell. The claim itself reports the fallback (seen in CI: no RebuildFallback)."""
+    elsewhere = pod(
+        NEW, node_name="n2", annotations={**BOUND, api.RESERVATION: HELD}, finalized=False
+    )
+    rig = cluster(
+        ("reservations", held(fallback="reschedule", expires=timedelta(seconds=-1))),
+        ("pods", elsewhere),
+        allocations={IP: f"reservation:{HELD}"},
+    )
+    rig.apiserver.nodes[NODE] = node(cordoned=True)
+
+    rig.reconcile("pods/ns/web-0")
+
+    assert rig.apiserver.reasons() == ["RebuildFallback", "RebuildClaimed"]
+    fallback, claimed = rig.apiserver.events
+    assert "(node is cordoned)" in fallback["message"] and fallback["type"] == "Warning"
+    assert claimed["message"].startswith("on node n2 (node n1 could not take it back)")
+    assert ippool.holders(rig.apiserver.pool()) == {f"pod:{NEW}": IP}
+
+    rig.reconcile(f"reservations/ns/{HELD}")  # expire() after the claim tells nobody again
+    assert rig.apiserver.reasons() == ["RebuildFallback", "RebuildClaimed"]
+
+
 def test_an_expired_reservation_past_its_grace_releases_the_ip_and_goes() -> None:
     past_grace = -EXPIRED_GRACE - timedelta(seconds=1)
     rig = cluster(
