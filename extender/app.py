@@ -320,7 +320,7 @@ def create_app(
         with cache.lock:
             chosen = select_victims(cache.snapshot, pod, candidates, priority, decider.scores)
         preemptor = str((args.Pod.get("metadata") or {}).get("uid") or "")
-        for node, victims in chosen.items():
+        for node, victims in chosen.items() if preemptor else ():
             cache.note_eviction(preemptor, node, victims.uids)
         return result_to_wire(chosen)
 

@@ -122,7 +122,8 @@ def test_a_preemptor_is_filtered_after_the_cache_sees_its_victims_go() -> None:
     other = "n1" if node == "n0" else "n0"
     started = time.monotonic()
     reply = client.post("/filter", json={"Pod": urgent, "NodeNames": [other]})
-    assert other in reply.json()["FailedNodes"] and time.monotonic() - started < 0.1
+    assert other in reply.json()["FailedNodes"]
+    assert time.monotonic() - started < 0.3  # SETTLE_SECONDS is 0.5
 
     # kube-scheduler's cache lost the victim, ours 50 ms later: the filter waits for it
     threading.Timer(0.05, cache.apply, ("pods", "DELETED", pod(victim, "3", node))).start()
