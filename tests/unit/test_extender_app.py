@@ -107,9 +107,9 @@ def test_a_preemptor_is_filtered_after_the_cache_sees_its_victims_go() -> None:
             "status": {"phase": "Running" if node else "Pending"},
         }
 
-    for uid, cpu, node in [("big0", "3", "n0"), ("small0", "1", "n0"), ("big1", "3", "n1")]:
+    full = [("big0", "3", "n0"), ("small0", "1", "n0"), ("big1", "3", "n1"), ("small1", "1", "n1")]
+    for uid, cpu, node in full:
         cache.apply("pods", "ADDED", pod(uid, cpu, node))
-    cache.apply("pods", "ADDED", pod("small1", "1", "n1"))
     client = TestClient(create_app(ExtenderSettings(decide_in_filter=True), cache))
     urgent = pod("urgent", "3")
     victims = {"n0": {"Pods": [{"UID": "big0"}]}, "n1": {"Pods": [{"UID": "big1"}]}}
