@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -350,6 +351,6 @@ class Decider:
                 {n: i for i, n in enumerate(snapshot.names)},
             )
         lookup = self._row_index[2]
-        rows = np.fromiter((lookup.get(n, -1) for n in names), dtype=np.intp, count=len(names))
+        rows = np.fromiter(map(lookup.get, names, repeat(-1)), dtype=np.intp, count=len(names))
         missing = [names[i] for i in np.flatnonzero(rows < 0).tolist()]
         return rows, missing

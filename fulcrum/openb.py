@@ -446,6 +446,10 @@ def format_cpu(*reports: RunReport) -> str:
     cores = os.cpu_count() or 1
     busy = [r.cpu_seconds.get(MACHINE, 0.0) / (r.schedule_seconds * cores) for r in reports]
     lines.append(f"  {'machine busy':20}" + "".join(f"{b:>20.0%}" for b in busy))
+    # on a busy machine, throughput relative to the first column follows this ratio
+    per_pod = [cpu(r, "cluster total") / max(r.bound, 1) for r in reports]
+    ratios = "".join(f"{per_pod[0] / p if p else math.nan:>20.2f}" for p in per_pod)
+    lines.append(f"  {'first/this per pod':20}{ratios}")
     return "\n".join(lines)
 
 
