@@ -419,7 +419,7 @@ class Controller:
                 if self.status(pod).get("action") != "fallback":
                     # the extender stops holding a room the moment it expires, so the pod
                     # may be placed before expire() runs and finds no pending successor
-                    self.report_fallback(pod, reservation)
+                    self.report_fallback(pod, reservation, placed_on=node)
             self.report(  # before the reservation goes, so a crash cannot lose this status
                 pod,
                 "claimed",
@@ -570,13 +570,14 @@ class Controller:
             # the status write also makes kube-scheduler look at the pod again
             self.report_fallback(pod, r)
 
-    def report_fallback(self, pod: Obj, r: api.Reservation) -> None:
+    def report_fallback(self, pod: Obj, r: api.Reservation, placed_on: str = "") -> None:
+        """The RebuildFallback Event and status; ``placed_on``: the node it already went to."""
+        outcome = f"placed on node {placed_on} instead" if placed_on else "placing it normally"
         self.report(
             pod,
             "fallback",
             f"node {r.node} could not take the pod back within the wait "
-            f"({self.node_trouble(r.node)}): placing it normally"
-            + (f", keeping IP {r.ip}" if r.ip else ""),
+            f"({self.node_trouble(r.node)}): {outcome}" + (f", keeping IP {r.ip}" if r.ip else ""),
             warning=True,
         )
 

@@ -764,7 +764,8 @@ def test_a_successor_placed_elsewhere_before_expiry_ran_still_gets_its_fallback_
 
     assert rig.apiserver.reasons() == ["RebuildFallback", "RebuildClaimed"]
     fallback, claimed = rig.apiserver.events
-    assert "(node is cordoned)" in fallback["message"] and fallback["type"] == "Warning"
+    assert "(node is cordoned): placed on node n2 instead" in fallback["message"]
+    assert fallback["type"] == "Warning"
     assert claimed["message"].startswith("on node n2 (node n1 could not take it back)")
     assert ippool.holders(rig.apiserver.pool()) == {f"pod:{NEW}": IP}
 
