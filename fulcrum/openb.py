@@ -407,21 +407,30 @@ def compare(
         reports: dict[str, RunReport] = {}
         order = ["default-scheduler", cluster.FULCRUM_SCHEDULER][:: -1 if i % 2 else 1]
         for scheduler in order:
-            calls, seconds = extender_calls(port), extender_seconds(port)
-            reports[scheduler] = run_phase(name, nodes, pods, picked, scheduler, log=log)
-            if scheduler == cluster.FULCRUM_SCHEDULER:
-                calls_after, seconds_after = extender_calls(port), extender_seconds(port)
-                log(
-                    "  extender time per call: "
-                    + ", ".join(
-                        f"{verb} {1000 * (seconds_after[verb] - seconds.get(verb, 0)) / n:.2f} ms"
-                        for verb in sorted(calls_after)
-                        if (n := calls_after[verb] - calls.get(verb, 0))
-                    )
-                )
+            phase = functools.partial(run_phase, name, nodes, pods, picked, scheduler, log=log)
+            ours = scheduler == cluster.FULCRUM_SCHEDULER
+            reports[scheduler] = _timing_extender(port, phase, log) if ours else phase()
         done.append((reports["default-scheduler"], reports[cluster.FULCRUM_SCHEDULER]))
         log(format_cpu(*done[-1]))
     return Comparison(done, lower_bound(nodes, picked, pods))
+
+
+def _timing_extender(
+    port: int, phase: Callable[[], RunReport], log: Callable[[str], None]
+) -> RunReport:
+    """Run ``phase``, then log the extender's mean time per call of each verb during it."""
+    calls, seconds = extender_calls(port), extender_seconds(port)
+    report = phase()
+    calls_after, seconds_after = extender_calls(port), extender_seconds(port)
+    log(
+        "  extender time per call: "
+        + ", ".join(
+            f"{verb} {1000 * (seconds_after[verb] - seconds.get(verb, 0)) / n:.2f} ms"
+            for verb in sorted(calls_after)
+            if (n := calls_after[verb] - calls.get(verb, 0))
+        )
+    )
+    return report
 
 
 def format_cpu(*reports: RunReport) -> str:
