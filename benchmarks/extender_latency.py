@@ -24,7 +24,7 @@ import uvicorn
 from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings, PolicyWeight
-from extender.resources import pod_request
+from kube.resources import pod_request
 from fulcrum.cluster import free_port
 from fulcrum.openb import TRACES, node_manifest, pod_manifest
 from scheduler.trace import load_nodes, load_pods

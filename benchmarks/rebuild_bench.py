@@ -22,7 +22,7 @@ import orjson
 
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
-from rebuild import api
+from kube import api
 
 
 def main(argv: list[str] | None = None) -> int:

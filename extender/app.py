@@ -27,7 +27,7 @@ from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
 from extender.preempt import candidates_from_wire, result_to_wire, select_victims
-from extender.resources import node_spec, pod_request
+from kube.resources import node_spec, pod_request
 from extender.wire import (
     ExtenderArgs,
     ExtenderBindingArgs,

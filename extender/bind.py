@@ -29,8 +29,8 @@ from typing import Protocol
 import orjson
 
 from extender.cache import ClusterCache, PendingPod
-from extender.resources import GPU_DEVICES_ANNOTATION
-from rebuild import api as rebuild
+from kube.resources import GPU_DEVICES_ANNOTATION
+from kube import api as rebuild
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 

@@ -1,10 +1,10 @@
 """An informer-backed view of nodes and the pods on them.
 
 The state (``ClusterCache``) is plain data updated by events, so it is tested without a cluster.
-``rebuild.kube.Informer`` feeds it from the apiserver (nodes, pods, and the rebuild controller's
+``kube.informer.Informer`` feeds it from the apiserver (nodes, pods, and the rebuild controller's
 Reservations). Scheduling requests only read the cache: they cost zero apiserver calls.
 
-A held Reservation (``rebuild.api``) is charged to its node as a placeholder pod once its
+A held Reservation (``kube.api``) is charged to its node as a placeholder pod once its
 predecessor has gone, so no other pod can take the room; its successor sees it through
 ``holds`` and may use it (``fits_in_hold``); a bound pod naming it in its
 ``fulcrum.io/reservation`` annotation has claimed it, which frees the placeholder.
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from extender.resources import assigned_devices, node_spec, pod_request
-from rebuild import api as rebuild
+from kube.resources import assigned_devices, node_spec, pod_request
+from kube import api as rebuild
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -45,7 +45,7 @@ class PendingPod:
     key: str  # namespace/name
     request: PodRequest
     uid: str = ""
-    successor: str | None = None  # rebuild.api.successor_key of a pod opted in to local rebuild
+    successor: str | None = None  # kube.api.successor_key of a pod opted in to local rebuild
     watched: bool = False  # the pod watch delivered it, so also every event before its creation
     # labels and annotations, kept only for pods that use local rebuild or an IP pool
     labels: Mapping[str, str] = field(default_factory=dict)

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from extender.cache import ClusterCache, PendingPod
 from extender.wire import MAX_EXTENDER_SCORE
 from policies.registry import Registry
-from rebuild.api import Reservation
+from kube.api import Reservation
 from scheduler.fragmentation import TargetWorkload
 from scheduler.pod import PodRequest
 from scheduler.policy import Policy, PolicyContext

@@ -24,9 +24,9 @@ from extender.app import create_app
 from extender.bind import BindConflict, PodGone
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
-from rebuild import api as rebuild
-from rebuild import ippool
-from rebuild.kube import Informer
+from kube import api as rebuild
+from kube import ippool
+from kube.informer import Informer
 
 log = logging.getLogger(__name__)
 

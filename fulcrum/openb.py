@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from kubernetes.client.exceptions import ApiException
 
-from extender.resources import (
+from kube.resources import (
     GPU_MILLI_ANNOTATION,
     GPU_MODEL_ANNOTATION,
     GPU_MODEL_LABEL,
@@ -41,7 +41,7 @@ from fulcrum.workload import (
     extender_seconds,
     scheduling_algorithm,
 )
-from rebuild.kube import Informer
+from kube.informer import Informer
 from scheduler.pod import MIB
 from scheduler.replay import nodes_lower_bound
 from scheduler.snapshot import Snapshot

@@ -3,7 +3,7 @@
 Used by the demo, the integration tests and ``benchmarks/rebuild_bench.py``. Changes are made
 the way a user makes them, with ``kubectl set image``, ``kubectl set env`` and
 ``kubectl replace --force``; a member of a workload is identified by its successor key
-(``rebuild.api.successor_key``), so "the same pod" after a rollout means the same Deployment,
+(``kube.api.successor_key``), so "the same pod" after a rollout means the same Deployment,
 StatefulSet ordinal or bare-pod name.
 """
 
@@ -27,9 +27,9 @@ from kubernetes import client
 from fulcrum import cluster
 from fulcrum.cluster import FULCRUM_SCHEDULER
 from fulcrum.workload import PAUSE_IMAGE
-from rebuild import api
-from rebuild.hooks import is_ready
-from rebuild.kube import Informer
+from kube import api
+from kube.hooks import is_ready
+from kube.informer import Informer
 
 NEW_IMAGE = "registry.k8s.io/pause:3.9"
 APP_LABEL = "app"

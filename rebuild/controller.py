@@ -40,9 +40,9 @@ from typing import Any
 import orjson
 from kubernetes import client
 
-from rebuild import api, ippool
-from rebuild.hooks import Verdict, combine, default_hook_registry, hooks_for
-from rebuild.kube import Informer, update_object
+from kube import api, ippool
+from kube.hooks import Verdict, combine, default_hook_registry, hooks_for
+from kube.informer import Informer, update_object
 from rebuild.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -713,7 +713,7 @@ class Controller:
         name: str,
         change: Callable[[dict[str, Any]], dict[str, Any] | None],
     ) -> None:
-        """Compare-and-swap one of Fulcrum's custom objects (``rebuild.kube.update_object``)."""
+        """Compare-and-swap one of Fulcrum's custom objects (``kube.informer.update_object``)."""
         where = (api.GROUP, api.VERSION, namespace, plural, name)
         update_object(
             lambda: self.custom.get_namespaced_custom_object(*where),

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from fulcrum import rebuild_run as rr
-from rebuild import api, ippool
+from kube import api, ippool
 
 pytestmark = pytest.mark.integration
 

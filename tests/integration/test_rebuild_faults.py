@@ -16,7 +16,7 @@ from kubernetes import client
 
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
-from rebuild import api, ippool
+from kube import api, ippool
 from rebuild.controller import CRASH_ENV
 
 pytestmark = pytest.mark.integration

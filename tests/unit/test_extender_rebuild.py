@@ -17,10 +17,10 @@ from extender.bind import BindService
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
-from extender.resources import pod_request
+from kube.resources import pod_request
 from policies.registry import default_registry
-from rebuild import api
-from rebuild import ippool as pools
+from kube import api
+from kube import ippool as pools
 
 
 def node(name: str, cpu: str = "4") -> dict[str, Any]:

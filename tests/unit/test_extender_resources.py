@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from extender.resources import QuantityError, pod_requests, quantity
+from kube.resources import QuantityError, pod_requests, quantity
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from rebuild.ippool import (
+from kube.ippool import (
     AddressTaken,
     PoolError,
     PoolExhausted,

@@ -19,11 +19,11 @@ import orjson
 import pytest
 from kubernetes.client import ApiClient, ApiException
 
-from rebuild import api, ippool
+from kube import api, ippool
 from rebuild import controller as controller_module
 from rebuild.controller import CRASH_ENV, EXPIRED_GRACE, Controller, Store
-from rebuild.hooks import ANNOTATION as HOOKS
-from rebuild.hooks import LEADER, LEADER_RETRY_SECONDS, ROLE_LABEL
+from kube.hooks import ANNOTATION as HOOKS
+from kube.hooks import LEADER, LEADER_RETRY_SECONDS, ROLE_LABEL
 
 Obj = dict[str, Any]
 

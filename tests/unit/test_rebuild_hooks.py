@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import rebuild.hooks as hooks
-from policies.plugins import PluginError
-from rebuild.hooks import (
+import kube.hooks as hooks
+from kube.plugins import PluginError
+from kube.hooks import (
     ANNOTATION,
     BUILTIN,
     LeaderAwareHook,
@@ -175,7 +175,7 @@ def test_plugins_are_loaded_through_entry_points(installed_plugin: None) -> None
 
 
 def test_a_plugin_clashing_with_a_built_in_is_rejected() -> None:
-    clash = EntryPoint(name="Ready", value="rebuild.hooks:ReadyHook", group=hooks.ENTRY_POINT_GROUP)
+    clash = EntryPoint(name="Ready", value="kube.hooks:ReadyHook", group=hooks.ENTRY_POINT_GROUP)
     with pytest.raises(PluginError, match=r"plugin rebuild hook 'Ready' .* clashes"):
         load_plugins([clash], reserved=BUILTIN)
 

@@ -1,6 +1,6 @@
 """A generic plugin registry: a built-in table plus ``importlib.metadata`` entry points.
 
-Placement policies (:mod:`policies.registry`) and rebuild hooks (``rebuild.hooks``) are
+Placement policies (:mod:`policies.registry`) and rebuild hooks (``kube.hooks``) are
 both looked up this way. A registry maps names to plugins, matches names
 case-insensitively, accepts aliases and, for an unknown name, raises an error that lists
 the available ones. :func:`load_entry_points` loads the objects behind a group's entry

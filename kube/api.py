@@ -1,7 +1,9 @@
-"""The local-rebuild API: pod annotations, successor identity and Reservation objects.
+"""Fulcrum's API: the ``fulcrum.io/*`` pod annotations, successor identity, Reservation objects.
 
-Everything here is a pure function over Kubernetes objects as JSON-decoded
-mappings; reading and writing them is the controller's job.
+A pod's annotations are read once into a :class:`RebuildOptions` (``read_options``), the typed
+view the extender, the rebuild controller and admission all use. Everything here is a pure
+function over Kubernetes objects as JSON-decoded mappings; reading and writing them is the
+callers' job.
 """
 
 from __future__ import annotations
@@ -73,8 +75,13 @@ class OptionError(ValueError):
 
 @dataclass(frozen=True)
 class RebuildOptions:
-    """A pod's rebuild settings, defaults filled in."""
+    """A pod's ``fulcrum.io/*`` rebuild and IP annotations, defaults filled in.
 
+    ``requested``: the opt-in annotation is present (``enabled``: and valid). ``errors``: every
+    bad value, each left at its default here.
+    """
+
+    requested: bool = False
     enabled: bool = False
     fallback: Fallback = "wait"
     wait_seconds: float = DEFAULT_WAIT_SECONDS
@@ -82,6 +89,7 @@ class RebuildOptions:
     accept_data_loss: bool = False
     pool: str | None = None
     ip: str | None = None
+    errors: tuple[OptionError, ...] = ()
 
 
 def parse_duration(text: str) -> float:
@@ -93,8 +101,12 @@ def parse_duration(text: str) -> float:
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
-def _parse(annotations: Mapping[str, str] | None) -> tuple[RebuildOptions, list[OptionError]]:
-    """Options with bad values left at their defaults, and every problem found."""
+def read_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
+    """A pod's options, bad values left at their defaults and listed in ``errors``.
+
+    Pool and address annotations are read even without the rebuild opt-in. A requested address
+    is in canonical form (``str(ip_address(...))``).
+    """
     a = annotations or {}
     errors: list[OptionError] = []
 
@@ -163,7 +175,8 @@ def _parse(annotations: Mapping[str, str] | None) -> tuple[RebuildOptions, list[
             )
             ip = None
 
-    options = RebuildOptions(
+    return RebuildOptions(
+        requested=REBUILD in a,
         enabled=enabled,
         fallback=fallback,
         wait_seconds=wait_seconds,
@@ -171,25 +184,8 @@ def _parse(annotations: Mapping[str, str] | None) -> tuple[RebuildOptions, list[
         accept_data_loss=accept_data_loss,
         pool=pool,
         ip=ip,
+        errors=tuple(errors),
     )
-    return options, errors
-
-
-def option_errors(annotations: Mapping[str, str] | None) -> list[OptionError]:
-    """Every problem with the pod's rebuild and IP-pool annotations (empty when all is well)."""
-    return _parse(annotations)[1]
-
-
-def parse_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
-    """The pod's rebuild options; raises the first :class:`OptionError` found.
-
-    Pool and address annotations are read even without the rebuild opt-in.
-    A requested address is returned in canonical form (``str(ip_address(...))``).
-    """
-    options, errors = _parse(annotations)
-    if errors:
-        raise errors[0]
-    return options
 
 
 # --- pod facts ----------------------------------------------------------------------------------

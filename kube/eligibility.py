@@ -1,0 +1,55 @@
+"""The one rule for which pods local rebuild takes: the controller and the extender both ask it.
+
+The controller refuses a pod (an Event, ``fulcrum.io/rebuild-status``, no finalizer) exactly
+when ``refusal`` says why; the extender expects a Reservation for a deleted pod exactly when
+``reserved_on_delete`` is true. One function, so the two can never disagree about a pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kube import api
+from kube.hooks import HookRegistry, hooks_for
+
+
+def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegistry) -> str:
+    """Why this pod's ``fulcrum.io/*`` annotations cannot be honoured, or "".
+
+    ``options`` is ``api.read_options`` of the pod's annotations; ``hooks`` the rebuild hooks
+    this process knows (an unknown name in ``fulcrum.io/rebuild-hooks`` is a refusal).
+    """
+    if options.errors:
+        return "; ".join(str(e) for e in options.errors)
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    try:
+        hooks_for(annotations, hooks)
+    except ValueError as exc:
+        return str(exc)
+    if not options.enabled:
+        return ""
+    lossy = api.data_loss_volumes(pod)
+    if lossy and not options.accept_data_loss:
+        return (
+            f"volume(s) {', '.join(lossy)} are emptyDir or ephemeral: their data would not "
+            f'survive a rebuild; annotate {api.ACCEPT_DATA_LOSS}: "true" to accept that'
+        )
+    if api.successor_key(pod) is None:
+        owners = [r.get("kind") for r in (pod.get("metadata") or {}).get("ownerReferences") or []]
+        return (
+            f"pods owned by {', '.join(map(str, owners))} cannot be rebuilt locally; "
+            "supported: bare pods, Deployments, ReplicaSets and StatefulSets"
+        )
+    return ""
+
+
+def reserved_on_delete(
+    pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegistry
+) -> bool:
+    """Whether the controller holds this pod's node for its successor when the pod goes.
+
+    Opted in, not refused, and ``delete-first`` (a ``create-first`` successor starts beside
+    its predecessor, so nothing is held).
+    """
+    return options.enabled and options.order == "delete-first" and not refusal(pod, options, hooks)

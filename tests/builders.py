@@ -1,0 +1,85 @@
+"""Kubernetes objects as the apiserver sends them (JSON-decoded), for unit and contract tests.
+
+One builder per kind, options keyword-only; a test file that wants other defaults wraps them
+(``functools.partial``) instead of writing its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Obj = dict[str, Any]
+GPU_MODEL_LABEL = "nvidia.com/gpu.product"
+
+
+def node(
+    name: str,
+    *,
+    cpu: str = "4",
+    memory: str | None = None,
+    pods: str = "110",
+    gpus: int = 0,
+    model: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    cordoned: bool = False,
+) -> Obj:
+    """A Node with ``status.allocatable`` (and its GPU model label when it has GPUs)."""
+    allocatable = {"cpu": cpu, "pods": pods}
+    if memory is not None:
+        allocatable["memory"] = memory
+    all_labels = dict(labels or {})
+    if gpus:
+        allocatable["nvidia.com/gpu"] = str(gpus)
+    if model is not None:
+        all_labels[GPU_MODEL_LABEL] = model
+    out: Obj = {"metadata": {"name": name}, "status": {"allocatable": allocatable}}
+    if all_labels:
+        out["metadata"]["labels"] = all_labels
+    if cordoned:
+        out["spec"] = {"unschedulable": True}
+    return out
+
+
+def pod(
+    uid: str,
+    *,
+    name: str | None = None,
+    namespace: str = "ns",
+    node_name: str = "",
+    cpu: str | None = "1",
+    memory: str | None = None,
+    requests: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    finalizers: Iterable[str] = (),
+    owners: Iterable[Obj] = (),
+    volumes: Iterable[Obj] = (),
+    deleting: bool = False,
+    phase: str | None = None,
+    container: str = "c",
+) -> Obj:
+    """A Pod of one container requesting ``cpu`` and ``memory`` (plus ``requests``).
+
+    ``name`` defaults to the uid; ``phase`` to Running when bound, else none.
+    """
+    meta: Obj = {"uid": uid, "name": name or uid, "namespace": namespace}
+    if labels is not None:
+        meta["labels"] = dict(labels)
+    if annotations is not None:
+        meta["annotations"] = dict(annotations)
+    if finalizers:
+        meta["finalizers"] = list(finalizers)
+    if owners:
+        meta["ownerReferences"] = list(owners)
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-27T08:00:00Z"
+    wanted = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None}
+    wanted.update(requests or {})
+    spec: Obj = {"containers": [{"name": container, "resources": {"requests": wanted}}]}
+    if volumes:
+        spec["volumes"] = list(volumes)
+    if node_name:
+        spec["nodeName"] = node_name
+    status = phase if phase is not None else ("Running" if node_name else "")
+    return {"metadata": meta, "spec": spec, "status": {"phase": status}}
