@@ -26,7 +26,9 @@ import orjson
 from extender.app import ExtenderApp, create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
+from extender.rebuild_gate import RebuildGate
 from fulcrum.openb import TRACES, node_manifest, pod_manifest, sample
+from kube.hooks import default_hook_registry
 from scheduler.trace import load_nodes, load_pods
 
 
@@ -69,9 +71,11 @@ async def replay(n_nodes: int, n_pods: int, seed: int) -> None:
     pods = load_pods(TRACES / "openb_pod_list_default.csv")
     picked = sample(nodes, pods, n_nodes, n_pods, seed=seed)
     cache = ClusterCache()
+    gate = RebuildGate(cache, default_hook_registry(plugins=False))  # wired as fulcrum.serve does
     for row in picked.nodes:
         cache.apply("nodes", "ADDED", node_manifest(nodes, row))
-    app = create_app(ExtenderSettings(decide_in_filter=True), cache, ReturningBinder())
+    settings = ExtenderSettings(decide_in_filter=True)
+    app = create_app(settings, cache, ReturningBinder(), gate=gate)
     names = cache.node_names()
     spent = {"filter": 0.0, "bind": 0.0, "watch": 0.0}
     bound = 0

@@ -24,17 +24,22 @@ import uvicorn
 from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings, PolicyWeight
-from kube.resources import pod_request
+from extender.rebuild_gate import RebuildGate
 from fulcrum.cluster import free_port
 from fulcrum.openb import TRACES, node_manifest, pod_manifest
+from kube.hooks import default_hook_registry
+from kube.resources import pod_request
 from scheduler.trace import load_nodes, load_pods
 
 
-def build_cache(n_nodes: int, seed: int) -> tuple[ClusterCache, list[dict[str, object]]]:
+def build_cache(
+    n_nodes: int, seed: int
+) -> tuple[ClusterCache, RebuildGate, list[dict[str, object]]]:
     nodes = load_nodes(TRACES / "openb_node_list_all_node.csv")
     pods = load_pods(TRACES / "openb_pod_list_default.csv")
     rng = np.random.default_rng(seed)
     cache = ClusterCache()
+    gate = RebuildGate(cache, default_hook_registry(plugins=False))  # wired as fulcrum.serve does
     for i, row in enumerate(rng.integers(0, len(nodes), n_nodes).tolist()):
         manifest = node_manifest(nodes, row)
         manifest["metadata"]["name"] = f"node-{i:05d}"  # type: ignore[index]
@@ -59,7 +64,7 @@ def build_cache(n_nodes: int, seed: int) -> tuple[ClusterCache, list[dict[str, o
         placed_gpu += request.gpu_total_milli
         if placed_gpu >= gpu_goal:
             break
-    return cache, probes
+    return cache, gate, probes
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -77,14 +82,14 @@ def main(argv: list[str]) -> int:
     print(f"{'nodes':>6} {'pods':>6} {'verb':>10} {'p50':>8} {'p99':>8} {'mean':>8}")
     for n_nodes in args.nodes:
         started = time.monotonic()
-        cache, probes = build_cache(n_nodes, seed=1)
+        cache, gate, probes = build_cache(n_nodes, seed=1)
         print(
             f"  (cache of {n_nodes} nodes built in {time.monotonic() - started:.1f} s)",
             file=sys.stderr,
         )
         port = free_port()
         server = uvicorn.Server(
-            uvicorn.Config(create_app(settings, cache), port=port, log_level="warning")
+            uvicorn.Config(create_app(settings, cache, gate=gate), port=port, log_level="warning")
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

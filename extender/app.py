@@ -1,12 +1,14 @@
-"""The extender's HTTP service: ``create_app(settings, ...)`` builds it; no work at import."""
+"""The extender's HTTP service: ``create_app(settings, ...)`` builds it; no work at import.
+
+Only HTTP lives here: the ASGI fast path for the verbs, body limits, errors, metrics, health and
+readiness. What the verbs answer is ``extender.verbs``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -22,12 +24,11 @@ from prometheus_client import (
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from extender.bind import Binder, BindService
+from extender.bind import Binder
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
-from extender.decide import Decider, WeightedPolicy
-from extender.preempt import candidates_from_wire, result_to_wire, select_victims
-from kube.resources import node_spec, pod_request
+from extender.rebuild_gate import RebuildGate
+from extender.verbs import BadRequest, Verbs
 from extender.wire import (
     ExtenderArgs,
     ExtenderBindingArgs,
@@ -35,22 +36,15 @@ from extender.wire import (
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
 )
-from policies.registry import Registry, default_registry
-from scheduler.pod import PodRequest
-from scheduler.snapshot import Snapshot
+from policies.registry import Registry
 
 Args = TypeVar("Args", bound=BaseModel)
 Answer = tuple[int, bytes]  # HTTP status, JSON body
-SETTLE_SECONDS = 0.5
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class Metrics:
+    """Prometheus counters of the verbs; ``filtered`` and ``bound`` count from their results."""
+
     def __init__(self, cache: ClusterCache | None) -> None:
         self.registry = CollectorRegistry()
         self.calls = Counter(
@@ -83,6 +77,24 @@ class Metrics:
         )
         if cache is not None:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
+        self._passed = self.decisions.labels("passed")
+        self._failed = self.decisions.labels("failed")
+        self._retried = self.errors.labels("filter", "retry")
+        self._refused = self.errors.labels("bind", "refused")
+
+    def filtered(self, result: ExtenderFilterResult) -> None:
+        if result.Error:
+            self._retried.inc()
+            return
+        if result.NodeNames is not None:
+            self._passed.inc(len(result.NodeNames))
+        elif result.Nodes is not None:
+            self._passed.inc(len(result.Nodes.items))
+        self._failed.inc(len(result.FailedNodes) + len(result.FailedAndUnresolvableNodes))
+
+    def bound(self, result: ExtenderBindingResult) -> None:
+        if result.Error:
+            self._refused.inc()
 
 
 def _encode(result: BaseModel | list[tuple[str, int]] | dict[str, Any]) -> bytes:
@@ -123,38 +135,6 @@ async def _read_args(scope: Scope, receive: Receive, limit: int, model: type[Arg
         ) from exc
 
 
-def _pod(args: ExtenderArgs | ExtenderPreemptionArgs) -> PodRequest:
-    try:
-        return pod_request(args.Pod)
-    except ValueError as exc:
-        raise BadRequest(422, f"Pod: {exc}") from exc
-
-
-def _node_names(args: ExtenderArgs) -> list[str]:
-    if args.NodeNames is not None:
-        return args.NodeNames
-    if args.Nodes is None:
-        raise BadRequest(422, "Nodes: either Nodes or NodeNames must be set")
-    names = []
-    for i, node in enumerate(args.Nodes.items):
-        name = (node.get("metadata") or {}).get("name")
-        if not isinstance(name, str):
-            raise BadRequest(422, f"Nodes.items[{i}].metadata.name: missing")
-        names.append(name)
-    return names
-
-
-def _snapshot_of(args: ExtenderArgs) -> Snapshot:
-    """A throw-away snapshot of the request's Nodes, for an extender without a cluster cache."""
-    snapshot = Snapshot(capacity=len(args.Nodes.items) if args.Nodes else 1)
-    for i, node in enumerate(args.Nodes.items if args.Nodes else []):
-        try:
-            snapshot.add_node(node["metadata"]["name"], **node_spec(node))
-        except (ValueError, KeyError) as exc:
-            raise BadRequest(422, f"Nodes.items[{i}]: {exc}") from exc
-    return snapshot
-
-
 class ExtenderApp(FastAPI):
     """FastAPI for health, readiness, metrics and 404s, with the extender verbs in front of it.
 
@@ -166,12 +146,12 @@ class ExtenderApp(FastAPI):
     too: they read their own body with a limit and answer their own errors.
     """
 
-    verbs: Mapping[str, Callable[[Scope, Receive], Awaitable[Answer]]] = {}
+    endpoints: Mapping[str, Callable[[Scope, Receive], Awaitable[Answer]]] = {}  # by path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.verbs.get(scope["path"])
+            handler = self.endpoints.get(scope["path"])
         if handler is None:
             await super().__call__(scope, receive, send)
             return
@@ -181,20 +161,35 @@ class ExtenderApp(FastAPI):
         await send({"type": "http.response.body", "body": body})
 
 
-async def _settle(busy: Callable[[], bool]) -> None:
-    """Give the watches a moment to show what kube-scheduler already knows, while ``busy()``.
+def _endpoint(
+    name: str,
+    model: type[Args],
+    call: Callable[[Args], Any],
+    metrics: Metrics,
+    max_body_bytes: int,
+    count: Callable[[Any], None] | None = None,
+) -> Callable[[Scope, Receive], Awaitable[Answer]]:
+    """One verb over HTTP: read and validate the body, answer, count and time it."""
+    calls, latency = metrics.calls.labels(name), metrics.latency.labels(name)
 
-    The scheduler may ask about a pod a few milliseconds before our watches show what decides
-    it: a local-rebuild successor's pod, its predecessor's deletion or the Reservation
-    (``ClusterCache.settling``), or the deletion of the victims a preemptor evicted
-    (``ClusterCache.evicting``). Answering at once would cost a successor at least
-    kube-scheduler's 1 s back-off and a preemptor a second round of victims. Waits at most
-    SETTLE_SECONDS, without blocking other requests; a controller that is slow or down is not
-    waited for.
-    """
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while busy() and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
+    async def answer(scope: Scope, receive: Receive) -> Answer:
+        started = time.perf_counter()
+        calls.inc()
+        try:
+            args = await _read_args(scope, receive, max_body_bytes, model)
+            result = call(args)
+            if inspect.isawaitable(result):
+                result = await result
+            if count is not None:
+                count(result)
+            return 200, _encode(result)
+        except BadRequest as exc:
+            metrics.errors.labels(name, str(exc.status)).inc()
+            return exc.status, _encode(ExtenderFilterResult(Error=exc.message))
+        finally:
+            latency.observe(time.perf_counter() - started)
+
+    return answer
 
 
 def create_app(
@@ -202,131 +197,22 @@ def create_app(
     cache: ClusterCache | None = None,
     binder: Binder | None = None,
     registry: Registry | None = None,
+    *,
+    gate: RebuildGate | None = None,
 ) -> ExtenderApp:
+    """The extender over ``Verbs(settings, cache, binder, registry, gate=gate)``."""
     app = ExtenderApp(title="Fulcrum scheduler extender", docs_url=None, redoc_url=None)
     metrics = Metrics(cache)
-    decider = Decider(
-        cache,
-        registry or default_registry(),
-        [WeightedPolicy(p.policy, p.weight) for p in settings.prioritize],
-    )
-    binds = BindService(cache, binder, decider.devices) if cache and binder else None
-    app.state.metrics, app.state.decider = metrics, decider
-
-    @contextmanager
-    def view(args: ExtenderArgs) -> Iterator[Snapshot]:
-        if args.NodeNames is not None and cache is None:
-            raise BadRequest(
-                400,
-                "NodeNames given but this extender has no cluster cache: run it with "
-                "--kubeconfig, or set nodeCacheCapable: false so the scheduler sends Nodes",
-            )
-        if cache is None:
-            yield _snapshot_of(args)
-            return
-        with cache.lock:
-            yield cache.snapshot
-
-    def verb(
-        name: str, model: type[Args], decide: Callable[[Args], Any]
-    ) -> Callable[[Scope, Receive], Awaitable[Answer]]:
-        calls, latency = metrics.calls.labels(name), metrics.latency.labels(name)
-
-        async def answer(scope: Scope, receive: Receive) -> Answer:
-            started = time.perf_counter()
-            calls.inc()
-            try:
-                args = await _read_args(scope, receive, settings.max_body_bytes, model)
-                result = decide(args)
-                if inspect.isawaitable(result):
-                    result = await result
-                return 200, _encode(result)
-            except BadRequest as exc:
-                metrics.errors.labels(name, str(exc.status)).inc()
-                return exc.status, _encode(ExtenderFilterResult(Error=exc.message))
-            finally:
-                latency.observe(time.perf_counter() - started)
-
-        return answer
-
-    async def do_filter(args: ExtenderArgs) -> ExtenderFilterResult:
-        pod, names = _pod(args), _node_names(args)
-        pending = None
-        if cache is not None:
-            noted = cache.note_pending(args.Pod, pod)
-            await _settle(lambda: cache.settling(noted) or cache.evicting(noted.uid, names))
-            pending = cache.pending(noted.uid) or noted
-        with view(args) as snapshot:
-            choose = settings.decide_in_filter
-            out = (
-                decider.filter_rebuild(snapshot, pending, names, choose=choose) if pending else None
-            )
-            if out is None:
-                out = decider.filter(snapshot, pod, names, choose=choose)
-        if out.retry:
-            metrics.errors.labels("filter", "retry").inc()
-            return ExtenderFilterResult(Error=out.retry)
-        metrics.decisions.labels("passed").inc(len(out.passed))
-        metrics.decisions.labels("failed").inc(len(out.failed) + len(out.unresolvable))
-        if args.NodeNames is not None:
-            return ExtenderFilterResult(
-                NodeNames=out.passed,
-                FailedNodes=out.failed,
-                FailedAndUnresolvableNodes=out.unresolvable,
-            )
-        assert args.Nodes is not None
-        keep = set(out.passed)
-        items = [n for n in args.Nodes.items if n["metadata"]["name"] in keep]
-        return ExtenderFilterResult(
-            Nodes=args.Nodes.model_copy(update={"items": items}),
-            FailedNodes=out.failed,
-            FailedAndUnresolvableNodes=out.unresolvable,
-        )
-
-    def do_prioritize(args: ExtenderArgs) -> list[tuple[str, int]]:
-        pod, names = _pod(args), _node_names(args)
-        with view(args) as snapshot:
-            scores = decider.prioritize(snapshot, pod, names)
-        return scores
-
-    async def do_bind(args: ExtenderBindingArgs) -> ExtenderBindingResult:
-        if binds is None:
-            raise BadRequest(
-                400,
-                "bind needs a cluster: run the extender with --kubeconfig, or remove "
-                "bindVerb from the scheduler's extender configuration",
-            )
-        # Reserve now, before the next request is served; then await the apiserver.
-        ticket = binds.reserve(args.PodNamespace, args.PodName, args.PodUID, args.Node)
-        error = await binds.commit(ticket)
-        if error:
-            metrics.errors.labels("bind", "refused").inc()
-        return ExtenderBindingResult(Error=error)
-
-    def do_preempt(args: ExtenderPreemptionArgs) -> dict[str, Any]:
-        if cache is None:
-            raise BadRequest(
-                400,
-                "preempt needs a cluster cache: run the extender with --kubeconfig, or remove "
-                "preemptVerb from the scheduler's extender configuration",
-            )
-        pod = _pod(args)
-        try:
-            candidates, priority = candidates_from_wire(args.model_dump())
-        except ValueError as exc:
-            raise BadRequest(422, str(exc)) from exc
-        with cache.lock:
-            chosen = select_victims(cache.snapshot, pod, candidates, priority, decider.scores)
-        preemptor = str((args.Pod.get("metadata") or {}).get("uid") or "")
-        for node, victims in chosen.items() if preemptor else ():
-            cache.note_eviction(preemptor, node, victims.uids)
-        return result_to_wire(chosen)
-
-    app.verbs = {
-        "/filter": verb("filter", ExtenderArgs, do_filter),
-        "/prioritize": verb("prioritize", ExtenderArgs, do_prioritize),
-        "/preempt": verb("preempt", ExtenderPreemptionArgs, do_preempt),
-        "/bind": verb("bind", ExtenderBindingArgs, do_bind),
+    verbs = Verbs(settings, cache, binder, registry, gate=gate)
+    app.state.metrics, app.state.verbs = metrics, verbs
+    limit = settings.max_body_bytes
+    app.endpoints = {
+        "/filter": _endpoint(
+            "filter", ExtenderArgs, verbs.filter, metrics, limit, metrics.filtered
+        ),
+        "/prioritize": _endpoint("prioritize", ExtenderArgs, verbs.prioritize, metrics, limit),
+        "/preempt": _endpoint("preempt", ExtenderPreemptionArgs, verbs.preempt, metrics, limit),
+        "/bind": _endpoint("bind", ExtenderBindingArgs, verbs.bind, metrics, limit, metrics.bound),
     }
 
     @app.get("/healthz")

@@ -7,10 +7,11 @@ so the next pod's filter already sees it. ``commit`` then creates ``pods/binding
 annotations the apiserver copies onto the pod in the same write (``fulcrum.io/gpu-devices``);
 if that fails, the charge is undone.
 
-Local rebuild: a successor bound to the node its predecessor's Reservation holds claims it
-(``fulcrum.io/reservation`` on the binding) and gets the predecessor's IP; any other pod that
-names an IP pool gets an address from it, allocated by compare-and-swap before the binding. The
-address rides on the binding too (``fulcrum.io/assigned-ip`` and Calico's ``ipAddrs``).
+Local rebuild (``extender.rebuild_gate``): a successor bound to the node of its predecessor's
+hold claims it (``fulcrum.io/reservation`` on the binding) and gets the predecessor's IP; any
+other pod that names an IP pool gets an address from it, allocated by compare-and-swap before
+the binding. The address rides on the binding too (``fulcrum.io/assigned-ip`` and Calico's
+``ipAddrs``).
 
 Idempotent per UID: a retried bind (say, after a lost reply) finds the pod already bound to the
 same node and succeeds without a second binding; a bind for a UID the pod no longer has (the pod
@@ -29,8 +30,9 @@ from typing import Protocol
 import orjson
 
 from extender.cache import ClusterCache, PendingPod
-from kube.resources import GPU_DEVICES_ANNOTATION
+from extender.rebuild_gate import RebuildGate
 from kube import api as rebuild
+from kube.resources import GPU_DEVICES_ANNOTATION
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -83,13 +85,21 @@ class Ticket:
     error: str = ""
     done: bool = False
     annotations: dict[str, str] = field(default_factory=dict)
-    claimed: str = ""  # the reservation (namespace/name) this bind claims
+    claimed: rebuild.Reservation | None = None  # the hold this bind claims
     pending: PendingPod | None = None
 
 
 class BindService:
-    def __init__(self, cache: ClusterCache, binder: Binder, devices: DeviceChooser) -> None:
-        self.cache, self.binder, self.choose_devices = cache, binder, devices
+    """Reserve then commit binds. ``gate``: local rebuild's say at bind (None: it is off)."""
+
+    def __init__(
+        self,
+        cache: ClusterCache,
+        binder: Binder,
+        devices: DeviceChooser,
+        gate: RebuildGate | None = None,
+    ) -> None:
+        self.cache, self.binder, self.choose_devices, self.gate = cache, binder, devices, gate
         self._in_flight: set[str] = set()
         self._guard = threading.Lock()
         self._pools: dict[str, asyncio.Lock] = {}  # one allocation per pool at a time
@@ -142,38 +152,24 @@ class BindService:
         return replace(ticket, pending=pending)
 
     def _fit(self, ticket: Ticket, pending: PendingPod, row: int) -> tuple[Ticket, bool]:
-        """Whether the pod fits its node by Fulcrum's accounting.
-
-        A local-rebuild successor claims the room held for it there (or, if its reservation
-        lapsed, just that reservation's IP); it is refused a node with no room held for it while
-        its workload still has held, leaving or promised rooms elsewhere.
-        """
-        rooms = self.cache.rooms(pending)
-        hold = next((h for h in rooms.held if h.node == ticket.node), None)
-        if hold is None and (rooms.held or rooms.contested or self.cache.leaving(pending)):
-            error = (
-                f"pod {ticket.namespace}/{ticket.name}: no room held for it on node "
-                f"{ticket.node} (its workload's held rooms are elsewhere, or claimed by or "
-                "promised to other successors); the scheduler will retry"
-            )
+        """Whether the pod fits its node by Fulcrum's accounting; a local-rebuild successor
+        claims its hold there, or is refused (``RebuildGate.claim``)."""
+        if self.gate is None or pending.successor is None:
+            return ticket, bool(self.cache.snapshot.feasible(pending.request)[row])
+        claim = self.gate.claim(pending, ticket.node)
+        if claim.refusal:
+            error = f"pod {ticket.namespace}/{ticket.name}: {claim.refusal}"
             return replace(ticket, error=error), False
-        if hold is not None:
-            fits = self.cache.fits_in_hold(hold, pending.request)
-        else:
-            fits = bool(self.cache.snapshot.feasible(pending.request)[row])
-            hold = next(iter(rooms.lapsed), None)
-        if hold is None:
-            return ticket, fits
-        claimed = f"{hold.namespace}/{hold.name}"
-        self.cache.claim(claimed, ticket.uid)
-        annotations = {**ticket.annotations, rebuild.RESERVATION: hold.name}
-        if hold.ip:
-            annotations.update(ip_annotations(hold.ip))
-        return replace(ticket, claimed=claimed, annotations=annotations), fits
+        if claim.hold is None:
+            return ticket, claim.fits
+        annotations = {**ticket.annotations, rebuild.RESERVATION: claim.hold.name}
+        if claim.hold.ip:
+            annotations.update(ip_annotations(claim.hold.ip))
+        return replace(ticket, claimed=claim.hold, annotations=annotations), claim.fits
 
     def _unclaim(self, ticket: Ticket) -> None:
-        if ticket.claimed:
-            self.cache.unclaim(ticket.claimed)
+        if ticket.claimed is not None and self.gate is not None:
+            self.gate.unclaim(ticket.claimed)
 
     async def commit(self, ticket: Ticket) -> str:
         if ticket.error or ticket.done:

@@ -8,7 +8,6 @@ internal 0..100 scale, weighted, then mapped to the extender's 0..10 in ``to_ext
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,17 +16,15 @@ from itertools import repeat
 import numpy as np
 from numpy.typing import NDArray
 
-from extender.cache import ClusterCache, PendingPod
+from extender.cache import ClusterCache
 from extender.wire import MAX_EXTENDER_SCORE
 from policies.registry import Registry
-from kube.api import Reservation
 from scheduler.fragmentation import TargetWorkload
 from scheduler.pod import PodRequest
 from scheduler.policy import Policy, PolicyContext
 from scheduler.score_cache import ScoreCache
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot
 
-log = logging.getLogger(__name__)
 WORKLOAD_REFRESH_SECONDS = 30.0
 _BASE = (("cpu", CPU_COL), ("memory", MEMORY_COL), ("ephemeral-storage", EPHEMERAL_COL))
 
@@ -38,6 +35,42 @@ def _show(resource: str, value: int) -> str:
     if resource in ("memory", "ephemeral-storage"):
         return f"{value / 2**20:.0f}Mi"
     return str(value)
+
+
+def _checks(names: Sequence[str], pod: PodRequest) -> list[tuple[str, int, int]] | str:
+    """(resource, snapshot column, request) for each resource the pod requests; or the name of
+    an extended resource no node has."""
+    checks: list[tuple[str, int, int]] = [
+        (name, col, want)
+        for (name, col), want in zip(
+            _BASE, (pod.cpu_milli, pod.memory, pod.ephemeral_storage), strict=True
+        )
+        if want > 0
+    ]
+    for name, want in pod.extended:
+        if name not in names:
+            return name
+        checks.append((name, names.index(name), want))
+    return checks
+
+
+class _Reasons:
+    """The first failing check per node: ``note`` checks in order, ``result`` reads them."""
+
+    def __init__(self, size: int) -> None:
+        self.code = np.full(size, -1, dtype=np.int64)
+        self.messages: list[str] = []
+        self.unresolvable: list[bool] = []
+
+    def note(self, mask: NDArray[np.bool_], message: str, hopeless: bool) -> None:
+        self.code[(self.code < 0) & mask] = len(self.messages)
+        self.messages.append(message)
+        self.unresolvable.append(hopeless)
+
+    def result(self) -> tuple[list[str], NDArray[np.bool_]]:
+        self.note(self.code < 0, "does not fit", False)
+        codes = self.code
+        return [self.messages[c] for c in codes.tolist()], np.asarray(self.unresolvable)[codes]
 
 
 def explain(
@@ -51,30 +84,13 @@ def explain(
     order: whole allocatable too small or GPU model/count wrong (unresolvable), then free
     resources, then pod count, then free GPU devices.
     """
-    names = snapshot.resource_names
-    checks: list[tuple[str, int, int]] = [
-        (name, col, want)
-        for (name, col), want in zip(
-            _BASE, (pod.cpu_milli, pod.memory, pod.ephemeral_storage), strict=True
-        )
-        if want > 0
-    ]
-    for name, want in pod.extended:
-        if name not in names:
-            return [f"node has no {name}"] * len(rows), np.ones(len(rows), dtype=np.bool_)
-        checks.append((name, names.index(name), want))
+    checks = _checks(snapshot.resource_names, pod)
+    if isinstance(checks, str):
+        return [f"node has no {checks}"] * len(rows), np.ones(len(rows), dtype=np.bool_)
     allocatable, free = snapshot.allocatable[rows], snapshot.free[rows]
-    code = np.full(len(rows), -1, dtype=np.int64)
-    messages: list[str] = []
-    unresolvable: list[bool] = []
-
-    def note(mask: NDArray[np.bool_], message: str, hopeless: bool) -> None:
-        code[(code < 0) & mask] = len(messages)
-        messages.append(message)
-        unresolvable.append(hopeless)
-
+    reasons = _Reasons(len(rows))
     for name, col, want in checks:
-        note(
+        reasons.note(
             allocatable[:, col] < want,
             f"node's whole allocatable {name} is less than the pod's request {_show(name, want)}",
             True,
@@ -82,32 +98,28 @@ def explain(
     if pod.gpu_count:
         if pod.gpu_models:
             wanted = [snapshot.model_code(m) for m in pod.gpu_models if m in snapshot.model_names]
-            note(
+            reasons.note(
                 ~np.isin(snapshot.gpu_model[rows], wanted),
                 f"no GPU of model {'|'.join(sorted(pod.gpu_models))}",
                 True,
             )
-        note(
+        reasons.note(
             snapshot.gpu_count[rows] < pod.gpu_count,
             f"node has fewer than the {pod.gpu_count} GPUs the pod needs",
             True,
         )
     for name, col, want in checks:
-        note(
-            free[:, col] < want, f"Insufficient {name}: the pod requests {_show(name, want)}", False
-        )
-    note(free[:, PODS_COL] < 1, "Too many pods", False)
+        message = f"Insufficient {name}: the pod requests {_show(name, want)}"
+        reasons.note(free[:, col] < want, message, False)
+    reasons.note(free[:, PODS_COL] < 1, "Too many pods", False)
     if pod.gpu_count:
-        note(
+        reasons.note(
             np.ones(len(rows), dtype=np.bool_),
             f"Insufficient GPU: the pod needs {pod.gpu_count} device(s) with "
             f"{pod.gpu_milli} milli free",
             False,
         )
-    code[code < 0] = len(messages)
-    messages.append("does not fit")
-    unresolvable.append(False)
-    return [messages[c] for c in code.tolist()], np.asarray(unresolvable)[code]
+    return reasons.result()
 
 
 def to_extender_scores(scores: NDArray[np.float64]) -> list[int]:
@@ -138,9 +150,10 @@ class FilterOutcome:
     failed: dict[str, str]
     unresolvable: dict[str, str]
     # A wait that only time or Fulcrum's own objects end (a Reservation on its way, a promise,
-    # an expiry): answered as the filter's Error, which kube-scheduler retries after its
-    # back-off (1 s doubling to 10 s). Rejected nodes instead would park the pod until a
-    # cluster event kube-scheduler watches, up to 5 minutes on a quiet cluster.
+    # an expiry: ``extender.rebuild_gate``): answered as the filter's Error, which
+    # kube-scheduler retries after its back-off (1 s doubling to 10 s). Rejected nodes instead
+    # would park the pod until a cluster event kube-scheduler watches, up to 5 minutes on a
+    # quiet cluster.
     retry: str = ""
 
 
@@ -194,12 +207,12 @@ class Decider:
         for policy, _ in self.policies():
             fit = fit & policy.filter(snapshot, pod)
         index = rows[rows >= 0]
-        held = np.zeros(index.size, dtype=np.bool_)
-        cordoned = self.cache.unschedulable if self.cache else set()
-        if cordoned:
+        cordoned = np.zeros(index.size, dtype=np.bool_)
+        unschedulable = self.cache.unschedulable if self.cache else set()
+        if unschedulable:
             lookup = self._row_index[2]
-            held = np.isin(index, [lookup[n] for n in cordoned if n in lookup])
-        ok = fit[index] & ~held
+            cordoned = np.isin(index, [lookup[n] for n in unschedulable if n in lookup])
+        ok = fit[index] & ~cordoned
         good = np.flatnonzero(ok).tolist()
         if choose and good:  # reasons matter only when no node passes: skip the work
             candidates = index[good]
@@ -208,9 +221,9 @@ class Decider:
             return FilterOutcome([snapshot.names[int(best)]], {}, {})
         out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})
         known = [name for name, row in zip(names, rows, strict=True) if row >= 0]
-        for i in np.flatnonzero(held).tolist():
+        for i in np.flatnonzero(cordoned).tolist():
             out.failed[known[i]] = "node is cordoned (spec.unschedulable)"
-        bad = np.flatnonzero(~ok & ~held)
+        bad = np.flatnonzero(~ok & ~cordoned)
         if bad.size:
             reasons, hopeless = explain(snapshot, index[bad], pod)
             for i, reason, unresolvable in zip(
@@ -219,98 +232,6 @@ class Decider:
                 (out.unresolvable if unresolvable else out.failed)[known[i]] = reason
         out.passed.extend(known[i] for i in good)
         return out
-
-    def filter_rebuild(
-        self, snapshot: Snapshot, pod: PendingPod, names: Sequence[str], *, choose: bool = False
-    ) -> FilterOutcome | None:
-        """Where local rebuild puts ``pod``, or None when it has no say (place it normally).
-
-        A successor waits (``retry``, with the reason) while its home is not known yet: our
-        watch has not shown it (we may have missed its predecessor's deletion), its predecessor
-        is terminating unreserved, or every room held for its workload is promised to another
-        successor. It passes only on held rooms (``filter_held``). A ``create-first`` pod passes
-        only beside a predecessor, where there is headroom.
-        """
-        cache = self.cache
-        if cache is None or pod.successor is None:
-            return None
-        rooms = cache.rooms(pod)
-        if rooms.held:
-            return self.filter_held(snapshot, pod, names, rooms.held, choose=choose)
-        leaving = cache.leaving(pod)
-        reason = ""
-        if not pod.watched:
-            reason = "local rebuild: Fulcrum's cache has not caught up with this pod yet"
-        elif leaving:
-            reason = (
-                f"waiting for the rebuild controller to reserve node {leaving[0]}, where this "
-                "pod's predecessor is terminating"
-            )
-        elif rooms.contested:
-            reason = (
-                "local rebuild: every room held for this pod's workload is promised to another "
-                "successor being bound; waiting"
-            )
-        if reason:
-            return retry(reason)
-        homes = set(cache.homes(pod))
-        if not homes:
-            log.info("%s: nothing held for %s; placing it normally", pod.key, pod.successor)
-            return None
-        out = self.filter(snapshot, pod.request, names)
-        beside = [n for n in out.passed if n in homes] or out.passed  # no headroom: anywhere
-        if choose and beside:
-            beside = self.filter(snapshot, pod.request, beside, choose=True).passed
-        others = {n: "create-first: placed beside its predecessor" for n in out.passed}
-        for n in beside:
-            others.pop(n)
-        return FilterOutcome(beside, out.failed, {**out.unresolvable, **others})
-
-    def filter_held(
-        self,
-        snapshot: Snapshot,
-        pod: PendingPod,
-        names: Sequence[str],
-        holds: Sequence[Reservation],
-        *,
-        choose: bool = False,
-    ) -> FilterOutcome:
-        """Local rebuild: only the nodes held for this pod's predecessors, where it fits.
-
-        Every other node is unresolvable for it (so kube-scheduler never preempts on its
-        behalf), with a reason naming the held node; when no held node can take it back, every
-        node carries the reason why and when the fallback (if any) places it normally.
-        """
-        assert self.cache is not None
-        asked = set(names)
-        cordoned = self.cache.unschedulable
-        passed: list[str] = []
-        why: dict[str, str] = {}
-        for hold in holds:
-            if hold.node not in asked:
-                why[hold.node] = "kube-scheduler's own filters rejected it"
-            elif hold.node in cordoned:
-                why[hold.node] = "it is cordoned"
-            elif not self.cache.fits_in_hold(hold, pod.request):
-                why[hold.node] = "the pod no longer fits its held room"
-            else:
-                passed.append(hold.node)
-        passed = list(dict.fromkeys(passed))
-        if passed:
-            if choose:
-                rows = np.array([snapshot.index_of(n) for n in passed], dtype=np.intp)
-                passed = [passed[int(np.argmax(self.scores(snapshot, pod.request)[rows]))]]
-                # the bind will claim it: until then no other successor may count on it
-                self.cache.promise(next(h for h in holds if h.node == passed[0]), pod.uid)
-            reason = f"held for local rebuild: the pod returns to node {passed[0]}"
-            return FilterOutcome(passed, {}, {n: reason for n in names if n not in passed})
-        hold = holds[0]
-        reason = f"waiting to rebuild on node {hold.node}: {why[hold.node]}; "
-        if hold.expires_at is not None:  # ends by time: have kube-scheduler retry
-            return retry(reason + f"normal placement from {hold.expires_at:%H:%M:%S} UTC")
-        # ends when the node is uncordoned or room is freed there: events kube-scheduler watches
-        reason += "fulcrum.io/rebuild-fallback is wait"
-        return FilterOutcome([], {}, dict.fromkeys(names, reason))
 
     def scores(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:
         """The configured policies' weighted mean score of every node, 0..100."""

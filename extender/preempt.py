@@ -1,30 +1,43 @@
 """The ``preempt`` verb's decision: which node, and which of kube-scheduler's victims on it.
 
-Pure: no HTTP and no Kubernetes client. kube-scheduler sends, per candidate node, the victims
-its own dry run chose (already reprieved against its filter plugins, PodDisruptionBudgets first)
-and how many PDBs evicting them violates; the extender answers with a subset of those nodes and,
-per node, a subset of the victims, by UID. kube-scheduler then only considers the nodes returned,
-looks every returned UID up among the pods on that node (an unknown UID is an error) and refuses
-a node with no victims unless the extender is ignorable. ``select_victims`` therefore never
-returns a node without victims, nor a UID that is not a proposed victim on that node.
+The decision is pure: no HTTP, no Kubernetes client. kube-scheduler sends, per candidate node,
+the victims its own dry run chose (already reprieved against its filter plugins,
+PodDisruptionBudgets first) and how many PDBs evicting them violates; the extender answers with
+a subset of those nodes and, per node, a subset of the victims, by UID. kube-scheduler then only
+considers the nodes returned, looks every returned UID up among the pods on that node (an
+unknown UID is an error) and refuses a node with no victims unless the extender is ignorable.
+``select_victims`` therefore never returns a node without victims, nor a UID that is not a
+proposed victim on that node.
 
-The wire helpers at the bottom translate the request's ``NodeNameToVictims`` (full pods, when
+``select_victims`` returns only the best node, with its kept victims in kube-scheduler's order
+and its ``NumPDBViolations`` as given (an upper bound once victims are reprieved: which victims
+are PDB-protected is not on the wire). Returning every surviving node instead would hand the
+choice back to kube-scheduler, whose ``pickOneNodeForPreemption`` ranks by its own criteria
+(PDBs, priorities, victim count, start times) and ignores the extender's order (the reply is a
+JSON object, i.e. a Go map): Fulcrum's fragmentation judgment would be lost.
+
+The wire helpers translate the request's ``NodeNameToVictims`` (full pods, when
 ``nodeCacheCapable`` is false) or ``NodeNameToMetaVictims`` (UIDs, when true) and build the
-``ExtenderPreemptionResult`` body.
+``ExtenderPreemptionResult`` body. ``Evictions``, at the bottom, remembers what was chosen, so
+that the preemptor's next filter can wait for the cache to see its victims go.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from extender.cache import ClusterCache
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Placement, Snapshot
+
+EVICTION_SECONDS = 300.0  # how long the victims chosen for a preemptor are remembered
 
 Scorer = Callable[[Snapshot, PodRequest], NDArray[np.float64]]
 
@@ -96,27 +109,9 @@ def select_victims(
        first-fit order as the filter's ``choose`` mode. The score goes last, as the issue's
        "least fragmentation" among otherwise equal evictions; it is computed only for the
        nodes still tied on the first three keys.
-
-    Only the best node is returned, with its kept victims in kube-scheduler's order and its
-    ``NumPDBViolations`` as given (an upper bound once victims are reprieved: which victims
-    are PDB-protected is not on the wire). Returning every surviving node instead would hand
-    the choice back to kube-scheduler, whose ``pickOneNodeForPreemption`` ranks by its own
-    criteria (PDBs, priorities, victim count, start times) and ignores the extender's order
-    (the reply is a JSON object, i.e. a Go map): Fulcrum's fragmentation judgment would be lost.
     """
-    if not candidates:
-        return {}
-    work = snapshot.copy()
-    by_pdb: dict[int, list[tuple[str, int, list[str]]]] = {}
-    for node, proposed in candidates.items():
-        try:
-            row = work.index_of(node)
-        except KeyError:
-            continue
-        on_node = work.pods_on(node)
-        known = [uid for uid in dict.fromkeys(proposed.uids) if uid in on_node]
-        if known:
-            by_pdb.setdefault(proposed.pdb_violations, []).append((node, row, known))
+    work = snapshot.copy() if candidates else snapshot
+    by_pdb = _known_victims(work, candidates)
     for violations in sorted(by_pdb):
         plans = []
         for node, row, known in by_pdb[violations]:
@@ -128,6 +123,23 @@ def select_victims(
             best = _best(work, pod, plans, score)
             return {best.node: Victims(list(best.uids), best.pdb_violations)}
     return {}
+
+
+def _known_victims(
+    work: Snapshot, candidates: Mapping[str, Victims]
+) -> dict[int, list[tuple[str, int, list[str]]]]:
+    """Rule 0: (node, row, victims on it here) of each candidate node, by PDB violations."""
+    by_pdb: dict[int, list[tuple[str, int, list[str]]]] = {}
+    for node, proposed in candidates.items():
+        try:
+            row = work.index_of(node)
+        except KeyError:
+            continue
+        on_node = work.pods_on(node)
+        known = [uid for uid in dict.fromkeys(proposed.uids) if uid in on_node]
+        if known:
+            by_pdb.setdefault(proposed.pdb_violations, []).append((node, row, known))
+    return by_pdb
 
 
 def _fits(work: Snapshot, pod: PodRequest, row: int) -> bool:
@@ -300,3 +312,41 @@ def result_to_wire(result: Mapping[str, Victims]) -> dict[str, Any]:
             for node, victims in result.items()
         }
     }
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+class Evictions:
+    """The victims preempt chose per preemptor, until the cache sees them go."""
+
+    def __init__(self, cache: ClusterCache) -> None:
+        self.cache = cache
+        self._chosen: dict[str, tuple[str, tuple[str, ...], float]] = {}  # preemptor uid ->
+        # (node, victim uids, remembered until)
+
+    def note(self, preemptor: str, node: str, victims: Iterable[str]) -> None:
+        """Preempt chose ``victims`` on ``node`` for ``preemptor``; kube-scheduler evicts them."""
+        now = time.monotonic()
+        with self.cache.lock:
+            for uid in [u for u, (_, _, until) in self._chosen.items() if until < now]:
+                del self._chosen[uid]
+            self._chosen[preemptor] = (node, tuple(victims), now + EVICTION_SECONDS)
+
+    def pending(self, preemptor: str, nodes: Collection[str]) -> bool:
+        """Whether a node of ``nodes`` still has, in the cache, victims chosen for ``preemptor``.
+
+        kube-scheduler offers the extender only nodes its own filters passed, and they count a
+        victim until its deletion: a node offered with its victims still here means the cache
+        is behind kube-scheduler's. Answering from it would fail the pod on the node its
+        preemption freed, and kube-scheduler would preempt again, on another node.
+        """
+        with self.cache.lock:
+            entry = self._chosen.get(preemptor)
+            if entry is None:
+                return False
+            node, victims, _ = entry
+            if all(self.cache.bound_node(uid) is None for uid in victims):
+                del self._chosen[preemptor]
+                return False
+            return node in nodes

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from fulcrum.binaries import BinaryError
 
@@ -81,7 +81,7 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from extender.config import load_settings
-    from extender.serve import serve
+    from fulcrum.serve import serve
     from policies.registry import default_registry
 
     logging.basicConfig(
@@ -93,7 +93,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    from rebuild.serve import run
+    from fulcrum.rebuild_serve import run
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -141,30 +141,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fulcrum", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-    build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
-    build.set_defaults(func=_cmd_build)
 
+def _add_cluster(sub: Subparsers) -> None:
     cluster = sub.add_parser("cluster", help="local kwok clusters with Fulcrum registered")
     csub = cluster.add_subparsers(dest="action", required=True)
     up = csub.add_parser("up", help="create a cluster and register N kwok nodes")
-    up.add_argument("--name", default="fulcrum")
-    up.add_argument("--nodes", type=int, default=10)
-    up.add_argument("--node-cpu", default="32")
-    up.add_argument("--node-memory", default="256Gi")
-    up.add_argument("--node-pods", type=int, default=110)
-    up.add_argument("--node-ephemeral-storage", default="1Ti")
-    up.add_argument("--node-gpu", type=int, default=0)
-    up.add_argument("--node-gpu-model", default="")
+    up.add_argument("--name", default="fulcrum", help="cluster name (default %(default)s)")
+    up.add_argument("--nodes", type=int, default=10, help="kwok nodes (default %(default)s)")
+    up.add_argument("--node-cpu", default="32", help="cpu per node (default %(default)s)")
+    up.add_argument("--node-memory", default="256Gi", help="memory per node (default %(default)s)")
+    up.add_argument("--node-pods", type=int, default=110, help="pods per node (default 110)")
+    up.add_argument("--node-ephemeral-storage", default="1Ti", help="per node (default 1Ti)")
+    up.add_argument("--node-gpu", type=int, default=0, help="nvidia.com/gpu per node")
+    up.add_argument("--node-gpu-model", default="", help="nvidia.com/gpu.product of the nodes")
     up.add_argument(
         "--no-extender",
         action="store_true",
         help="do not start the extender (fulcrum-scheduler still calls its port)",
     )
-    up.add_argument("--extender-port", type=int, default=None)
+    up.add_argument("--extender-port", type=int, default=None, help="default: a free port")
     up.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
     up.set_defaults(func=_cmd_cluster_up)
     for action, func, helptext in (
@@ -173,9 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", _cmd_cluster_status, "nodes, pods, processes and memory of the cluster"),
     ):
         p = csub.add_parser(action, help=helptext)
-        p.add_argument("--name", default="fulcrum")
+        p.add_argument("--name", default="fulcrum", help="cluster name (default %(default)s)")
         p.set_defaults(func=func)
 
+
+def _add_services(sub: Subparsers) -> None:
     serve = sub.add_parser("serve", help="run the scheduler extender")
     serve.add_argument("--config", type=Path, default=None, help="ExtenderConfiguration YAML")
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
@@ -198,12 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--lease-seconds", type=int, default=15, help="Lease duration")
     rebuild.set_defaults(func=_cmd_rebuild)
 
+
+def _add_runs(sub: Subparsers) -> None:
     demo = sub.add_parser(
         "demo", help="cluster up, place a workload, show the result, cluster down"
     )
-    demo.add_argument("--name", default="fulcrum-demo")
-    demo.add_argument("--nodes", type=int, default=20)
-    demo.add_argument("--pods", type=int, default=60)
+    demo.add_argument("--name", default="fulcrum-demo", help="cluster name (default %(default)s)")
+    demo.add_argument("--nodes", type=int, default=20, help="kwok nodes (default %(default)s)")
+    demo.add_argument("--pods", type=int, default=60, help="pods placed (default %(default)s)")
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
     demo.set_defaults(func=_cmd_demo)
 
@@ -211,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="openb trace pods on a kwok cluster: default-scheduler vs fulcrum-scheduler",
     )
-    compare.add_argument("--name", default="fulcrum-compare")
-    compare.add_argument("--nodes", type=int, default=200)
-    compare.add_argument("--pods", type=int, default=2000)
-    compare.add_argument("--seed", type=int, default=42)
+    compare.add_argument("--name", default="fulcrum-compare", help="cluster name")
+    compare.add_argument("--nodes", type=int, default=200, help="openb nodes sampled (default 200)")
+    compare.add_argument("--pods", type=int, default=2000, help="at most this many openb pods")
+    compare.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
     compare.add_argument("--workload", default="default", help="openb_pod_list_<workload>.csv")
     compare.add_argument(
         "--rounds",
@@ -225,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
     compare.set_defaults(func=_cmd_compare)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fulcrum", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
+    build.set_defaults(func=_cmd_build)
+    _add_cluster(sub)
+    _add_services(sub)
+    _add_runs(sub)
     sub.add_parser(
         "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
     )
@@ -234,14 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:  # the placement core owns its flags
-        from policies.simulate_cli import main as simulate_main
+        from fulcrum.simulate import main as simulate_main
 
         return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     from extender.config import ConfigError
-    from extender.serve import ServeError
     from fulcrum.cluster import ClusterError
-    from rebuild.serve import RebuildError
+    from fulcrum.rebuild_serve import RebuildError
+    from fulcrum.serve import ServeError
 
     try:
         return int(args.func(args))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -195,14 +196,28 @@ def _kwokctl(binaries: dict[str, Path], name: str, *args: str, timeout: float = 
     return result.stdout
 
 
+def mentions(arg: bytes, path: bytes) -> bool:
+    """Whether one command-line argument names ``path`` or a file under it.
+
+    ``path`` as a whole path component, alone or after ``=``, ``:`` or ``,`` (``--config=P/x``):
+    the state directory of cluster ``rel`` is a prefix of ``rel2``'s, and a substring match
+    would take the one cluster's processes for the other's.
+    """
+    return any(
+        part == path or part.startswith(path + b"/")
+        for part in re.split(rb"[=:,]", arg)
+    )
+
+
 def processes_under(path: Path) -> Iterator[int]:
-    """Live processes whose command line mentions ``path`` (the cluster's own)."""
-    needle = str(path).encode()
+    """Live processes whose command line names ``path`` or a file under it (the cluster's own)."""
+    needle = str(path).rstrip("/").encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "cmdline").read_bytes() and _pid_alive(int(entry.name)):
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(mentions(a, needle) for a in args) and _pid_alive(int(entry.name)):
                 yield int(entry.name)
         except OSError:
             continue
@@ -384,6 +399,71 @@ def _start_fulcrum_scheduler(name: str, kube_scheduler: Path, config: Path) -> t
     return pid, port
 
 
+def _check_new(name: str, port: int | None, extender: bool) -> None:
+    if (state_dir(name) / "cluster.json").exists():
+        raise ClusterError(
+            f"cluster {name!r} already exists: use it, or remove it with "
+            f"`fulcrum cluster down --name {name}`"
+        )
+    if extender and port is not None and port_in_use(port):
+        raise ClusterError(
+            f"extender port {port} is already in use: stop what listens there "
+            f"(`ss -ltnp 'sport = :{port}'`) or choose another --extender-port"
+        )
+
+
+def _create_control_plane(binaries: Mapping[str, Path], name: str) -> None:
+    """kwokctl's binary runtime with our binaries: apiserver, etcd, controller-manager,
+    default-scheduler and kwok's controller."""
+    flags = [
+        f"--{component}-binary={binaries[binary]}"
+        for component, binary in (
+            ("kube-apiserver", "kube-apiserver"),
+            ("kube-controller-manager", "kube-controller-manager"),
+            ("kube-scheduler", "kube-scheduler"),
+            ("kwok-controller", "kwok"),
+            ("etcd", "etcd"),
+        )
+    ]
+    _kwokctl(
+        dict(binaries),
+        name,
+        "--config",
+        str(STAGES_PATH),
+        "create",
+        "cluster",
+        "--runtime",
+        "binary",
+        "--kubeconfig",
+        str(_contexts_file(name)),
+        "--wait",
+        "3m",
+        "--disable-qps-limits",
+        *flags,
+        timeout=400,
+    )
+
+
+def _start_fulcrum(
+    state: ClusterState, port: int, config: Path, *, extender: bool, log: Callable[[str], None]
+) -> None:
+    """The rebuild controller and the extender (unless not ``extender``), then
+    fulcrum-scheduler; ``state`` is saved after each, so ``down`` finds what started."""
+    name = state.name
+    if extender:
+        state.rebuild_port = free_port()
+        state.rebuild_pid = start_rebuild(name, state.rebuild_port)
+        _save_state(state)
+        log(f"  rebuild controller leading (pid {state.rebuild_pid})")
+        state.extender_pid = start_extender(name, port)
+        log(f"  extender ready on 127.0.0.1:{port} (pid {state.extender_pid})")
+    state.scheduler_pid, state.scheduler_port = _start_fulcrum_scheduler(
+        name, Path(state.binaries["kube-scheduler"]), config
+    )
+    log(f"  {FULCRUM_SCHEDULER} ready (pid {state.scheduler_pid}), extender registered")
+    _save_state(state)
+
+
 def up(
     name: str = "fulcrum",
     *,
@@ -403,17 +483,8 @@ def up(
     extender itself, with ``extender_config`` (an ExtenderConfiguration file) if given.
     Pods opt in with ``schedulerName: fulcrum-scheduler``.
     """
-    if (state_dir(name) / "cluster.json").exists():
-        raise ClusterError(
-            f"cluster {name!r} already exists: use it, or remove it with "
-            f"`fulcrum cluster down --name {name}`"
-        )
     port = registration.port if registration else extender_port
-    if extender and port is not None and port_in_use(port):
-        raise ClusterError(
-            f"extender port {port} is already in use: stop what listens there "
-            f"(`ss -ltnp 'sport = :{port}'`) or choose another --extender-port"
-        )
+    _check_new(name, port, extender)
     try:
         binaries = ensure_binaries(log)
     except BinaryError as exc:
@@ -440,45 +511,9 @@ def up(
             f"creating kwok cluster {name!r} (real kube-apiserver, etcd, controller-manager, "
             "kube-scheduler)"
         )
-        _kwokctl(
-            binaries,
-            name,
-            "--config",
-            str(STAGES_PATH),
-            "create",
-            "cluster",
-            "--runtime",
-            "binary",
-            "--kubeconfig",
-            str(_contexts_file(name)),
-            "--wait",
-            "3m",
-            "--disable-qps-limits",
-            "--kube-apiserver-binary",
-            str(binaries["kube-apiserver"]),
-            "--kube-controller-manager-binary",
-            str(binaries["kube-controller-manager"]),
-            "--kube-scheduler-binary",
-            str(binaries["kube-scheduler"]),
-            "--kwok-controller-binary",
-            str(binaries["kwok"]),
-            "--etcd-binary",
-            str(binaries["etcd"]),
-            timeout=400,
-        )
+        _create_control_plane(binaries, name)
         install_crds(name, binaries["kubectl"])
-        if extender:
-            state.rebuild_port = free_port()
-            state.rebuild_pid = start_rebuild(name, state.rebuild_port)
-            _save_state(state)
-            log(f"  rebuild controller leading (pid {state.rebuild_pid})")
-            state.extender_pid = start_extender(name, reg.port)
-            log(f"  extender ready on 127.0.0.1:{reg.port} (pid {state.extender_pid})")
-        state.scheduler_pid, state.scheduler_port = _start_fulcrum_scheduler(
-            name, binaries["kube-scheduler"], config_path
-        )
-        log(f"  {FULCRUM_SCHEDULER} ready (pid {state.scheduler_pid}), extender registered")
-        _save_state(state)
+        _start_fulcrum(state, reg.port, config_path, extender=extender, log=log)
         if nodes:
             log(f"registering {nodes} kwok nodes ({shape or NodeShape()})")
             add_nodes(name, nodes, shape or NodeShape())

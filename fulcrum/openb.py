@@ -26,13 +26,6 @@ import numpy as np
 import orjson
 from kubernetes.client.exceptions import ApiException
 
-from kube.resources import (
-    GPU_MILLI_ANNOTATION,
-    GPU_MODEL_ANNOTATION,
-    GPU_MODEL_LABEL,
-    assigned_devices,
-    pod_request,
-)
 from fulcrum import cluster
 from fulcrum.workload import (
     PAUSE_IMAGE,
@@ -42,6 +35,13 @@ from fulcrum.workload import (
     scheduling_algorithm,
 )
 from kube.informer import Informer
+from kube.resources import (
+    GPU_MILLI_ANNOTATION,
+    GPU_MODEL_ANNOTATION,
+    GPU_MODEL_LABEL,
+    assigned_devices,
+    pod_request,
+)
 from scheduler.pod import MIB
 from scheduler.replay import nodes_lower_bound
 from scheduler.snapshot import Snapshot

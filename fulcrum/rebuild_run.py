@@ -420,10 +420,6 @@ def kept(before: Mapping[str, Member], after: Mapping[str, Member]) -> Kept:
     )
 
 
-def nodes_multiset(members_: Mapping[str, Member]) -> list[str]:
-    return sorted(m.node for m in members_.values())
-
-
 def write_json(path: Path, data: Any) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
 

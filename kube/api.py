@@ -56,6 +56,17 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 # --- annotations --------------------------------------------------------------------------------
 
 
+QUOTED_CHARS = 64
+
+
+def quoted(value: str, limit: int = QUOTED_CHARS) -> str:
+    """``value`` for a message: at most ``limit`` characters of it, so that a status annotation
+    or Event quoting a huge bad value still fits what the apiserver accepts."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}… ({len(value)} characters)"
+
+
 class OptionError(ValueError):
     """A rebuild annotation with a value Fulcrum does not accept.
 
@@ -70,7 +81,7 @@ class OptionError(ValueError):
         self.value = value
         self.allowed = allowed
         advice = hint if hint is not None else "use one of: " + ", ".join(allowed)
-        super().__init__(f'annotation {annotation}="{value}" is not allowed; {advice}')
+        super().__init__(f'annotation {annotation}="{quoted(value)}" is not allowed; {advice}')
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
 
+from kube.api import quoted
 from kube.plugins import PluginError, PluginRegistry, load_entry_points
 
 ENTRY_POINT_GROUP = "fulcrum.rebuild_hooks"
@@ -178,7 +179,8 @@ def hooks_for(annotations: Mapping[str, str] | None, registry: HookRegistry) -> 
     for name in names:
         if name not in registry:
             raise UnknownHookError(
-                f"annotation {ANNOTATION}={value!r}: unknown rebuild hook {name!r}; "
+                f"annotation {ANNOTATION}={quoted(value)!r}: unknown rebuild hook "
+                f"{quoted(name)!r}; "
                 f"available: {', '.join(registry.names())}"
             )
         canonical = registry.canonical(name)

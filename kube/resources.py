@@ -23,6 +23,10 @@ EPHEMERAL = "ephemeral-storage"
 GPU = "nvidia.com/gpu"
 
 Resources = dict[str, int]
+# The placement core counts in int64 arrays: a quantity beyond this (1 PiB of memory, a
+# trillion cores) is counted as this, so sums over a node's pods never overflow.
+MAX_QUANTITY = 2**50
+MAX_GPUS = 256  # devices on one node or in one pod's request
 
 
 class QuantityError(ValueError):
@@ -48,6 +52,8 @@ def _parse_quantity(resource: str, value: Any) -> int:
         raise QuantityError(f"{resource}: {value!r} is not a Kubernetes quantity") from exc
     if resource == CPU:
         amount = amount * 1000
+    if not amount.is_finite() or abs(amount) > MAX_QUANTITY:
+        return MAX_QUANTITY if amount > 0 else -MAX_QUANTITY
     ceiling: int = math.ceil(amount)
     return ceiling
 
@@ -113,7 +119,14 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
                     f"requests {gpu_count} {GPU}: drop the {GPU} request"
                 )
             gpu_count = 1
-    models = [m for m in annotations.get(GPU_MODEL_ANNOTATION, "").split("|") if m]
+    if gpu_count > MAX_GPUS:
+        raise QuantityError(f"{GPU}: {gpu_count} devices; a pod may request at most {MAX_GPUS}")
+    models = [m.strip() for m in annotations.get(GPU_MODEL_ANNOTATION, "").split("|") if m.strip()]
+    if GPU_MODEL_ANNOTATION in annotations and not models:
+        raise QuantityError(
+            f"annotation {GPU_MODEL_ANNOTATION}={annotations[GPU_MODEL_ANNOTATION]!r} names no "
+            "model: give one or more, e.g. 'A100' or 'A100|V100', or remove it to accept any"
+        )
     scalars = {k: v for k, v in requests.items() if k not in (GPU, PODS)}
     return pod_request_from_resources(
         scalars, gpu_count=gpu_count, gpu_milli=gpu_milli, gpu_models=models
@@ -141,7 +154,7 @@ def node_spec(node: Mapping[str, Any]) -> dict[str, Any]:
         "memory": allocatable.get(MEMORY, 0),
         "ephemeral_storage": allocatable.get(EPHEMERAL, 0),
         "max_pods": allocatable.get(PODS, 110),
-        "gpu_count": allocatable.get(GPU, 0),
+        "gpu_count": min(allocatable.get(GPU, 0), MAX_GPUS),
         "gpu_model": labels.get(GPU_MODEL_LABEL) or None,
         "extended": {k: v for k, v in allocatable.items() if k not in _NOT_SCALAR},
     }

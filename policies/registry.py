@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 
+from kube.plugins import PluginError as PluginError
+from kube.plugins import PluginRegistry, UnknownPluginError, load_entry_points
 from policies import (
     archimedes,
     best_fit,
@@ -30,8 +32,6 @@ from policies import (
     random_fit,
     requested_to_capacity_ratio,
 )
-from kube.plugins import PluginError as PluginError
-from kube.plugins import PluginRegistry, UnknownPluginError, load_entry_points
 from scheduler.policy import Policy, PolicyContext, PolicyFactory
 
 ENTRY_POINT_GROUP = "fulcrum.policies"

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from ortools.sat.python import cp_model
+
+try:
+    from ortools.sat.python import cp_model
+except ImportError as exc:  # an optional extra: the live path never needs it
+    raise ImportError(
+        "the optimiser needs OR-Tools: pip install 'fulcrum[optimiser]'"
+    ) from exc
 
 from scheduler.pod import GPU_MILLI, PodRequest
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot
@@ -178,6 +184,83 @@ def _compatible(snapshot: Snapshot, pod: PodRequest, row: int, full: int) -> int
     return int(min(limits)) if limits else 10**6
 
 
+@dataclass
+class _ClassModel:
+    """CP-SAT over node classes: ``z[(s, c)]`` pods of shape ``s`` on class ``c``, with
+    ``open_count[c]`` of the class's nodes in use; minimises the nodes in use."""
+
+    model: cp_model.CpModel
+    shapes: list[PodRequest]
+    groups: list[list[int]]
+    open_count: list[cp_model.IntVar]
+    z: dict[tuple[int, int], cp_model.IntVar]
+
+
+def _class_model(
+    snapshot: Snapshot, pods: Sequence[PodRequest], greedy: Sequence[str | None]
+) -> _ClassModel:
+    """Every shape placed as often as greedy placed it (pods that fit nowhere stay out)."""
+    counts = Counter(pods)
+    groups, full = _classes(snapshot)
+    used, cap = _used_nodes(snapshot), _capacity(snapshot)
+    cm = _ClassModel(cp_model.CpModel(), list(counts), groups, [], {})
+    model = cm.model
+    per_class: dict[int, list[tuple[int, cp_model.IntVar]]] = defaultdict(list)
+    for c, rows in enumerate(groups):
+        rep = rows[0]
+        n_open = model.NewIntVar(0, len(rows), f"open{c}")
+        if used[rep]:
+            model.Add(n_open == 1)
+        cm.open_count.append(n_open)
+        for s, pod in enumerate(cm.shapes):
+            per_node = _compatible(snapshot, pod, rep, int(full[rep]))
+            if per_node:
+                var = model.NewIntVar(0, counts[pod], f"z{s}_{c}")
+                model.Add(var <= per_node * n_open)
+                cm.z[(s, c)] = var
+                per_class[c].append((s, var))
+    for s, pod in enumerate(cm.shapes):
+        terms = [cm.z[(s, c)] for c in range(len(groups)) if (s, c) in cm.z]
+        placed = sum(1 for p, node in zip(pods, greedy, strict=True) if p == pod and node)
+        if terms:
+            model.Add(sum(terms) >= placed)
+    for c, entries in per_class.items():
+        rep = groups[c][0]
+        for r in range(5):
+            coeffs = [(int(_vector(cm.shapes[s])[r]), var) for s, var in entries]
+            if any(k for k, _ in coeffs):
+                model.Add(sum(k * v for k, v in coeffs) <= int(cap[rep][r]) * cm.open_count[c])
+        whole = [
+            (cm.shapes[s].gpu_count, var)
+            for s, var in entries
+            if cm.shapes[s].gpu_count and not cm.shapes[s].is_gpu_sharing
+        ]
+        if whole:
+            model.Add(sum(k * v for k, v in whole) <= int(full[rep]) * cm.open_count[c])
+    model.Minimize(sum(cm.open_count))
+    return cm
+
+
+def _hint(
+    cm: _ClassModel, snapshot: Snapshot, pods: Sequence[PodRequest], greedy: Sequence[str | None]
+) -> None:
+    """Start CP-SAT from the greedy plan."""
+    rows = {name: i for i, name in enumerate(snapshot.names)}
+    class_of = {row: c for c, members in enumerate(cm.groups) for row in members}
+    shape_index = {pod: s for s, pod in enumerate(cm.shapes)}
+    hint_z: Counter[tuple[int, int]] = Counter()
+    hint_open: defaultdict[int, set[int]] = defaultdict(set)
+    for pod, name in zip(pods, greedy, strict=True):
+        if name is not None:
+            c = class_of[rows[name]]
+            hint_z[(shape_index[pod], c)] += 1
+            hint_open[c].add(rows[name])
+    for key, var in cm.z.items():
+        cm.model.AddHint(var, hint_z.get(key, 0))
+    for c, var in enumerate(cm.open_count):
+        cm.model.AddHint(var, len(hint_open.get(c, ())))
+
+
 def pack_batch(
     snapshot: Snapshot,
     pods: Sequence[PodRequest],
@@ -197,86 +280,18 @@ def pack_batch(
     deadline = start + deadline_s
     order = _order(pods)
     greedy_snapshot, greedy = _greedy_pack(snapshot, pods, order, [None] * len(pods))
-    best_used = int(_used_nodes(greedy_snapshot).sum())
-    best = greedy
-    status = "greedy"
-    shapes = Counter(pods)
-    shape_list = list(shapes)
-    groups, full = _classes(snapshot)
-    already = int(_used_nodes(snapshot).sum())
-    cap = _capacity(snapshot)
-
-    model = cp_model.CpModel()
-    open_count: list[cp_model.IntVar] = []
-    z: dict[tuple[int, int], cp_model.IntVar] = {}
-    per_class: dict[int, list[tuple[int, cp_model.IntVar]]] = defaultdict(list)
-    for c, rows in enumerate(groups):
-        rep = rows[0]
-        used_here = bool(_used_nodes(snapshot)[rep])
-        n_open = model.NewIntVar(0, len(rows), f"open{c}")
-        if used_here:
-            model.Add(n_open == 1)
-        open_count.append(n_open)
-        for s, pod in enumerate(shape_list):
-            per_node = _compatible(snapshot, pod, rep, int(full[rep]))
-            if per_node == 0:
-                continue
-            var = model.NewIntVar(0, shapes[pod], f"z{s}_{c}")
-            model.Add(var <= per_node * n_open)
-            z[(s, c)] = var
-            per_class[c].append((s, var))
-    placed_terms = []
-    for s, pod in enumerate(shape_list):
-        terms = [z[(s, c)] for c in range(len(groups)) if (s, c) in z]
-        # Pods that fit nowhere are simply not placed (greedy agrees).
-        placed = sum(1 for i in range(len(pods)) if pods[i] == pod and greedy[i] is not None)
-        if terms:
-            model.Add(sum(terms) >= placed)
-            placed_terms.extend(terms)
-    for c, rows in enumerate(groups):
-        rep = rows[0]
-        entries = per_class[c]
-        if not entries:
-            continue
-        for r in range(5):
-            coeffs = [(int(_vector(shape_list[s])[r]), var) for s, var in entries]
-            if any(k for k, _ in coeffs):
-                model.Add(sum(k * v for k, v in coeffs) <= int(cap[rep][r]) * open_count[c])
-        whole = [
-            (shape_list[s].gpu_count, var)
-            for s, var in entries
-            if shape_list[s].gpu_count and not shape_list[s].is_gpu_sharing
-        ]
-        if whole:
-            model.Add(sum(k * v for k, v in whole) <= int(full[rep]) * open_count[c])
-    model.Minimize(sum(open_count))
-    # Hint with the greedy plan.
-    greedy_rows = {name: i for i, name in enumerate(snapshot.names)}
-    class_of = {row: c for c, rows in enumerate(groups) for row in rows}
-    hint_z: Counter[tuple[int, int]] = Counter()
-    hint_open: defaultdict[int, set[int]] = defaultdict(set)
-    shape_index = {pod: s for s, pod in enumerate(shape_list)}
-    for i, name in enumerate(greedy):
-        if name is None:
-            continue
-        row = greedy_rows[name]
-        c = class_of[row]
-        hint_z[(shape_index[pods[i]], c)] += 1
-        hint_open[c].add(row)
-    for key, var in z.items():
-        model.AddHint(var, hint_z.get(key, 0))
-    for c, var in enumerate(open_count):
-        model.AddHint(var, len(hint_open.get(c, ())) or (1 if c in hint_open else 0))
-
-    lower = already
+    best, best_used, status = greedy, int(_used_nodes(greedy_snapshot).sum()), "greedy"
+    cm = _class_model(snapshot, pods, greedy)
+    _hint(cm, snapshot, pods, greedy)
+    lower = int(_used_nodes(snapshot).sum())
     if time.perf_counter() < deadline - 0.2:
         solver = _solver(deadline - 0.1 - min(2.0, 0.3 * deadline_s), workers)
-        code = solver.Solve(model)
+        code = solver.Solve(cm.model)
         if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             lower = max(lower, int(np.ceil(solver.BestObjectiveBound() - 1e-6)))
-            if len(z) <= MAX_EXACT_TERMS and time.perf_counter() < deadline - 0.1:
-                opened = [int(solver.Value(v)) for v in open_count]
-                prefer = _realise_classes(pods, groups, opened, shape_list, z, solver)
+            if len(cm.z) <= MAX_EXACT_TERMS and time.perf_counter() < deadline - 0.1:
+                opened = [int(solver.Value(v)) for v in cm.open_count]
+                prefer = _realise_classes(pods, cm.groups, opened, cm.shapes, cm.z, solver)
                 work, plan = _greedy_pack(snapshot, pods, order, prefer)
                 used = int(_used_nodes(work).sum())
                 placed_plan = sum(p is not None for p in plan)

@@ -57,10 +57,6 @@ class PodRequest:
                 raise ValueError(f"extended resource {name!r} must be >= 0, got {quantity}")
 
     @property
-    def wants_gpu(self) -> bool:
-        return self.gpu_count > 0
-
-    @property
     def is_gpu_sharing(self) -> bool:
         return self.gpu_count == 1 and 0 < self.gpu_milli < GPU_MILLI
 

@@ -162,6 +162,59 @@ def nodes_lower_bound(snapshot: Snapshot, demand: dict[str, int]) -> int:
     return bound
 
 
+def _score(policy: Policy, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:
+    return np.asarray(policy.score(snapshot, pod), dtype=np.float64)
+
+
+def _distinct_requests(pods: PodTrace) -> tuple[list[PodRequest], NDArray[np.int64]]:
+    """Each distinct pod shape once, and every trace pod's index into them (scores are cached
+    per shape)."""
+    shapes: dict[PodRequest, int] = {}
+    shape_of = np.empty(len(pods), dtype=np.int64)
+    for i in range(len(pods)):
+        shape_of[i] = shapes.setdefault(pods.request(i), len(shapes))
+    return list(shapes), shape_of
+
+
+@dataclass
+class _Tally:
+    """What a replay logs after every event, and the totals it ends with."""
+
+    events: int
+    n_nodes: int
+    arrived: NDArray[np.float64] = field(init=False)
+    allocated: NDArray[np.float64] = field(init=False)
+    frag: NDArray[np.float64] = field(init=False)
+    used_rows: NDArray[np.bool_] = field(init=False)
+    arrived_milli: int = 0
+    allocated_milli: int = 0
+    failed: int = 0
+    gpu_failed: int = 0
+    demand: dict[str, int] = field(default_factory=lambda: {"cpu": 0, "memory": 0, "gpu": 0})
+
+    def __post_init__(self) -> None:
+        self.arrived = np.zeros(self.events)
+        self.allocated = np.zeros(self.events)
+        self.frag = np.zeros(self.events)
+        self.used_rows = np.zeros(self.n_nodes, dtype=np.bool_)
+
+    def placed(self, pod: PodRequest, row: int) -> None:
+        self.allocated_milli += pod.gpu_total_milli
+        self.used_rows[row] = True
+        self.demand["cpu"] += pod.cpu_milli
+        self.demand["memory"] += pod.memory
+        self.demand["gpu"] += pod.gpu_total_milli
+
+    def unplaced(self, pod: PodRequest) -> None:
+        self.failed += 1
+        self.gpu_failed += pod.gpu_count > 0
+
+    def log(self, event: int, frag_total: float) -> None:
+        self.arrived[event] = self.arrived_milli
+        self.allocated[event] = self.allocated_milli
+        self.frag[event] = frag_total
+
+
 def replay(
     nodes: NodeTrace,
     pods: PodTrace,
@@ -188,17 +241,7 @@ def replay(
     capacity = nodes.total_gpu_milli
     arrivals = arrival_order(pods, rng=rng, tune=tune, gpu_capacity_milli=capacity)
     workload = workload if workload is not None else typical_workload(pods)
-    model_names = snapshot.model_names
-
-    shapes: dict[PodRequest, int] = {}
-    shape_of = np.empty(len(pods), dtype=np.int64)
-    requests: list[PodRequest] = []
-    for i in range(len(pods)):
-        req = pods.request(i)
-        shape = shapes.setdefault(req, len(shapes))
-        if shape == len(requests):
-            requests.append(req)
-        shape_of[i] = shape
+    requests, shape_of = _distinct_requests(pods)
 
     def node_frag(rows: NDArray[np.intp] | slice) -> NDArray[np.float64]:
         return fragmentation(
@@ -206,75 +249,64 @@ def replay(
             snapshot.gpu_free[rows],
             snapshot.gpu_model[rows],
             workload,
-            model_names,
+            snapshot.model_names,
         )
 
     frag = node_frag(slice(None))
     frag_total = float(frag.sum())
     cache = ScoreCache() if use_cache and policy.node_local else None
-    events = len(arrivals.order)
-    arrived = np.zeros(events)
-    allocated = np.zeros(events)
-    frag_log = np.zeros(events)
-    a_sum = u_sum = 0
-    failed = gpu_failed = 0
-    demand = {"cpu": 0, "memory": 0, "gpu": 0}
-    used_rows = np.zeros(n, dtype=np.bool_)
+    tally = _Tally(len(arrivals.order), n)
     for e, i in enumerate(arrivals.order):
-        shape = int(shape_of[i])
-        pod = requests[shape]
-        a_sum += pod.gpu_total_milli
-        feasible = snapshot.feasible(pod)
-        feasible &= policy.filter(snapshot, pod)
-        candidates = np.flatnonzero(feasible)
+        pod = requests[int(shape_of[i])]
+        tally.arrived_milli += pod.gpu_total_milli
+        candidates = np.flatnonzero(snapshot.feasible(pod) & policy.filter(snapshot, pod))
         if candidates.size == 0:
-            failed += 1
-            gpu_failed += pod.gpu_count > 0
+            tally.unplaced(pod)
         else:
-            if candidates.size == 1:
-                row = int(candidates[0])
-            else:
-                if cache is not None:
-                    scores = cache.scores(policy, snapshot, pod)
-                else:
-                    scores = policy.score(snapshot, pod)
-                tie_rank = rng.permutation(n) if random_ties else rank
-                row = pick(scores, candidates, tie_rank)
+            row = int(candidates[0])
+            if candidates.size > 1:
+                score = cache.scores if cache else _score
+                scores = score(policy, snapshot, pod)
+                row = pick(scores, candidates, rng.permutation(n) if random_ties else rank)
             devices = policy.select_devices(snapshot, row, pod)
             snapshot.assign(f"e{e}", pod, snapshot.names[row], devices=devices, check=False)
-            u_sum += pod.gpu_total_milli
-            used_rows[row] = True
-            demand["cpu"] += pod.cpu_milli
-            demand["memory"] += pod.memory
-            demand["gpu"] += pod.gpu_total_milli
+            tally.placed(pod, row)
             new = float(node_frag(np.array([row]))[0])
             frag_total += new - frag[row]
             frag[row] = new
-        arrived[e] = a_sum
-        allocated[e] = u_sum
-        frag_log[e] = frag_total
-        if progress is not None and (e % 1000 == 0 or e == events - 1):
-            progress(e + 1, events)
+        tally.log(e, frag_total)
+        if progress is not None and (e % 1000 == 0 or e == tally.events - 1):
+            progress(e + 1, tally.events)
+    return _result(policy.name, seed, tally, snapshot, capacity, arrivals, frag_total, started)
 
-    arrived_pct = arrived / capacity * 100.0
-    alloc_pct = np.round(allocated / capacity * 100.0, 2)
-    frag_pct = frag_log / capacity * 100.0
-    alloc_curve = discretise(arrived_pct, alloc_pct)
-    frag_curve = discretise(arrived_pct, frag_pct)
+
+def _result(
+    policy: str,
+    seed: int,
+    tally: _Tally,
+    snapshot: Snapshot,
+    capacity: int,
+    arrivals: Arrivals,
+    final_frag: float,
+    started: float,
+) -> ReplayResult:
+    arrived_pct = tally.arrived / capacity * 100.0
+    alloc_curve = discretise(arrived_pct, np.round(tally.allocated / capacity * 100.0, 2))
+    frag_curve = discretise(arrived_pct, tally.frag / capacity * 100.0)
     return ReplayResult(
-        policy=policy.name,
+        policy=policy,
         seed=seed,
-        events=events,
-        pods_failed=failed,
-        gpu_pods_failed=int(gpu_failed),
+        events=tally.events,
+        pods_failed=tally.failed,
+        gpu_pods_failed=int(tally.gpu_failed),
         alloc_curve=alloc_curve,
         frag_curve=frag_curve,
         alloc_at_100=alloc_curve[100],
         alloc_at_130=alloc_curve[MAX_ARRIVED_PCT],
-        final_alloc_pct=round(float(u_sum) / capacity * 100.0, 2),
-        final_frag_pct=round(float(frag_total) / capacity * 100.0, 2),
-        nodes_used=int(used_rows.sum()),
-        nodes_lower_bound=nodes_lower_bound(snapshot, demand),
+        final_alloc_pct=round(float(tally.allocated_milli) / capacity * 100.0, 2),
+        final_frag_pct=round(final_frag / capacity * 100.0, 2),
+        nodes_used=int(tally.used_rows.sum()),
+        nodes_lower_bound=nodes_lower_bound(snapshot, tally.demand),
         elapsed_s=time.perf_counter() - started,
         clones=arrivals.clones,
         final_snapshot=snapshot,

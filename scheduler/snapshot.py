@@ -26,6 +26,9 @@ from scheduler.pod import BASE_RESOURCES, GPU_MILLI, PodRequest
 
 CPU_COL, MEMORY_COL, EPHEMERAL_COL, PODS_COL = 0, 1, 2, 3
 DEFAULT_MAX_PODS = 110
+# A node reporting GPUs without a model label: its devices count as one model of their own,
+# usable by every pod that names no model (a GPU model constraint never matches it).
+UNKNOWN_GPU_MODEL = "unknown"
 
 # Reason bits of FitResult.reason_bits. Extended resource c sets bit
 # FIRST_EXTENDED_BIT + (c - len(BASE_RESOURCES)).
@@ -190,10 +193,6 @@ class Snapshot:
             supply = {m: int(counts[i]) for i, m in enumerate(self._model_names)}
             self._supply = (self._layout, supply)
         return dict(self._supply[1])
-
-    def gpu_free_total(self) -> IntArray:
-        total: IntArray = self.gpu_free.sum(axis=1)
-        return total
 
     def pods(self) -> Mapping[str, Placement]:
         return self._pods
@@ -519,8 +518,7 @@ class Snapshot:
                 raise ValueError(f"node {self._names[row]!r}: {label} must be >= 0, got {value}")
         if gpu_count > self._gpu_free.shape[1]:
             self._grow_devices(gpu_count)
-        if gpu_count > 0 and not gpu_model:
-            raise ValueError(f"node {self._names[row]!r} has GPUs but no GPU model")
+        gpu_model = (gpu_model or UNKNOWN_GPU_MODEL) if gpu_count > 0 else None
         alloc = self._allocatable[row]
         alloc[:] = 0
         alloc[CPU_COL], alloc[MEMORY_COL] = cpu_milli, memory

@@ -69,7 +69,7 @@ class NodeTrace:
                 memory=int(self.memory_mib[i]) * MIB,
                 max_pods=max_pods,
                 gpu_count=count,
-                gpu_model=self.models[i] if count > 0 else None,
+                gpu_model=self.models[i] if count > 0 and self.models[i] != "nan" else None,
             )
         return snapshot
 
@@ -190,8 +190,6 @@ def load_nodes(path: str | Path) -> NodeTrace:
         if name in seen:
             raise TraceError(p, i + 2, "sn", f"duplicate node name {name!r}")
         seen.add(name)
-        if gpu[i] > 0 and models[i] in ("", "nan"):
-            raise TraceError(p, i + 2, "model", "node has GPUs but no GPU model")
     return NodeTrace(str(p), tuple(names), cpu, mem, gpu, tuple(models))
 
 

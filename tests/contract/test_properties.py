@@ -12,32 +12,37 @@ from hypothesis import strategies as st
 from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings, PolicyWeight
+from tests import builders
 
 MODELS = ["A100", "V100", "T4"]
 
 
 def node(i: int, cpu: int, mem_gi: int, gpus: int, model: int) -> dict[str, Any]:
-    allocatable = {"cpu": str(cpu), "memory": f"{mem_gi}Gi", "pods": "110"}
-    labels = {}
-    if gpus:
-        allocatable["nvidia.com/gpu"] = str(gpus)
-        labels["nvidia.com/gpu.product"] = MODELS[model]
-    return {"metadata": {"name": f"n{i}", "labels": labels}, "status": {"allocatable": allocatable}}
+    return builders.node(
+        f"n{i}",
+        cpu=str(cpu),
+        memory=f"{mem_gi}Gi",
+        gpus=gpus,
+        model=MODELS[model] if gpus else None,
+    )
 
 
 def pod(cpu_m: int, mem_mi: int, gpus: int, share: int, model: int | None) -> dict[str, Any]:
-    requests = {"cpu": f"{cpu_m}m", "memory": f"{mem_mi}Mi"}
-    annotations = {}
+    requests: dict[str, str] = {}
+    annotations: dict[str, str] = {}
     if gpus and share < 1000:
         annotations["fulcrum.io/gpu-milli"] = str(share)
     elif gpus:
         requests["nvidia.com/gpu"] = str(gpus)
     if gpus and model is not None:
         annotations["fulcrum.io/gpu-model"] = MODELS[model]
-    return {
-        "metadata": {"uid": "p", "namespace": "ns", "name": "p", "annotations": annotations},
-        "spec": {"containers": [{"resources": {"requests": requests}}]},
-    }
+    return builders.pod(
+        "p",
+        cpu=f"{cpu_m}m",
+        memory=f"{mem_mi}Mi",
+        requests=requests,
+        annotations=annotations,
+    )
 
 
 nodes_strategy = st.lists(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
 from extender.app import create_app
+from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
+from tests.builders import node, pod
 
 
 @pytest.fixture
@@ -52,26 +58,12 @@ def test_errors_are_counted_per_verb(client: TestClient) -> None:
 
 
 def test_cordoned_and_unknown_nodes_fail_with_their_reason() -> None:
-    from extender.cache import ClusterCache
-
     cache = ClusterCache()
     for i, cordoned in enumerate([False, True, False]):
-        cache.apply(
-            "nodes",
-            "ADDED",
-            {
-                "metadata": {"name": f"n{i}"},
-                "spec": {"unschedulable": cordoned},
-                "status": {"allocatable": {"cpu": "4", "memory": "4Gi", "pods": "10"}},
-            },
-        )
+        cache.apply("nodes", "ADDED", node(f"n{i}", memory="4Gi", pods="10", cordoned=cordoned))
     app = create_app(ExtenderSettings(decide_in_filter=False), cache)
-    pod = {
-        "metadata": {"uid": "x"},
-        "spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]},
-    }
     reply = TestClient(app).post(
-        "/filter", json={"Pod": pod, "NodeNames": ["n0", "n1", "n2", "zz"]}
+        "/filter", json={"Pod": pod("x"), "NodeNames": ["n0", "n1", "n2", "zz"]}
     )
     assert reply.json()["NodeNames"] == ["n0", "n2"]
     assert reply.json()["FailedNodes"] == {
@@ -84,50 +76,32 @@ def test_a_preemptor_is_filtered_after_the_cache_sees_its_victims_go() -> None:
     """kube-scheduler retries a preemptor as soon as its own cache loses the victim; the
     extender's watch may be a few milliseconds behind. Answering from the stale cache would fail
     the freed node and make kube-scheduler preempt a second pod elsewhere (seen in CI)."""
-    import threading
-    import time
-
-    from extender.cache import ClusterCache
-
     cache = ClusterCache()
     for name in ("n0", "n1"):
-        cache.apply(
-            "nodes",
-            "ADDED",
-            {
-                "metadata": {"name": name},
-                "status": {"allocatable": {"cpu": "4", "memory": "16Gi", "pods": "10"}},
-            },
-        )
-
-    def pod(uid: str, cpu: str, node: str = "") -> dict[str, object]:
-        return {
-            "metadata": {"uid": uid, "name": uid, "namespace": "p"},
-            "spec": {"nodeName": node, "containers": [{"resources": {"requests": {"cpu": cpu}}}]},
-            "status": {"phase": "Running" if node else "Pending"},
-        }
-
+        cache.apply("nodes", "ADDED", node(name, memory="16Gi", pods="10"))
+    on = functools.partial(pod, namespace="p")
     full = [("big0", "3", "n0"), ("small0", "1", "n0"), ("big1", "3", "n1"), ("small1", "1", "n1")]
-    for uid, cpu, node in full:
-        cache.apply("pods", "ADDED", pod(uid, cpu, node))
+    for uid, cpu, where in full:
+        cache.apply("pods", "ADDED", on(uid, cpu=cpu, node_name=where))
     client = TestClient(create_app(ExtenderSettings(decide_in_filter=True), cache))
-    urgent = pod("urgent", "3")
+    urgent = on("urgent", cpu="3", phase="Pending")
     victims = {"n0": {"Pods": [{"UID": "big0"}]}, "n1": {"Pods": [{"UID": "big1"}]}}
     reply = client.post("/preempt", json={"Pod": urgent, "NodeNameToMetaVictims": victims})
     chosen = reply.json()["NodeNameToMetaVictims"]
-    ((node, answer),) = chosen.items()
+    ((freed, answer),) = chosen.items()
     victim = answer["Pods"][0]["UID"]
 
     # a node the victims are not on is not waited for
-    other = "n1" if node == "n0" else "n0"
+    other = "n1" if freed == "n0" else "n0"
     started = time.monotonic()
     reply = client.post("/filter", json={"Pod": urgent, "NodeNames": [other]})
     assert other in reply.json()["FailedNodes"]
     assert time.monotonic() - started < 0.3  # SETTLE_SECONDS is 0.5
 
     # kube-scheduler's cache lost the victim, ours 50 ms later: the filter waits for it
-    threading.Timer(0.05, cache.apply, ("pods", "DELETED", pod(victim, "3", node))).start()
+    gone = on(victim, cpu="3", node_name=freed)
+    threading.Timer(0.05, cache.apply, ("pods", "DELETED", gone)).start()
     started = time.monotonic()
-    reply = client.post("/filter", json={"Pod": urgent, "NodeNames": [node]})
-    assert reply.json()["NodeNames"] == [node]
+    reply = client.post("/filter", json={"Pod": urgent, "NodeNames": [freed]})
+    assert reply.json()["NodeNames"] == [freed]
     assert 0.04 < time.monotonic() - started < 0.4

@@ -74,3 +74,40 @@ def test_an_unknown_cluster_says_how_to_create_it(
     monkeypatch.setenv("FULCRUM_CACHE_DIR", str(tmp_path))
     with pytest.raises(cluster.ClusterError, match="fulcrum cluster up --name ghost"):
         cluster.env_exports("ghost")
+
+
+@pytest.mark.parametrize(
+    ("arg", "named"),
+    [
+        (b"/s/clusters/rel", True),
+        (b"/s/clusters/rel/etcd", True),
+        (b"--config=/s/clusters/rel/fulcrum-scheduler.yaml", True),
+        (b"--kubeconfig=/s/clusters/rel2/kubeconfig", False),
+        (b"/s/clusters/rel2", False),
+        (b"/s/clusters/relative/x", False),
+        (b"--urls=http://a,/s/clusters/rel/x", True),
+    ],
+)
+def test_a_cluster_is_named_only_as_a_whole_path_component(arg: bytes, named: bool) -> None:
+    assert cluster.mentions(arg, b"/s/clusters/rel") is named
+
+
+def test_processes_of_a_cluster_whose_name_extends_anothers_are_not_its_own(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    rel, rel2 = tmp_path / "rel", tmp_path / "rel2"
+    script = "import time; time.sleep(60)"
+    mine = subprocess.Popen([sys.executable, "-c", script, f"--config={rel}/x.yaml"])
+    other = subprocess.Popen([sys.executable, "-c", script, f"--config={rel2}/x.yaml"])
+    try:
+        found = set(cluster.processes_under(rel))
+        assert mine.pid in found
+        assert other.pid not in found
+    finally:
+        mine.kill()
+        other.kill()
+        mine.wait()
+        other.wait()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -12,8 +11,8 @@ import pytest
 from aiohttp import web
 from kubernetes import client
 
+from extender.apiserver import KubeBinder
 from extender.bind import BindConflict, PodGone
-from extender.serve import KubeBinder
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,7 +31,7 @@ def run_against(handler: Handler, test: Callable[[KubeBinder], Awaitable[Any]]) 
         cfg = client.Configuration()
         cfg.host = f"http://127.0.0.1:{port}"
         cfg.api_key = {"authorization": "Bearer t0ken"}
-        binder = KubeBinder(SimpleNamespace(api_client=SimpleNamespace(configuration=cfg)))
+        binder = KubeBinder(cfg)
         try:
             return await test(binder)
         finally:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.snapshot import UNKNOWN_GPU_MODEL
 from scheduler.trace import TraceError, load_nodes, load_pods, spec_models
 
 OPENB = Path(__file__).resolve().parents[3] / "shared" / "traces" / "openb"
@@ -58,9 +59,13 @@ def test_bad_pod_files_name_file_line_and_column(
     assert str(path) in str(error) and f"line {line}" in str(error)
 
 
+def test_gpus_without_a_model_are_a_model_of_their_own(tmp_path: Path) -> None:
+    snapshot = load_nodes(write(tmp_path, "n.csv", NODES.replace(",2,T4", ",2,"))).to_snapshot()
+    assert UNKNOWN_GPU_MODEL in snapshot.model_names
+    assert snapshot.gpu_supply_by_model()[UNKNOWN_GPU_MODEL] == 2
+
+
 def test_bad_node_files(tmp_path: Path) -> None:
-    with pytest.raises(TraceError, match=r"line 2, column 'model': node has GPUs but no GPU model"):
-        load_nodes(write(tmp_path, "n.csv", NODES.replace(",2,T4", ",2,")))
     with pytest.raises(TraceError, match="file not found"):
         load_nodes(tmp_path / "absent.csv")
     with pytest.raises(TraceError, match="empty file"):

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 import kube.hooks as hooks
-from kube.plugins import PluginError
 from kube.hooks import (
     ANNOTATION,
     BUILTIN,
@@ -25,11 +24,13 @@ from kube.hooks import (
     hooks_for,
     load_plugins,
 )
+from kube.plugins import PluginError
+from tests import builders
 
 
 def pod(*, ready: bool | None = None, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A pod as the API server sends it, with a Ready condition if ``ready`` is not None."""
-    out: dict[str, Any] = {"metadata": {"name": "web-0", "labels": dict(labels or {})}}
+    out = builders.pod("u", name="web-0", labels=labels or {})
     if ready is not None:
         condition = {"type": "Ready", "status": "True" if ready else "False"}
         out["status"] = {"conditions": [{"type": "PodScheduled", "status": "True"}, condition]}

@@ -1,8 +1,10 @@
 """Run the rebuild controller: Lease leader election, then the controller, plus health endpoints.
 
-Every replica serves ``/healthz``; ``/readyz`` answers 200 once this replica leads and its
-informers have synced. A replica that loses its lease exits at once (its work queue may hold
-decisions made as leader), to be restarted as a follower, as client-go's controllers do.
+The process's wiring, kept out of ``rebuild/``: it loads the kubeconfig, makes the one
+``ApiClient`` the controller is given, and campaigns for the Lease. Every replica serves
+``/healthz``; ``/readyz`` answers 200 once this replica leads and its informers have synced. A
+replica that loses its lease exits at once (its work queue may hold decisions made as leader),
+to be restarted as a follower, as client-go's controllers do.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The extender defers to local rebuild: held rooms, successors, claims and pool addresses."""
+"""The extender defers to local rebuild (``extender.rebuild_gate``): holds, successors, claims
+and pool addresses."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Mapping
@@ -12,48 +14,21 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from extender.app import _settle, create_app
+from extender.app import create_app
 from extender.bind import BindService
-from extender.cache import ClusterCache
+from extender.cache import ClusterCache, PendingPod
 from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
+from extender.rebuild_gate import RebuildGate
+from extender.verbs import settle
+from kube import api, hooks
+from kube import ippool as pools
 from kube.resources import pod_request
 from policies.registry import default_registry
-from kube import api
-from kube import ippool as pools
+from tests import builders
+from tests.builders import node
 
-
-def node(name: str, cpu: str = "4") -> dict[str, Any]:
-    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "pods": "110"}}}
-
-
-def pod(
-    uid: str,
-    name: str,
-    *,
-    node_name: str = "",
-    cpu: str = "2",
-    annotations: Mapping[str, str] | None = None,
-    finalizers: list[str] | None = None,
-    deleting: bool = False,
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "uid": uid,
-        "name": name,
-        "namespace": "ns",
-        "labels": {"app": "web"},
-        "annotations": dict(annotations or {}),
-    }
-    if finalizers:
-        meta["finalizers"] = finalizers
-    if deleting:
-        meta["deletionTimestamp"] = "2026-11-27T08:00:00Z"
-    spec: dict[str, Any] = {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}
-    if node_name:
-        spec["nodeName"] = node_name
-    return {"metadata": meta, "spec": spec, "status": {"phase": "Running" if node_name else ""}}
-
-
+pod = functools.partial(builders.pod, cpu="2", labels={"app": "web"})
 OPTED = {api.REBUILD: "local", api.IP_POOL: "web"}
 
 
@@ -103,21 +78,27 @@ class FakeApiserver:
         return ip
 
 
-def cluster() -> tuple[ClusterCache, Decider, FakeApiserver, BindService]:
+def cluster() -> tuple[ClusterCache, RebuildGate, Decider, FakeApiserver, BindService]:
     cache = ClusterCache()
+    gate = RebuildGate(cache, hooks.default_hook_registry(plugins=False))
     for name in ("n1", "n2", "n3"):
         cache.apply("nodes", "ADDED", node(name))
     decider = Decider(cache, default_registry(), [WeightedPolicy("LeastAllocated", 1)])
     apiserver = FakeApiserver()
-    return cache, decider, apiserver, BindService(cache, apiserver, decider.devices)
+    return cache, gate, decider, apiserver, BindService(cache, apiserver, decider.devices, gate)
 
 
-def decide(cache: ClusterCache, decider: Decider, p: dict[str, Any]) -> tuple[list[str], str]:
-    pending = cache.note_pending(p, pod_request(p))
-    holds = cache.holds(pending)
+def noted(cache: ClusterCache, p: dict[str, Any]) -> PendingPod:
+    return cache.note_pending(p, pod_request(p))
+
+
+def decide(gate: RebuildGate, decider: Decider, p: dict[str, Any]) -> tuple[list[str], str]:
+    cache = gate.cache
+    pending = noted(cache, p)
+    usable = gate.holds(pending).usable
     with cache.lock:
-        if holds:
-            out = decider.filter_held(cache.snapshot, pending, ["n1", "n2", "n3"], holds)
+        if usable:
+            out = gate.filter_on_holds(decider, cache.snapshot, pending, ["n1", "n2", "n3"], usable)
         else:
             out = decider.filter(cache.snapshot, pending.request, ["n1", "n2", "n3"])
     reasons = {**out.failed, **out.unresolvable}
@@ -125,20 +106,20 @@ def decide(cache: ClusterCache, decider: Decider, p: dict[str, Any]) -> tuple[li
 
 
 def test_a_held_room_is_hidden_from_others_and_given_to_the_successor() -> None:
-    cache, decider, apiserver, binds = cluster()
-    old = pod("old", "web-0", node_name="n2", annotations=OPTED)
+    cache, gate, decider, apiserver, binds = cluster()
+    old = pod("old", name="web-0", node_name="n2", annotations=OPTED)
     cache.apply("pods", "ADDED", old)
-    cache.apply("reservations", "ADDED", reservation(old, "n2"))
+    gate.apply("reservations", "ADDED", reservation(old, "n2"))
     cache.apply("pods", "DELETED", old)
     free_n2 = cache.snapshot.free[cache.snapshot.index_of("n2"), 0]
     assert free_n2 == 2000  # 4 cpu, 2 held for the successor
 
-    other = pod("other", "big", cpu="3")
-    passed, _ = decide(cache, decider, other)
+    other = pod("other", name="big", cpu="3")
+    passed, _ = decide(gate, decider, other)
     assert "n2" not in passed
 
-    successor = pod("new", "web-0", annotations=OPTED)  # a bare pod re-created: same name
-    passed, reason = decide(cache, decider, successor)
+    successor = pod("new", name="web-0", annotations=OPTED)  # a bare pod re-created: same name
+    passed, reason = decide(gate, decider, successor)
     assert passed == ["n2"]
     assert "returns to node n2" in reason
 
@@ -150,37 +131,40 @@ def test_a_held_room_is_hidden_from_others_and_given_to_the_successor() -> None:
     assert annotations[api.CALICO_IPS] == '["10.0.0.2"]'
     # the hold is released and the successor charged: 2 cpu used on n2, not 4
     assert cache.snapshot.free[cache.snapshot.index_of("n2"), 0] == 2000
-    assert cache.holds(cache.note_pending(successor, pod_request(successor))) == []
+    assert gate.holds(noted(cache, successor)).usable == []
 
 
 def test_a_successor_waits_while_its_predecessor_terminates_unreserved() -> None:
-    cache, decider, _, _ = cluster()
-    old = pod("old", "web-0", node_name="n1", annotations=OPTED)
+    cache, gate, decider, _, _ = cluster()
+    old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
     cache.apply("pods", "ADDED", old)
     leaving = pod(
-        "old", "web-0", node_name="n1", annotations=OPTED, finalizers=[api.FINALIZER], deleting=True
+        "old",
+        name="web-0",
+        node_name="n1",
+        annotations=OPTED,
+        finalizers=[api.FINALIZER],
+        deleting=True,
     )
     cache.apply("pods", "MODIFIED", leaving)
-    successor = pod("new", "web-0", annotations=OPTED)
-    assert cache.leaving(cache.note_pending(successor, pod_request(successor))) == ["n1"]
-    cache.apply("reservations", "ADDED", reservation(old, "n1"))
-    assert cache.leaving(cache.note_pending(successor, pod_request(successor))) == []
-    passed, _ = decide(cache, decider, successor)
+    successor = pod("new", name="web-0", annotations=OPTED)
+    assert gate.leaving(noted(cache, successor)) == ["n1"]
+    gate.apply("reservations", "ADDED", reservation(old, "n1"))
+    assert gate.leaving(noted(cache, successor)) == []
+    passed, _ = decide(gate, decider, successor)
     assert passed == ["n1"]
 
 
 def test_a_cordoned_held_node_makes_the_successor_wait_with_a_reason() -> None:
-    cache, decider, _, _ = cluster()
-    old = pod("old", "web-0", node_name="n3", annotations=OPTED)
+    cache, gate, decider, _, _ = cluster()
+    old = pod("old", name="web-0", node_name="n3", annotations=OPTED)
     cache.apply("pods", "ADDED", old)
     cache.apply("pods", "DELETED", old)
     later = datetime.now(UTC) + timedelta(minutes=1)
-    cache.apply("reservations", "ADDED", reservation(old, "n3", expires_at=later))
-    cordoned = node("n3")
-    cordoned["spec"] = {"unschedulable": True}
-    cache.apply("nodes", "MODIFIED", cordoned)
+    gate.apply("reservations", "ADDED", reservation(old, "n3", expires_at=later))
+    cache.apply("nodes", "MODIFIED", node("n3", cordoned=True))
 
-    passed, reason = decide(cache, decider, pod("new", "web-0", annotations=OPTED))
+    passed, reason = decide(gate, decider, pod("new", name="web-0", annotations=OPTED))
 
     assert passed == []
     assert "waiting to rebuild on node n3: it is cordoned" in reason
@@ -188,30 +172,30 @@ def test_a_cordoned_held_node_makes_the_successor_wait_with_a_reason() -> None:
 
 
 def test_an_expired_reservation_frees_the_room_but_keeps_the_ip() -> None:
-    cache, decider, apiserver, binds = cluster()
-    old = pod("old", "web-0", node_name="n3", annotations=OPTED)
+    cache, gate, decider, apiserver, binds = cluster()
+    old = pod("old", name="web-0", node_name="n3", annotations=OPTED)
     cache.apply("pods", "ADDED", old)
     cache.apply("pods", "DELETED", old)
     past = datetime.now(UTC) - timedelta(seconds=1)
-    cache.apply("reservations", "ADDED", reservation(old, "n3", ip="10.0.0.5", expires_at=past))
+    gate.apply("reservations", "ADDED", reservation(old, "n3", ip="10.0.0.5", expires_at=past))
     assert cache.snapshot.free[cache.snapshot.index_of("n3"), 0] == 4000
 
-    successor = pod("new", "web-0", annotations=OPTED)
-    passed, _ = decide(cache, decider, successor)
+    successor = pod("new", name="web-0", annotations=OPTED)
+    passed, _ = decide(gate, decider, successor)
     assert len(passed) == 3  # normal placement
     assert asyncio.run(binds.bind("ns", "web-0", "new", "n1")) == ""
     assert apiserver.bound["new"][1][api.ASSIGNED_IP] == "10.0.0.5"
 
 
 def test_a_pool_pod_gets_an_address_and_an_outside_one_is_refused() -> None:
-    cache, decider, apiserver, binds = cluster()
-    first = pod("a", "a", annotations={api.IP_POOL: "web"})
-    decide(cache, decider, first)
+    cache, gate, decider, apiserver, binds = cluster()
+    first = pod("a", name="a", annotations={api.IP_POOL: "web"})
+    decide(gate, decider, first)
     assert asyncio.run(binds.bind("ns", "a", "a", "n1")) == ""
     assert apiserver.bound["a"][1][api.ASSIGNED_IP] == "10.0.0.1"
 
-    outside = pod("b", "b", annotations={api.IP_POOL: "web", api.IP_REQUEST: "10.9.9.9"})
-    decide(cache, decider, outside)
+    outside = pod("b", name="b", annotations={api.IP_POOL: "web", api.IP_REQUEST: "10.9.9.9"})
+    decide(gate, decider, outside)
     error = asyncio.run(binds.bind("ns", "b", "b", "n1"))
     assert "outside pool" in error
     assert "b" not in apiserver.bound
@@ -221,23 +205,23 @@ def test_a_pool_pod_gets_an_address_and_an_outside_one_is_refused() -> None:
 
 @pytest.mark.parametrize("event", ["DELETED", "relist"])
 def test_deleting_a_reservation_releases_its_room(event: str) -> None:
-    cache, _, _, _ = cluster()
-    old = pod("old", "web-0", node_name="n1", annotations=OPTED)
+    cache, gate, _, _, _ = cluster()
+    old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
     cache.apply("pods", "ADDED", old)
     cache.apply("pods", "DELETED", old)
     obj = reservation(old, "n1")
-    cache.apply("reservations", "ADDED", obj)
+    gate.apply("reservations", "ADDED", obj)
     assert cache.snapshot.free[0, 0] == 2000
     if event == "DELETED":
-        cache.apply("reservations", "DELETED", obj)
+        gate.apply("reservations", "DELETED", obj)
     else:
-        cache.replace("reservations", [])
+        gate.replace("reservations", [])
     assert cache.snapshot.free[0, 0] == 4000
     cache.replace("pods", [])  # a pod re-list never drops held rooms by mistake
 
 
 def replica(uid: str, revision: str, *, node_name: str = "") -> dict[str, Any]:
-    p = pod(uid, f"web-{revision}-{uid}", node_name=node_name, annotations={**FIRST})
+    p = pod(uid, name=f"web-{revision}-{uid}", node_name=node_name, annotations={**FIRST})
     p["metadata"]["labels"]["pod-template-hash"] = revision
     p["metadata"]["ownerReferences"] = [
         {"kind": "ReplicaSet", "name": f"web-{revision}", "controller": True}
@@ -249,77 +233,121 @@ FIRST = {api.REBUILD: "local", api.ORDER: "create-first"}
 
 
 def test_create_first_places_a_successor_beside_a_predecessor_without_one() -> None:
-    cache, _, _, _ = cluster()
+    cache, gate, _, _, _ = cluster()
     cache.apply("pods", "ADDED", replica("a", "old", node_name="n2"))
     cache.apply("pods", "ADDED", replica("b", "old", node_name="n3"))
     new = replica("c", "new")
-    assert sorted(cache.homes(cache.note_pending(new, pod_request(new)))) == ["n2", "n3"]
+    assert sorted(gate.create_first_nodes(noted(cache, new))) == ["n2", "n3"]
 
     cache.apply("pods", "ADDED", replica("d", "new", node_name="n2"))  # n2 has its successor
-    assert cache.homes(cache.note_pending(new, pod_request(new))) == ["n3"]
+    assert gate.create_first_nodes(noted(cache, new)) == ["n3"]
 
-    plain = pod("e", "x", annotations={api.REBUILD: "local"})  # delete-first: no homes
-    assert cache.homes(cache.note_pending(plain, pod_request(plain))) == []
+    plain = pod("e", name="x", annotations={api.REBUILD: "local"})  # delete-first: no homes
+    assert gate.create_first_nodes(noted(cache, plain)) == []
 
 
 def test_settle_waits_for_the_watch_then_answers_at_once() -> None:
-    cache, _, _, _ = cluster()
-    successor = pod("new", "web-0", annotations=OPTED)
-    pending = cache.note_pending(successor, pod_request(successor))
-    assert cache.settling(pending)  # the scheduler asked before the watch showed the pod
+    cache, gate, _, _, _ = cluster()
+    successor = pod("new", name="web-0", annotations=OPTED)
+    pending = noted(cache, successor)
+    assert gate.settling(pending)  # the scheduler asked before the watch showed the pod
     threading.Timer(0.05, cache.apply, ("pods", "ADDED", successor)).start()
     started = time.monotonic()
-    asyncio.run(_settle(lambda: cache.settling(pending)))
+    asyncio.run(settle(lambda: gate.settling(pending)))
     settled = cache.pending(pending.uid)
     assert settled is not None and settled.watched
     assert 0.04 < time.monotonic() - started < 0.4
     started = time.monotonic()
-    asyncio.run(_settle(lambda: cache.settling(settled)))  # nothing to wait for
+    asyncio.run(settle(lambda: gate.settling(settled)))  # nothing to wait for
     assert time.monotonic() - started < 0.05
 
 
 def test_a_room_promised_to_one_successor_makes_another_wait_not_go_elsewhere() -> None:
-    cache, decider, apiserver, binds = cluster()
+    cache, gate, decider, apiserver, binds = cluster()
     old = replica("old", "v1", node_name="n2")
     old["metadata"]["annotations"] = dict(OPTED)
     cache.apply("pods", "ADDED", old)
     cache.apply("pods", "DELETED", old)
-    cache.apply("reservations", "ADDED", reservation(old, "n2"))
+    gate.apply("reservations", "ADDED", reservation(old, "n2"))
     first, second = replica("s1", "v2"), replica("s2", "v2")
     for p in (first, second):
         p["metadata"]["annotations"] = dict(OPTED)
         cache.apply("pods", "ADDED", p)
 
-    one = cache.note_pending(first, pod_request(first))
+    one = noted(cache, first)
     with cache.lock:
-        out = decider.filter_held(
-            cache.snapshot, one, ["n1", "n2", "n3"], cache.holds(one), choose=True
-        )
+        out = gate.filter(decider, cache.snapshot, one, ["n1", "n2", "n3"], choose=True)
     assert out.passed == ["n2"]  # and promised to s1
 
-    two = cache.note_pending(second, pod_request(second))
-    assert cache.holds(two) == [] and cache.rooms(two).contested == 1
+    two = noted(cache, second)
+    assert gate.holds(two).usable == [] and gate.holds(two).contested == 1
     refused = asyncio.run(binds.bind("ns", second["metadata"]["name"], "s2", "n1"))
     assert "promised to other successors" in refused
     assert asyncio.run(binds.bind("ns", first["metadata"]["name"], "s1", "n2")) == ""
     assert apiserver.bound["s1"][1][api.RESERVATION] == api.reservation_name("old")
-    assert cache.rooms(two).contested == 0
+    assert gate.holds(two).contested == 0
 
 
 def test_a_predecessor_seen_only_as_gone_still_makes_its_successor_wait() -> None:
-    cache, _, _, _ = cluster()
-    old = pod("old", "web-0", node_name="n1", annotations=OPTED)
+    cache, gate, _, _, _ = cluster()
+    old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
     cache.apply("pods", "ADDED", old)
     cache.apply("pods", "DELETED", old)  # its terminating state never reached us
-    successor = pod("new", "web-0", annotations=OPTED)
+    successor = pod("new", name="web-0", annotations=OPTED)
     cache.apply("pods", "ADDED", successor)
-    assert cache.leaving(cache.note_pending(successor, pod_request(successor))) == ["n1"]
+    assert gate.leaving(noted(cache, successor)) == ["n1"]
 
-    refused = pod("x", "scratch", node_name="n1", annotations={api.REBUILD: "nope"})
+    refused = pod("x", name="scratch", node_name="n1", annotations={api.REBUILD: "nope"})
     cache.apply("pods", "ADDED", refused)
     cache.apply("pods", "DELETED", refused)  # the controller refuses it: nothing will be held
-    again = pod("y", "scratch", annotations={api.REBUILD: "nope"})
-    assert cache.leaving(cache.note_pending(again, pod_request(again))) == []
+    again = pod("y", name="scratch", annotations={api.REBUILD: "nope"})
+    assert gate.leaving(noted(cache, again)) == []
+
+
+def test_a_pod_refused_for_an_unknown_hook_makes_no_successor_wait() -> None:
+    """The controller refuses a pod whose rebuild hooks it does not know (``kube.eligibility``):
+    no Reservation comes, so its successor must not wait out LEAVING_GRACE for one."""
+    cache, gate, decider, _, _ = cluster()
+    unknown = {**OPTED, hooks.ANNOTATION: "nope"}
+    old = pod("old", name="web-0", node_name="n1", annotations=unknown)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    successor = pod("new", name="web-0", annotations=unknown)
+    cache.apply("pods", "ADDED", successor)
+    pending = noted(cache, successor)
+
+    assert gate.leaving(pending) == []
+    assert not gate.settling(pending)
+    with cache.lock:
+        assert gate.filter(decider, cache.snapshot, pending, ["n1", "n2", "n3"]) is None
+
+
+def test_a_pods_relist_keeps_the_charge_of_a_hold() -> None:
+    cache, gate, _, _, _ = cluster()
+    old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    gate.apply("reservations", "ADDED", reservation(old, "n1"))
+    cache.replace("pods", [pod("other", name="other", node_name="n2")])
+    assert cache.snapshot.free[0, 0] == 2000  # the hold's placeholder is no pod to drop
+    assert cache.snapshot.free[1, 0] == 2000
+
+
+def test_a_predecessor_back_in_the_cache_takes_its_room_from_the_hold() -> None:
+    cache, gate, _, _, _ = cluster()
+    old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
+    gate.apply("reservations", "ADDED", reservation(old, "n1"))
+    assert cache.snapshot.free[0, 0] == 2000  # held: the predecessor is not in the cache
+    cache.apply("pods", "ADDED", old)
+    assert cache.snapshot.free[0, 0] == 2000  # charged once, to the predecessor itself
+    cache.apply("pods", "DELETED", old)
+    assert cache.snapshot.free[0, 0] == 2000  # held again
+
+
+def test_one_gate_per_cache() -> None:
+    cache, _, _, _, _ = cluster()
+    with pytest.raises(ValueError, match="already has an observer"):
+        RebuildGate(cache, hooks.default_hook_registry(plugins=False))
 
 
 def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retries() -> None:
@@ -327,14 +355,14 @@ def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retrie
     (up to 5 min on a quiet cluster); a Reservation is not one. So a successor waiting for its
     Reservation gets the filter's Error (retried after back-off); one waiting for its cordoned
     node under ``wait`` gets rejected nodes (the uncordon requeues it)."""
-    cache, _, _, _ = cluster()
-    app = TestClient(create_app(ExtenderSettings(decide_in_filter=False), cache))
-    old = pod("old", "web-0", node_name="n1", annotations=OPTED, finalizers=[api.FINALIZER])
+    cache, gate, _, _, _ = cluster()
+    app = TestClient(create_app(ExtenderSettings(decide_in_filter=False), cache, gate=gate))
+    old = pod("old", name="web-0", node_name="n1", annotations=OPTED, finalizers=[api.FINALIZER])
     cache.apply("pods", "ADDED", old)
     cache.apply(
         "pods", "MODIFIED", {**old, "metadata": {**old["metadata"], "deletionTimestamp": "x"}}
     )
-    successor = pod("new", "web-0", annotations=OPTED)
+    successor = pod("new", name="web-0", annotations=OPTED)
     cache.apply("pods", "ADDED", successor)
     names = ["n1", "n2", "n3"]
 
@@ -343,10 +371,8 @@ def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retrie
     assert not reply.get("NodeNames") and not reply.get("FailedAndUnresolvableNodes")
 
     cache.apply("pods", "DELETED", old)
-    cache.apply("reservations", "ADDED", reservation(old, "n1"))
-    cordoned = node("n1")
-    cordoned["spec"] = {"unschedulable": True}
-    cache.apply("nodes", "MODIFIED", cordoned)
+    gate.apply("reservations", "ADDED", reservation(old, "n1"))
+    cache.apply("nodes", "MODIFIED", node("n1", cordoned=True))
     reply = app.post("/filter", json={"Pod": successor, "NodeNames": names}).json()
     assert not reply.get("Error") and not reply.get("NodeNames")
     assert set(reply["FailedAndUnresolvableNodes"]) == set(names)
@@ -354,6 +380,6 @@ def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retrie
     timed = reservation(
         old, "n1", fallback="reschedule", expires_at=datetime.now(UTC) + timedelta(minutes=1)
     )
-    cache.apply("reservations", "MODIFIED", timed)
+    gate.apply("reservations", "MODIFIED", timed)
     reply = app.post("/filter", json={"Pod": successor, "NodeNames": names}).json()
     assert "normal placement from" in reply["Error"]

@@ -1,47 +1,39 @@
-"""Run the extender: an informer-fed cache and a binder (given a kubeconfig) behind uvicorn.
+"""The extender's apiserver client: ``pods/binding`` and IPPool allocation, over aiohttp.
 
-This module owns the extender process's Kubernetes client.
+Given the client configuration the wiring (``fulcrum.serve``) loaded from the kubeconfig, so this
+module never imports the ``kubernetes`` package.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
-import logging
-import socket
 import ssl
-import time
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
-import uvicorn
-from kubernetes import client, config
 
-from extender.app import create_app
 from extender.bind import BindConflict, PodGone
-from extender.cache import ClusterCache
-from extender.config import ExtenderSettings
 from kube import api as rebuild
 from kube import ippool
-from kube.informer import Informer
 
-log = logging.getLogger(__name__)
-
-# kube-scheduler's HTTP client keeps idle connections 90 s; outlive that so it never reuses a
-# connection the server is closing.
-KEEP_ALIVE_SECONDS = 120
-# Our side of it: idle apiserver connections are closed before kube-apiserver's own 90 s idle
-# timeout would, so a bind never goes out on a connection the apiserver is closing.
+# Idle apiserver connections are closed before kube-apiserver's own 90 s idle timeout would, so
+# a bind never goes out on a connection the apiserver is closing.
 APISERVER_KEEP_ALIVE_SECONDS = 60
-ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 BIND_CONNECTIONS = 64
 
 
-class ServeError(RuntimeError):
-    """The extender cannot start; the message names the cause and the fix."""
+class ClientConfiguration(Protocol):
+    """What the binder reads of a ``kubernetes.client.Configuration``."""
+
+    host: str
+    ssl_ca_cert: str | None
+    verify_ssl: bool
+    cert_file: str | None
+    key_file: str | None
+    api_key: dict[str, str] | None
+
+    def get_api_key_with_prefix(self, identifier: str, alias: str | None = None) -> str | None: ...
 
 
 class KubeBinder:
@@ -51,10 +43,11 @@ class KubeBinder:
     prioritize wait. aiohttp, whose C parser costs ~0.1 ms of CPU per request where httpx cost
     ~2 ms (measured side by side, TLS, keep-alive): at a few hundred binds a second that was
     most of the extender's event loop. Implements ``extender.bind.Binder``.
+
+    ``cfg``: the kubeconfig as the wiring loaded it (a ``kubernetes.client.Configuration``).
     """
 
-    def __init__(self, api: Any) -> None:
-        cfg = api.api_client.configuration
+    def __init__(self, cfg: ClientConfiguration) -> None:
         context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
         if not cfg.verify_ssl:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -159,99 +152,3 @@ class KubeBinder:
                 self._pools[path] = written
                 return ip
         raise RuntimeError(f"IPPool {namespace}/{pool}: too many concurrent updates; retrying")
-
-
-def core_api(kubeconfig: Path) -> Any:
-    if not kubeconfig.is_file():
-        raise ServeError(f"--kubeconfig {kubeconfig}: no such file")
-    try:
-        api_client = config.new_client_from_config(config_file=str(kubeconfig))
-    except config.ConfigException as exc:
-        raise ServeError(f"--kubeconfig {kubeconfig}: {exc}") from exc
-    api_client.configuration.connection_pool_maxsize = 16
-    return client.CoreV1Api(api_client)
-
-
-def has_reservations(api: Any) -> bool:
-    """Whether the cluster serves Fulcrum's Reservation resource (its CRD is installed)."""
-    try:
-        client.CustomObjectsApi(api.api_client).list_cluster_custom_object(
-            rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS, limit=1
-        )
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
-
-
-def start_cache(api: Any, *, sync_timeout: float = 120) -> tuple[ClusterCache, list[Informer]]:
-    cache = ClusterCache()
-    informers = [
-        Informer("nodes", api.list_node, cache),
-        Informer("pods", api.list_pod_for_all_namespaces, cache, field_selector=ACTIVE_PODS),
-    ]
-    if has_reservations(api):
-        custom = client.CustomObjectsApi(api.api_client)
-        list_fn = functools.partial(
-            custom.list_cluster_custom_object, rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS
-        )
-        informers.append(Informer("reservations", list_fn, cache))
-    else:
-        log.warning(
-            "the Reservation CRD is not installed: local rebuild is off "
-            "(kubectl apply -f deploy/crds/ to turn it on)"
-        )
-    for informer in informers:
-        cache.synced[informer.kind] = informer.synced
-        informer.start()
-    deadline = time.monotonic() + sync_timeout
-    while not cache.ready:
-        if time.monotonic() > deadline:
-            raise ServeError(
-                f"cache did not sync within {sync_timeout:.0f} s: is the apiserver reachable, "
-                "and may this identity list and watch nodes and pods?"
-            )
-        time.sleep(0.1)
-    return cache, informers
-
-
-def check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ServeError(
-                    f"port {port} on {host} is already in use: stop what listens there "
-                    f"(`ss -ltnp 'sport = :{port}'`) or pass another --port"
-                ) from exc
-            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-
-
-def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
-    check_port_free(settings.host, settings.port)
-    cache = binder = None
-    if kubeconfig is not None:
-        api = core_api(kubeconfig)
-        cache, _ = start_cache(api)
-        binder = KubeBinder(api)
-        log.info(
-            "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
-        )
-    tls = settings.tls
-    uvicorn.run(
-        create_app(settings, cache, binder),
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(tls.cert_file) if tls else None,
-        ssl_keyfile=str(tls.key_file) if tls else None,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        log_level="warning",
-        access_log=False,
-        # per-request work nobody reads: kube-scheduler calls us directly, not via a proxy
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-    )

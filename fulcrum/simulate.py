@@ -6,10 +6,6 @@
 Progress goes to stderr, the summary to stdout. Bad input (trace, policy
 name, options) prints one ``error:`` line naming the file, line and column and
 exits with status 2; no stack traces for user errors.
-
-This module sits in ``policies`` rather than ``scheduler`` because it needs
-the policy registry, and the layering contract forbids ``scheduler`` from
-importing ``policies``.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ def test_every_option() -> None:
         }
     )
     assert options == RebuildOptions(
+        requested=True,
         enabled=True,
         fallback="reschedule",
         wait_seconds=90.0,
@@ -159,6 +160,12 @@ def test_option_errors_collects_every_problem_in_order() -> None:
     assert read_options({api.REBUILD: "yes", api.FALLBACK: "never"}).errors[0].annotation == (
         api.REBUILD
     )
+
+
+def test_a_bad_opt_in_is_requested_but_not_enabled() -> None:
+    options = read_options({api.REBUILD: "lcoal"})
+    assert (options.requested, options.enabled) == (True, False)
+    assert [e.allowed for e in options.errors] == [("local",)]
 
 
 def test_option_error_is_a_value_error() -> None:

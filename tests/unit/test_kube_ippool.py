@@ -24,6 +24,7 @@ from kube.ippool import (
     selects,
     transfer,
 )
+from tests import builders
 
 Pool = dict[str, Any]
 
@@ -54,7 +55,7 @@ def make_pool(
 
 
 def pod(labels: dict[str, str], namespace: str = "shop") -> dict[str, Any]:
-    return {"metadata": {"name": "p", "namespace": namespace, "labels": labels}}
+    return builders.pod("p", namespace=namespace, labels=labels)
 
 
 # --- pool_addresses -----------------------------------------------------------------------------

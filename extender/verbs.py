@@ -1,0 +1,210 @@
+"""The extender verbs (``k8s.io/kube-scheduler/extender/v1``) over Fulcrum's state, without HTTP.
+
+``Verbs`` takes the wire models and returns the results; ``extender.app`` only moves them over
+HTTP. A request that cannot be answered raises ``BadRequest`` with the HTTP status to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from extender.bind import Binder, BindService
+from extender.cache import ClusterCache, PendingPod
+from extender.config import ExtenderSettings
+from extender.decide import Decider, WeightedPolicy
+from extender.preempt import Evictions, candidates_from_wire, result_to_wire, select_victims
+from extender.rebuild_gate import RebuildGate
+from extender.wire import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    ExtenderPreemptionArgs,
+)
+from kube.resources import node_spec, pod_request
+from policies.registry import Registry, default_registry
+from scheduler.pod import PodRequest
+from scheduler.snapshot import Snapshot
+
+SETTLE_SECONDS = 0.5
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _pod(args: ExtenderArgs | ExtenderPreemptionArgs) -> PodRequest:
+    try:
+        return pod_request(args.Pod)
+    except ValueError as exc:
+        raise BadRequest(422, f"Pod: {exc}") from exc
+
+
+def _node_names(args: ExtenderArgs) -> list[str]:
+    if args.NodeNames is not None:
+        return args.NodeNames
+    if args.Nodes is None:
+        raise BadRequest(422, "Nodes: either Nodes or NodeNames must be set")
+    names = []
+    for i, node in enumerate(args.Nodes.items):
+        name = (node.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            raise BadRequest(422, f"Nodes.items[{i}].metadata.name: missing")
+        names.append(name)
+    return names
+
+
+def _snapshot_of(args: ExtenderArgs) -> Snapshot:
+    """A throw-away snapshot of the request's Nodes, for an extender without a cluster cache."""
+    snapshot = Snapshot(capacity=len(args.Nodes.items) if args.Nodes else 1)
+    for i, node in enumerate(args.Nodes.items if args.Nodes else []):
+        try:
+            snapshot.add_node(node["metadata"]["name"], **node_spec(node))
+        except (ValueError, KeyError) as exc:
+            raise BadRequest(422, f"Nodes.items[{i}]: {exc}") from exc
+    return snapshot
+
+
+async def settle(busy: Callable[[], bool]) -> None:
+    """Give the watches a moment to show what kube-scheduler already knows, while ``busy()``.
+
+    The scheduler may ask about a pod a few milliseconds before our watches show what decides
+    it: a local-rebuild successor's pod, its predecessor's deletion or the Reservation
+    (``RebuildGate.settling``), or the deletion of the victims a preemptor evicted
+    (``Evictions.pending``). Answering at once would cost a successor at least
+    kube-scheduler's 1 s back-off and a preemptor a second round of victims. Waits at most
+    SETTLE_SECONDS, without blocking other requests; a controller that is slow or down is not
+    waited for.
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while busy() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
+class Verbs:
+    """The four verbs, each taking its wire model and returning its result.
+
+    ``cache``: the informer cache (None: filter and prioritize only, on the request's Nodes);
+    ``binder``: the apiserver client for bind; ``gate``: local rebuild, observing ``cache``
+    (None: off).
+    """
+
+    def __init__(
+        self,
+        settings: ExtenderSettings,
+        cache: ClusterCache | None = None,
+        binder: Binder | None = None,
+        registry: Registry | None = None,
+        *,
+        gate: RebuildGate | None = None,
+    ) -> None:
+        if gate is not None and gate.cache is not cache:
+            raise ValueError("the rebuild gate must observe the verbs' cache")
+        self.settings, self.cache, self.gate = settings, cache, gate
+        self.decider = Decider(
+            cache,
+            registry or default_registry(),
+            [WeightedPolicy(p.policy, p.weight) for p in settings.prioritize],
+        )
+        self.binds = (
+            BindService(cache, binder, self.decider.devices, gate) if cache and binder else None
+        )
+        self.evictions = Evictions(cache) if cache else None
+
+    @contextmanager
+    def _view(self, args: ExtenderArgs) -> Iterator[Snapshot]:
+        if self.cache is None:
+            if args.NodeNames is not None:
+                raise BadRequest(
+                    400,
+                    "NodeNames given but this extender has no cluster cache: run it with "
+                    "--kubeconfig, or set nodeCacheCapable: false so the scheduler sends Nodes",
+                )
+            yield _snapshot_of(args)
+            return
+        with self.cache.lock:
+            yield self.cache.snapshot
+
+    def _settling(self, pod: PendingPod, names: list[str]) -> bool:
+        """Whether the watches are about to show what decides this pod's filter."""
+        if self.gate is not None and self.gate.settling(pod):
+            return True
+        return self.evictions is not None and self.evictions.pending(pod.uid, names)
+
+    async def filter(self, args: ExtenderArgs) -> ExtenderFilterResult:
+        """Nodes that fit (with decideInFilter, only the one Fulcrum picks); a local-rebuild
+        wait is the result's Error, which kube-scheduler retries after its back-off."""
+        pod, names = _pod(args), _node_names(args)
+        pending = None
+        if self.cache is not None:
+            noted = self.cache.note_pending(args.Pod, pod)
+            await settle(lambda: self._settling(noted, names))
+            pending = self.cache.pending(noted.uid) or noted
+        choose = self.settings.decide_in_filter
+        with self._view(args) as snapshot:
+            out = None
+            if self.gate is not None and pending is not None:
+                out = self.gate.filter(self.decider, snapshot, pending, names, choose=choose)
+            if out is None:
+                out = self.decider.filter(snapshot, pod, names, choose=choose)
+        if out.retry:
+            return ExtenderFilterResult(Error=out.retry)
+        if args.NodeNames is not None:
+            return ExtenderFilterResult(
+                NodeNames=out.passed,
+                FailedNodes=out.failed,
+                FailedAndUnresolvableNodes=out.unresolvable,
+            )
+        assert args.Nodes is not None
+        keep = set(out.passed)
+        items = [n for n in args.Nodes.items if n["metadata"]["name"] in keep]
+        return ExtenderFilterResult(
+            Nodes=args.Nodes.model_copy(update={"items": items}),
+            FailedNodes=out.failed,
+            FailedAndUnresolvableNodes=out.unresolvable,
+        )
+
+    def prioritize(self, args: ExtenderArgs) -> list[tuple[str, int]]:
+        """(host, 0..10 score) per node, in the request's order (a HostPriorityList)."""
+        pod, names = _pod(args), _node_names(args)
+        with self._view(args) as snapshot:
+            return self.decider.prioritize(snapshot, pod, names)
+
+    async def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:
+        if self.binds is None:
+            raise BadRequest(
+                400,
+                "bind needs a cluster: run the extender with --kubeconfig, or remove "
+                "bindVerb from the scheduler's extender configuration",
+            )
+        # Reserve now, before the next request is served; then await the apiserver.
+        ticket = self.binds.reserve(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        return ExtenderBindingResult(Error=await self.binds.commit(ticket))
+
+    def preempt(self, args: ExtenderPreemptionArgs) -> dict[str, Any]:
+        """An ``ExtenderPreemptionResult`` body: one node and its victims (``select_victims``)."""
+        if self.cache is None or self.evictions is None:
+            raise BadRequest(
+                400,
+                "preempt needs a cluster cache: run the extender with --kubeconfig, or remove "
+                "preemptVerb from the scheduler's extender configuration",
+            )
+        pod = _pod(args)
+        try:
+            candidates, priority = candidates_from_wire(args.model_dump())
+        except ValueError as exc:
+            raise BadRequest(422, str(exc)) from exc
+        with self.cache.lock:
+            chosen = select_victims(
+                self.cache.snapshot, pod, candidates, priority, self.decider.scores
+            )
+        preemptor = str((args.Pod.get("metadata") or {}).get("uid") or "")
+        for node, victims in chosen.items() if preemptor else ():
+            self.evictions.note(preemptor, node, victims.uids)
+        return result_to_wire(chosen)

@@ -1,0 +1,143 @@
+"""Run the extender: an informer-fed cache, its rebuild gate and a binder behind uvicorn.
+
+The one place that wires the extender's process together, and so the one that owns its
+Kubernetes client: ``extender/`` is given what it needs (objects through informers, the client
+configuration for its async binder) and never imports ``kubernetes``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from kubernetes import client, config
+
+from extender.apiserver import KubeBinder
+from extender.app import create_app
+from extender.cache import ClusterCache
+from extender.config import ExtenderSettings
+from extender.rebuild_gate import RebuildGate
+from kube import api as rebuild
+from kube.hooks import HookRegistry
+from kube.informer import Informer
+
+log = logging.getLogger(__name__)
+
+# kube-scheduler's HTTP client keeps idle connections 90 s; outlive that so it never reuses a
+# connection the server is closing.
+KEEP_ALIVE_SECONDS = 120
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+
+
+class ServeError(RuntimeError):
+    """The extender cannot start; the message names the cause and the fix."""
+
+
+def core_api(kubeconfig: Path) -> Any:
+    if not kubeconfig.is_file():
+        raise ServeError(f"--kubeconfig {kubeconfig}: no such file")
+    try:
+        api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    except config.ConfigException as exc:
+        raise ServeError(f"--kubeconfig {kubeconfig}: {exc}") from exc
+    api_client.configuration.connection_pool_maxsize = 16
+    return client.CoreV1Api(api_client)
+
+
+def has_reservations(api: Any) -> bool:
+    """Whether the cluster serves Fulcrum's Reservation resource (its CRD is installed)."""
+    try:
+        client.CustomObjectsApi(api.api_client).list_cluster_custom_object(
+            rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS, limit=1
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def start_cache(
+    api: Any, *, hooks: HookRegistry | None = None, sync_timeout: float = 120
+) -> tuple[ClusterCache, RebuildGate, list[Informer]]:
+    """The extender's cache and rebuild gate, fed by informers and synced.
+
+    The gate is the Reservations' sink when their CRD is installed. ``hooks``: the rebuild
+    hooks the controller knows, for the eligibility rule (default: built-ins and plugins).
+    """
+    cache = ClusterCache()
+    gate = RebuildGate(cache, hooks)
+    informers = [
+        Informer("nodes", api.list_node, cache),
+        Informer("pods", api.list_pod_for_all_namespaces, cache, field_selector=ACTIVE_PODS),
+    ]
+    if has_reservations(api):
+        custom = client.CustomObjectsApi(api.api_client)
+        list_fn = functools.partial(
+            custom.list_cluster_custom_object, rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS
+        )
+        informers.append(Informer("reservations", list_fn, gate))
+    else:
+        log.warning(
+            "the Reservation CRD is not installed: local rebuild is off "
+            "(kubectl apply -f deploy/crds/ to turn it on)"
+        )
+    for informer in informers:
+        cache.synced[informer.kind] = informer.synced
+        informer.start()
+    deadline = time.monotonic() + sync_timeout
+    while not cache.ready:
+        if time.monotonic() > deadline:
+            raise ServeError(
+                f"cache did not sync within {sync_timeout:.0f} s: is the apiserver reachable, "
+                "and may this identity list and watch nodes and pods?"
+            )
+        time.sleep(0.1)
+    return cache, gate, informers
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServeError(
+                    f"port {port} on {host} is already in use: stop what listens there "
+                    f"(`ss -ltnp 'sport = :{port}'`) or pass another --port"
+                ) from exc
+            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
+    check_port_free(settings.host, settings.port)
+    cache = gate = binder = None
+    if kubeconfig is not None:
+        api = core_api(kubeconfig)
+        cache, gate, _ = start_cache(api)
+        binder = KubeBinder(api.api_client.configuration)
+        log.info(
+            "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
+        )
+    tls = settings.tls
+    uvicorn.run(
+        create_app(settings, cache, binder, gate=gate),
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(tls.cert_file) if tls else None,
+        ssl_keyfile=str(tls.key_file) if tls else None,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        log_level="warning",
+        access_log=False,
+        # per-request work nobody reads: kube-scheduler calls us directly, not via a proxy
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+    )

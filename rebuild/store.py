@@ -1,0 +1,127 @@
+"""The informers' sink: the latest pods, Reservations, IPPools and StatefulSets, and work keys.
+
+Everything the controller decides from is read here, never from the apiserver directly, so one
+reconcile sees one consistent picture; what changed is queued as ``<kind>/<namespace>/<name>``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kube import api
+from rebuild.workqueue import WorkQueue
+
+Obj = Mapping[str, Any]
+
+
+def metadata(obj: Obj) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def object_key(obj: Obj) -> str:
+    """``<namespace>/<name>``: how the store and the work keys name an object."""
+    meta = metadata(obj)
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def unplaced(pod: Obj) -> bool:
+    """Not bound to a node yet, and not going away."""
+    return not (pod.get("spec") or {}).get("nodeName") and not metadata(pod).get(
+        "deletionTimestamp"
+    )
+
+
+def _relevant(meta: Mapping[str, Any]) -> bool:
+    annotations = meta.get("annotations") or {}
+    return (
+        api.REBUILD in annotations
+        or api.IP_POOL in annotations
+        or api.FINALIZER in (meta.get("finalizers") or [])
+    )
+
+
+class Store:
+    """The latest object of each kind, and work keys for what changed."""
+
+    KINDS = ("pods", "reservations", "ippools", "statefulsets")
+
+    def __init__(self, queue: WorkQueue) -> None:
+        self.queue = queue
+        self.lock = threading.Lock()
+        self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in self.KINDS}
+        self.gone: dict[str, Obj] = {}  # pods deleted since last reconciled: their last state
+
+    def apply(self, kind: str, event: str, obj: Obj) -> None:
+        key = object_key(obj)
+        with self.lock:
+            if event == "DELETED":
+                self.objects[kind].pop(key, None)
+                if kind == "pods":
+                    self.gone[key] = obj
+            else:
+                self.objects[kind][key] = obj
+        self._enqueue(kind, key, obj)
+
+    def replace(self, kind: str, objects: Iterable[Obj]) -> None:
+        fresh = {object_key(o): o for o in objects}
+        with self.lock:
+            if kind == "pods":
+                for key in self.objects[kind].keys() - fresh.keys():
+                    self.gone[key] = self.objects[kind][key]
+            self.objects[kind] = fresh
+        for key, obj in fresh.items():
+            self._enqueue(kind, key, obj)
+
+    def _enqueue(self, kind: str, key: str, obj: Obj) -> None:
+        if kind == "statefulsets":  # its template changed: look at its opted-in pods
+            for pod in self.owned_pods("StatefulSet", key):
+                self.queue.add(f"pods/{object_key(pod)}")
+            return
+        meta = metadata(obj)
+        if kind == "pods" and not _relevant(meta):
+            return
+        # first a pod held by our finalizer (its successor waits for it to go), and an
+        # opted-in pod not guarded yet (deleted before that, it would not come back locally)
+        finalized = api.FINALIZER in (meta.get("finalizers") or [])
+        deleting = bool(meta.get("deletionTimestamp"))
+        unguarded = (
+            not finalized and not deleting and api.REBUILD in (meta.get("annotations") or {})
+        )
+        urgent = (kind == "pods") and ((deleting and finalized) or unguarded)
+        self.queue.add(f"{kind}/{key}", urgent=urgent)
+
+    def get(self, kind: str, key: str) -> Obj | None:
+        with self.lock:
+            return self.objects[kind].get(key)
+
+    def take_gone(self, key: str) -> Obj | None:
+        with self.lock:
+            return self.gone.pop(key, None)
+
+    def all(self, kind: str) -> list[Obj]:
+        with self.lock:
+            return list(self.objects[kind].values())
+
+    def owned_pods(self, kind: str, key: str) -> list[Obj]:
+        namespace, name = key.split("/", 1)
+        owned = []
+        for pod in self.all("pods"):
+            meta = metadata(pod)
+            if meta.get("namespace") == namespace and any(
+                ref.get("kind") == kind and ref.get("name") == name
+                for ref in meta.get("ownerReferences") or []
+            ):
+                owned.append(pod)
+        return owned
+
+    def pending_successors(self, namespace: str, key: str) -> list[Obj]:
+        """Unplaced pods of ``namespace`` whose successor key is ``key``."""
+        return [
+            pod
+            for pod in self.all("pods")
+            if metadata(pod).get("namespace") == namespace
+            and unplaced(pod)
+            and api.successor_key(pod) == key
+        ]

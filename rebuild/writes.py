@@ -1,0 +1,297 @@
+"""Every call the rebuild controller makes to the apiserver: the one module that uses the client.
+
+It is given an ``ApiClient`` and answers in Fulcrum's terms: a write that found its object
+gone or replaced is a ``False``, not an exception; a refusal the controller cannot settle
+itself is a ``rebuild.errors.ApiError`` (the worker retries it with back-off). Besides the
+writes, it makes the few reads a write depends on: the informers' lists, a Reservation the
+watch may not show yet, a pod's current UID, a node's state for an Event.
+
+Every pod write names the pod's UID, so a namesake (a StatefulSet's next pod, while our watch
+still shows its predecessor) is never touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from kubernetes import client
+
+from kube import api, ippool
+from kube.informer import ListFn, update_object
+from rebuild.errors import ApiError, Conflict, Invalid, NotFound, api_error
+from rebuild.store import Obj, metadata, object_key
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "fulcrum-rebuild"
+MAX_REASON = 1024  # characters of a status reason or Event message: bounded, so it always fits
+RESIZE_REFUSED = (400, 403, 404, 405, 422)  # unsupported, forbidden or infeasible
+Change = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except client.ApiException as exc:
+        raise api_error(exc.status or 0, str(exc.reason)) from exc
+
+
+def status(annotations: Mapping[str, str]) -> dict[str, Any]:
+    """The controller's last ``fulcrum.io/rebuild-status`` on a pod, {} if none or unreadable."""
+    raw = annotations.get(api.STATUS)
+    try:
+        value = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _release(holder: str, pool: dict[str, Any]) -> dict[str, Any] | None:
+    return ippool.release(pool, holder)
+
+
+class Writes:
+    """The controller's apiserver calls; see the module docstring."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+
+    def lists(self) -> dict[str, ListFn]:
+        """The list (and watch) call of each kind ``rebuild.store.Store`` keeps."""
+        custom = functools.partial(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION)
+        return {
+            "pods": self.core.list_pod_for_all_namespaces,
+            "reservations": functools.partial(custom, api.RESERVATIONS),
+            "ippools": functools.partial(custom, api.IPPOOLS),
+            "statefulsets": self.apps.list_stateful_set_for_all_namespaces,
+        }
+
+    # --- Fulcrum's custom objects ------------------------------------------------------------
+    def create_reservation(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a Reservation; False if it exists (made before a restart)."""
+        try:
+            with _translated():
+                self.custom.create_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, api.RESERVATIONS, body
+                )
+        except Conflict:
+            return False
+        return True
+
+    def read_custom(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """One of Fulcrum's custom objects as the apiserver has it now, or None (404)."""
+        try:
+            with _translated():
+                found: Obj = self.custom.get_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, plural, name
+                )
+        except NotFound:
+            return None
+        return found
+
+    def update_custom(self, plural: str, namespace: str, name: str, change: Change) -> None:
+        """Compare-and-swap one of Fulcrum's custom objects (``kube.informer.update_object``)."""
+        where = (api.GROUP, api.VERSION, namespace, plural, name)
+        with _translated():
+            update_object(
+                lambda: self.custom.get_namespaced_custom_object(*where),
+                lambda body: self.custom.replace_namespaced_custom_object(*where, body),
+                change,
+            )
+
+    def update_pool(self, namespace: str, name: str, change: Change) -> None:
+        self.update_custom(api.IPPOOLS, namespace, name, change)
+
+    def release_ip(self, namespace: str, pool: str, holder: str) -> None:
+        """Return whatever address ``holder`` has in ``pool`` (read-modify-write)."""
+        self.update_pool(namespace, pool, functools.partial(_release, holder))
+
+    def move_ip(
+        self, namespace: str, pool: str, ip: str, old: str, new: str | None, *, settle: bool = True
+    ) -> None:
+        """Hand ``ip`` from holder ``old`` to ``new`` (None: back to the pool) in one write.
+
+        A JSON patch whose ``test`` makes it conditional on ``old`` still holding ``ip``: a
+        compare-and-swap of that one entry, without reading (and rewriting) the whole pool. If
+        the test fails (a retry after a crash, or a hand edit), the pool is read and the pure
+        ``ippool`` rules decide (idempotent: nothing to move is no write), unless not ``settle``.
+        """
+        path = "/status/allocations/" + ip.replace("~", "~0").replace("/", "~1")
+        ops: list[dict[str, Any]] = [{"op": "test", "path": path, "value": old}]
+        ops.append(
+            {"op": "replace", "path": path, "value": new} if new else {"op": "remove", "path": path}
+        )
+        try:
+            with _translated():
+                self.custom.patch_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    namespace,
+                    api.IPPOOLS,
+                    pool,
+                    ops,
+                    _content_type="application/json-patch+json",
+                )
+        except (Conflict, Invalid):
+            if not settle:
+                return
+            if new:
+                self.update_pool(namespace, pool, lambda p: ippool.transfer(p, old, new))
+            else:
+                self.release_ip(namespace, pool, old)
+
+    def delete_reservation(self, namespace: str, name: str) -> None:
+        try:
+            with _translated():
+                self.custom.delete_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, api.RESERVATIONS, name
+                )
+        except NotFound:
+            pass
+
+    # --- pods ----------------------------------------------------------------------------------
+    def add_finalizer(self, meta: Mapping[str, Any]) -> None:
+        self.patch_pod(meta, {"metadata": {"finalizers": [api.FINALIZER]}})  # strategic: appended
+
+    def remove_finalizer(self, meta: Mapping[str, Any]) -> bool:
+        """Remove our finalizer from the pod ``meta`` describes; whether this call removed it."""
+        finalizers = list(meta.get("finalizers") or [])
+        if api.FINALIZER not in finalizers:
+            return False
+        index = finalizers.index(api.FINALIZER)
+        patch = [  # fails (422) if the list changed since we read it; then we retry
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        return self.patch_pod(meta, patch)
+
+    def patch_pod(self, meta: Mapping[str, Any], patch: dict[str, Any] | list[Any]) -> bool:
+        """Patch the pod ``meta`` describes, that very pod: a pod of the same name but another
+        UID (a StatefulSet's next one, while our watch lags) is left alone. False if the pod is
+        gone or replaced."""
+        uid = meta["uid"]
+        if isinstance(patch, list):  # JSON patch
+            patch = [{"op": "test", "path": "/metadata/uid", "value": uid}, *patch]
+        else:  # a merge patch naming another uid fails (422: metadata.uid is immutable)
+            patch = {**patch, "metadata": {**patch.get("metadata", {}), "uid": uid}}
+        try:
+            with _translated():
+                self.core.patch_namespaced_pod(meta["name"], meta["namespace"], patch)
+        except NotFound:
+            return False
+        except Invalid:
+            if self._replaced(meta):
+                return False
+            raise
+        return True
+
+    def _replaced(self, meta: Mapping[str, Any]) -> bool:
+        """Whether the apiserver has no pod by this name with this UID any more."""
+        try:
+            with _translated():
+                current = self.core.read_namespaced_pod(
+                    meta["name"], meta["namespace"], _preload_content=False
+                )
+        except NotFound:
+            return True
+        return bool(orjson.loads(current.data)["metadata"]["uid"] != meta["uid"])
+
+    def resize(self, meta: Mapping[str, Any], resources: Mapping[str, Mapping[str, Any]]) -> bool:
+        """cpu/memory through the pod's ``resize`` subresource; False if the server refuses."""
+        if not resources:
+            return True
+        body = {
+            "metadata": {"uid": meta["uid"]},  # this very pod (422 otherwise)
+            "spec": {
+                "containers": [{"name": n, "resources": r} for n, r in sorted(resources.items())]
+            },
+        }
+        try:
+            with _translated():
+                self.core.patch_namespaced_pod_resize(meta["name"], meta["namespace"], body)
+        except ApiError as exc:
+            if exc.status in RESIZE_REFUSED:
+                log.info(
+                    "resize of %s/%s refused (%s): recreating it instead",
+                    meta["namespace"],
+                    meta["name"],
+                    exc.reason,
+                )
+                return False
+            raise
+        return True
+
+    def delete_pod(self, meta: Mapping[str, Any]) -> None:
+        """Delete this very pod, not a successor of the same name; gone already is fine."""
+        try:
+            with _translated():
+                self.core.delete_namespaced_pod(
+                    meta["name"], meta["namespace"], body={"preconditions": {"uid": meta["uid"]}}
+                )
+        except (NotFound, Conflict):
+            pass
+
+    # --- what people see -----------------------------------------------------------------------
+    def report(
+        self, pod: Obj, action: str, reason: str, *, warning: bool = False, event: bool = True
+    ) -> None:
+        """Write the status annotation and an Event, unless the pod already says exactly this."""
+        meta = metadata(pod)
+        reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+        current = status(meta.get("annotations") or {})
+        if current.get("action") == action and current.get("reason") == reason:
+            return
+        now = datetime.now(UTC).isoformat()
+        value = orjson.dumps({"action": action, "reason": reason, "time": now}).decode()
+        patch = {"metadata": {"annotations": {api.STATUS: value}}}
+        if self.patch_pod(meta, patch) and event:
+            self.event(pod, f"Rebuild{action.title().replace('-', '')}", reason, warning=warning)
+
+    def event(self, obj: Obj, reason: str, message: str, *, warning: bool = False) -> None:
+        """An Event on ``obj``; one that cannot be written is worth a log line, not a retry."""
+        meta = metadata(obj)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}"},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", "v1"),
+                "kind": obj.get("kind", "Pod"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:MAX_REASON],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": COMPONENT},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except client.ApiException as exc:
+            log.warning("event %s on %s: %s", reason, object_key(obj), exc.reason)
+
+    def node_trouble(self, node: str) -> str:
+        """Why ``node`` may not have taken a pod back, as an Event says it."""
+        try:
+            obj = self.core.read_node(node)
+        except client.ApiException as exc:
+            return "node is gone" if exc.status == 404 else f"node unreadable: {exc.reason}"
+        if obj.spec.unschedulable:
+            return "node is cordoned"
+        ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)
+        if ready is None or ready.status != "True":
+            return "node is not Ready"
+        return "node is full or kube-scheduler rejected it"

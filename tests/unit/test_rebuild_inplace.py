@@ -1,0 +1,191 @@
+"""StatefulSets with OnDelete: images and cpu/memory in place, anything else a local recreate."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import orjson
+import pytest
+
+from kube import api
+from kube.hooks import ANNOTATION as HOOKS
+from kube.hooks import LEADER, LEADER_RETRY_SECONDS, ROLE_LABEL
+from tests.unit.rebuild_fake import HELD, NODE, NS, OLD, OPTED, Obj, cluster
+
+
+def app_container(image: str, env: str) -> Obj:
+    return {
+        "name": "app",
+        "image": image,
+        "env": [{"name": "MODE", "value": env}],
+        "ports": [{"containerPort": 5432, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "1"}},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+
+
+def statefulset(*, init: Obj | None = None) -> Obj:
+    """StatefulSet db at revision db-1 (image db:1, env a), one claim template: data."""
+    template: Obj = {"containers": [app_container("db:1", "a")]}
+    if init is not None:
+        template["initContainers"] = [init]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {
+            "updateStrategy": {"type": "OnDelete"},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": template},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}}],
+        },
+        "status": {"currentRevision": "db-1", "updateRevision": "db-1"},
+    }
+
+
+TOKEN_MOUNT = {
+    "name": "kube-api-access-x7k2p",
+    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+    "readOnly": True,
+}
+
+
+def statefulset_pod(
+    sts: Obj, *, annotations: Mapping[str, str] = OPTED, labels: Mapping[str, str] | None = None
+) -> Obj:
+    """Pod db-0 as the StatefulSet controller and admission make it from ``sts``."""
+    spec = copy.deepcopy(sts["spec"]["template"]["spec"])
+    for container in spec["containers"] + spec.get("initContainers", []):
+        container["volumeMounts"] = [*container.get("volumeMounts", []), TOKEN_MOUNT]
+    spec["volumes"] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}},
+        {"name": TOKEN_MOUNT["name"], "projected": {"sources": [{"serviceAccountToken": {}}]}},
+    ]
+    spec["nodeName"] = NODE
+    revision = sts["status"]["updateRevision"]
+    all_labels = {
+        "app": "db",
+        "controller-revision-hash": revision,
+        "apps.kubernetes.io/pod-index": "0",
+        **(labels or {}),
+    }
+    owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "controller": True}
+    meta = {
+        "name": "db-0",
+        "namespace": NS,
+        "uid": OLD,
+        "labels": all_labels,
+        "annotations": dict(annotations),
+        "ownerReferences": [owner],
+        "finalizers": [api.FINALIZER],
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {}}
+
+
+def rolled(sts: Obj, *, image: str = "db:1", env: str = "a", cpu: str = "1") -> Obj:
+    """``sts`` after a template change to revision db-2."""
+    new = copy.deepcopy(sts)
+    container = app_container(image, env)
+    container["resources"]["requests"]["cpu"] = cpu
+    new["spec"]["template"]["spec"]["containers"] = [container]
+    new["status"]["updateRevision"] = "db-2"
+    return new
+
+
+def test_an_image_change_is_applied_in_place() -> None:
+    before = statefulset()
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", rolled(before, image="db:2")))
+
+    assert rig.reconcile("pods/ns/db-0") is None
+
+    after = rig.apiserver.pod("db-0")
+    assert after["metadata"]["uid"] == OLD
+    assert after["spec"]["containers"][0]["image"] == "db:2"
+    assert after["spec"]["containers"][0]["volumeMounts"][-1] == TOKEN_MOUNT
+    assert after["metadata"]["labels"]["controller-revision-hash"] == "db-2"
+    assert rig.apiserver.deleted_pods == []
+    assert rig.apiserver.status("db-0")["action"] == "in-place"
+    assert rig.apiserver.reasons() == ["RebuildInPlace"]
+
+    assert rig.reconcile("pods/ns/db-0") is None  # up to date now
+    assert rig.apiserver.reasons() == ["RebuildInPlace"]
+
+
+@pytest.mark.parametrize("refusal", [0, 422])
+def test_a_cpu_change_is_a_resize_unless_the_server_refuses(refusal: int) -> None:
+    before = statefulset()
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", rolled(before, cpu="2")))
+    rig.apiserver.resize_refusal = refusal
+
+    assert rig.reconcile("pods/ns/db-0") is None
+
+    if refusal:  # e.g. a server without in-place resize: a local recreate instead
+        assert rig.apiserver.deleted_pods == ["ns/db-0"]
+        assert rig.apiserver.status("db-0")["action"] == "recreating"
+        return
+    after = rig.apiserver.pod("db-0")
+    assert rig.apiserver.resized == ["ns/db-0"] and rig.apiserver.deleted_pods == []
+    assert after["metadata"]["uid"] == OLD
+    assert after["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
+    assert after["metadata"]["labels"]["controller-revision-hash"] == "db-2"
+    assert rig.apiserver.status("db-0")["reason"] == "cpu/memory updated in place to revision db-2"
+
+
+def test_any_other_change_is_a_local_recreate() -> None:
+    before = statefulset()
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", rolled(before, env="b")))
+
+    assert rig.reconcile("pods/ns/db-0") is None
+
+    assert rig.apiserver.deleted_pods == ["ns/db-0"]
+    assert rig.apiserver.status("db-0")["action"] == "recreating"
+    leaving = rig.apiserver.pod("db-0")  # the same pod, terminating, held by the finalizer
+    assert leaving["metadata"]["deletionTimestamp"]
+    assert leaving["spec"]["containers"][0]["image"] == "db:1"
+
+    rig.reconcile("pods/ns/db-0")  # the deletion it caused: reserved for ordinal 0
+    [obj] = rig.apiserver.reservations()
+    assert api.Reservation.from_object(obj).key == "StatefulSet/ns/db/0"
+    assert api.Reservation.from_object(obj).claims == ("data-db-0",)
+
+
+def test_a_leader_is_not_rebuilt_until_it_steps_down() -> None:
+    before = statefulset()
+    leader = statefulset_pod(
+        before, annotations={**OPTED, HOOKS: "leader-aware"}, labels={ROLE_LABEL: LEADER}
+    )
+    rig = cluster(("pods", leader), ("statefulsets", rolled(before, image="db:2")))
+
+    assert rig.reconcile("pods/ns/db-0") == LEADER_RETRY_SECONDS
+
+    after = rig.apiserver.pod("db-0")
+    assert after["spec"] == leader["spec"]
+    assert after["metadata"]["labels"] == leader["metadata"]["labels"]
+    assert rig.apiserver.deleted_pods == []
+    assert rig.apiserver.status("db-0")["action"] == "delayed"
+    assert ROLE_LABEL in rig.apiserver.status("db-0")["reason"]
+
+
+def test_an_image_change_is_in_place_with_init_containers_too() -> None:
+    init = {"name": "init", "image": "busybox:1", "command": ["true"]}
+    before = statefulset(init=init)
+    rolled_sts = rolled(before, image="db:2")
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", rolled_sts))
+
+    rig.reconcile("pods/ns/db-0")
+
+    assert rig.apiserver.deleted_pods == []
+    assert rig.apiserver.status("db-0")["action"] == "in-place"
+
+
+def test_a_locally_rebuilt_pod_still_gets_later_image_changes() -> None:
+    before = statefulset()
+    rebuilt = statefulset_pod(before, annotations={**OPTED, api.RESERVATION: HELD})
+    status = {"action": "rebuilt", "reason": "back on node n1", "time": "2026-11-27T08:00:00Z"}
+    rebuilt["metadata"]["annotations"][api.STATUS] = orjson.dumps(status).decode()
+    rig = cluster(("pods", rebuilt), ("statefulsets", rolled(before, image="db:2")))
+
+    rig.reconcile("pods/ns/db-0")
+
+    after = rig.apiserver.pod("db-0")
+    assert after["spec"]["containers"][0]["image"] == "db:2"
