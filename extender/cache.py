@@ -148,6 +148,10 @@ class ClusterCache:
         """An informer delivered something (for the metrics' idle gauge)."""
         self.last_event = time.monotonic()
 
+    def has_node(self, node: str) -> bool:
+        with self.lock:
+            return self._has(node)
+
     def _has(self, node: str) -> bool:
         try:
             self.snapshot.index_of(node)

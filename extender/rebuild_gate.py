@@ -58,7 +58,7 @@ class Holds:
 
     usable: list[api.Reservation]  # active, and free or promised to it (that one first)
     contested: int  # active but promised to another successor
-    lapsed: list[api.Reservation]  # expired: only their IPs still wait
+    lapsed: list[api.Reservation]  # expired, or on a deleted node: only their IPs still wait
 
 
 @dataclass
@@ -229,7 +229,9 @@ class RebuildGate:
             for rid, r in self.reservations.items():
                 if r.key != pending.successor or rid in self._claims:
                     continue
-                if not r.active(now):  # expired since the last event: stop charging its room
+                if not r.active(now) or not self.cache.has_node(r.node):
+                    # expired since the last event (stop charging its room), or its node was
+                    # deleted: the successor is placed normally and takes only the IP
                     self._sync(rid)
                     holds.lapsed.append(r)
                     continue

@@ -71,6 +71,22 @@ def _snapshot_of(args: ExtenderArgs) -> Snapshot:
     return snapshot
 
 
+def _nowhere(args: ExtenderArgs, names: list[str], reason: str) -> ExtenderFilterResult:
+    """Every node unresolvable for ``reason``: a pod whose own request is malformed.
+
+    As a 200, so kube-scheduler's FailedScheduling event quotes the reason ("3 Pod: annotation
+    fulcrum.io/gpu-milli='abc': use an integer 1..1000") and the pod waits for its own update,
+    not for a back-off retry of an HTTP error that names nothing.
+    """
+    unresolvable = dict.fromkeys(names, reason)
+    if args.NodeNames is not None:
+        return ExtenderFilterResult(NodeNames=[], FailedAndUnresolvableNodes=unresolvable)
+    assert args.Nodes is not None
+    return ExtenderFilterResult(
+        Nodes=args.Nodes.model_copy(update={"items": []}), FailedAndUnresolvableNodes=unresolvable
+    )
+
+
 async def settle(busy: Callable[[], bool]) -> None:
     """Give the watches a moment to show what kube-scheduler already knows, while ``busy()``.
 
@@ -140,7 +156,11 @@ class Verbs:
     async def filter(self, args: ExtenderArgs) -> ExtenderFilterResult:
         """Nodes that fit (with decideInFilter, only the one Fulcrum picks); a local-rebuild
         wait is the result's Error, which kube-scheduler retries after its back-off."""
-        pod, names = _pod(args), _node_names(args)
+        names = _node_names(args)
+        try:
+            pod = pod_request(args.Pod)
+        except ValueError as exc:  # kube-scheduler shows node reasons, not an Error's text
+            return _nowhere(args, names, f"Pod: {exc}")
         pending = None
         if self.cache is not None:
             noted = self.cache.note_pending(args.Pod, pod)

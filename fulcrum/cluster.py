@@ -32,9 +32,10 @@ from kubernetes import client, config
 
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
 from fulcrum.kwok_stages import STAGES_PATH
+from kube import api
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-FULCRUM_SCHEDULER = "fulcrum-scheduler"
+FULCRUM_SCHEDULER = api.SCHEDULER_NAME
 NODE_LABEL = "fulcrum.io/kwok-node"
 
 

@@ -22,6 +22,7 @@ API_VERSION = "fulcrum.io/v1alpha1"
 RESERVATIONS = "reservations"  # CRD plural names
 IPPOOLS = "ippools"
 
+SCHEDULER_NAME = "fulcrum-scheduler"  # the kube-scheduler profile that calls the extender
 REBUILD = "fulcrum.io/rebuild"  # opt-in; the only allowed value: "local"
 FALLBACK = "fulcrum.io/rebuild-fallback"  # "wait" (default) | "reschedule"
 WAIT = "fulcrum.io/rebuild-wait"  # how long "reschedule" waits first: "90s", "5m", "1m30s"

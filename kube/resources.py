@@ -58,22 +58,42 @@ def _parse_quantity(resource: str, value: Any) -> int:
     return ceiling
 
 
-def to_resources(values: Mapping[str, Any] | None) -> Resources:
-    return {name: quantity(name, value) for name, value in (values or {}).items()}
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object (or empty), else a QuantityError naming ``field``."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise QuantityError(f"{field}: expected an object, got {type(value).__name__}")
+    return value
 
 
-def _requests(container: Mapping[str, Any]) -> Resources:
-    return to_resources((container.get("resources") or {}).get("requests"))
+def _list(value: Any, field: str) -> list[Any]:
+    if not value:
+        return []
+    if not isinstance(value, list):
+        raise QuantityError(f"{field}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def to_resources(values: Any, field: str = "resources") -> Resources:
+    return {
+        str(name): quantity(str(name), value) for name, value in _mapping(values, field).items()
+    }
+
+
+def _requests(container: Any) -> Resources:
+    resources = _mapping(_mapping(container, "container").get("resources"), "resources")
+    return to_resources(resources.get("requests"), "resources.requests")
 
 
 def pod_requests(pod: Mapping[str, Any]) -> Resources:
     """The resources the scheduler reserves for ``pod`` (``scheduler.pod.effective_request``)."""
-    spec = pod.get("spec") or {}
-    init = spec.get("initContainers") or []
+    spec = _mapping(pod.get("spec"), "spec")
+    init = _list(spec.get("initContainers"), "spec.initContainers")
     total = effective_request(
-        [_requests(c) for c in spec.get("containers") or []],
+        [_requests(c) for c in _list(spec.get("containers"), "spec.containers")],
         [_requests(c) for c in init],
-        to_resources(spec.get("overhead")),
+        to_resources(spec.get("overhead"), "spec.overhead"),
         sidecars=[c.get("restartPolicy") == "Always" for c in init],
     )
     total[PODS] = 1
@@ -81,8 +101,8 @@ def pod_requests(pod: Mapping[str, Any]) -> Resources:
 
 
 def node_allocatable(node: Mapping[str, Any]) -> Resources:
-    status = node.get("status") or {}
-    return to_resources(status.get("allocatable") or status.get("capacity"))
+    status = _mapping(node.get("status"), "status")
+    return to_resources(status.get("allocatable") or status.get("capacity"), "status.allocatable")
 
 
 # --- Kubernetes objects -> the placement core's plain numbers --------------------------------
@@ -95,7 +115,11 @@ _NOT_SCALAR = {GPU, PODS, CPU, MEMORY, EPHEMERAL}
 
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
-    return (obj.get("metadata") or {}).get("annotations") or {}
+    annotations = _mapping(_mapping(obj.get("metadata"), "metadata").get("annotations"), "")
+    for key, value in annotations.items():
+        if not isinstance(value, str):
+            raise QuantityError(f"annotation {key}: expected a string, got {type(value).__name__}")
+    return annotations
 
 
 def pod_request(pod: Mapping[str, Any]) -> PodRequest:
@@ -148,7 +172,7 @@ def assigned_devices(pod: Mapping[str, Any]) -> tuple[int, ...] | None:
 def node_spec(node: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of ``Snapshot.add_node`` for a Kubernetes node."""
     allocatable = node_allocatable(node)
-    labels = (node.get("metadata") or {}).get("labels") or {}
+    labels = _mapping(_mapping(node.get("metadata"), "metadata").get("labels"), "labels")
     return {
         "cpu_milli": allocatable.get(CPU, 0),
         "memory": allocatable.get(MEMORY, 0),

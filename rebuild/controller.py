@@ -43,7 +43,7 @@ from rebuild.errors import NotFound, TemporaryError
 from rebuild.store import Obj, Store, metadata
 from rebuild.sweep import SWEEP_SECONDS, Sweep
 from rebuild.workqueue import WorkQueue
-from rebuild.writes import COMPONENT, Writes, status
+from rebuild.writes import COMPONENT, NODE_GONE, Writes, status
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Controller:
         self.writes = Writes(api_client)
         self.queue = WorkQueue()
         self.store = Store(self.queue)
-        self.sweep = Sweep(self.store, self.writes)
+        self.sweep = Sweep(self.store, self.writes, self.expire)
         self.hooks = default_hook_registry()
         self.workers = workers
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
@@ -338,10 +338,15 @@ class Controller:
             self.writes.delete_reservation(r.namespace, r.name)
 
     def expire(self, r: api.Reservation) -> None:
+        """End the hold: on time (``reschedule``), or at once when its node was deleted (any
+        fallback). The IP stays the Reservation's for EXPIRED_GRACE, for the successor to take."""
+        now = datetime.now(UTC)
+
         def mark(obj: dict[str, Any]) -> dict[str, Any] | None:
             if (obj.get("status") or {}).get("phase", "Held") != "Held":
                 return None
             obj.setdefault("status", {})["phase"] = "Expired"
+            obj["spec"].setdefault("expiresAt", now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
             return obj
 
         self.writes.update_custom(api.RESERVATIONS, r.namespace, r.name, mark)
@@ -352,11 +357,15 @@ class Controller:
     def report_fallback(self, pod: Obj, r: api.Reservation, placed_on: str = "") -> None:
         """The RebuildFallback Event and status; ``placed_on``: the node it already went to."""
         outcome = f"placed on node {placed_on} instead" if placed_on else "placing it normally"
+        trouble = self.writes.node_trouble(r.node)
+        why = (
+            "is gone"
+            if trouble == NODE_GONE
+            else f"could not take the pod back within the wait ({trouble})"
+        )
         self.writes.report(
             pod,
             "fallback",
-            f"node {r.node} could not take the pod back within the wait "
-            f"({self.writes.node_trouble(r.node)}): {outcome}"
-            + (f", keeping IP {r.ip}" if r.ip else ""),
+            f"node {r.node} {why}: {outcome}" + (f", keeping IP {r.ip}" if r.ip else ""),
             warning=True,
         )

@@ -4,11 +4,15 @@ Both are left behind by what the controller cannot see as a rebuild: a scale-dow
 ``kubectl delete`` without a re-create, a pod that never got its release. The sweep decides
 from the store only, and waits before it acts, so a pod that is just being created, or a
 successor its workload controller is slow to make, is never mistaken for a missing one.
+
+It also ends waits that can never end: a Reservation held on a node that was deleted, while
+its successor waits for it, is handed to ``node_gone`` (the controller expires it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from kube import api, ippool
 from rebuild.store import Obj, Store, metadata, unplaced
@@ -21,9 +25,12 @@ ABANDON_SECONDS = 120.0  # a reservation nothing came for is dropped after this
 class Sweep:
     """One sweep per call; it remembers what it found missing last time."""
 
-    def __init__(self, store: Store, writes: Writes) -> None:
+    def __init__(
+        self, store: Store, writes: Writes, node_gone: Callable[[api.Reservation], None]
+    ) -> None:
         self.store = store
         self.writes = writes
+        self.node_gone = node_gone
         self._absent: set[str] = set()  # pool holders seen without a live owner once
         self._idle: dict[str, float] = {}  # held reservation -> since when no successor came
 
@@ -51,15 +58,15 @@ class Sweep:
                 claimed.add(f"{meta.get('namespace')}/{annotations[api.RESERVATION]}")
             if unplaced(pod):
                 waiting.add((meta.get("namespace"), api.successor_key(pod)))
+        nodes: dict[str, bool] = {}  # node -> exists, read once per sweep
         for obj in self.store.all("reservations"):
             r = api.Reservation.from_object(obj)
             rid = f"{r.namespace}/{r.name}"
-            if (
-                r.phase != "Held"
-                or r.predecessor_uid in live
-                or rid in claimed
-                or (r.namespace, r.key) in waiting
-            ):
+            if r.phase != "Held" or r.predecessor_uid in live or rid in claimed:
+                continue
+            if (r.namespace, r.key) in waiting:
+                if not nodes.setdefault(r.node, self.writes.node_exists(r.node)):
+                    self.node_gone(r)
                 continue
             idle[rid] = self._idle.get(rid, clock)
             if rid in self._idle and clock - idle[rid] >= ABANDON_SECONDS:  # scaled down, deleted

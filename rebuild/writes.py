@@ -31,6 +31,7 @@ from rebuild.store import Obj, metadata, object_key
 log = logging.getLogger(__name__)
 
 COMPONENT = "fulcrum-rebuild"
+NODE_GONE = "node is gone"
 MAX_REASON = 1024  # characters of a status reason or Event message: bounded, so it always fits
 RESIZE_REFUSED = (400, 403, 404, 405, 422)  # unsupported, forbidden or infeasible
 Change = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -283,12 +284,21 @@ class Writes:
         except client.ApiException as exc:
             log.warning("event %s on %s: %s", reason, object_key(obj), exc.reason)
 
+    def node_exists(self, node: str) -> bool:
+        try:
+            self.core.read_node(node)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def node_trouble(self, node: str) -> str:
         """Why ``node`` may not have taken a pod back, as an Event says it."""
         try:
             obj = self.core.read_node(node)
         except client.ApiException as exc:
-            return "node is gone" if exc.status == 404 else f"node unreadable: {exc.reason}"
+            return NODE_GONE if exc.status == 404 else f"node unreadable: {exc.reason}"
         if obj.spec.unschedulable:
             return "node is cordoned"
         ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)

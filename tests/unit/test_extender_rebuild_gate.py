@@ -187,6 +187,23 @@ def test_an_expired_reservation_frees_the_room_but_keeps_the_ip() -> None:
     assert apiserver.bound["new"][1][api.ASSIGNED_IP] == "10.0.0.5"
 
 
+def test_a_hold_on_a_deleted_node_lets_the_successor_go_elsewhere_with_its_ip() -> None:
+    """fallback: wait on a node that is gone would otherwise wait forever."""
+    cache, gate, decider, apiserver, binds = cluster()
+    old = pod("old", name="web-0", node_name="n3", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    gate.apply("reservations", "ADDED", reservation(old, "n3", ip="10.0.0.5"))
+    cache.apply("nodes", "DELETED", node("n3"))
+
+    successor = pod("new", name="web-0", annotations=OPTED)
+    passed, _ = decide(gate, decider, successor)
+    assert passed == ["n1", "n2"]  # normal placement
+    assert asyncio.run(binds.bind("ns", "web-0", "new", "n1")) == ""
+    assert apiserver.bound["new"][1][api.ASSIGNED_IP] == "10.0.0.5"
+    assert apiserver.bound["new"][1][api.RESERVATION] == api.reservation_name("old")
+
+
 def test_a_pool_pod_gets_an_address_and_an_outside_one_is_refused() -> None:
     cache, gate, decider, apiserver, binds = cluster()
     first = pod("a", name="a", annotations={api.IP_POOL: "web"})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from kube import ippool
+from kube import api, ippool
 from rebuild import sweep as sweep_module
-from tests.unit.rebuild_fake import HELD, IP, NEW, OLD, OPTED, cluster, held, pod
+from tests.unit.rebuild_fake import HELD, IP, NEW, NODE, OLD, OPTED, cluster, held, pod
 
 
 def test_an_address_of_a_missing_pod_is_released_on_the_second_sweep() -> None:
@@ -82,3 +83,23 @@ def test_a_reservation_survives_sweeps_while_its_predecessor_terminates(
     rig.reconcile("sweep")
 
     assert len(rig.apiserver.reservations()) == 1
+
+
+def test_a_wait_on_a_deleted_node_ends_at_the_next_sweep() -> None:
+    """fallback: wait on a node that no longer exists would hold the pod and its IP forever."""
+    waiting = pod(NEW, node_name=None, annotations=OPTED, finalized=False)
+    rig = cluster(
+        ("reservations", held()), ("pods", waiting), allocations={IP: f"reservation:{HELD}"}
+    )
+    del rig.apiserver.nodes[NODE]
+
+    rig.reconcile("sweep")
+
+    [obj] = rig.apiserver.reservations()
+    assert obj["status"]["phase"] == "Expired"
+    assert api.Reservation.from_object(obj).expires_at is not None  # its IP waits a grace only
+    assert rig.apiserver.pool()["status"]["allocations"] == {IP: f"reservation:{HELD}"}
+    status = orjson.loads(rig.apiserver.pod("web-0")["metadata"]["annotations"][api.STATUS])
+    assert status["action"] == "fallback"
+    assert status["reason"] == f"node {NODE} is gone: placing it normally, keeping IP {IP}"
+    assert rig.apiserver.reasons() == ["RebuildFallback"]
