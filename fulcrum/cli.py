@@ -1,4 +1,4 @@
-"""The ``fulcrum`` command: build, cluster up/down/env, serve, rebuild, simulate, demo."""
+"""The ``fulcrum`` command: build, cluster up/down/env, serve, webhook, rebuild, simulate, demo."""
 
 from __future__ import annotations
 
@@ -89,6 +89,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     settings = load_settings(args.config, default_registry(), host=args.host, port=args.port)
     serve(settings, args.kubeconfig)
+    return 0
+
+
+def _cmd_webhook(args: argparse.Namespace) -> int:
+    from fulcrum.webhook_serve import serve_webhook
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve_webhook(host=args.host, port=args.port, cert=args.tls_cert, key=args.tls_key)
+    return 0
+
+
+def _cmd_webhook_cert(args: argparse.Namespace) -> int:
+    from fulcrum.certs import install_commands, make_serving_cert
+
+    service = f"{args.service}.{args.namespace}.svc"
+    certs = make_serving_cert(args.out, [service, f"{service}.cluster.local"])
+    print(f"# a CA and a serving certificate for {service} in {args.out}; install them with:")
+    print(install_commands(certs, namespace=args.namespace, service=args.service))
     return 0
 
 
@@ -186,6 +206,21 @@ def _add_services(sub: Subparsers) -> None:
         help="watch this cluster (needed for nodeCacheCapable and bind)",
     )
     serve.set_defaults(func=_cmd_serve)
+
+    webhook = sub.add_parser("webhook", help="run the admission webhooks (HTTPS)")
+    webhook.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    webhook.add_argument("--port", type=int, default=8443, help="listen port (default 8443)")
+    webhook.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
+    webhook.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
+    webhook.set_defaults(func=_cmd_webhook)
+
+    cert = sub.add_parser(
+        "webhook-cert", help="make the webhook's CA and certificate for deploy/ and print how"
+    )
+    cert.add_argument("--namespace", default="fulcrum-system", help="the webhook's namespace")
+    cert.add_argument("--service", default="fulcrum-webhook", help="the webhook's Service")
+    cert.add_argument("--out", type=Path, required=True, help="directory for ca.crt, tls.*")
+    cert.set_defaults(func=_cmd_webhook_cert)
 
     rebuild = sub.add_parser("rebuild", help="run the local-rebuild controller")
     rebuild.add_argument(

@@ -10,19 +10,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import shutil
-import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, suppress
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +25,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
+from fulcrum import processes, webhooks
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
 from fulcrum.kwok_stages import STAGES_PATH
 from kube import api
@@ -129,6 +125,8 @@ class ClusterState:
     scheduler_port: int | None = None
     rebuild_pid: int | None = None
     rebuild_port: int | None = None
+    webhook_pid: int | None = None
+    webhook_port: int | None = None
     kubectl: str = ""
     binaries: dict[str, str] = field(default_factory=dict)
 
@@ -197,57 +195,6 @@ def _kwokctl(binaries: dict[str, Path], name: str, *args: str, timeout: float = 
     return result.stdout
 
 
-def mentions(arg: bytes, path: bytes) -> bool:
-    """Whether one command-line argument names ``path`` or a file under it.
-
-    ``path`` as a whole path component, alone or after ``=``, ``:`` or ``,`` (``--config=P/x``):
-    the state directory of cluster ``rel`` is a prefix of ``rel2``'s, and a substring match
-    would take the one cluster's processes for the other's.
-    """
-    return any(
-        part == path or part.startswith(path + b"/")
-        for part in re.split(rb"[=:,]", arg)
-    )
-
-
-def processes_under(path: Path) -> Iterator[int]:
-    """Live processes whose command line names ``path`` or a file under it (the cluster's own)."""
-    needle = str(path).rstrip("/").encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            if any(mentions(a, needle) for a in args) and _pid_alive(int(entry.name)):
-                yield int(entry.name)
-        except OSError:
-            continue
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
-
-
-def _terminate(pids: list[int], grace: float = 10) -> None:
-    for pid in pids:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        if _pid_alive(pid):
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 def node_manifest(name: str, shape: NodeShape) -> dict[str, Any]:
     labels = {
         "kubernetes.io/hostname": name,
@@ -312,39 +259,12 @@ def wait_nodes_ready(
         time.sleep(0.5)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], logfile: Path, what: str) -> None:
-    context = ssl._create_unverified_context()  # kube-scheduler serves a self-signed cert
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            tail = logfile.read_text(errors="replace").strip().splitlines()[-10:]
-            raise ClusterError(f"{what} exited at start-up:\n  " + "\n  ".join(tail))
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            _terminate([proc.pid])
-            raise ClusterError(f"{what} was not ready within 120 s; see {logfile}")
-        time.sleep(0.2)
-
-
 def start_process(name: str, label: str, cmd: list[str], ready_url: str) -> int:
     """Start a detached process of cluster ``name`` (log: ``<label>.log``); wait until ready."""
-    logfile = state_dir(name) / f"{label}.log"
-    with open(logfile, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=state_dir(name),
-        )
-    _wait_ready(ready_url, proc, logfile, label)
-    return proc.pid
+    try:
+        return processes.start_process(state_dir(name), label, cmd, ready_url)
+    except processes.ProcessError as exc:
+        raise ClusterError(str(exc)) from exc
 
 
 def start_extender(name: str, port: int) -> int:
@@ -385,11 +305,6 @@ def start_rebuild(
     cmd += [str(kubeconfig_path(name)), "--health-port", str(port), "--identity", identity]
     url = f"http://127.0.0.1:{port}/{'readyz' if leader else 'healthz'}"
     return start_process(name, f"rebuild-{identity}", cmd, url)
-
-
-def stop_process(pid: int | None) -> None:
-    if pid is not None and _pid_alive(pid):
-        _terminate([pid])
 
 
 def _start_fulcrum_scheduler(name: str, kube_scheduler: Path, config: Path) -> tuple[int, int]:
@@ -445,11 +360,39 @@ def _create_control_plane(binaries: Mapping[str, Path], name: str) -> None:
     )
 
 
+def start_webhook(name: str, port: int) -> int:
+    """Start the admission webhook of cluster ``name`` on HTTPS ``port``."""
+    try:
+        return webhooks.start(state_dir(name), port)
+    except processes.ProcessError as exc:
+        raise ClusterError(str(exc)) from exc
+
+
+def restart_webhook(name: str) -> None:
+    """Start cluster ``name``'s admission webhook again, on its port, with its certificate."""
+    state = load_state(name)
+    if state.webhook_port is None:
+        raise ClusterError(f"cluster {name!r} runs no admission webhook")
+    processes.stop_process(state.webhook_pid)
+    state.webhook_pid = start_webhook(name, state.webhook_port)
+    _save_state(state)
+
+
+def register_webhooks(name: str, port: int) -> None:
+    """Make the API server call the webhook on ``port`` (``admission.config`` says for what)."""
+    kubectl = [load_state(name).kubectl, "--kubeconfig", str(kubeconfig_path(name))]
+    try:
+        webhooks.register(kubectl, state_dir(name), port)
+    except webhooks.WebhookError as exc:
+        raise ClusterError(str(exc)) from exc
+
+
 def _start_fulcrum(
     state: ClusterState, port: int, config: Path, *, extender: bool, log: Callable[[str], None]
 ) -> None:
-    """The rebuild controller and the extender (unless not ``extender``), then
-    fulcrum-scheduler; ``state`` is saved after each, so ``down`` finds what started."""
+    """The rebuild controller, the extender and the admission webhook (unless not
+    ``extender``), then fulcrum-scheduler; ``state`` is saved after each, so ``down`` finds
+    what started."""
     name = state.name
     if extender:
         state.rebuild_port = free_port()
@@ -457,12 +400,40 @@ def _start_fulcrum(
         _save_state(state)
         log(f"  rebuild controller leading (pid {state.rebuild_pid})")
         state.extender_pid = start_extender(name, port)
+        _save_state(state)
         log(f"  extender ready on 127.0.0.1:{port} (pid {state.extender_pid})")
+        state.webhook_port = free_port()
+        state.webhook_pid = start_webhook(name, state.webhook_port)
+        _save_state(state)
+        register_webhooks(name, state.webhook_port)
+        log(f"  admission webhook on 127.0.0.1:{state.webhook_port} (pid {state.webhook_pid})")
     state.scheduler_pid, state.scheduler_port = _start_fulcrum_scheduler(
         name, Path(state.binaries["kube-scheduler"]), config
     )
     log(f"  {FULCRUM_SCHEDULER} ready (pid {state.scheduler_pid}), extender registered")
     _save_state(state)
+
+
+def _new_state(
+    name: str, binaries: Mapping[str, Path], reg: ExtenderRegistration, extender_config: Path | None
+) -> tuple[ClusterState, Path]:
+    """A fresh state directory for cluster ``name``: its state and fulcrum-scheduler's config."""
+    directory = state_dir(name)
+    if directory.exists():
+        down(name, log=lambda _: None)  # leftovers of an interrupted run
+    directory.mkdir(parents=True)
+    state = ClusterState(
+        name,
+        extender_port=reg.port,
+        kubectl=str(binaries["kubectl"]),
+        binaries={k: str(v) for k, v in binaries.items()},
+    )
+    _save_state(state)
+    if extender_config is not None:
+        shutil.copyfile(extender_config, directory / "extender-config.yaml")
+    config_path = directory / "fulcrum-scheduler.yaml"
+    config_path.write_text(yaml.safe_dump(scheduler_config(reg, kubeconfig_path(name))))
+    return state, config_path
 
 
 def up(
@@ -481,8 +452,9 @@ def up(
     kwokctl runs the control plane with a plain ``default-scheduler``. Fulcrum adds a second
     kube-scheduler, ``fulcrum-scheduler``, with the extender registered (``registration``; its
     port is ``extender_port`` or a free one) and, unless ``extender`` is False, starts the
-    extender itself, with ``extender_config`` (an ExtenderConfiguration file) if given.
-    Pods opt in with ``schedulerName: fulcrum-scheduler``.
+    extender itself, with ``extender_config`` (an ExtenderConfiguration file) if given, the
+    rebuild controller and the admission webhook. Pods opt in with any ``fulcrum.io/``
+    annotation (the webhook sets their ``schedulerName: fulcrum-scheduler``) or by naming it.
     """
     port = registration.port if registration else extender_port
     _check_new(name, port, extender)
@@ -490,22 +462,8 @@ def up(
         binaries = ensure_binaries(log)
     except BinaryError as exc:
         raise ClusterError(str(exc)) from exc
-    directory = state_dir(name)
-    if directory.exists():
-        down(name, log=lambda _: None)  # leftovers of an interrupted run
-    directory.mkdir(parents=True)
     reg = registration or ExtenderRegistration(port=port or free_port())
-    state = ClusterState(
-        name,
-        extender_port=reg.port,
-        kubectl=str(binaries["kubectl"]),
-        binaries={k: str(v) for k, v in binaries.items()},
-    )
-    _save_state(state)
-    if extender_config is not None:
-        shutil.copyfile(extender_config, directory / "extender-config.yaml")
-    config_path = directory / "fulcrum-scheduler.yaml"
-    config_path.write_text(yaml.safe_dump(scheduler_config(reg, kubeconfig_path(name))))
+    state, config_path = _new_state(name, binaries, reg, extender_config)
     started = time.monotonic()
     try:
         log(
@@ -544,9 +502,10 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
     state_file = directory / "cluster.json"
     state = ClusterState(**json.loads(state_file.read_text())) if state_file.exists() else None
     if state:
-        stop_process(state.scheduler_pid)
-        stop_process(state.extender_pid)
-        stop_process(state.rebuild_pid)
+        processes.stop_process(state.scheduler_pid)
+        processes.stop_process(state.extender_pid)
+        processes.stop_process(state.rebuild_pid)
+        processes.stop_process(state.webhook_pid)
     keep = os.environ.get("FULCRUM_KEEP_LOGS")
     if keep:
         shutil.copytree(
@@ -568,44 +527,21 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
             )
         except ClusterError as exc:
             log(f"kwokctl delete failed, stopping processes directly: {exc}")
-    leftovers = list(processes_under(directory))
+    leftovers = list(processes.processes_under(directory))
     if leftovers:
-        _terminate(leftovers)
+        processes.terminate(leftovers)
     shutil.rmtree(directory, ignore_errors=True)
     log(f"cluster {name!r} removed")
 
 
 def env_exports(name: str) -> str:
     state = load_state(name)
-    kubectl_dir = str(Path(state.kubectl).parent)
     return (
         f"export KUBECONFIG={kubeconfig_path(name)}\n"
-        f"export PATH={kubectl_dir}:$PATH\n"
+        f"export PATH={Path(state.kubectl).parent}:$PATH\n"
         f"# cluster {name!r}: {state.nodes} kwok nodes; extender on "
         f"{'127.0.0.1:' + str(state.extender_port) if state.extender_port else 'none'}\n"
     )
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _process_name(pid: int) -> str:
-    """The executable's name; for Fulcrum's own processes, ``fulcrum <command>``."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
-    if b"fulcrum.cli" in argv:
-        return "fulcrum " + argv[argv.index(b"fulcrum.cli") + 1].decode()
-    return name
 
 
 def scheduler_metrics_port(name: str, scheduler: str) -> int:
@@ -625,8 +561,8 @@ def scheduler_pid(name: str, scheduler: str) -> int:
     state = load_state(name)
     if scheduler == FULCRUM_SCHEDULER and state.scheduler_pid:
         return state.scheduler_pid
-    for pid in processes_under(state_dir(name)):
-        if _process_name(pid) == "kube-scheduler" and pid != state.scheduler_pid:
+    for pid in processes.processes_under(state_dir(name)):
+        if processes.process_name(pid) == "kube-scheduler" and pid != state.scheduler_pid:
             return pid
     raise ClusterError(f"no kube-scheduler process for {scheduler!r} in cluster {name!r}")
 
@@ -635,22 +571,9 @@ def process_labels(name: str) -> dict[int, str]:
     """The cluster's processes now, each with a label naming what it is (pid -> label)."""
     ours = load_state(name).scheduler_pid
     return {
-        pid: FULCRUM_SCHEDULER if pid == ours else _process_name(pid)
-        for pid in processes_under(state_dir(name))
+        pid: FULCRUM_SCHEDULER if pid == ours else processes.process_name(pid)
+        for pid in processes.processes_under(state_dir(name))
     }
-
-
-def cpu_seconds(processes: Mapping[int, str]) -> dict[str, float]:
-    """CPU time (user + system) used so far by ``processes`` (``process_labels``), by label."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for pid, label in processes.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
-    return out
 
 
 def status_report(name: str) -> str:
@@ -667,11 +590,11 @@ def status_report(name: str) -> str:
     for pod in api.list_pod_for_all_namespaces().items:
         phases[pod.status.phase] = phases.get(pod.status.phase, 0) + 1
     lines = [f"cluster {name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}"]
-    pids = sorted(set(processes_under(state_dir(name))))
+    pids = sorted(set(processes.processes_under(state_dir(name))))
     total = 0.0
     for pid in pids:
-        rss = _rss_mib(pid)
+        rss = processes.rss_mib(pid)
         total += rss
-        lines.append(f"  {pid:>8} {_process_name(pid):25} {rss:8.0f} MiB")
+        lines.append(f"  {pid:>8} {processes.process_name(pid):25} {rss:8.0f} MiB")
     lines.append(f"  total resident memory: {total:.0f} MiB across {len(pids)} processes")
     return "\n".join(lines)

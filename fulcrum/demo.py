@@ -68,15 +68,17 @@ def _rebuild(name: str, replicas: int) -> None:
         kit,
         [
             rr.ip_pool(ns, "local", "10.64.0.0/24"),
-            rr.deployment(ns, "local", replicas, pool="local"),
+            rr.deployment(ns, "local", replicas, pool="local", scheduler=None),
             rr.deployment(ns, "plain", replicas, opted=False),
         ],
     )
     rr.wait_running(kit, ns, apps)
     rr.wait_guarded(kit, ns, {"local": replicas})
     _say(
-        f"\nlocal rebuild: Deployments 'local' (annotated fulcrum.io/rebuild: local, IP pool) and "
-        f"'plain' ({replicas} pods each); `kubectl set env` on both at once"
+        "\nlocal rebuild: Deployments 'local' (annotated fulcrum.io/rebuild: local and an IP "
+        f"pool, no schedulerName: the admission webhook routes them to "
+        f"{cluster.FULCRUM_SCHEDULER}) and 'plain' ({replicas} pods each); `kubectl set env` on "
+        "both at once"
     )
     results = rr.roll(
         kit,

@@ -27,6 +27,7 @@ import orjson
 from kubernetes.client.exceptions import ApiException
 
 from fulcrum import cluster
+from fulcrum import processes as cluster_processes
 from fulcrum.workload import (
     PAUSE_IMAGE,
     ensure_namespace,
@@ -234,7 +235,7 @@ def _usage(processes: Mapping[int, str]) -> dict[str, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     switches = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
     return {
-        **cluster.cpu_seconds(processes),
+        **cluster_processes.cpu_seconds(processes),
         MACHINE: (user + nice + system + irq + softirq) / ticks,
         STEAL: steal / ticks,
         SWITCHES: switches,
@@ -271,6 +272,60 @@ class _Bindings:
             return len(self.bound), max(self.bound.values(), default=since)
 
 
+def _create_paused(
+    api: Any, namespace: str, manifests: list[dict[str, Any]], pid: int, informer: Informer
+) -> float:
+    """Create the pods with the scheduler ``pid`` stopped (SIGSTOP; the caller resumes it) and
+    start ``informer``; the seconds creating took."""
+    creating = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda m: api.create_namespaced_pod(namespace, m), manifests))
+        created = time.monotonic() - creating
+        informer.start()
+        informer.synced.wait(60)
+        time.sleep(2)  # let watchers (Fulcrum's cache among them) catch up before the clock starts
+    except BaseException:
+        os.kill(pid, signal.SIGCONT)
+        raise
+    return created
+
+
+def _wait_bound(
+    bindings: _Bindings,
+    count: int,
+    started: float,
+    processes: Mapping[int, str],
+    scheduler: str,
+    timeout: float,
+    log: Callable[[str], None],
+) -> tuple[float, dict[str, float]]:
+    """Until ``count`` pods are bound, or binding stalls: when the last one was bound, and the
+    processes' CPU seconds up to then (not through a stall).
+
+    A watch, not a list every tick: it loads the apiserver less and times each binding.
+    """
+    last_bound, bound_at, logged = -1, started, 0.0
+    cpu_after: dict[str, float] = {}
+    stalled_since = time.monotonic()
+    while True:
+        bound, bound_at = bindings.progress(started)
+        if bound != last_bound:
+            last_bound, stalled_since = bound, time.monotonic()
+            cpu_after = _usage(processes)
+            if stalled_since - logged >= 0.5 or bound == count:
+                logged = stalled_since
+                log(f"  {scheduler}: {bound}/{count} bound")
+        if bound == count:
+            return bound_at, cpu_after
+        now = time.monotonic()
+        if now - started > timeout or now - stalled_since > STALL_SECONDS:
+            log(f"  {scheduler}: stopped waiting, {count - bound} pods unbound")
+            return bound_at, cpu_after
+        time.sleep(0.1)
+
+
 def run_phase(
     name: str,
     nodes: NodeTrace,
@@ -296,37 +351,15 @@ def run_phase(
     algorithm_before = scheduling_algorithm(port)  # while it runs: a stopped one cannot answer
     bindings = _Bindings()
     informer = Informer("pods", functools.partial(api.list_namespaced_pod, namespace), bindings)
-    creating = time.monotonic()
-    os.kill(pid, signal.SIGSTOP)
+    created = _create_paused(api, namespace, manifests, pid, informer)
+    log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s (scheduler paused)")
+    cpu_before = _usage(processes)
+    started = time.monotonic()
+    os.kill(pid, signal.SIGCONT)
     try:
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda m: api.create_namespaced_pod(namespace, m), manifests))
-        created = time.monotonic() - creating
-        log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s (scheduler paused)")
-        informer.start()
-        informer.synced.wait(60)
-        time.sleep(2)  # let watchers (Fulcrum's cache among them) catch up before the clock starts
-    finally:
-        cpu_before = _usage(processes)
-        started = time.monotonic()
-        os.kill(pid, signal.SIGCONT)
-    last_bound, bound_at, logged = -1, started, 0.0
-    try:  # a watch, not a list every tick: it loads the apiserver less and times each binding
-        while True:
-            bound, bound_at = bindings.progress(started)
-            if bound != last_bound:  # CPU up to the latest binding, not through a stall
-                last_bound, stalled_since = bound, time.monotonic()
-                cpu_after = _usage(processes)
-                if stalled_since - logged >= 0.5 or bound == len(manifests):
-                    logged = stalled_since
-                    log(f"  {scheduler}: {bound}/{len(manifests)} bound")
-            if bound == len(manifests):
-                break
-            now = time.monotonic()
-            if now - started > timeout or now - stalled_since > STALL_SECONDS:
-                log(f"  {scheduler}: stopped waiting, {len(manifests) - bound} pods unbound")
-                break
-            time.sleep(0.1)
+        bound_at, cpu_after = _wait_bound(
+            bindings, len(manifests), started, processes, scheduler, timeout, log
+        )
     finally:
         informer.stop()
     raw = api.list_namespaced_pod(namespace, _preload_content=False).data

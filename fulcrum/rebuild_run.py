@@ -88,10 +88,18 @@ def _annotations(opted: bool, pool: str | None, extra: Mapping[str, str]) -> dic
     return out
 
 
-def pod_spec(*, cpu: str = "2", memory: str = "2Gi", env: str = "1") -> dict[str, Any]:
+def pod_spec(
+    *,
+    cpu: str = "2",
+    memory: str = "2Gi",
+    env: str = "1",
+    scheduler: str | None = FULCRUM_SCHEDULER,
+) -> dict[str, Any]:
+    """``scheduler`` None: no schedulerName, as a user who only annotates writes it."""
     requests = {"cpu": cpu, "memory": memory}
+    named = {"schedulerName": scheduler} if scheduler else {}
     return {
-        "schedulerName": FULCRUM_SCHEDULER,
+        **named,
         "terminationGracePeriodSeconds": 0,
         "containers": [
             {
@@ -121,6 +129,8 @@ def deployment(
     opted: bool = True,
     pool: str | None = None,
     annotations: Mapping[str, str] | None = None,
+    scheduler: str | None = FULCRUM_SCHEDULER,
+    max_unavailable: int | str = "50%",
 ) -> dict[str, Any]:
     labels = {APP_LABEL: app}
     return {
@@ -133,14 +143,14 @@ def deployment(
             # delete-first: an old pod goes before its successor is placed on its room
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "50%"},
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": max_unavailable},
             },
             "template": {
                 "metadata": {
                     "labels": labels,
                     "annotations": _annotations(opted, pool, annotations or {}),
                 },
-                "spec": pod_spec(),
+                "spec": pod_spec(scheduler=scheduler),
             },
         },
     }
@@ -154,9 +164,10 @@ def statefulset(
     opted: bool = True,
     pool: str | None = None,
     on_delete: bool = False,
+    scheduler: str | None = FULCRUM_SCHEDULER,
 ) -> dict[str, Any]:
     labels = {APP_LABEL: app}
-    spec = pod_spec()
+    spec = pod_spec(scheduler=scheduler)
     spec["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
     return {
         "apiVersion": "apps/v1",

@@ -100,6 +100,20 @@ def _plot(results: list[ReplayResult], policy: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _summary(seed: int, result: ReplayResult) -> str:
+    curve = "  ".join(
+        f"{x}:{_fmt(result.alloc_curve[x])}" for x in range(0, len(result.alloc_curve), 10)
+    )
+    return (
+        f"seed {seed}: alloc@100 {_fmt(result.alloc_at_100)} %  alloc@130 "
+        f"{_fmt(result.alloc_at_130)} %  final alloc {result.final_alloc_pct:.2f} %  "
+        f"frag {result.final_frag_pct:.2f} %  failed {result.pods_failed}/{result.events}  "
+        f"nodes used {result.nodes_used} (lower bound {result.nodes_lower_bound})  "
+        f"{result.elapsed_s:.1f}s\n"
+        f"  alloc % by arrived %: {curve}\n"
+    )
+
+
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     registry = default_registry()
     policy_name = registry.canonical(args.policy)
@@ -125,17 +139,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             random_ties=args.random_ties,
         )
         results.append(result)
-        out.write(
-            f"seed {seed}: alloc@100 {_fmt(result.alloc_at_100)} %  alloc@130 "
-            f"{_fmt(result.alloc_at_130)} %  final alloc {result.final_alloc_pct:.2f} %  "
-            f"frag {result.final_frag_pct:.2f} %  failed {result.pods_failed}/{result.events}  "
-            f"nodes used {result.nodes_used} (lower bound {result.nodes_lower_bound})  "
-            f"{result.elapsed_s:.1f}s\n"
-        )
-        curve = "  ".join(
-            f"{x}:{_fmt(result.alloc_curve[x])}" for x in range(0, len(result.alloc_curve), 10)
-        )
-        out.write(f"  alloc % by arrived %: {curve}\n")
+        out.write(_summary(seed, result))
     a100 = [r.alloc_at_100 for r in results if r.alloc_at_100 is not None]
     a130 = [r.alloc_at_130 for r in results if r.alloc_at_130 is not None]
     mean100 = round(float(np.mean(a100)), 2) if a100 else None

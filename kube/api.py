@@ -113,6 +113,52 @@ def parse_duration(text: str) -> float:
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
+def _wait_seconds(a: Mapping[str, str], errors: list[OptionError]) -> float:
+    if WAIT not in a:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        seconds = parse_duration(a[WAIT])
+    except ValueError:
+        seconds = 0.0
+    if 0 < seconds <= MAX_WAIT_SECONDS:
+        return seconds
+    hint = "use a duration like 90s, 5m or 1m30s, more than 0 and at most 24h"
+    errors.append(OptionError(WAIT, a[WAIT], hint=hint))
+    return DEFAULT_WAIT_SECONDS
+
+
+def _pool(a: Mapping[str, str], errors: list[OptionError]) -> str | None:
+    pool = a.get(IP_POOL)
+    if pool is None or (len(pool) <= 253 and _DNS_SUBDOMAIN.fullmatch(pool)):
+        return pool
+    if "/" in pool:
+        hint = (
+            "pools must be in the pod's own namespace: create the IPPool there "
+            'and give its name alone, e.g. "web"'
+        )
+    else:
+        hint = 'give the name of an IPPool in the pod\'s namespace (lower-case, e.g. "web")'
+    errors.append(OptionError(IP_POOL, pool, hint=hint))
+    return None
+
+
+def _ip(a: Mapping[str, str], errors: list[OptionError]) -> str | None:
+    raw = a.get(IP_REQUEST)
+    if raw is None:
+        return None
+    ip = None
+    try:
+        ip = str(ipaddress.ip_address(raw))
+    except ValueError:
+        hint = "it is not a valid IPv4 or IPv6 address; write e.g. 10.64.0.5 or fd00::5"
+        errors.append(OptionError(IP_REQUEST, raw, hint=hint))
+    if IP_POOL not in a:
+        hint = f"an address comes from a pool: set {IP_POOL} to the IPPool's name too"
+        errors.append(OptionError(IP_REQUEST, raw, hint=hint))
+        return None
+    return ip
+
+
 def read_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
     """A pod's options, bad values left at their defaults and listed in ``errors``.
 
@@ -129,64 +175,13 @@ def read_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
         errors.append(OptionError(key, value, allowed))
         return default
 
+    # in annotation order, so errors come in the order a reader of the table meets them
     enabled = REBUILD in a and choice(REBUILD, ("local",), "") == "local"
     fallback = cast(Fallback, choice(FALLBACK, FALLBACKS, "wait"))
-
-    wait_seconds = DEFAULT_WAIT_SECONDS
-    if WAIT in a:
-        try:
-            seconds = parse_duration(a[WAIT])
-        except ValueError:
-            seconds = 0.0
-        if 0 < seconds <= MAX_WAIT_SECONDS:
-            wait_seconds = seconds
-        else:
-            errors.append(
-                OptionError(
-                    WAIT,
-                    a[WAIT],
-                    hint="use a duration like 90s, 5m or 1m30s, more than 0 and at most 24h",
-                )
-            )
-
+    wait_seconds = _wait_seconds(a, errors)
     order = cast(Order, choice(ORDER, ORDERS, "delete-first"))
     accept_data_loss = choice(ACCEPT_DATA_LOSS, ("true", "false"), "false") == "true"
-
-    pool = a.get(IP_POOL)
-    if pool is not None and not (len(pool) <= 253 and _DNS_SUBDOMAIN.fullmatch(pool)):
-        if "/" in pool:
-            hint = (
-                "pools must be in the pod's own namespace: create the IPPool there "
-                'and give its name alone, e.g. "web"'
-            )
-        else:
-            hint = 'give the name of an IPPool in the pod\'s namespace (lower-case, e.g. "web")'
-        errors.append(OptionError(IP_POOL, pool, hint=hint))
-        pool = None
-
-    ip: str | None = None
-    raw_ip = a.get(IP_REQUEST)
-    if raw_ip is not None:
-        try:
-            ip = str(ipaddress.ip_address(raw_ip))
-        except ValueError:
-            errors.append(
-                OptionError(
-                    IP_REQUEST,
-                    raw_ip,
-                    hint="it is not a valid IPv4 or IPv6 address; write e.g. 10.64.0.5 or fd00::5",
-                )
-            )
-        if IP_POOL not in a:
-            errors.append(
-                OptionError(
-                    IP_REQUEST,
-                    raw_ip,
-                    hint=f"an address comes from a pool: set {IP_POOL} to the IPPool's name too",
-                )
-            )
-            ip = None
-
+    pool = _pool(a, errors)
     return RebuildOptions(
         requested=REBUILD in a,
         enabled=enabled,
@@ -195,7 +190,7 @@ def read_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
         order=order,
         accept_data_loss=accept_data_loss,
         pool=pool,
-        ip=ip,
+        ip=_ip(a, errors),
         errors=tuple(errors),
     )
 
@@ -348,39 +343,17 @@ class Reservation:
         predecessor = _mapping(obj, "spec.predecessor", spec.get("predecessor"))
         template = _mapping(obj, "spec.template", spec.get("template"))
 
-        devices_raw = spec.get("devices")
-        devices: tuple[int, ...] | None = None
-        if devices_raw is not None:
-            if not isinstance(devices_raw, list) or not all(
-                type(d) is int and d >= 0 for d in devices_raw
-            ):
-                raise _field_error(obj, "spec.devices", devices_raw, "a list of device indices")
-            devices = tuple(devices_raw)
-
+        devices = _devices(obj, spec.get("devices"))
         claims_raw = spec.get("claims") or []
         if not isinstance(claims_raw, list) or not all(isinstance(c, str) for c in claims_raw):
             raise _field_error(obj, "spec.claims", claims_raw, "a list of PVC names")
-
         ip = _optional_str(obj, "spec.ip", spec.get("ip"))
         if ip is not None:
             try:
                 ip = str(ipaddress.ip_address(ip))
             except ValueError:
                 raise _field_error(obj, "spec.ip", ip, "an IPv4 or IPv6 address") from None
-
-        expires_raw = _optional_str(obj, "spec.expiresAt", spec.get("expiresAt"))
-        expires_at = None
-        if expires_raw is not None:
-            try:
-                expires_at = datetime.fromisoformat(expires_raw)
-            except ValueError:
-                expires_at = None
-            if expires_at is None or expires_at.utcoffset() is None:
-                raise _field_error(
-                    obj, "spec.expiresAt", expires_raw, "an RFC 3339 time like 2025-01-02T03:04:05Z"
-                )
-            expires_at = expires_at.astimezone(UTC)
-
+        expires_at = _expires_at(obj, _optional_str(obj, "spec.expiresAt", spec.get("expiresAt")))
         fallback = _optional_str(obj, "spec.fallback", spec.get("fallback")) or "wait"
         if fallback not in FALLBACKS:
             raise _field_error(obj, "spec.fallback", fallback, "one of " + ", ".join(FALLBACKS))
@@ -439,6 +412,26 @@ class Reservation:
             "spec": spec,
             "status": status,
         }
+
+
+def _devices(obj: Mapping[str, Any], raw: Any) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
+        raise _field_error(obj, "spec.devices", raw, "a list of device indices")
+    return tuple(raw)
+
+
+def _expires_at(obj: Mapping[str, Any], raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        expires_at = datetime.fromisoformat(raw)
+    except ValueError:
+        expires_at = None
+    if expires_at is None or expires_at.utcoffset() is None:
+        raise _field_error(obj, "spec.expiresAt", raw, "an RFC 3339 time like 2025-01-02T03:04:05Z")
+    return expires_at.astimezone(UTC)
 
 
 def _where(obj: Mapping[str, Any]) -> str:

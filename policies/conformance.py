@@ -20,6 +20,7 @@ and checks, for every pod:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,26 @@ def _fail(name: str, seed: int, pod: PodRequest, message: str) -> ConformanceErr
     return ConformanceError(f"policy {name!r}, seed {seed}, pod {pod}: {message}")
 
 
+def _score_problem(snapshot: Snapshot, scores: Any, again: Any) -> str:
+    """What is wrong with one policy's ``scores`` (``again``: a second instance's), or ""."""
+    if not isinstance(scores, np.ndarray) or scores.shape != (snapshot.num_nodes,):
+        return f"score must return shape ({snapshot.num_nodes},)"
+    if not np.issubdtype(scores.dtype, np.floating):
+        return f"scores must be floats, got {scores.dtype}"
+    if not np.all(np.isfinite(scores)):
+        return "scores must be finite"
+    if scores.min() < MIN_SCORE or scores.max() > MAX_SCORE:
+        return f"scores out of 0..100: {scores.min()}..{scores.max()}"
+    if not np.array_equal(scores, again):
+        return "two instances with the same seed disagree"
+    if any(
+        np.shares_memory(scores, a)
+        for a in (snapshot.free, snapshot.allocatable, snapshot.gpu_free)
+    ):
+        return "score must return a new array"
+    return ""
+
+
 def check_policy(
     factory: PolicyFactory,
     *,
@@ -124,22 +145,9 @@ def check_policy(
             before = _state(snapshot)
             pod_before = PodRequest(**{f: getattr(pod, f) for f in PodRequest.__slots__})
             scores = first.score(snapshot, pod)
-            again = second.score(snapshot, pod)
-            if not isinstance(scores, np.ndarray) or scores.shape != (snapshot.num_nodes,):
-                raise _fail(name, seed, pod, f"score must return shape ({snapshot.num_nodes},)")
-            if not np.issubdtype(scores.dtype, np.floating):
-                raise _fail(name, seed, pod, f"scores must be floats, got {scores.dtype}")
-            if not np.all(np.isfinite(scores)):
-                raise _fail(name, seed, pod, "scores must be finite")
-            if scores.min() < MIN_SCORE or scores.max() > MAX_SCORE:
-                raise _fail(
-                    name, seed, pod, f"scores out of 0..100: {scores.min()}..{scores.max()}"
-                )
-            if not np.array_equal(scores, again):
-                raise _fail(name, seed, pod, "two instances with the same seed disagree")
-            arrays = (snapshot.free, snapshot.allocatable, snapshot.gpu_free)
-            if any(np.shares_memory(scores, a) for a in arrays):
-                raise _fail(name, seed, pod, "score must return a new array")
+            problem = _score_problem(snapshot, scores, second.score(snapshot, pod))
+            if problem:
+                raise _fail(name, seed, pod, problem)
             keep = first.filter(snapshot, pod)
             if keep.shape != (snapshot.num_nodes,) or keep.dtype != np.bool_:
                 raise _fail(name, seed, pod, "filter must return one bool per node")

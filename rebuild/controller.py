@@ -189,9 +189,19 @@ class Controller:
         """A running or pending opted-in pod: guard it, finish its claim, keep it up to date."""
         if api.FINALIZER not in (meta.get("finalizers") or []):
             self.writes.add_finalizer(meta)
-        node = (pod.get("spec") or {}).get("nodeName")
-        if not node:
+        spec = pod.get("spec") or {}
+        if not spec.get("nodeName"):
             return
+        scheduler = spec.get("schedulerName") or "default-scheduler"
+        if scheduler != api.SCHEDULER_NAME:
+            self.writes.report(
+                pod,
+                "unmanaged",
+                f"locality cannot be kept: scheduled by {scheduler}, which knows nothing of "
+                f"local rebuild; set spec.schedulerName: {api.SCHEDULER_NAME}, or install "
+                "Fulcrum's admission webhook, which does that for annotated pods",
+                warning=True,
+            )
         claimed = (meta.get("annotations") or {}).get(api.RESERVATION)
         if claimed:
             self.finish(pod, meta, claimed)

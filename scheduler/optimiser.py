@@ -492,6 +492,15 @@ def _greedy_evictions(snapshot: Snapshot, row: int, pod: PodRequest) -> list[str
     return chosen if _room_on(work, row, pod) else None
 
 
+def _load(snapshot: Snapshot) -> NDArray[np.int64]:
+    """What each node's pods use, in ``_capacity``'s columns."""
+    cols = [CPU_COL, MEMORY_COL, EPHEMERAL_COL, PODS_COL]
+    used = snapshot.allocatable[:, cols] - snapshot.free[:, cols]
+    gpu_used = snapshot.gpu_count * GPU_MILLI - snapshot.gpu_free.sum(axis=1)
+    load: NDArray[np.int64] = np.column_stack([used, gpu_used])
+    return load
+
+
 def plan_free_nodes(
     snapshot: Snapshot,
     k: int,
@@ -515,11 +524,7 @@ def plan_free_nodes(
     occupied.sort(key=lambda r: (len(snapshot.pods_on(snapshot.names[r])), r))
     pool = occupied[: candidates or max(4 * k, 40)]
     counts = [len(snapshot.pods_on(snapshot.names[r])) for r in pool]
-    cap = _capacity(snapshot)
-    used = snapshot.allocatable[:, [CPU_COL, MEMORY_COL, EPHEMERAL_COL, PODS_COL]].copy()
-    used -= snapshot.free[:, [CPU_COL, MEMORY_COL, EPHEMERAL_COL, PODS_COL]]
-    gpu_used = snapshot.gpu_count * GPU_MILLI - snapshot.gpu_free.sum(axis=1)
-    load = np.column_stack([used, gpu_used])
+    cap, load = _capacity(snapshot), _load(snapshot)
     tried: set[tuple[int, ...]] = set()
     best: MovePlan | None = None
     while time.perf_counter() < deadline - 0.1:

@@ -162,6 +162,18 @@ def nodes_lower_bound(snapshot: Snapshot, demand: dict[str, int]) -> int:
     return bound
 
 
+def _node_frag(
+    snapshot: Snapshot, workload: TargetWorkload, rows: NDArray[np.intp] | slice
+) -> NDArray[np.float64]:
+    return fragmentation(
+        snapshot.free[rows, CPU_COL],
+        snapshot.gpu_free[rows],
+        snapshot.gpu_model[rows],
+        workload,
+        snapshot.model_names,
+    )
+
+
 def _score(policy: Policy, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:
     return np.asarray(policy.score(snapshot, pod), dtype=np.float64)
 
@@ -243,16 +255,7 @@ def replay(
     workload = workload if workload is not None else typical_workload(pods)
     requests, shape_of = _distinct_requests(pods)
 
-    def node_frag(rows: NDArray[np.intp] | slice) -> NDArray[np.float64]:
-        return fragmentation(
-            snapshot.free[rows, CPU_COL],
-            snapshot.gpu_free[rows],
-            snapshot.gpu_model[rows],
-            workload,
-            snapshot.model_names,
-        )
-
-    frag = node_frag(slice(None))
+    frag = _node_frag(snapshot, workload, slice(None))
     frag_total = float(frag.sum())
     cache = ScoreCache() if use_cache and policy.node_local else None
     tally = _Tally(len(arrivals.order), n)
@@ -271,7 +274,7 @@ def replay(
             devices = policy.select_devices(snapshot, row, pod)
             snapshot.assign(f"e{e}", pod, snapshot.names[row], devices=devices, check=False)
             tally.placed(pod, row)
-            new = float(node_frag(np.array([row]))[0])
+            new = float(_node_frag(snapshot, workload, np.array([row]))[0])
             frag_total += new - frag[row]
             frag[row] = new
         tally.log(e, frag_total)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes.utils.quantity import parse_quantity
 
-from fulcrum import cluster
+from fulcrum import cluster, processes
 from fulcrum.workload import PodShape, create_pods, ensure_namespace, pod_manifest, wait_bound
 
 pytestmark = pytest.mark.integration
@@ -126,7 +126,7 @@ def test_a_failing_extender_leaves_pods_pending_then_they_schedule(
     try:
         assert len(wait_bound(api, namespace, 5, timeout=120)) == 5
     finally:
-        cluster.stop_process(pid)
+        processes.stop_process(pid)
 
 
 def test_an_ignorable_extender_that_fails_is_skipped() -> None:
@@ -168,7 +168,7 @@ def test_an_extender_killed_mid_run_loses_and_double_binds_nothing(
         creator.join()
         placement = wait_bound(api, "restart", 120, timeout=180)
     finally:
-        cluster.stop_process(pid)
+        processes.stop_process(pid)
 
     assert len(placement) == 120
     scheduled = api.list_namespaced_event("restart", field_selector="reason=Scheduled").items

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from kubernetes import client
 
-from fulcrum import cluster
+from fulcrum import cluster, processes
 from fulcrum import rebuild_run as rr
 from kube import api, ippool
 from rebuild.controller import CRASH_ENV
@@ -38,7 +38,7 @@ def restart_controller(
 ) -> int:
     """Stop the cluster's controller and start another (same identity: it leads at once)."""
     state = cluster.load_state(name)
-    cluster.stop_process(state.rebuild_pid)
+    processes.stop_process(state.rebuild_pid)
     state.rebuild_port = cluster.free_port()
     if crash_at:
         os.environ[CRASH_ENV] = crash_at

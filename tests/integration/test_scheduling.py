@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fulcrum import cluster
+from fulcrum import cluster, processes
 from fulcrum.workload import create_pods, ensure_namespace, extender_calls, wait_bound
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,12 @@ def test_down_leaves_no_process_port_or_file() -> None:
     name = "it-teardown"
     state = cluster.up(name, nodes=1, log=print)
     directory = cluster.state_dir(name)
-    assert list(cluster.processes_under(directory))
+    assert list(processes.processes_under(directory))
     assert state.extender_port is not None
 
     cluster.down(name, log=print)
 
-    assert not list(cluster.processes_under(directory))
+    assert not list(processes.processes_under(directory))
     assert not directory.exists()
     assert not cluster.port_in_use(state.extender_port)
     assert not Path(cluster.kubeconfig_path(name)).exists()

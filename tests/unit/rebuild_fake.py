@@ -346,6 +346,7 @@ def pod(
         container="app",
     )
     out["spec"]["containers"][0]["image"] = "app:1"
+    out["spec"]["schedulerName"] = api.SCHEDULER_NAME
     condition = {"type": "Ready", "status": "True" if ready else "False"}
     out["status"] = {"conditions": [condition] if node_name else []}
     return {"apiVersion": "v1", "kind": "Pod", **out}

@@ -9,6 +9,7 @@ manifests to a real kube-apiserver.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from admission.config import webhook_configurations
 from extender.config import load_settings
 from fulcrum.binaries import cache_dir
 from fulcrum.cli import build_parser
@@ -50,6 +52,9 @@ API_VERSIONS = {
     "PodDisruptionBudget": "policy/v1",
     "PriorityClass": "scheduling.k8s.io/v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
+    "Service": "v1",
+    "MutatingWebhookConfiguration": "admissionregistration.k8s.io/v1",
+    "ValidatingWebhookConfiguration": "admissionregistration.k8s.io/v1",
 }
 CLUSTER_SCOPED = {
     "Namespace",
@@ -57,6 +62,8 @@ CLUSTER_SCOPED = {
     "ClusterRoleBinding",
     "PriorityClass",
     "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
 }
 NOT_API_OBJECTS = {
     "Kustomization": "kustomize.config.k8s.io/v1beta1",
@@ -245,6 +252,8 @@ def test_every_document_is_well_formed(file: str, doc: dict[str, Any]) -> None:
         "globalDefault",
         "preemptionPolicy",
         "description",
+        "webhooks",
+        "automountServiceAccountToken",
     }, f"{file}: {kind} {meta['name']} has unknown top-level fields"
     for key, value in {**meta.get("labels", {}), **meta.get("annotations", {})}.items():
         assert isinstance(value, str), f"{kind} {meta['name']}: {key} must be a string"
@@ -839,3 +848,36 @@ def test_kubectl_kustomize_renders_every_manifest() -> None:
 
 def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
     return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
+
+
+# --- the admission webhooks ----------------------------------------------------------------------
+
+
+def test_the_webhook_configurations_are_the_ones_admission_config_writes() -> None:
+    service = {"namespace": NAMESPACE, "name": "fulcrum-webhook", "port": 443}
+    expected = webhook_configurations({"service": service})
+    for kind, want in zip(
+        ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"), expected, strict=True
+    ):
+        got = copy.deepcopy(one(kind, "fulcrum.io"))
+        got["metadata"].pop("labels")
+        assert got == want, f"{kind}: regenerate deploy/webhook-configurations.yaml"
+    port = one("Service", "fulcrum-webhook")["spec"]["ports"][0]
+    assert port["port"] == 443 and port["targetPort"] == 8443
+
+
+def test_the_webhook_serves_https_from_its_secret_without_api_access() -> None:
+    spec = pod_spec("fulcrum-webhook")
+    assert spec["automountServiceAccountToken"] is False
+    assert "schedulerName" not in spec  # Fulcrum being down never blocks its own pods
+    (c,) = spec["containers"]
+    args = build_parser().parse_args(c["command"][1:])
+    assert (args.host, args.port) == ("0.0.0.0", 8443)
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert str(args.tls_cert).startswith(mounts["tls"])
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "fulcrum-webhook-tls"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"cpu", "memory"} <= set(c["resources"]["limits"])

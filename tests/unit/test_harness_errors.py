@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fulcrum import binaries, cluster
+from fulcrum import binaries, cluster, processes
 
 
 def test_a_binary_reporting_the_wrong_version_is_refused(
@@ -89,7 +89,7 @@ def test_an_unknown_cluster_says_how_to_create_it(
     ],
 )
 def test_a_cluster_is_named_only_as_a_whole_path_component(arg: bytes, named: bool) -> None:
-    assert cluster.mentions(arg, b"/s/clusters/rel") is named
+    assert processes.mentions(arg, b"/s/clusters/rel") is named
 
 
 def test_processes_of_a_cluster_whose_name_extends_anothers_are_not_its_own(
@@ -103,7 +103,7 @@ def test_processes_of_a_cluster_whose_name_extends_anothers_are_not_its_own(
     mine = subprocess.Popen([sys.executable, "-c", script, f"--config={rel}/x.yaml"])
     other = subprocess.Popen([sys.executable, "-c", script, f"--config={rel2}/x.yaml"])
     try:
-        found = set(cluster.processes_under(rel))
+        found = set(processes.processes_under(rel))
         assert mine.pid in found
         assert other.pid not in found
     finally:

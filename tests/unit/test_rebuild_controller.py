@@ -460,3 +460,17 @@ def test_a_pod_whose_pool_does_not_exist_is_still_let_go(pool: str) -> None:
 
     assert rig.reconcile("pods/ns/web-0") is None
     assert "ns/web-0" not in rig.apiserver.objects["pods"]
+
+
+def test_an_opted_in_pod_placed_by_another_scheduler_is_told_why_locality_is_lost() -> None:
+    placed = pod(OLD)
+    placed["spec"]["schedulerName"] = "default-scheduler"
+    rig = cluster(("pods", placed))
+
+    rig.reconcile("pods/ns/web-0")
+
+    status = rig.apiserver.status("web-0")
+    assert status["action"] == "unmanaged"
+    assert status["reason"].startswith("locality cannot be kept: scheduled by default-scheduler")
+    [event] = rig.apiserver.events
+    assert (event["reason"], event["type"]) == ("RebuildUnmanaged", "Warning")

@@ -27,7 +27,10 @@ def app_container(image: str, env: str) -> Obj:
 
 def statefulset(*, init: Obj | None = None) -> Obj:
     """StatefulSet db at revision db-1 (image db:1, env a), one claim template: data."""
-    template: Obj = {"containers": [app_container("db:1", "a")]}
+    template: Obj = {
+        "schedulerName": api.SCHEDULER_NAME,
+        "containers": [app_container("db:1", "a")],
+    }
     if init is not None:
         template["initContainers"] = [init]
     return {

@@ -1,0 +1,149 @@
+"""The webhook configurations that make the API server call Fulcrum's admission, and only when
+it concerns Fulcrum.
+
+Two selections keep every other object away from Fulcrum (the API server evaluates them itself,
+so an unrelated request costs Fulcrum nothing and is never blocked by it):
+
+- ``matchConditions`` (CEL): only objects with a ``fulcrum.io/`` annotation (on the pod, or on
+  a workload or its pod template);
+- a ``namespaceSelector``: pods of a namespace labelled ``fulcrum.io/scheduling: enabled``,
+  only when they name no scheduler or ``default-scheduler``.
+
+``failurePolicy``, per webhook:
+
+- routing pods (mutating) is ``Fail``: while Fulcrum's webhook is down an opted-in pod is not
+  created (the API server answers with the webhook's name, and a workload's controller retries),
+  rather than slipping through to default-scheduler, where it would lose its node on the next
+  rollout without a word;
+- validation is ``Ignore``: it is a convenience at ``kubectl apply``; the rebuild controller
+  refuses the same bad values with an Event and a status, so nothing is lost while it is down,
+  and no workload update waits for Fulcrum.
+
+A plain pod (no ``fulcrum.io/`` annotation, in an unlabelled namespace) never reaches Fulcrum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from admission.review import DEFAULT_SCHEDULER, NAMESPACE_LABEL, PREFIX
+
+NAME = "fulcrum.io"
+TIMEOUT_SECONDS = 5
+_ANNOTATED = (
+    "has({o}.metadata.annotations) && {o}.metadata.annotations.exists(k, k.startsWith('{p}'))"
+)
+_POD_ANNOTATED = _ANNOTATED.format(o="object", p=PREFIX)
+_TEMPLATE_ANNOTATED = _ANNOTATED.format(o="object.spec.template", p=PREFIX)
+_WORKLOAD_ANNOTATED = (
+    f"({_POD_ANNOTATED}) || (has(object.spec.template.metadata) && ({_TEMPLATE_ANNOTATED}))"
+)
+_NOT_OWNED_BY_DEPLOYMENT = (
+    "!has(object.metadata.ownerReferences) || "
+    "!object.metadata.ownerReferences.exists(r, r.kind == 'Deployment')"
+)
+_NO_SCHEDULER = (
+    f"!has(object.spec.schedulerName) || object.spec.schedulerName == '{DEFAULT_SCHEDULER}'"
+)
+
+
+def _webhook(
+    name: str,
+    client_config: dict[str, Any],
+    path: str,
+    rules: list[dict[str, Any]],
+    conditions: dict[str, str],
+    failure: str,
+) -> dict[str, Any]:
+    config = dict(client_config)
+    if "url" in config:
+        config["url"] = config["url"].rstrip("/") + path
+    else:
+        config["service"] = {**config["service"], "path": path}
+    return {
+        "name": name,
+        "clientConfig": config,
+        "rules": rules,
+        "matchConditions": [{"name": k, "expression": v} for k, v in conditions.items()],
+        "failurePolicy": failure,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": TIMEOUT_SECONDS,
+    }
+
+
+def _rule(group: str, resources: list[str], operations: list[str]) -> dict[str, Any]:
+    return {
+        "apiGroups": [group],
+        "apiVersions": ["v1"],
+        "resources": resources,
+        "operations": operations,
+        "scope": "Namespaced",
+    }
+
+
+def webhook_configurations(client_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MutatingWebhookConfiguration and ValidatingWebhookConfiguration for Fulcrum.
+
+    ``client_config``: ``{"url": "https://host:port", "caBundle": ...}`` (a local cluster) or
+    ``{"service": {"namespace": ..., "name": ..., "port": ...}, "caBundle": ...}``.
+    """
+
+    def pods() -> list[dict[str, Any]]:
+        return [_rule("", ["pods"], ["CREATE"])]
+
+    mutating = [
+        _webhook(
+            "pods.route.fulcrum.io",
+            client_config,
+            "/mutate",
+            pods(),
+            {"uses-fulcrum": _POD_ANNOTATED},
+            "Fail",
+        ),
+        {
+            **_webhook(
+                "namespace-pods.route.fulcrum.io",
+                client_config,
+                "/mutate",
+                pods(),
+                {"no-scheduler-named": _NO_SCHEDULER},
+                "Fail",
+            ),
+            "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "enabled"}},
+        },
+    ]
+    workloads = _rule("apps", ["deployments", "statefulsets", "replicasets"], ["CREATE", "UPDATE"])
+    validating = [
+        _webhook(
+            "pods.validate.fulcrum.io",
+            client_config,
+            "/validate",
+            pods(),
+            {"uses-fulcrum": _POD_ANNOTATED},
+            "Ignore",
+        ),
+        _webhook(
+            "workloads.validate.fulcrum.io",
+            client_config,
+            "/validate",
+            [workloads],
+            {"uses-fulcrum": _WORKLOAD_ANNOTATED, "not-a-deployments": _NOT_OWNED_BY_DEPLOYMENT},
+            "Ignore",
+        ),
+    ]
+    return [
+        _configuration(
+            "MutatingWebhookConfiguration", [{**w, "reinvocationPolicy": "Never"} for w in mutating]
+        ),
+        _configuration("ValidatingWebhookConfiguration", validating),
+    ]
+
+
+def _configuration(kind: str, webhooks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": NAME},
+        "webhooks": webhooks,
+    }

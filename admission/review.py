@@ -1,0 +1,167 @@
+"""Admission decisions (``admission.k8s.io/v1``) as pure functions of an AdmissionRequest.
+
+- ``mutate``: a pod that uses Fulcrum (any ``fulcrum.io/*`` annotation, or created in a
+  namespace labelled ``fulcrum.io/scheduling: enabled``) and names no scheduler, or
+  ``default-scheduler``, is sent to ``fulcrum-scheduler``: the annotation is the whole opt-in.
+  A pod naming another scheduler is left alone, with a warning.
+- ``validate``: the ``fulcrum.io/*`` annotations of a pod, or of the pod template of a
+  Deployment, StatefulSet or ReplicaSet, read by the parsers the controller and the extender
+  use (``kube.api.read_options``, ``kube.hooks``, ``kube.resources``): a bad value is denied
+  with the field and the allowed values. Warnings for what is legal but will not do what the
+  user wants (a surge rollout of an opted-in Deployment, the opt-in on the workload's own
+  metadata).
+
+Which requests reach these at all is decided by the webhook configurations
+(``admission.config``): the API server calls Fulcrum only for objects that carry a
+``fulcrum.io/`` annotation, or pods of a labelled namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from kube import api
+from kube.hooks import HookRegistry, hooks_for
+from kube.resources import pod_request
+
+PREFIX = "fulcrum.io/"
+NAMESPACE_LABEL = "fulcrum.io/scheduling"  # value "enabled": every new pod there goes to Fulcrum
+DEFAULT_SCHEDULER = "default-scheduler"
+WORKLOADS = ("Deployment", "StatefulSet", "ReplicaSet")
+Obj = Mapping[str, Any]
+
+
+@dataclass
+class Decision:
+    """An AdmissionResponse's substance: allowed or the reason why not, a JSON patch, warnings."""
+
+    allowed: bool = True
+    message: str = ""
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _meta(obj: Obj) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _annotations(meta: Mapping[str, Any]) -> dict[str, str]:
+    raw = meta.get("annotations")
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+
+
+def _fulcrum(annotations: Mapping[str, str]) -> list[str]:
+    return sorted(k for k in annotations if k.startswith(PREFIX))
+
+
+def mutate(request: Obj) -> Decision:
+    """Route a pod to fulcrum-scheduler (see the module docstring)."""
+    pod = request.get("object")
+    if request.get("operation") != "CREATE" or not isinstance(pod, Mapping):
+        return Decision()
+    spec = pod.get("spec")
+    scheduler = (spec.get("schedulerName") if isinstance(spec, Mapping) else None) or ""
+    if scheduler in ("", DEFAULT_SCHEDULER):
+        path = "/spec/schedulerName"
+        return Decision(patch=[{"op": "add", "path": path, "value": api.SCHEDULER_NAME}])
+    if scheduler != api.SCHEDULER_NAME:
+        uses = ", ".join(_fulcrum(_annotations(_meta(pod)))) or f"namespace label {NAMESPACE_LABEL}"
+        return Decision(
+            warnings=[
+                f"spec.schedulerName is {scheduler!r}: Fulcrum ({uses}) neither places this pod "
+                f"nor keeps its node on rebuild; use {api.SCHEDULER_NAME} or remove the field"
+            ]
+        )
+    return Decision()
+
+
+def annotation_problems(
+    where: str, meta: Mapping[str, Any], spec: Any, hooks: HookRegistry
+) -> list[str]:
+    """Every bad ``fulcrum.io/*`` annotation of one pod (or pod template), each naming its
+    field (``where``: the path of the pod's metadata) and what is allowed."""
+    annotations = _annotations(meta)
+    problems = [
+        f"{where}.annotations[{e.annotation}]: {e}" for e in api.read_options(annotations).errors
+    ]
+    try:
+        hooks_for(annotations, hooks)
+    except ValueError as exc:
+        problems.append(f"{where}.annotations[fulcrum.io/rebuild-hooks]: {exc}")
+    try:
+        pod_request({"metadata": {"annotations": annotations}, "spec": spec or {}})
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+    return problems
+
+
+def _template_warnings(kind: str, obj: Obj, template_meta: Mapping[str, Any]) -> list[str]:
+    warnings = []
+    template = _annotations(template_meta)
+    own = [k for k in _fulcrum(_annotations(_meta(obj))) if k not in template]
+    if own:
+        warnings.append(
+            f"{', '.join(own)} on the {kind}'s own metadata does nothing: Fulcrum reads its pods; "
+            "move it to spec.template.metadata.annotations"
+        )
+    if kind == "Deployment" and api.read_options(template).enabled:
+        strategy = (obj.get("spec") or {}).get("strategy") or {}
+        surge = (strategy.get("rollingUpdate") or {}).get("maxSurge", "25%")
+        if strategy.get("type", "RollingUpdate") == "RollingUpdate" and str(surge) not in (
+            "0",
+            "0%",
+        ):
+            warnings.append(
+                f"maxSurge {surge}: surge pods start before old ones leave, so they cannot come "
+                "back on their node; set spec.strategy.rollingUpdate.maxSurge: 0"
+            )
+    return warnings
+
+
+def validate(request: Obj, hooks: HookRegistry) -> Decision:
+    """Deny bad ``fulcrum.io/*`` annotations of a pod or a workload's pod template."""
+    obj = request.get("object")
+    kind = str((request.get("kind") or {}).get("kind", ""))
+    if not isinstance(obj, Mapping) or request.get("operation") not in ("CREATE", "UPDATE"):
+        return Decision()
+    warnings: list[str] = []
+    if kind == "Pod":
+        problems = annotation_problems("metadata", _meta(obj), obj.get("spec"), hooks)
+        template_meta: Mapping[str, Any] = _meta(obj)
+    elif kind in WORKLOADS:
+        template = (obj.get("spec") or {}).get("template") or {}
+        template_meta = _meta(template)
+        where = "spec.template.metadata"
+        problems = annotation_problems(where, template_meta, template.get("spec"), hooks)
+        warnings = _template_warnings(kind, obj, template_meta)
+    else:
+        return Decision()
+    options = api.read_options(_annotations(template_meta))
+    lossy = api.data_loss_volumes(obj if kind == "Pod" else (obj.get("spec") or {})["template"])
+    if options.enabled and lossy and not options.accept_data_loss:
+        warnings.append(
+            f"volume(s) {', '.join(lossy)} lose their data on a rebuild, so the controller will "
+            f'refuse local rebuild; annotate {api.ACCEPT_DATA_LOSS}: "true" to accept that'
+        )
+    if problems:
+        return Decision(allowed=False, message="; ".join(problems), warnings=warnings)
+    return Decision(warnings=warnings)
+
+
+def response(request: Obj, decision: Decision) -> dict[str, Any]:
+    """The AdmissionReview to answer ``request`` with."""
+    out: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": decision.allowed}
+    if not decision.allowed:
+        out["status"] = {"code": 422, "reason": "Invalid", "message": decision.message}
+    if decision.patch:
+        out["patchType"] = "JSONPatch"
+        out["patch"] = base64.b64encode(orjson.dumps(decision.patch)).decode()
+    if decision.warnings:
+        out["warnings"] = decision.warnings
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": out}

@@ -1,0 +1,212 @@
+"""Admission (``admission.review``, ``admission.app``, ``admission.config``) without a cluster."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from admission.app import create_app
+from admission.config import webhook_configurations
+from admission.review import mutate, response, validate
+from fulcrum.certs import make_serving_cert
+from fulcrum.cli import main
+from fulcrum.cluster import free_port
+from kube import api
+from kube.hooks import default_hook_registry
+from tests import builders
+
+HOOKS = default_hook_registry(plugins=False)
+
+
+def request(obj: Any, *, kind: str = "Pod", operation: str = "CREATE") -> dict[str, Any]:
+    return {"uid": "r1", "kind": {"kind": kind}, "operation": operation, "object": obj}
+
+
+def pod(annotations: dict[str, str], scheduler: str | None = None) -> dict[str, Any]:
+    out = builders.pod("u", annotations=annotations)
+    if scheduler is not None:
+        out["spec"]["schedulerName"] = scheduler
+    return out
+
+
+def deployment(
+    annotations: dict[str, str], *, own: dict[str, str] | None = None, surge: Any = 0
+) -> dict[str, Any]:
+    template = builders.pod("t", annotations=annotations)
+    return {
+        "metadata": {"name": "web", "annotations": own or {}},
+        "spec": {
+            "strategy": {"rollingUpdate": {"maxSurge": surge, "maxUnavailable": 1}},
+            "template": {"metadata": template["metadata"], "spec": template["spec"]},
+        },
+    }
+
+
+@pytest.mark.parametrize("scheduler", [None, "", "default-scheduler"])
+def test_a_pod_that_uses_fulcrum_is_sent_to_fulcrum_scheduler(scheduler: str | None) -> None:
+    decision = mutate(request(pod({api.REBUILD: "local"}, scheduler)))
+    assert decision.patch == [
+        {"op": "add", "path": "/spec/schedulerName", "value": "fulcrum-scheduler"}
+    ]
+    assert decision.warnings == []
+
+
+def test_a_pod_naming_another_scheduler_is_left_alone_with_a_warning() -> None:
+    decision = mutate(request(pod({api.REBUILD: "local"}, "volcano")))
+    assert decision.patch == []
+    [warning] = decision.warnings
+    assert "'volcano'" in warning and "fulcrum.io/rebuild" in warning
+    assert len(warning) < 256  # the API server may truncate longer warnings
+
+
+def test_a_pod_already_on_fulcrum_and_updates_are_untouched() -> None:
+    assert mutate(request(pod({}, "fulcrum-scheduler"))).patch == []
+    assert mutate(request(pod({api.REBUILD: "local"}), operation="UPDATE")).patch == []
+
+
+def test_a_bad_opt_in_is_denied_naming_the_annotation_and_the_allowed_value() -> None:
+    decision = validate(request(pod({api.REBUILD: "lcoal"})), HOOKS)
+    assert not decision.allowed
+    assert decision.message == (
+        "metadata.annotations[fulcrum.io/rebuild]: "
+        'annotation fulcrum.io/rebuild="lcoal" is not allowed; use one of: local'
+    )
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet", "ReplicaSet"])
+def test_a_workloads_template_is_checked_with_the_field_path(kind: str) -> None:
+    obj = deployment({api.REBUILD: "local", "fulcrum.io/gpu-milli": "-5"})
+    decision = validate(request(obj, kind=kind), HOOKS)
+    assert not decision.allowed
+    assert decision.message.startswith("spec.template.metadata: annotation fulcrum.io/gpu-milli")
+
+
+def test_every_problem_is_named_at_once() -> None:
+    annotations = {api.REBUILD: "local", api.FALLBACK: "never", "fulcrum.io/rebuild-hooks": "nope"}
+    decision = validate(request(pod(annotations)), HOOKS)
+    assert "fulcrum.io/rebuild-fallback" in decision.message
+    assert "unknown rebuild hook 'nope'" in decision.message
+
+
+def test_an_empty_gpu_model_is_denied() -> None:
+    decision = validate(request(pod({"fulcrum.io/gpu-model": ""})), HOOKS)
+    assert "names no model" in decision.message
+
+
+@pytest.mark.parametrize(("surge", "warned"), [(0, False), ("0%", False), (1, True), (None, True)])
+def test_a_surge_rollout_of_an_opted_in_deployment_is_warned(surge: Any, warned: bool) -> None:
+    obj = deployment({api.REBUILD: "local"}, surge=surge)
+    if surge is None:  # not set: Kubernetes' default, 25%
+        del obj["spec"]["strategy"]
+    decision = validate(request(obj, kind="Deployment"), HOOKS)
+    assert decision.allowed
+    assert any("maxSurge" in w for w in decision.warnings) is warned
+
+
+def test_the_opt_in_on_the_workloads_own_metadata_is_warned() -> None:
+    obj = deployment({}, own={api.REBUILD: "local"})
+    decision = validate(request(obj, kind="StatefulSet"), HOOKS)
+    assert decision.allowed
+    [warning] = decision.warnings
+    assert "fulcrum.io/rebuild on the StatefulSet's own metadata does nothing" in warning
+
+
+def test_volumes_that_lose_their_data_are_warned() -> None:
+    obj = pod({api.REBUILD: "local"})
+    obj["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    decision = validate(request(obj), HOOKS)
+    assert decision.allowed
+    assert "scratch" in decision.warnings[0]
+
+
+def test_the_response_carries_the_uid_patch_and_status() -> None:
+    allowed = response(request({}), mutate(request(pod({api.REBUILD: "local"}))))["response"]
+    assert allowed["uid"] == "r1" and allowed["allowed"]
+    assert allowed["patchType"] == "JSONPatch"
+    assert orjson.loads(base64.b64decode(allowed["patch"]))[0]["value"] == "fulcrum-scheduler"
+    denied = response(request({}), validate(request(pod({api.REBUILD: "x"})), HOOKS))["response"]
+    assert not denied["allowed"]
+    assert denied["status"]["code"] == 422
+    assert "fulcrum.io/rebuild" in denied["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(b"nope", 400), (b"[]", 400), (b'{"request": 1}', 400), (b"{" + b" " * 9_000_000 + b"}", 413)],
+)
+def test_a_malformed_review_is_a_4xx_with_a_message(body: bytes, status: int) -> None:
+    client = TestClient(create_app(HOOKS))
+    for path in ("/mutate", "/validate"):
+        reply = client.post(path, content=body)
+        assert reply.status_code == status
+        assert reply.json()["message"]
+
+
+def test_the_app_answers_reviews() -> None:
+    client = TestClient(create_app(HOOKS))
+    review = {"request": request(pod({api.REBUILD: "lcoal"}))}
+    reply = client.post("/validate", json=review)
+    assert reply.status_code == 200
+    assert reply.json()["response"]["allowed"] is False
+
+
+def test_only_routing_fails_closed_and_every_webhook_is_narrowed() -> None:
+    mutating, validating = webhook_configurations({"url": "https://127.0.0.1:9443"})
+    policies = {
+        w["name"]: w["failurePolicy"] for c in (mutating, validating) for w in c["webhooks"]
+    }
+    assert policies == {
+        "pods.route.fulcrum.io": "Fail",
+        "namespace-pods.route.fulcrum.io": "Fail",
+        "pods.validate.fulcrum.io": "Ignore",
+        "workloads.validate.fulcrum.io": "Ignore",
+    }
+    for config in (mutating, validating):
+        for webhook in config["webhooks"]:
+            assert webhook["matchConditions"], webhook["name"]
+            assert webhook["clientConfig"]["url"].startswith("https://127.0.0.1:9443/")
+    assert mutating["webhooks"][1]["namespaceSelector"] == {
+        "matchLabels": {"fulcrum.io/scheduling": "enabled"}
+    }
+
+
+def test_the_webhook_serves_https_that_its_ca_vouches_for(tmp_path: Path) -> None:
+    certs = make_serving_cert(tmp_path, ["127.0.0.1", "localhost"])
+    port = free_port()
+    cmd = [sys.executable, "-m", "fulcrum.cli", "webhook", "--port", str(port)]
+    server = subprocess.Popen([*cmd, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)])
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    review = orjson.dumps({"request": request(pod({api.REBUILD: "local"}))})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                call = urllib.request.Request(f"https://127.0.0.1:{port}/mutate", data=review)
+                with urllib.request.urlopen(call, context=context, timeout=2) as reply:
+                    answer = orjson.loads(reply.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "the webhook did not answer"
+                time.sleep(0.2)
+        assert answer["response"]["patchType"] == "JSONPatch"
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_the_webhook_without_its_certificate_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.crt"
+    assert main(["webhook", "--tls-cert", str(missing), "--tls-key", str(missing)]) == 1
