@@ -8,6 +8,8 @@ and ``<out>/alloc_vs_arrived.png``.
     .venv/bin/python benchmarks/openb_table.py --seeds 42-51 --jobs 2 --out benchmarks/results
     .venv/bin/python benchmarks/openb_table.py --seeds 42-44 --policies FGD,Archimedes,BestFit \
         --random-ties --out benchmarks/results-random-ties
+    .venv/bin/python benchmarks/openb_table.py --seeds 42-51 --policies FGD,Archimedes --live \
+        --jobs 2 --out benchmarks/results-live   # learnt as pods arrive, not given
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from policies.registry import default_registry
-from scheduler.policy import PolicyContext
+from scheduler.fragmentation import TargetWorkload
+from scheduler.policy import Policy, PolicyContext
 from scheduler.replay import replay, typical_workload
 from scheduler.trace import load_nodes, load_pods
 
@@ -48,15 +51,33 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_one(
-    traces: str, workload: str, policy: str, seed: int, random_ties: bool = False
+    traces: str,
+    workload: str,
+    policy: str,
+    seed: int,
+    random_ties: bool = False,
+    live: bool = False,
 ) -> dict[str, object]:
     nodes = load_nodes(Path(traces) / "openb_node_list_gpu_node.csv")
     pods = load_pods(
         Path(traces) / f"openb_pod_list_{workload}.csv", known_models=frozenset(nodes.models)
     )
     target = typical_workload(pods)
-    instance = default_registry(plugins=False).create(policy, PolicyContext(seed, target))
-    result = replay(nodes, pods, instance, seed=seed, workload=target, random_ties=random_ties)
+    registry = default_registry(plugins=False)
+    instance = registry.create(policy, PolicyContext(seed, target))
+
+    def learn(learnt: TargetWorkload | None) -> Policy:
+        return registry.create(policy, PolicyContext(seed, learnt))
+
+    result = replay(
+        nodes,
+        pods,
+        instance,
+        seed=seed,
+        workload=target,
+        random_ties=random_ties,
+        learn=learn if live else None,
+    )
     row = result.to_json()
     row["workload"] = workload
     row["policy"] = policy
@@ -192,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument(
+        "--live",
+        action="store_true",
+        help="policies learn the workload as pods arrive (the extender's live model) instead "
+        "of being given the trace's mix",
+    )
+    parser.add_argument(
         "--random-ties",
         action="store_true",
         help="break score ties at random per pod (as kube-scheduler does), not by node rank",
@@ -214,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         with ProcessPoolExecutor(max_workers=args.jobs) as pool, log.open("a") as sink:
             futures = [
-                pool.submit(run_one, str(args.traces), w, p, s, args.random_ties)
+                pool.submit(run_one, str(args.traces), w, p, s, args.random_ties, args.live)
                 for w, p, s in todo
             ]
             for i, future in enumerate(as_completed(futures), 1):

@@ -7,6 +7,11 @@ prioritize:                 # weighted policies, by registry name (case-insensit
 - {policy: Archimedes, weight: 3}
 - {policy: MostAllocated, weight: 1}
 decideInFilter: true        # filter passes only Fulcrum's pick; kube-scheduler skips scoring
+workloadPrior:              # the GPU pod to expect before any is seen (scheduler/workload_model.py)
+  cpuShare: 0.5             # CPU kept beside each GPU for it: this share of the GPU nodes' per GPU
+  # cpuPerGpuMilli: 4000    # or this much, in milli
+  pods: 10                  # its weight against the pods seen
+  halfLifeSeconds: 3600     # how fast the memory of arrivals fades
 maxBodyBytes: 67108864
 tls: {certFile: /etc/fulcrum/tls.crt, keyFile: /etc/fulcrum/tls.key}
 ```
@@ -22,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from policies.registry import Registry, UnknownPolicyError
+from scheduler.workload_model import WorkloadPrior
 
 
 class ConfigError(ValueError):
@@ -51,6 +57,20 @@ class TLS(_Config):
         return self
 
 
+class WorkloadPriorSettings(_Config):
+    """``scheduler.workload_model.WorkloadPrior``: the GPU pod to expect before any is seen."""
+
+    cpu_per_gpu_milli: int | None = Field(None, ge=0)
+    cpu_share: float = Field(0.5, ge=0, le=1)
+    pods: float = Field(10.0, ge=0)
+    half_life_seconds: float = Field(3600.0, gt=0)
+
+    def prior(self) -> WorkloadPrior:
+        return WorkloadPrior(
+            self.cpu_per_gpu_milli, self.pods, self.half_life_seconds, self.cpu_share
+        )
+
+
 class ExtenderSettings(_Config):
     api_version: Literal["fulcrum.io/v1alpha1"] = "fulcrum.io/v1alpha1"
     kind: Literal["ExtenderConfiguration"] = "ExtenderConfiguration"
@@ -61,6 +81,7 @@ class ExtenderSettings(_Config):
     # filter passes only the node Fulcrum would pick, so kube-scheduler skips scoring (one HTTP
     # call per pod instead of two); false keeps kube-scheduler's own score plugins in play
     decide_in_filter: bool = True
+    workload_prior: WorkloadPriorSettings = WorkloadPriorSettings()
     tls: TLS | None = None
 
     def check_policies(self, registry: Registry) -> None:

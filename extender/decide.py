@@ -9,6 +9,7 @@ internal 0..100 scale, weighted, then mapped to the extender's 0..10 in ``to_ext
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -24,8 +25,10 @@ from scheduler.pod import PodRequest
 from scheduler.policy import Policy, PolicyContext
 from scheduler.score_cache import ScoreCache
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot
+from scheduler.workload_model import LiveWorkload, WorkloadPrior, node_cpu_per_gpu
 
 WORKLOAD_REFRESH_SECONDS = 30.0
+SEEN_REMEMBERED = 100_000
 _BASE = (("cpu", CPU_COL), ("memory", MEMORY_COL), ("ephemeral-storage", EPHEMERAL_COL))
 
 
@@ -165,19 +168,37 @@ class Decider:
     """Fit and score against a cache's snapshot, with policies built for its live workload."""
 
     def __init__(
-        self, cache: ClusterCache | None, registry: Registry, policies: Sequence[WeightedPolicy]
+        self,
+        cache: ClusterCache | None,
+        registry: Registry,
+        policies: Sequence[WeightedPolicy],
+        prior: WorkloadPrior | None = None,
     ) -> None:
         self.cache, self.registry, self.weights = cache, registry, tuple(policies)
+        self.live = LiveWorkload(prior)
+        self._seen: OrderedDict[str, None] = OrderedDict()  # pods counted as arrivals
         self._built: tuple[float, int, list[tuple[Policy, float]]] | None = None
         self._score_caches: list[ScoreCache] = []
         self._row_index: tuple[int, Snapshot | None, dict[str, int]] = (-1, None, {})
 
+    def arrived(self, uid: str, pod: PodRequest) -> None:
+        """kube-scheduler asks about pod ``uid``: the first time, it counts as an arrival."""
+        if not uid or uid in self._seen:
+            return
+        self._seen[uid] = None
+        if len(self._seen) > SEEN_REMEMBERED:
+            self._seen.popitem(last=False)
+        self.live.arrived(pod, time.monotonic())
+
     def _workload(self) -> TargetWorkload | None:
+        """The live model (``scheduler.workload_model``) over the pods in the cache now."""
         if self.cache is None:
             return None
-        shapes = [p.pod for p in self.cache.snapshot.pods().values()]
+        snapshot = self.cache.snapshot
+        shapes = [p.pod for p in snapshot.pods().values()]
         shapes += [p.request for p in self.cache.pending_pods()]
-        return TargetWorkload.from_pods(shapes) if shapes else None
+        cpu_per_gpu = node_cpu_per_gpu(snapshot)
+        return self.live.target(shapes, time.monotonic(), node_cpu_per_gpu=cpu_per_gpu)
 
     def policies(self) -> list[tuple[Policy, float]]:
         """The configured policies, rebuilt for the current workload every 30 s."""

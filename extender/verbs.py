@@ -127,6 +127,7 @@ class Verbs:
             cache,
             registry or default_registry(),
             [WeightedPolicy(p.policy, p.weight) for p in settings.prioritize],
+            settings.workload_prior.prior(),
         )
         self.binds = (
             BindService(cache, binder, self.decider.devices, gate) if cache and binder else None
@@ -164,6 +165,7 @@ class Verbs:
         pending = None
         if self.cache is not None:
             noted = self.cache.note_pending(args.Pod, pod)
+            self.decider.arrived(noted.uid, pod)
             await settle(lambda: self._settling(noted, names))
             pending = self.cache.pending(noted.uid) or noted
         choose = self.settings.decide_in_filter

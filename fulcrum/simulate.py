@@ -20,8 +20,9 @@ import numpy as np
 
 from policies.registry import PluginError, UnknownPolicyError, default_registry
 from scheduler.policy import PolicyContext
-from scheduler.replay import Progress, ReplayResult, replay, typical_workload
-from scheduler.trace import TraceError, load_nodes, load_pods
+from scheduler.replay import Progress, ReplayResult, nodes_lower_bound, replay, typical_workload
+from scheduler.sequence import replay_in_order
+from scheduler.trace import NodeTrace, PodTrace, TraceError, load_nodes, load_pods
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="break score ties at random per pod, as kube-scheduler does "
         "(default: a node ranking fixed per run, as the FGD paper's simulator)",
+    )
+    parser.add_argument(
+        "--in-order",
+        action="store_true",
+        help="place the pods in the file's order, each once, learning the workload as they "
+        "come (the live extender's model), instead of the FGD protocol's shuffle and given mix",
     )
     parser.add_argument("--json", type=Path, help="write per-seed results as JSON here")
     parser.add_argument("--plot", type=Path, help="write the allocation curve as a PNG here")
@@ -114,11 +121,42 @@ def _summary(seed: int, result: ReplayResult) -> str:
     )
 
 
+def run_in_order(
+    nodes: NodeTrace, pods: PodTrace, policy_name: str, args: argparse.Namespace, out: TextIO
+) -> int:
+    """``--in-order``: every pod once, in the file's order, the workload learnt as they come."""
+    registry = default_registry()
+    snapshot = nodes.to_snapshot()
+    requests = [pods.request(i) for i in range(len(pods))]
+    result = replay_in_order(
+        snapshot,
+        requests,
+        lambda workload: registry.create(policy_name, PolicyContext(workload=workload)),
+    )
+    demand = {
+        "cpu": sum(p.cpu_milli for p in requests),
+        "memory": sum(p.memory for p in requests),
+        "gpu": sum(p.gpu_total_milli for p in requests),
+    }
+    out.write(
+        f"{policy_name}, in order: placed {result.placed}/{result.pods}, nodes used "
+        f"{result.nodes_used} (lower bound {nodes_lower_bound(snapshot, demand)})\n"
+    )
+    for i in result.unplaced[:10]:
+        out.write(f"  unplaced: {pods.names[i]} (line {i + 2})\n")
+    if args.json:
+        document = {"policy": policy_name, "in_order": result.to_json()}
+        args.json.write_text(json.dumps(document, indent=1) + "\n")
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     registry = default_registry()
     policy_name = registry.canonical(args.policy)
     nodes = load_nodes(args.nodes)
     pods = load_pods(args.pods, known_models=frozenset(m for m in nodes.models if m))
+    if args.in_order:
+        return run_in_order(nodes, pods, policy_name, args, out)
     target = typical_workload(pods)
     tune = args.tune if args.tune > 0 else None
     err.write(

@@ -29,9 +29,7 @@ from numpy.typing import NDArray
 try:
     from ortools.sat.python import cp_model
 except ImportError as exc:  # an optional extra: the live path never needs it
-    raise ImportError(
-        "the optimiser needs OR-Tools: pip install 'fulcrum[optimiser]'"
-    ) from exc
+    raise ImportError("the optimiser needs OR-Tools: pip install 'fulcrum[optimiser]'") from exc
 
 from scheduler.pod import GPU_MILLI, PodRequest
 from scheduler.snapshot import CPU_COL, EPHEMERAL_COL, MEMORY_COL, PODS_COL, Snapshot

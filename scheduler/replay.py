@@ -29,8 +29,10 @@ from scheduler.score_cache import ScoreCache
 from scheduler.select import pick
 from scheduler.snapshot import CPU_COL, MEMORY_COL, Snapshot
 from scheduler.trace import NodeTrace, PodTrace
+from scheduler.workload_model import LiveWorkload, node_cpu_per_gpu
 
 MAX_ARRIVED_PCT = 130
+LEARN_EVERY = 100  # arrivals between rebuilds of a learning policy
 Progress = Callable[[int, int], None]
 
 
@@ -174,6 +176,24 @@ def _node_frag(
     )
 
 
+def _choose(
+    snapshot: Snapshot,
+    pod: PodRequest,
+    policy: Policy,
+    cache: ScoreCache | None,
+    rank: NDArray[np.int64],
+    rng: np.random.Generator | None,
+) -> int | None:
+    """The feasible node with the best score, ties to the lowest ``rank`` (with ``rng``, to a
+    new random ranking per pod); None: none fits."""
+    candidates = np.flatnonzero(snapshot.feasible(pod) & policy.filter(snapshot, pod))
+    if candidates.size <= 1:
+        return int(candidates[0]) if candidates.size else None
+    score = cache.scores if cache else _score
+    ties = rng.permutation(len(rank)) if rng is not None else rank
+    return pick(score(policy, snapshot, pod), candidates, ties)
+
+
 def _score(policy: Policy, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:
     return np.asarray(policy.score(snapshot, pod), dtype=np.float64)
 
@@ -238,11 +258,15 @@ def replay(
     progress: Progress | None = None,
     use_cache: bool = True,
     random_ties: bool = False,
+    learn: Callable[[TargetWorkload | None], Policy] | None = None,
 ) -> ReplayResult:
     """Replay ``pods`` on ``nodes`` with ``policy``; see the module docstring.
 
     ``random_ties`` breaks score ties uniformly at random for every pod, as
-    kube-scheduler does, instead of by the run's fixed node ranking.
+    kube-scheduler does, instead of by the run's fixed node ranking. With ``learn``, the
+    policy is rebuilt every LEARN_EVERY arrivals for the workload learnt so far (the live
+    model, ``scheduler.workload_model``), as the extender does, instead of knowing the trace's
+    mix up front; ``workload`` still defines the fragmentation measured.
     """
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -259,18 +283,20 @@ def replay(
     frag_total = float(frag.sum())
     cache = ScoreCache() if use_cache and policy.node_local else None
     tally = _Tally(len(arrivals.order), n)
+    live, cpu_per_gpu = LiveWorkload(), node_cpu_per_gpu(snapshot)
     for e, i in enumerate(arrivals.order):
         pod = requests[int(shape_of[i])]
         tally.arrived_milli += pod.gpu_total_milli
-        candidates = np.flatnonzero(snapshot.feasible(pod) & policy.filter(snapshot, pod))
-        if candidates.size == 0:
+        if learn is not None:
+            live.arrived(pod, float(e))
+            if e % LEARN_EVERY == 0:
+                placed = [p.pod for p in snapshot.pods().values()]
+                policy = learn(live.target(placed, float(e), node_cpu_per_gpu=cpu_per_gpu))
+                cache = ScoreCache() if use_cache and policy.node_local else None
+        row = _choose(snapshot, pod, policy, cache, rank, rng if random_ties else None)
+        if row is None:
             tally.unplaced(pod)
         else:
-            row = int(candidates[0])
-            if candidates.size > 1:
-                score = cache.scores if cache else _score
-                scores = score(policy, snapshot, pod)
-                row = pick(scores, candidates, rng.permutation(n) if random_ties else rank)
             devices = policy.select_devices(snapshot, row, pod)
             snapshot.assign(f"e{e}", pod, snapshot.names[row], devices=devices, check=False)
             tally.placed(pod, row)

@@ -87,3 +87,26 @@ def test_usage_errors_exit_2(
     base = ["--nodes", str(trace[0]), "--pods", str(trace[1])] if argv else []
     assert main(base + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_in_order_places_cpu_pods_then_gpu_shares_without_stranding_gpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14's sequence: 160 CPU pods, then 40 GPU shares, on 10 nodes of 32 cpu, 2 A100."""
+    nodes, pods, out = tmp_path / "n.csv", tmp_path / "p.csv", tmp_path / "out.json"
+    nodes.write_text(
+        "sn,cpu_milli,memory_mib,gpu,model\n"
+        + "".join(f"n{i},32000,262144,2,A100\n" for i in range(10))
+    )
+    pods.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
+        + "".join(f"cpu-{i},1000,1024,0,0,\n" for i in range(160))
+        + "".join(f"share-{i},100,128,1,300,\n" for i in range(40))
+    )
+    args = ["--nodes", str(nodes), "--pods", str(pods), "--in-order", "--json", str(out)]
+    assert main([*args, "--policy", "archimedes"]) == 0
+    assert "Archimedes, in order: placed 200/200" in capsys.readouterr().out
+    assert json.loads(out.read_text())["in_order"]["placed"] == 200
+    assert main([*args, "--policy", "mostallocated"]) == 0  # a plain packer strands GPUs
+    printed = capsys.readouterr().out
+    assert "placed 190/200" in printed and "unplaced: share-30 (line 192)" in printed
