@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
+from fulcrum.traces import openb_dir
 from policies.archimedes import Archimedes, ArchimedesArgs
 from policies.fgd import FGD
 from scheduler.policy import Policy
 from scheduler.replay import replay, typical_workload
 from scheduler.trace import load_nodes, load_pods
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces" / "openb"
+TRACES = openb_dir()
 WORKLOADS = ("cpu050", "default", "gpushare40", "gpuspec33", "multigpu20")
 VARIANTS: dict[str, ArchimedesArgs | None] = {
     "FGD": None,

@@ -27,7 +27,8 @@ from extender.app import ExtenderApp, create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.rebuild_gate import RebuildGate
-from fulcrum.openb import TRACES, node_manifest, pod_manifest, sample
+from fulcrum import traces
+from fulcrum.openb import node_manifest, pod_manifest, sample
 from kube.hooks import default_hook_registry
 from scheduler.trace import load_nodes, load_pods
 
@@ -67,8 +68,8 @@ async def call(app: ExtenderApp, path: str, body: dict[str, Any]) -> dict[str, A
 
 
 async def replay(n_nodes: int, n_pods: int, seed: int) -> None:
-    nodes = load_nodes(TRACES / "openb_node_list_all_node.csv")
-    pods = load_pods(TRACES / "openb_pod_list_default.csv")
+    nodes = load_nodes(traces.node_list("all_node"))
+    pods = load_pods(traces.pod_list("default"))
     picked = sample(nodes, pods, n_nodes, n_pods, seed=seed)
     cache = ClusterCache()
     gate = RebuildGate(cache, default_hook_registry(plugins=False))  # wired as fulcrum.serve does

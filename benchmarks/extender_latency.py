@@ -25,8 +25,9 @@ from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings, PolicyWeight
 from extender.rebuild_gate import RebuildGate
+from fulcrum import traces
 from fulcrum.cluster import free_port
-from fulcrum.openb import TRACES, node_manifest, pod_manifest
+from fulcrum.openb import node_manifest, pod_manifest
 from kube.hooks import default_hook_registry
 from kube.resources import pod_request
 from scheduler.trace import load_nodes, load_pods
@@ -35,8 +36,8 @@ from scheduler.trace import load_nodes, load_pods
 def build_cache(
     n_nodes: int, seed: int
 ) -> tuple[ClusterCache, RebuildGate, list[dict[str, object]]]:
-    nodes = load_nodes(TRACES / "openb_node_list_all_node.csv")
-    pods = load_pods(TRACES / "openb_pod_list_default.csv")
+    nodes = load_nodes(traces.node_list("all_node"))
+    pods = load_pods(traces.pod_list("default"))
     rng = np.random.default_rng(seed)
     cache = ClusterCache()
     gate = RebuildGate(cache, default_hook_registry(plugins=False))  # wired as fulcrum.serve does

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fulcrum.traces import openb_dir
 from policies.registry import default_registry
 from scheduler.fragmentation import TargetWorkload
 from scheduler.policy import Policy, PolicyContext
@@ -32,7 +33,7 @@ from scheduler.replay import replay, typical_workload
 from scheduler.trace import load_nodes, load_pods
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACES = ROOT.parent / "shared" / "traces" / "openb"
+DEFAULT_TRACES = openb_dir()
 WORKLOADS = ("cpu050", "default", "gpushare40", "gpuspec33", "multigpu20")
 PEERS = ("Random", "DotProduct", "GpuClustering", "GpuPacking", "BestFit", "FGD")
 POLICIES = (*PEERS, "Archimedes", "LeastAllocated", "MostAllocated", "RequestedToCapacityRatio")

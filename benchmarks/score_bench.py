@@ -16,10 +16,10 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from fulcrum.traces import openb_dir
 from policies.archimedes import Archimedes
 from policies.best_fit import BestFit
 from policies.dot_product import DotProduct
@@ -36,7 +36,7 @@ from scheduler.score_cache import ScoreCache
 from scheduler.snapshot import CPU_COL, MEMORY_COL, Snapshot
 from scheduler.trace import load_nodes, load_pods
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces" / "openb"
+TRACES = openb_dir()
 PODS = {
     "cpu-only": PodRequest(cpu_milli=4000, memory=8192 * MIB),
     "gpu-share": PodRequest(cpu_milli=6000, memory=12288 * MIB, gpu_count=1, gpu_milli=470),

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from kubernetes.client.exceptions import ApiException
 
-from fulcrum import cluster
+from fulcrum import cluster, traces
 from fulcrum import processes as cluster_processes
 from fulcrum.workload import (
     PAUSE_IMAGE,
@@ -47,11 +47,6 @@ from scheduler.pod import MIB
 from scheduler.replay import nodes_lower_bound
 from scheduler.snapshot import Snapshot
 from scheduler.trace import NodeTrace, PodTrace, load_nodes, load_pods
-
-TRACES = Path(
-    os.environ.get("FULCRUM_TRACES")
-    or Path(__file__).resolve().parents[2] / "shared" / "traces" / "openb"
-)
 
 
 @dataclass(frozen=True)
@@ -425,8 +420,8 @@ def compare(
     same pods through default-scheduler and fulcrum-scheduler, ``rounds`` times, in turns
     (default first in even rounds, fulcrum first in odd ones, so neither always follows the
     other's clean-up)."""
-    nodes = load_nodes(TRACES / "openb_node_list_all_node.csv")
-    pods = load_pods(TRACES / f"openb_pod_list_{workload}.csv")
+    nodes = load_nodes(traces.node_list("all_node"))
+    pods = load_pods(traces.pod_list(workload))
     picked = sample(nodes, pods, n_nodes, n_pods, seed=seed)
     api = cluster.core_api(name)
     with ThreadPoolExecutor(16) as pool:

@@ -18,6 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
+from fulcrum import traces
 from policies.registry import PluginError, UnknownPolicyError, default_registry
 from scheduler.policy import PolicyContext
 from scheduler.replay import Progress, ReplayResult, nodes_lower_bound, replay, typical_workload
@@ -37,14 +38,36 @@ class _UsageError(Exception):
     pass
 
 
+def _pod_list(value: str) -> Path:
+    """A path, or the name of a shipped openb workload (when no such file exists)."""
+    path = Path(value)
+    return traces.pod_list(value) if value in traces.WORKLOADS and not path.exists() else path
+
+
+def _node_list(value: str) -> Path:
+    path = Path(value)
+    return traces.node_list(value) if value in traces.NODE_LISTS and not path.exists() else path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fulcrum simulate",
         description="Replay a GPU cluster trace (openb format) with a placement policy, "
         "using the FGD paper's protocol.",
     )
-    parser.add_argument("--nodes", required=True, type=Path, help="node list CSV")
-    parser.add_argument("--pods", required=True, type=Path, help="pod list CSV")
+    parser.add_argument(
+        "--nodes",
+        type=_node_list,
+        default=None,
+        help="node list CSV, or gpu_node / all_node for the openb trace Fulcrum ships "
+        "(default: gpu_node, the FGD paper's 1,213 GPU nodes)",
+    )
+    parser.add_argument(
+        "--pods",
+        required=True,
+        type=_pod_list,
+        help=f"pod list CSV, or one of the shipped openb workloads: {', '.join(traces.WORKLOADS)}",
+    )
     parser.add_argument("--policy", required=True, help="policy name (case-insensitive)")
     parser.add_argument("--seed", type=int, nargs="+", default=[42], help="one or more seeds")
     parser.add_argument(
@@ -153,6 +176,7 @@ def run_in_order(
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     registry = default_registry()
     policy_name = registry.canonical(args.policy)
+    args.nodes = args.nodes or traces.node_list("gpu_node")
     nodes = load_nodes(args.nodes)
     pods = load_pods(args.pods, known_models=frozenset(m for m in nodes.models if m))
     if args.in_order:

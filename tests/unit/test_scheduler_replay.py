@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from fulcrum.traces import openb_dir
 from policies.archimedes import Archimedes
 from policies.best_fit import BestFit
 from policies.fgd import FGD
@@ -15,7 +14,7 @@ from scheduler.fragmentation import fragmentation
 from scheduler.replay import arrival_order, discretise, replay, typical_workload
 from scheduler.trace import NodeTrace, PodTrace, load_nodes, load_pods
 
-OPENB = Path(__file__).resolve().parents[3] / "shared" / "traces" / "openb"
+OPENB = openb_dir()
 
 
 def synthetic(seed: int = 0, nodes: int = 40, pods: int = 150) -> tuple[NodeTrace, PodTrace]:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from fulcrum.traces import openb_dir
 from scheduler.snapshot import UNKNOWN_GPU_MODEL
 from scheduler.trace import TraceError, load_nodes, load_pods, spec_models
 
-OPENB = Path(__file__).resolve().parents[3] / "shared" / "traces" / "openb"
+OPENB = openb_dir()
 NODES = "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,T4\nn1,32000,131072,0,\n"
 PODS = (
     "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
