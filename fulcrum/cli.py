@@ -73,9 +73,27 @@ def _cmd_cluster_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_status(args: argparse.Namespace) -> int:
-    from fulcrum import cluster
+    """Nodes, pods, and the cluster's processes with their resident memory."""
+    from fulcrum import cluster, processes
 
-    print(cluster.status_report(args.name))
+    cluster.load_state(args.name)
+    api = cluster.core_api(args.name)
+    nodes = api.list_node().items
+    ready = sum(
+        1
+        for n in nodes
+        if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+    )
+    phases: dict[str, int] = {}
+    for pod in api.list_pod_for_all_namespaces().items:
+        phases[pod.status.phase] = phases.get(pod.status.phase, 0) + 1
+    print(f"cluster {args.name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}")
+    pids = sorted(set(processes.processes_under(cluster.state_dir(args.name))))
+    total = 0.0
+    for pid in pids:
+        total += processes.rss_mib(pid)
+        print(f"  {pid:>8} {processes.process_name(pid):25} {processes.rss_mib(pid):8.0f} MiB")
+    print(f"  total resident memory: {total:.0f} MiB across {len(pids)} processes")
     return 0
 
 
@@ -142,9 +160,16 @@ def _at_least_one(text: str) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from fulcrum import cluster
+    from fulcrum import cluster, traces
     from fulcrum.openb import compare, format_reports
 
+    if args.workload not in traces.WORKLOADS:  # before a cluster start, not after
+        print(
+            f"fulcrum: error: --workload {args.workload!r}: use one of "
+            f"{', '.join(traces.WORKLOADS)}",
+            file=sys.stderr,
+        )
+        return 2
     cluster.up(args.name, nodes=0, extender_config=args.extender_config)
     try:
         result = compare(
@@ -192,6 +217,8 @@ def _add_cluster(sub: Subparsers) -> None:
         p = csub.add_parser(action, help=helptext)
         p.add_argument("--name", default="fulcrum", help="cluster name (default %(default)s)")
         p.set_defaults(func=func)
+    listed = csub.add_parser("list", help="the local clusters, their nodes and state directories")
+    listed.set_defaults(func=_cmd_cluster_list)
 
 
 def _add_services(sub: Subparsers) -> None:
@@ -251,7 +278,9 @@ def _add_runs(sub: Subparsers) -> None:
     compare.add_argument("--nodes", type=int, default=200, help="openb nodes sampled (default 200)")
     compare.add_argument("--pods", type=int, default=2000, help="at most this many openb pods")
     compare.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
-    compare.add_argument("--workload", default="default", help="openb_pod_list_<workload>.csv")
+    compare.add_argument(
+        "--workload", default="default", help="openb workload: default, cpu050, gpushare40, ..."
+    )
     compare.add_argument(
         "--rounds",
         type=_at_least_one,
@@ -262,9 +291,45 @@ def _add_runs(sub: Subparsers) -> None:
     compare.set_defaults(func=_cmd_compare)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"fulcrum {version('fulcrum')}"
+    except PackageNotFoundError:
+        return "fulcrum (not installed: run from a checkout)"
+
+
+def _cmd_cluster_list(args: argparse.Namespace) -> int:
+    from fulcrum import cluster
+
+    names = cluster.cluster_names()
+    for name in names:
+        state = cluster.load_state(name)
+        print(f"{name:24} {state.nodes:6} nodes  {cluster.state_dir(name)}")
+    if not names:
+        print("no clusters (fulcrum cluster up --name NAME creates one)")
+    return 0
+
+
+def _cmd_policies(args: argparse.Namespace) -> int:
+    from kube.hooks import default_hook_registry
+    from policies.registry import BUILTIN, default_registry
+
+    registry = default_registry()
+    for name in registry.names():
+        print(f"{name:28} {'built in' if name in BUILTIN else 'plugin'}")
+    hooks = default_hook_registry()
+    print(f"rebuild hooks: {', '.join(hooks.names())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fulcrum", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
+    policies = sub.add_parser("policies", help="list the placement policies and rebuild hooks")
+    policies.set_defaults(func=_cmd_policies)
     build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
     build.set_defaults(func=_cmd_build)
     _add_cluster(sub)

@@ -135,6 +135,12 @@ def state_dir(name: str) -> Path:
     return cache_dir() / "clusters" / name
 
 
+def cluster_names() -> list[str]:
+    """The clusters ``fulcrum cluster up`` made and that are not down."""
+    root = cache_dir() / "clusters"
+    return sorted(p.parent.name for p in root.glob("*/cluster.json")) if root.is_dir() else []
+
+
 def _kwok_workdir(name: str) -> Path:
     return state_dir(name) / "kwok"
 
@@ -574,27 +580,3 @@ def process_labels(name: str) -> dict[int, str]:
         pid: FULCRUM_SCHEDULER if pid == ours else processes.process_name(pid)
         for pid in processes.processes_under(state_dir(name))
     }
-
-
-def status_report(name: str) -> str:
-    """Nodes, pods, and the cluster's processes with their resident memory."""
-    load_state(name)
-    api = core_api(name)
-    nodes = api.list_node().items
-    ready = sum(
-        1
-        for n in nodes
-        if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
-    )
-    phases: dict[str, int] = {}
-    for pod in api.list_pod_for_all_namespaces().items:
-        phases[pod.status.phase] = phases.get(pod.status.phase, 0) + 1
-    lines = [f"cluster {name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}"]
-    pids = sorted(set(processes.processes_under(state_dir(name))))
-    total = 0.0
-    for pid in pids:
-        rss = processes.rss_mib(pid)
-        total += rss
-        lines.append(f"  {pid:>8} {processes.process_name(pid):25} {rss:8.0f} MiB")
-    lines.append(f"  total resident memory: {total:.0f} MiB across {len(pids)} processes")
-    return "\n".join(lines)

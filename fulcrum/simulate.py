@@ -88,19 +88,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="place the pods in the file's order, each once, learning the workload as they "
         "come (the live extender's model), instead of the FGD protocol's shuffle and given mix",
     )
-    parser.add_argument("--json", type=Path, help="write per-seed results as JSON here")
+    parser.add_argument(
+        "--json", type=Path, help="write per-seed results as JSON to this file (- for stdout)"
+    )
     parser.add_argument("--plot", type=Path, help="write the allocation curve as a PNG here")
     return parser
 
 
 def _progress(stream: TextIO, seed: int) -> Progress:
+    """A line redrawn in place on a terminal; in a log, a line every 10 % instead of ``\r``s."""
+    terminal = stream.isatty()
+    shown = [-1]
+
     def report(done: int, total: int) -> None:
-        stream.write(f"\r  seed {seed}: {done}/{total} pods")
-        if done == total:
-            stream.write("\n")
+        if terminal:
+            stream.write(f"\r  seed {seed}: {done}/{total} pods" + ("\n" if done == total else ""))
+        elif done * 10 // total > shown[0]:
+            shown[0] = done * 10 // total
+            stream.write(f"  seed {seed}: {done}/{total} pods\n")
         stream.flush()
 
     return report
+
+
+def _write_json(path: Path, document: object, out: TextIO, err: TextIO) -> None:
+    """``--json FILE``, or ``--json -`` for standard output."""
+    text = json.dumps(document, indent=1) + "\n"
+    if str(path) == "-":
+        out.write(text)
+    else:
+        path.write_text(text)
+        err.write(f"wrote {path}\n")
 
 
 def _fmt(value: float | None) -> str:
@@ -145,7 +163,12 @@ def _summary(seed: int, result: ReplayResult) -> str:
 
 
 def run_in_order(
-    nodes: NodeTrace, pods: PodTrace, policy_name: str, args: argparse.Namespace, out: TextIO
+    nodes: NodeTrace,
+    pods: PodTrace,
+    policy_name: str,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
 ) -> int:
     """``--in-order``: every pod once, in the file's order, the workload learnt as they come."""
     registry = default_registry()
@@ -168,8 +191,7 @@ def run_in_order(
     for i in result.unplaced[:10]:
         out.write(f"  unplaced: {pods.names[i]} (line {i + 2})\n")
     if args.json:
-        document = {"policy": policy_name, "in_order": result.to_json()}
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
+        _write_json(args.json, {"policy": policy_name, "in_order": result.to_json()}, out, err)
     return EXIT_OK
 
 
@@ -180,7 +202,13 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     nodes = load_nodes(args.nodes)
     pods = load_pods(args.pods, known_models=frozenset(m for m in nodes.models if m))
     if args.in_order:
-        return run_in_order(nodes, pods, policy_name, args, out)
+        return run_in_order(nodes, pods, policy_name, args, out, err)
+    if nodes.total_gpu_milli == 0:
+        err.write(
+            f"fulcrum simulate: error: {args.nodes}: no node has a GPU, and the FGD protocol "
+            "measures GPU allocation; use --in-order to place the pods and count the nodes\n"
+        )
+        return EXIT_USAGE
     target = typical_workload(pods)
     tune = args.tune if args.tune > 0 else None
     err.write(
@@ -221,8 +249,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "mean": {"alloc_at_100": mean100, "alloc_at_130": mean130},
             "seeds": [r.to_json() for r in results],
         }
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
-        err.write(f"wrote {args.json}\n")
+        _write_json(args.json, document, out, err)
     if args.plot:
         _plot(results, policy_name, args.plot)
         err.write(f"wrote {args.plot}\n")
