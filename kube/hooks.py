@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from typing import Any, Protocol
 
 from kube.api import quoted
@@ -146,11 +146,8 @@ def load_plugins(
     ``discovered`` defaults to the installed entry points of the group. Clashing names
     and plugins that fail to import raise :class:`kube.plugins.PluginError`.
     """
-    points = entry_points(group=ENTRY_POINT_GROUP) if discovered is None else discovered
-    loaded: dict[str, HookFactory] = dict(
-        load_entry_points(points, kind="rebuild hook", reserved=reserved)
-    )
-    return loaded
+    points = ENTRY_POINT_GROUP if discovered is None else discovered
+    return dict(load_entry_points(points, kind="rebuild hook", reserved=reserved))
 
 
 def default_hook_registry(*, plugins: bool = True) -> HookRegistry:

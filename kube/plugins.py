@@ -13,7 +13,7 @@ each caller, so that each plugin kind's module owns its group.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -76,17 +76,20 @@ class PluginRegistry(Generic[T]):
 
 
 def load_entry_points(
-    points: Iterable[EntryPoint],
+    points: Iterable[EntryPoint] | str,
     *,
     kind: str,
     reserved: Iterable[str] = (),
 ) -> dict[str, Callable[..., Any]]:
-    """Load the callables behind ``points``, keyed by entry-point name.
+    """Load the callables behind ``points`` (or the installed entry points of the group named
+    ``points``), keyed by entry-point name.
 
     A name that clashes (case-insensitively) with ``reserved`` or with an earlier point,
     an object that fails to import, or one that is not callable raises :class:`PluginError`
     naming the plugin and its ``module:attr``.
     """
+    if isinstance(points, str):
+        points = entry_points(group=points)
     taken = {name.lower() for name in reserved}
     loaded: dict[str, Callable[..., Any]] = {}
     for point in points:

@@ -16,7 +16,7 @@ aliases, entry-point loading) is :mod:`kube.plugins`, shared with rebuild hooks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 
 from kube.plugins import PluginError as PluginError
 from kube.plugins import PluginRegistry, UnknownPluginError, load_entry_points
@@ -81,11 +81,8 @@ def load_plugins(
     plugin whose name clashes (case-insensitively) with ``reserved`` or with
     another plugin, or that fails to import, raises :class:`PluginError`.
     """
-    points = entry_points(group=ENTRY_POINT_GROUP) if discovered is None else discovered
-    loaded: dict[str, PolicyFactory] = dict(
-        load_entry_points(points, kind="policy", reserved=reserved)
-    )
-    return loaded
+    points = ENTRY_POINT_GROUP if discovered is None else discovered
+    return dict(load_entry_points(points, kind="policy", reserved=reserved))
 
 
 def default_registry(*, plugins: bool = True) -> Registry:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import kube.hooks as hooks
+import kube.plugins
 from kube.hooks import (
     ANNOTATION,
     BUILTIN,
@@ -162,7 +163,7 @@ def installed_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def fake_entry_points(*, group: str) -> Iterable[EntryPoint]:
         return [PLUGIN] if group == hooks.ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(hooks, "entry_points", fake_entry_points)
+    monkeypatch.setattr(kube.plugins, "entry_points", fake_entry_points)
     yield
 
 
