@@ -5,8 +5,12 @@ Every cluster a test starts is torn down by the fixture that started it.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,3 +44,34 @@ def kwok_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KwokClust
         yield started
     finally:
         cluster.down(name, log=print)
+
+
+@contextmanager
+def validation_off(name: str) -> Iterator[None]:
+    """As when Fulcrum's validating webhook is down (its failurePolicy is Ignore) or not
+    installed: bad ``fulcrum.io/`` values reach the controller and the extender, which must
+    refuse them themselves. Registered again afterwards."""
+    state = cluster.load_state(name)
+    kubectl = [state.kubectl, "--kubeconfig", str(cluster.kubeconfig_path(name))]
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe", "annotations": {"fulcrum.io/rebuild": "lcoal"}},
+        "spec": {"containers": [{"name": "c", "image": "pause"}]},
+    }
+
+    def admitted() -> bool:
+        dry_run = [*kubectl, "create", "--dry-run=server", "-n", "default", "-f", "-"]
+        run = subprocess.run(dry_run, input=json.dumps(probe), capture_output=True, text=True)
+        return run.returncode == 0
+
+    delete = [*kubectl, "delete", "validatingwebhookconfiguration", "fulcrum.io"]
+    try:
+        subprocess.run(delete, check=True, capture_output=True)
+        deadline = time.monotonic() + 30
+        while not admitted():  # the API server drops webhook configurations asynchronously
+            assert time.monotonic() < deadline, "the validating webhook stayed registered"
+            time.sleep(0.2)
+        yield
+    finally:
+        cluster.register_webhooks(name, state.webhook_port or 0)
