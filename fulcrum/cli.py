@@ -6,12 +6,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fulcrum.binaries import BinaryError
 
 if TYPE_CHECKING:
     from fulcrum.cluster import NodeShape
+
+
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -312,6 +315,63 @@ def _cmd_cluster_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_client(args: argparse.Namespace) -> Any:
+    """--kubeconfig, else the local cluster --name, else $KUBECONFIG or ~/.kube/config, else the
+    pod's in-cluster account."""
+    from kubernetes import config
+
+    from fulcrum import cluster
+
+    if args.kubeconfig is not None:
+        return config.new_client_from_config(config_file=str(args.kubeconfig))
+    if args.name is not None:
+        return config.new_client_from_config(config_file=str(cluster.kubeconfig_path(args.name)))
+    try:
+        return config.new_client_from_config()
+    except config.ConfigException:
+        config.load_incluster_config()
+        from kubernetes import client
+
+        return client.ApiClient()
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    import orjson
+    from kubernetes import client
+
+    from fulcrum.inspection import inspect, render
+    from kube import api
+
+    api_client = _api_client(args)
+
+    def items(call: Any, *call_args: Any, **kwargs: Any) -> list[Any]:
+        try:
+            raw = call(*call_args, _preload_content=False, **kwargs).data
+        except client.ApiException as exc:
+            if exc.status == 404:  # Fulcrum's CRDs are not installed
+                return []
+            raise
+        found: list[Any] = orjson.loads(raw)["items"]
+        return found
+
+    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    crd = (api.GROUP, api.VERSION)
+    report = inspect(
+        items(core.list_node),
+        items(core.list_pod_for_all_namespaces, field_selector=ACTIVE_PODS),
+        items(custom.list_cluster_custom_object, *crd, api.RESERVATIONS),
+        items(custom.list_cluster_custom_object, *crd, api.IPPOOLS),
+        datetime.now(UTC),
+    )
+    if args.output == "json":
+        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(report))
+    return 1 if report.violations else 0
+
+
 def _cmd_policies(args: argparse.Namespace) -> int:
     from kube.hooks import default_hook_registry
     from policies.registry import BUILTIN, default_registry
@@ -330,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     policies = sub.add_parser("policies", help="list the placement policies and rebuild hooks")
     policies.set_defaults(func=_cmd_policies)
+    inspect = sub.add_parser(
+        "inspect",
+        help="allocation, stranded resources, fragmentation, Reservations, pools and the "
+        "invariants of a cluster; exit status 1 if an invariant is broken",
+    )
+    where = inspect.add_mutually_exclusive_group()
+    where.add_argument("--kubeconfig", type=Path, default=None, help="the cluster to inspect")
+    where.add_argument("--name", default=None, help="a local cluster (fulcrum cluster up)")
+    inspect.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json"
+    )
+    inspect.set_defaults(func=_cmd_inspect)
     build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
     build.set_defaults(func=_cmd_build)
     _add_cluster(sub)

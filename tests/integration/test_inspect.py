@@ -1,0 +1,75 @@
+"""``fulcrum inspect`` on a real control plane: tables and exit 0, then invariants broken on
+purpose (a Reservation on a node that does not exist, a forged duplicate IP) and exit 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fulcrum import rebuild_run as rr
+from kube import api
+
+pytestmark = pytest.mark.integration
+
+NS = "it-inspect"
+
+
+@pytest.fixture(scope="module")
+def kit(kwok_cluster: Any) -> Iterator[rr.Kit]:
+    kit = rr.Kit.of(kwok_cluster.name)
+    kit.kubectl("create", "namespace", NS)
+    rr.apply(kit, [rr.ip_pool(NS, "web", "10.64.0.0/28"), rr.deployment(NS, "web", 4, pool="web")])
+    rr.wait_running(kit, NS, {"web": 4}, timeout=120)
+    yield kit
+
+
+def inspect(kit: rr.Kit) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "fulcrum.cli", "inspect", "--name", kit.name]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_healthy_cluster_is_inspected_and_exits_zero(kit: rr.Kit) -> None:
+    result = inspect(kit)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kwok-node-00000" in result.stdout
+    assert "IP pools: it-inspect/web 4 used, 10 free" in result.stdout
+    assert "pods opted in to local rebuild: 4" in result.stdout
+    assert "invariants: all hold" in result.stdout
+
+
+def test_broken_invariants_are_named_and_exit_non_zero(kit: rr.Kit) -> None:
+    stale = api.Reservation(
+        name="rb-forged",
+        namespace=NS,
+        key=f"Deployment/{NS}/web",
+        node="no-such-node",
+        predecessor="web-x",
+        predecessor_uid="forged",
+        template={"spec": {"containers": []}},
+        devices=None,
+        ip=None,
+        pool=None,
+        claims=(),
+        fallback="wait",
+        expires_at=None,
+    ).to_object()
+    kit.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.RESERVATIONS, stale)
+    first, second = (p["metadata"] for p in rr.live_pods(kit, NS, "web")[:2])
+    ip = first["annotations"][api.ASSIGNED_IP]
+    patch = {"metadata": {"annotations": {api.ASSIGNED_IP: ip}}}
+    kit.core.patch_namespaced_pod(second["name"], NS, patch)
+    try:
+        result = inspect(kit)
+        print(result.stdout)
+        assert result.returncode == 1
+        assert f"Reservation {NS}/rb-forged holds node no-such-node, which is gone" in result.stdout
+        assert f"IP {ip} is held by 2 pods" in result.stdout
+    finally:
+        kit.custom.delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, NS, api.RESERVATIONS, "rb-forged"
+        )

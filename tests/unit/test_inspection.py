@@ -1,0 +1,91 @@
+"""``fulcrum inspect``'s analysis (``fulcrum.inspection``) over objects, without a cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fulcrum.inspection import inspect, render
+from kube import api
+from tests import builders
+
+NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+FULCRUM = {"schedulerName": api.SCHEDULER_NAME}
+
+
+def bound(uid: str, node: str, **kwargs: Any) -> dict[str, Any]:
+    pod = builders.pod(uid, node_name=node, **kwargs)
+    pod["spec"].update(FULCRUM)
+    return pod
+
+
+def reservation(node: str, *, expires: datetime | None = None, phase: str = "Held") -> Any:
+    return api.Reservation(
+        name="rb-1",
+        namespace="ns",
+        key="Pod/ns/web-0",
+        node=node,
+        predecessor="web-0",
+        predecessor_uid="1",
+        template={"spec": {"containers": []}},
+        devices=None,
+        ip=None,
+        pool=None,
+        claims=(),
+        fallback="reschedule" if expires else "wait",
+        expires_at=expires,
+        phase=phase,
+    ).to_object()
+
+
+def test_a_healthy_cluster_breaks_no_invariant() -> None:
+    nodes = [builders.node("n0", cpu="4", memory="8Gi"), builders.node("n1", gpus=2, model="A100")]
+    pods = [
+        bound("a", "n0", cpu="3"),
+        bound("b", "n1", annotations={"fulcrum.io/gpu-milli": "500"}),
+    ]
+    report = inspect(nodes, pods, [], [], NOW)
+    assert report.violations == []
+    assert [n.cpu for n in report.nodes] == [(3000, 4000), (1000, 4000)]
+    assert report.nodes[1].gpus == (500, 2000)
+    assert "invariants: all hold" in render(report)
+
+
+def test_every_broken_invariant_is_named_with_where() -> None:
+    nodes = [builders.node("n0", cpu="2", memory="8Gi")]
+    ip = {api.ASSIGNED_IP: "10.0.0.5"}
+    opted = {api.REBUILD: "local"}
+    pods = [
+        bound("a", "n0", cpu="2", annotations=ip),
+        bound("b", "n0", cpu="1", annotations=ip),  # cpu over-committed, IP held twice
+        builders.pod("c", node_name="n0", cpu="0", annotations=opted),  # default-scheduler's
+    ]
+    stale = [
+        reservation("gone"),
+        reservation("n0", expires=NOW - timedelta(minutes=10), phase="Expired"),
+    ]
+    report = inspect(nodes, pods, stale, [], NOW)
+    assert report.violations == [
+        "node n0 is over-committed: cpu",
+        "Reservation ns/rb-1 holds node gone, which is gone",
+        "Reservation ns/rb-1 expired at 2026-12-02 07:50:00 UTC and is still there",
+        "IP 10.0.0.5 is held by 2 pods: ns/a, ns/b",
+        "pod ns/c is opted in to local rebuild but was scheduled by default-scheduler",
+    ]
+    assert "INVARIANTS BROKEN: 5" in render(report)
+
+
+def test_a_node_with_its_cpu_gone_and_its_gpus_idle_is_stranded() -> None:
+    nodes = [builders.node("g", cpu="8", memory="64Gi", gpus=4, model="A100")]
+    report = inspect(nodes, [bound("cpu", "g", cpu="8")], [], [], NOW)
+    assert report.nodes[0].stranded == "cpu exhausted, memory, GPU idle"
+
+
+def test_a_corrupt_pool_is_a_broken_invariant() -> None:
+    pool = {
+        "metadata": {"name": "web", "namespace": "ns"},
+        "spec": {"cidr": "10.0.0.0/29"},
+        "status": {"allocations": {"10.0.0.2": "pod:a", "10.9.9.9": "pod:b"}},
+    }
+    report = inspect([], [], [], [pool], NOW)
+    assert len(report.violations) == 1 and report.violations[0].startswith("IPPool ns/web")
