@@ -335,13 +335,11 @@ def _api_client(args: argparse.Namespace) -> Any:
         return client.ApiClient()
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
+def _objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """The cluster's nodes, active pods, Reservations and IPPools, as the apiserver sends them."""
     import orjson
     from kubernetes import client
 
-    from fulcrum.inspection import inspect, render
     from kube import api
 
     api_client = _api_client(args)
@@ -358,18 +356,41 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     crd = (api.GROUP, api.VERSION)
-    report = inspect(
+    return (
         items(core.list_node),
         items(core.list_pod_for_all_namespaces, field_selector=ACTIVE_PODS),
         items(custom.list_cluster_custom_object, *crd, api.RESERVATIONS),
         items(custom.list_cluster_custom_object, *crd, api.IPPOOLS),
-        datetime.now(UTC),
     )
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from fulcrum.inspection import inspect, render
+
+    report = inspect(*_objects(args), datetime.now(UTC))
     if args.output == "json":
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
         print(render(report))
     return 1 if report.violations else 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from fulcrum.explain import explain
+
+    try:
+        lines = explain(args.pod, *_objects(args), datetime.now(UTC))
+    except ValueError as exc:
+        print(f"fulcrum: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n  ".join(lines))
+    return 0
 
 
 def _cmd_policies(args: argparse.Namespace) -> int:
@@ -402,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json"
     )
     inspect.set_defaults(func=_cmd_inspect)
+    explain = sub.add_parser(
+        "explain", help="why a pod is on its node, or why it is Pending and what would help"
+    )
+    explain.add_argument("pod", help="NAMESPACE/NAME")
+    where = explain.add_mutually_exclusive_group()
+    where.add_argument("--kubeconfig", type=Path, default=None, help="the pod's cluster")
+    where.add_argument("--name", default=None, help="a local cluster (fulcrum cluster up)")
+    explain.set_defaults(func=_cmd_explain)
     build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
     build.set_defaults(func=_cmd_build)
     _add_cluster(sub)

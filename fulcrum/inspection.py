@@ -62,7 +62,7 @@ def _key(obj: Obj) -> str:
     return f"{_meta(obj).get('namespace', '')}/{_meta(obj).get('name', '')}"
 
 
-def _snapshot(nodes: Sequence[Obj], pods: Sequence[Obj], out: Inspection) -> Snapshot:
+def snapshot_of(nodes: Sequence[Obj], pods: Sequence[Obj], out: Inspection) -> Snapshot:
     """Every node and every bound pod, charged with no check: over-commitment shows as negative
     free capacity, which the invariants then name."""
     snapshot = Snapshot(capacity=max(len(nodes), 1))
@@ -217,7 +217,7 @@ def inspect(
 ) -> Inspection:
     """The inspection of these objects at ``now`` (timezone-aware); pods: the active ones."""
     out = Inspection([], 0.0, [], [], [])
-    snapshot = _snapshot(nodes, pods, out)
+    snapshot = snapshot_of(nodes, pods, out)
     shapes = [p.pod for p in snapshot.pods().values()]
     running = TargetWorkload.from_pods(shapes) if shapes else None
     out.nodes, out.fragmentation_pct = _node_rows(snapshot, running)

@@ -30,10 +30,7 @@ def mentions(arg: bytes, path: bytes) -> bool:
     the state directory of cluster ``rel`` is a prefix of ``rel2``'s, and a substring match
     would take the one cluster's processes for the other's.
     """
-    return any(
-        part == path or part.startswith(path + b"/")
-        for part in re.split(rb"[=:,]", arg)
-    )
+    return any(part == path or part.startswith(path + b"/") for part in re.split(rb"[=:,]", arg))
 
 
 def processes_under(path: Path) -> Iterator[int]:

@@ -73,3 +73,19 @@ def test_broken_invariants_are_named_and_exit_non_zero(kit: rr.Kit) -> None:
         kit.custom.delete_namespaced_custom_object(
             api.GROUP, api.VERSION, NS, api.RESERVATIONS, "rb-forged"
         )
+
+
+def test_explain_a_bound_pod_and_a_pending_eight_gpu_pod(kit: rr.Kit) -> None:
+    web = rr.live_pods(kit, NS, "web")[0]["metadata"]["name"]
+    big = rr.bare_pod(NS, "big", "big", opted=False)
+    big["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "8"}}
+    rr.apply(kit, [big])
+    outputs = []
+    for pod in (f"{NS}/{web}", f"{NS}/big"):
+        cmd = [sys.executable, "-m", "fulcrum.cli", "explain", pod, "--name", kit.name]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+        print(result.stdout)
+        outputs.append(result.stdout)
+    assert "placed by fulcrum-scheduler" in outputs[0] and "IP 10.64.0." in outputs[0]
+    assert f"pod {NS}/big is Pending" in outputs[1]
+    assert "0/10 nodes can take it now; 10 node has fewer than the 8 GPUs" in outputs[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fulcrum.explain import explain
 from fulcrum.inspection import inspect, render
 from kube import api
 from tests import builders
@@ -89,3 +90,45 @@ def test_a_corrupt_pool_is_a_broken_invariant() -> None:
     }
     report = inspect([], [], [], [pool], NOW)
     assert len(report.violations) == 1 and report.violations[0].startswith("IPPool ns/web")
+
+
+def test_explain_a_pending_gpu_pod_aggregates_what_each_node_lacks() -> None:
+    nodes = [
+        builders.node(f"n{i}", cpu="32", memory="64Gi", gpus=4, model="A100") for i in range(3)
+    ]
+    nodes.append(builders.node("cpu-only", cpu="32", memory="64Gi"))
+    filler = [bound(f"f{i}", f"n{i}", cpu="1", requests={"nvidia.com/gpu": "2"}) for i in range(3)]
+    waiting = builders.pod("big", cpu="4", requests={"nvidia.com/gpu": "8"})
+    lines = explain("ns/big", nodes, [*filler, waiting], [], [], NOW)
+    assert lines[0] == "pod ns/big is Pending"
+    assert lines[1] == ("0/4 nodes can take it now; 4 node has fewer than the 8 GPUs the pod needs")
+    assert lines[2] == "no moves of running pods would make room for it"
+
+
+def test_explain_names_the_node_held_for_a_successor_and_rooms_held_for_others() -> None:
+    nodes = [builders.node("n0", cpu="4", memory="8Gi"), builders.node("n1", cpu="4", memory="8Gi")]
+    owner = [{"kind": "StatefulSet", "name": "web", "controller": True}]
+    labels = {"apps.kubernetes.io/pod-index": "0"}
+    successor = builders.pod(
+        "new",
+        name="web-0",
+        cpu="3",
+        annotations={api.REBUILD: "local"},
+        owners=owner,
+        labels=labels,
+    )
+    held = reservation("n0")
+    held["spec"]["key"] = "StatefulSet/ns/web/0"
+    held["spec"]["template"] = {"spec": {"containers": [{"resources": {"requests": {"cpu": "3"}}}]}}
+    lines = explain("ns/web-0", nodes, [successor], [held], [], NOW)
+    assert "local rebuild: node n0 is held for it; Fulcrum passes only that node" in lines
+    assert "1/2 nodes can take it now; 1 Insufficient cpu: the pod requests 3000m" in lines
+
+
+def test_explain_a_bound_pod() -> None:
+    pod = bound("a", "n0", annotations={api.ASSIGNED_IP: "10.0.0.5", api.IP_POOL: "web"})
+    assert explain("ns/a", [builders.node("n0")], [pod], [], [], NOW) == [
+        "pod ns/a",
+        "on node n0, placed by fulcrum-scheduler",
+        "IP 10.0.0.5 from pool web",
+    ]
