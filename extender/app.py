@@ -15,7 +15,6 @@ import orjson
 from fastapi import FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -36,6 +35,7 @@ from extender.wire import (
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
 )
+from kube.metrics import standard_registry
 from policies.registry import Registry
 
 Args = TypeVar("Args", bound=BaseModel)
@@ -46,7 +46,7 @@ class Metrics:
     """Prometheus counters of the verbs; ``filtered`` and ``bound`` count from their results."""
 
     def __init__(self, cache: ClusterCache | None) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = standard_registry("extender")
         self.calls = Counter(
             "fulcrum_extender_requests", "Extender calls by verb", ["verb"], registry=self.registry
         )

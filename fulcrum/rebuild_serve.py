@@ -2,9 +2,9 @@
 
 The process's wiring, kept out of ``rebuild/``: it loads the kubeconfig, makes the one
 ``ApiClient`` the controller is given, and campaigns for the Lease. Every replica serves
-``/healthz``; ``/readyz`` answers 200 once this replica leads and its informers have synced. A
-replica that loses its lease exits at once (its work queue may hold decisions made as leader),
-to be restarted as a follower, as client-go's controllers do.
+``/healthz`` and ``/metrics``; ``/readyz`` answers 200 once this replica leads and its informers
+have synced. A replica that loses its lease exits at once (its work queue may hold decisions
+made as leader), to be restarted as a follower, as client-go's controllers do.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rebuild.controller import Controller
 
@@ -33,13 +34,20 @@ class RebuildError(RuntimeError):
     """The controller cannot start; the message names the cause and the fix."""
 
 
-def _health_server(port: int, ready: threading.Event) -> ThreadingHTTPServer:
+def _health_server(
+    port: int, ready: threading.Event, registry: CollectorRegistry
+) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            ok = self.path == "/healthz" or (self.path == "/readyz" and ready.is_set())
+            ok = self.path in ("/healthz", "/metrics") or (
+                self.path == "/readyz" and ready.is_set()
+            )
             body = b"ok" if ok else b"not leading, or caches not synced"
+            kind = "text/plain"
+            if self.path == "/metrics":
+                body, kind = generate_latest(registry), CONTENT_TYPE_LATEST
             self.send_response(200 if ok else 503)
-            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -74,8 +82,8 @@ def run(
     except config.ConfigException as exc:
         raise RebuildError(f"kubeconfig: {exc}") from exc
     ready = threading.Event()
-    _health_server(health_port, ready)
     controller = Controller(client.ApiClient())
+    _health_server(health_port, ready, controller.metrics.registry)
     if identity:
         controller.identity = identity
     else:

@@ -40,6 +40,7 @@ from kube.hooks import combine, default_hook_registry, hooks_for
 from kube.informer import Informer
 from rebuild import inplace
 from rebuild.errors import NotFound, TemporaryError
+from rebuild.metrics import ControllerMetrics
 from rebuild.store import Obj, Store, metadata
 from rebuild.sweep import SWEEP_SECONDS, Sweep
 from rebuild.workqueue import WorkQueue
@@ -73,6 +74,7 @@ class Controller:
         self.queue = WorkQueue()
         self.store = Store(self.queue)
         self.sweep = Sweep(self.store, self.writes, self.expire)
+        self.metrics = ControllerMetrics(self.store, self.queue)
         self.hooks = default_hook_registry()
         self.workers = workers
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
@@ -117,15 +119,19 @@ class Controller:
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
+            kind = key.split("/", 1)[0]
             try:
                 self.reconcile(key)
                 self.queue.forget(key)
+                self.metrics.reconciles.labels(kind, "done").inc()
             except TemporaryError as exc:
                 self.queue.forget(key)
                 self.queue.add_after(key, exc.delay)
+                self.metrics.reconciles.labels(kind, "later").inc()
             except Exception as exc:
                 log.warning("reconciling %s: %s; retrying", key, exc)
                 self.queue.add_rate_limited(key)
+                self.metrics.reconciles.labels(kind, "error").inc()
             finally:
                 self.queue.done(key)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from fulcrum import cluster
 from fulcrum import rebuild_run as rr
 from kube import api
 
@@ -89,3 +91,12 @@ def test_explain_a_bound_pod_and_a_pending_eight_gpu_pod(kit: rr.Kit) -> None:
     assert "placed by fulcrum-scheduler" in outputs[0] and "IP 10.64.0." in outputs[0]
     assert f"pod {NS}/big is Pending" in outputs[1]
     assert "0/10 nodes can take it now; 10 node has fewer than the 8 GPUs" in outputs[1]
+
+
+def test_the_rebuild_controller_serves_its_metrics(kit: rr.Kit) -> None:
+    port = cluster.load_state(kit.name).rebuild_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    assert 'fulcrum_rebuild_reconciles_total{kind="pods",outcome="done"}' in text
+    assert f'fulcrum_rebuild_pool_addresses{{namespace="{NS}",pool="web",state="used"}}' in text
+    assert "process_resident_memory_bytes" in text
