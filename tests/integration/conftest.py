@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from fulcrum import cluster
+from fulcrum import rebuild_run as rr
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,13 @@ def kwok_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KwokClust
         yield started
     finally:
         cluster.down(name, log=print)
+
+
+def kit_in(started: KwokCluster, namespace: str) -> rr.Kit:
+    """Clients and kubectl for a module's cluster, with the module's namespace created."""
+    kit = rr.Kit.of(started.name)
+    kit.kubectl("create", "namespace", namespace)
+    return kit
 
 
 @contextmanager

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
 from kube import api
+from tests.integration.conftest import KwokCluster, kit_in
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +21,8 @@ NS = "it-inspect"
 
 
 @pytest.fixture(scope="module")
-def kit(kwok_cluster: Any) -> Iterator[rr.Kit]:
-    kit = rr.Kit.of(kwok_cluster.name)
-    kit.kubectl("create", "namespace", NS)
+def kit(kwok_cluster: KwokCluster) -> Iterator[rr.Kit]:
+    kit = kit_in(kwok_cluster, NS)
     rr.apply(kit, [rr.ip_pool(NS, "web", "10.64.0.0/28"), rr.deployment(NS, "web", 4, pool="web")])
     rr.wait_running(kit, NS, {"web": 4}, timeout=120)
     yield kit

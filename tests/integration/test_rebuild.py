@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -11,7 +10,7 @@ import pytest
 
 from fulcrum import rebuild_run as rr
 from kube import api, ippool
-from tests.integration.conftest import validation_off
+from tests.integration.conftest import KwokCluster, kit_in, validation_off
 
 pytestmark = pytest.mark.integration
 
@@ -19,10 +18,8 @@ NS = "it-rebuild"
 
 
 @pytest.fixture(scope="module")
-def kit(kwok_cluster: Any) -> Iterator[rr.Kit]:
-    kit = rr.Kit.of(kwok_cluster.name)
-    kit.kubectl("create", "namespace", NS)
-    yield kit
+def kit(kwok_cluster: KwokCluster) -> rr.Kit:
+    return kit_in(kwok_cluster, NS)
 
 
 def events(kit: rr.Kit, name: str) -> list[tuple[str, str]]:

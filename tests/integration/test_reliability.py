@@ -6,7 +6,6 @@ pod went, its Events and status, what the apiserver refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -16,7 +15,7 @@ import yaml
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
 from kube import api
-from tests.integration.conftest import validation_off
+from tests.integration.conftest import KwokCluster, kit_in, validation_off
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +23,8 @@ NS = "it-reliability"
 
 
 @pytest.fixture(scope="module")
-def kit(kwok_cluster: Any) -> Iterator[rr.Kit]:
-    kit = rr.Kit.of(kwok_cluster.name)
-    kit.kubectl("create", "namespace", NS)
-    yield kit
+def kit(kwok_cluster: KwokCluster) -> rr.Kit:
+    return kit_in(kwok_cluster, NS)
 
 
 def pod_json(kit: rr.Kit, name: str) -> dict[str, Any]:
