@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from kube import api
+from kube import api, eligibility
 from kube.hooks import HookRegistry, hooks_for
 from kube.resources import pod_request
 
@@ -82,14 +82,16 @@ def mutate(request: Obj) -> Decision:
 
 
 def annotation_problems(
-    where: str, meta: Mapping[str, Any], spec: Any, hooks: HookRegistry
+    where: str,
+    annotations: Mapping[str, str],
+    options: api.RebuildOptions,
+    spec: Any,
+    hooks: HookRegistry,
 ) -> list[str]:
     """Every bad ``fulcrum.io/*`` annotation of one pod (or pod template), each naming its
-    field (``where``: the path of the pod's metadata) and what is allowed."""
-    annotations = _annotations(meta)
-    problems = [
-        f"{where}.annotations[{e.annotation}]: {e}" for e in api.read_options(annotations).errors
-    ]
+    field (``where``: the path of the pod's metadata) and what is allowed; ``options``: the
+    annotations as ``api.read_options`` reads them."""
+    problems = [f"{where}.annotations[{e.annotation}]: {e}" for e in options.errors]
     try:
         hooks_for(annotations, hooks)
     except ValueError as exc:
@@ -101,16 +103,17 @@ def annotation_problems(
     return problems
 
 
-def _template_warnings(kind: str, obj: Obj, template_meta: Mapping[str, Any]) -> list[str]:
+def _workload_warnings(
+    kind: str, obj: Obj, template: Mapping[str, str], options: api.RebuildOptions
+) -> list[str]:
     warnings = []
-    template = _annotations(template_meta)
     own = [k for k in _fulcrum(_annotations(_meta(obj))) if k not in template]
     if own:
         warnings.append(
             f"{', '.join(own)} on the {kind}'s own metadata does nothing: Fulcrum reads its pods; "
             "move it to spec.template.metadata.annotations"
         )
-    if kind == "Deployment" and api.read_options(template).enabled:
+    if kind == "Deployment" and options.enabled:
         strategy = (obj.get("spec") or {}).get("strategy") or {}
         surge = (strategy.get("rollingUpdate") or {}).get("maxSurge", "25%")
         if strategy.get("type", "RollingUpdate") == "RollingUpdate" and str(surge) not in (
@@ -130,25 +133,19 @@ def validate(request: Obj, hooks: HookRegistry) -> Decision:
     kind = str((request.get("kind") or {}).get("kind", ""))
     if not isinstance(obj, Mapping) or request.get("operation") not in ("CREATE", "UPDATE"):
         return Decision()
-    warnings: list[str] = []
     if kind == "Pod":
-        problems = annotation_problems("metadata", _meta(obj), obj.get("spec"), hooks)
-        template_meta: Mapping[str, Any] = _meta(obj)
+        pod, where = obj, "metadata"
     elif kind in WORKLOADS:
-        template = (obj.get("spec") or {}).get("template") or {}
-        template_meta = _meta(template)
-        where = "spec.template.metadata"
-        problems = annotation_problems(where, template_meta, template.get("spec"), hooks)
-        warnings = _template_warnings(kind, obj, template_meta)
+        pod, where = (obj.get("spec") or {}).get("template") or {}, "spec.template.metadata"
     else:
         return Decision()
-    options = api.read_options(_annotations(template_meta))
-    lossy = api.data_loss_volumes(obj if kind == "Pod" else (obj.get("spec") or {})["template"])
-    if options.enabled and lossy and not options.accept_data_loss:
-        warnings.append(
-            f"volume(s) {', '.join(lossy)} lose their data on a rebuild, so the controller will "
-            f'refuse local rebuild; annotate {api.ACCEPT_DATA_LOSS}: "true" to accept that'
-        )
+    annotations = _annotations(_meta(pod))
+    options = api.read_options(annotations)
+    problems = annotation_problems(where, annotations, options, pod.get("spec"), hooks)
+    warnings = _workload_warnings(kind, obj, annotations, options) if kind != "Pod" else []
+    loss = eligibility.data_loss(pod, options) if options.enabled else ""
+    if loss:
+        warnings.append(f"the controller will refuse local rebuild: {loss}")
     if problems:
         return Decision(allowed=False, message="; ".join(problems), warnings=warnings)
     return Decision(warnings=warnings)

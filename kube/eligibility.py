@@ -29,12 +29,9 @@ def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegi
         return str(exc)
     if not options.enabled:
         return ""
-    lossy = api.data_loss_volumes(pod)
-    if lossy and not options.accept_data_loss:
-        return (
-            f"volume(s) {', '.join(lossy)} are emptyDir or ephemeral: their data would not "
-            f'survive a rebuild; annotate {api.ACCEPT_DATA_LOSS}: "true" to accept that'
-        )
+    loss = data_loss(pod, options)
+    if loss:
+        return loss
     if api.successor_key(pod) is None:
         owners = [r.get("kind") for r in (pod.get("metadata") or {}).get("ownerReferences") or []]
         return (
@@ -42,6 +39,17 @@ def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegi
             "supported: bare pods, Deployments, ReplicaSets and StatefulSets"
         )
     return ""
+
+
+def data_loss(pod: Mapping[str, Any], options: api.RebuildOptions) -> str:
+    """Why a rebuild would lose this pod's (or pod template's) data, unless accepted; or ""."""
+    lossy = api.data_loss_volumes(pod)
+    if not lossy or options.accept_data_loss:
+        return ""
+    return (
+        f"volume(s) {', '.join(lossy)} are emptyDir or ephemeral: their data would not "
+        f'survive a rebuild; annotate {api.ACCEPT_DATA_LOSS}: "true" to accept that'
+    )
 
 
 def reserved_on_delete(
