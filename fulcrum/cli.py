@@ -14,9 +14,6 @@ if TYPE_CHECKING:
     from fulcrum.cluster import NodeShape
 
 
-ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     from fulcrum.binaries import ensure_binaries
 
@@ -94,8 +91,9 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
     pids = sorted(set(processes.processes_under(cluster.state_dir(args.name))))
     total = 0.0
     for pid in pids:
-        total += processes.rss_mib(pid)
-        print(f"  {pid:>8} {processes.process_name(pid):25} {processes.rss_mib(pid):8.0f} MiB")
+        rss = processes.rss_mib(pid)
+        total += rss
+        print(f"  {pid:>8} {processes.process_name(pid):25} {rss:8.0f} MiB")
     print(f"  total resident memory: {total:.0f} MiB across {len(pids)} processes")
     return 0
 
@@ -341,6 +339,7 @@ def _objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any],
     from kubernetes import client
 
     from kube import api
+    from kube.informer import ACTIVE_PODS
 
     api_client = _api_client(args)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from extender.decide import explain as reasons_per_node
-from fulcrum.inspection import Inspection, snapshot_of
+from fulcrum.inspection import snapshot_of
 from kube import api, ippool
 from kube.resources import GPU_DEVICES_ANNOTATION, pod_request
 from scheduler.pod import PodRequest
@@ -148,6 +148,6 @@ def explain(
     if (pod.get("spec") or {}).get("nodeName"):
         return [f"pod {target}", *_bound(pod)]
     request = pod_request(pod)
-    snapshot = snapshot_of(nodes, pods, Inspection([], 0.0, [], [], []))
+    snapshot = snapshot_of(nodes, pods, skipped=[])
     held = _held_rooms(snapshot, reservations, pods, now)
     return [f"pod {target} is Pending", *_pending(pod, request, snapshot, held, pools)]

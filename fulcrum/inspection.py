@@ -12,19 +12,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from kube import api, ippool
 from kube.resources import assigned_devices, node_spec, pod_request
+from rebuild.controller import EXPIRED_GRACE  # the controller keeps an expired one this long
 from scheduler.fragmentation import TargetWorkload, fragmentation
 from scheduler.pod import GPU_MILLI
 from scheduler.snapshot import CPU_COL, MEMORY_COL, PODS_COL, Snapshot
 
 Obj = Mapping[str, Any]
-EXPIRED_GRACE = timedelta(minutes=5)  # the controller keeps an expired Reservation this long
 EXHAUSTED = 0.05  # a resource with less than this share free is exhausted
 IDLE = 0.5  # ... while another with more than this share free sits idle
 
@@ -62,15 +62,15 @@ def _key(obj: Obj) -> str:
     return f"{_meta(obj).get('namespace', '')}/{_meta(obj).get('name', '')}"
 
 
-def snapshot_of(nodes: Sequence[Obj], pods: Sequence[Obj], out: Inspection) -> Snapshot:
+def snapshot_of(nodes: Sequence[Obj], pods: Sequence[Obj], skipped: list[str]) -> Snapshot:
     """Every node and every bound pod, charged with no check: over-commitment shows as negative
-    free capacity, which the invariants then name."""
+    free capacity, which the invariants then name. What cannot be read goes to ``skipped``."""
     snapshot = Snapshot(capacity=max(len(nodes), 1))
     for node in nodes:
         try:
             snapshot.add_node(_meta(node)["name"], **node_spec(node))
         except (ValueError, KeyError) as exc:
-            out.skipped.append(f"node {_meta(node).get('name')}: {exc}")
+            skipped.append(f"node {_meta(node).get('name')}: {exc}")
     for pod in pods:
         bound = str((pod.get("spec") or {}).get("nodeName") or "")
         if bound not in snapshot.names:
@@ -80,7 +80,7 @@ def snapshot_of(nodes: Sequence[Obj], pods: Sequence[Obj], out: Inspection) -> S
             if devices is None and request.gpu_count:
                 devices = snapshot.best_fit_devices(snapshot.index_of(bound), request)
         except ValueError as exc:
-            out.skipped.append(f"pod {_key(pod)}: {exc}")
+            skipped.append(f"pod {_key(pod)}: {exc}")
             continue
         snapshot.assign(str(_meta(pod).get("uid")), request, bound, devices=devices, check=False)
     return snapshot
@@ -217,7 +217,7 @@ def inspect(
 ) -> Inspection:
     """The inspection of these objects at ``now`` (timezone-aware); pods: the active ones."""
     out = Inspection([], 0.0, [], [], [])
-    snapshot = snapshot_of(nodes, pods, out)
+    snapshot = snapshot_of(nodes, pods, out.skipped)
     shapes = [p.pod for p in snapshot.pods().values()]
     running = TargetWorkload.from_pods(shapes) if shapes else None
     out.nodes, out.fragmentation_pct = _node_rows(snapshot, running)

@@ -25,14 +25,13 @@ from extender.config import ExtenderSettings
 from extender.rebuild_gate import RebuildGate
 from kube import api as rebuild
 from kube.hooks import HookRegistry
-from kube.informer import Informer
+from kube.informer import ACTIVE_PODS, Informer
 
 log = logging.getLogger(__name__)
 
 # kube-scheduler's HTTP client keeps idle connections 90 s; outlive that so it never reuses a
 # connection the server is closing.
 KEEP_ALIVE_SECONDS = 120
-ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 class ServeError(RuntimeError):

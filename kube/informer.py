@@ -18,6 +18,8 @@ import orjson
 log = logging.getLogger(__name__)
 
 ListFn = Callable[..., Any]
+# a field selector for the pods that still hold resources on their node
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 class Sink(Protocol):
