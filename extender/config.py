@@ -57,13 +57,16 @@ class TLS(_Config):
         return self
 
 
+_PRIOR = WorkloadPrior()  # the defaults live there
+
+
 class WorkloadPriorSettings(_Config):
     """``scheduler.workload_model.WorkloadPrior``: the GPU pod to expect before any is seen."""
 
-    cpu_per_gpu_milli: int | None = Field(None, ge=0)
-    cpu_share: float = Field(0.5, ge=0, le=1)
-    pods: float = Field(10.0, ge=0)
-    half_life_seconds: float = Field(3600.0, gt=0)
+    cpu_per_gpu_milli: int | None = Field(_PRIOR.cpu_per_gpu_milli, ge=0)
+    cpu_share: float = Field(_PRIOR.cpu_share, ge=0, le=1)
+    pods: float = Field(_PRIOR.pods, ge=0)
+    half_life_seconds: float = Field(_PRIOR.half_life_s, gt=0)
 
     def prior(self) -> WorkloadPrior:
         return WorkloadPrior(
