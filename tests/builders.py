@@ -7,7 +7,10 @@ One builder per kind, options keyword-only; a test file that wants other default
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
+
+from kube import api
 
 Obj = dict[str, Any]
 GPU_MODEL_LABEL = "nvidia.com/gpu.product"
@@ -83,3 +86,32 @@ def pod(
         spec["nodeName"] = node_name
     status = phase if phase is not None else ("Running" if node_name else "")
     return {"metadata": meta, "spec": spec, "status": {"phase": status}}
+
+
+def reservation(
+    node: str,
+    *,
+    name: str = "rb-1",
+    namespace: str = "ns",
+    key: str = "Pod/ns/web-0",
+    expires: datetime | None = None,
+    phase: str = "Held",
+) -> Obj:
+    """A Reservation object holding ``node`` for pod web-0's successor (``expires``: the
+    ``reschedule`` fallback's deadline; none waits)."""
+    return api.Reservation(
+        name=name,
+        namespace=namespace,
+        key=key,
+        node=node,
+        predecessor="web-0",
+        predecessor_uid="1",
+        template={"spec": {"containers": []}},
+        devices=None,
+        ip=None,
+        pool=None,
+        claims=(),
+        fallback="reschedule" if expires else "wait",
+        expires_at=expires,
+        phase=phase,
+    ).to_object()

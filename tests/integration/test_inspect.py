@@ -13,6 +13,7 @@ import pytest
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
 from kube import api
+from tests import builders
 from tests.integration.conftest import KwokCluster, kit_in
 
 pytestmark = pytest.mark.integration
@@ -44,21 +45,9 @@ def test_a_healthy_cluster_is_inspected_and_exits_zero(kit: rr.Kit) -> None:
 
 
 def test_broken_invariants_are_named_and_exit_non_zero(kit: rr.Kit) -> None:
-    stale = api.Reservation(
-        name="rb-forged",
-        namespace=NS,
-        key=f"Deployment/{NS}/web",
-        node="no-such-node",
-        predecessor="web-x",
-        predecessor_uid="forged",
-        template={"spec": {"containers": []}},
-        devices=None,
-        ip=None,
-        pool=None,
-        claims=(),
-        fallback="wait",
-        expires_at=None,
-    ).to_object()
+    stale = builders.reservation(
+        "no-such-node", name="rb-forged", namespace=NS, key=f"Deployment/{NS}/web"
+    )
     kit.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.RESERVATIONS, stale)
     first, second = (p["metadata"] for p in rr.live_pods(kit, NS, "web")[:2])
     ip = first["annotations"][api.ASSIGNED_IP]

@@ -20,25 +20,6 @@ def bound(uid: str, node: str, **kwargs: Any) -> dict[str, Any]:
     return pod
 
 
-def reservation(node: str, *, expires: datetime | None = None, phase: str = "Held") -> Any:
-    return api.Reservation(
-        name="rb-1",
-        namespace="ns",
-        key="Pod/ns/web-0",
-        node=node,
-        predecessor="web-0",
-        predecessor_uid="1",
-        template={"spec": {"containers": []}},
-        devices=None,
-        ip=None,
-        pool=None,
-        claims=(),
-        fallback="reschedule" if expires else "wait",
-        expires_at=expires,
-        phase=phase,
-    ).to_object()
-
-
 def test_a_healthy_cluster_breaks_no_invariant() -> None:
     nodes = [builders.node("n0", cpu="4", memory="8Gi"), builders.node("n1", gpus=2, model="A100")]
     pods = [
@@ -62,8 +43,8 @@ def test_every_broken_invariant_is_named_with_where() -> None:
         builders.pod("c", node_name="n0", cpu="0", annotations=opted),  # default-scheduler's
     ]
     stale = [
-        reservation("gone"),
-        reservation("n0", expires=NOW - timedelta(minutes=10), phase="Expired"),
+        builders.reservation("gone"),
+        builders.reservation("n0", expires=NOW - timedelta(minutes=10), phase="Expired"),
     ]
     report = inspect(nodes, pods, stale, [], NOW)
     assert report.violations == [
@@ -117,7 +98,7 @@ def test_explain_names_the_node_held_for_a_successor_and_rooms_held_for_others()
         owners=owner,
         labels=labels,
     )
-    held = reservation("n0")
+    held = builders.reservation("n0")
     held["spec"]["key"] = "StatefulSet/ns/web/0"
     held["spec"]["template"] = {"spec": {"containers": [{"resources": {"requests": {"cpu": "3"}}}]}}
     lines = explain("ns/web-0", nodes, [successor], [held], [], NOW)
