@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extender.cache import ClusterCache
+from extender.record import Decision, counted, ranked
 from extender.wire import MAX_EXTENDER_SCORE
 from policies.registry import Registry
 from scheduler.fragmentation import TargetWorkload
@@ -29,6 +30,7 @@ from scheduler.workload_model import LiveWorkload, WorkloadPrior, node_cpu_per_g
 
 WORKLOAD_REFRESH_SECONDS = 30.0
 SEEN_REMEMBERED = 100_000
+CORDONED = "node is cordoned (spec.unschedulable)"
 _BASE = (("cpu", CPU_COL), ("memory", MEMORY_COL), ("ephemeral-storage", EPHEMERAL_COL))
 
 
@@ -158,6 +160,17 @@ class FilterOutcome:
     # would park the pod until a cluster event kube-scheduler watches, up to 5 minutes on a
     # quiet cluster.
     retry: str = ""
+    # For the decision record (``extender.record``), when ``passed`` holds only the choice:
+    feasible: int = -1  # how many nodes fit
+    ranked: tuple[tuple[str, float], ...] = ()  # the best-scored of them
+    reasons: tuple[tuple[str, int], ...] = ()  # why the others did not, counted
+    rule: str = ""  # what decided instead of the scores (a local-rebuild hold)
+
+    def record(self, policy: str, nodes: int) -> Decision:
+        """The decision record of this outcome, for a pod asked about on ``nodes`` nodes."""
+        reasons = self.reasons or counted([*self.failed.values(), *self.unresolvable.values()])
+        feasible = self.feasible if self.feasible >= 0 else len(self.passed)
+        return Decision(policy, nodes, feasible, self.ranked, reasons, self.rule)
 
 
 def retry(reason: str) -> FilterOutcome:
@@ -175,6 +188,9 @@ class Decider:
         prior: WorkloadPrior | None = None,
     ) -> None:
         self.cache, self.registry, self.weights = cache, registry, tuple(policies)
+        self.label = "+".join(
+            w.name if len(policies) == 1 else f"{w.name}:{w.weight:g}" for w in policies
+        )  # the policies, as the decision record names them
         self.live = LiveWorkload(prior)
         self._seen: OrderedDict[str, None] = OrderedDict()  # pods counted as arrivals
         self._built: tuple[float, int, list[tuple[Policy, float]]] | None = None
@@ -235,15 +251,25 @@ class Decider:
             cordoned = np.isin(index, [lookup[n] for n in unschedulable if n in lookup])
         ok = fit[index] & ~cordoned
         good = np.flatnonzero(ok).tolist()
-        if choose and good:  # reasons matter only when no node passes: skip the work
+        if choose and good:  # kube-scheduler needs reasons only when no node passes
             candidates = index[good]
             scores = self.scores(snapshot, pod)[candidates]
             best = candidates[scores == scores.max()].min()
-            return FilterOutcome([snapshot.names[int(best)]], {}, {})
+            unfit = index[~fit[index]]  # counted for the decision record only
+            why = explain(snapshot, unfit, pod)[0] if unfit.size else []
+            why += [CORDONED] * int(cordoned.sum())
+            return FilterOutcome(
+                [snapshot.names[int(best)]],
+                {},
+                {},
+                feasible=len(good),
+                ranked=ranked(snapshot.names, candidates, scores),
+                reasons=counted(why),
+            )
         out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})
         known = [name for name, row in zip(names, rows, strict=True) if row >= 0]
         for i in np.flatnonzero(cordoned).tolist():
-            out.failed[known[i]] = "node is cordoned (spec.unschedulable)"
+            out.failed[known[i]] = CORDONED
         bad = np.flatnonzero(~ok & ~cordoned)
         if bad.size:
             reasons, hopeless = explain(snapshot, index[bad], pod)
@@ -270,12 +296,16 @@ class Decider:
 
     def prioritize(
         self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str]
-    ) -> list[tuple[str, int]]:
+    ) -> tuple[list[tuple[str, int]], NDArray[np.float64]]:
+        """(host, 0..10 score) per node in ``names``' order, and the 0..100 scores (0 for a
+        node not in the cache)."""
         rows, _ = self._rows(snapshot, names)
         known = rows >= 0
         scores = np.zeros(len(names), dtype=np.int64)
-        scores[known] = to_extender_scores(self.scores(snapshot, pod)[rows[known]])
-        return list(zip(names, scores.tolist(), strict=True))
+        internal = np.zeros(len(names), dtype=np.float64)
+        internal[known] = self.scores(snapshot, pod)[rows[known]]
+        scores[known] = to_extender_scores(internal[known])
+        return list(zip(names, scores.tolist(), strict=True)), internal
 
     def devices(self, snapshot: Snapshot, pod: PodRequest, node: str) -> tuple[int, ...]:
         """GPU devices for ``pod`` on ``node``, chosen by the first configured policy."""

@@ -383,7 +383,13 @@ class RebuildGate:
                 passed = [passed[int(np.argmax(decider.scores(snapshot, pod.request)[rows]))]]
                 self._promise(next(h for h in holds if h.node == passed[0]), pod.uid)
             reason = f"held for local rebuild: the pod returns to node {passed[0]}"
-            return FilterOutcome(passed, {}, {n: reason for n in names if n not in passed})
+            held = next(h for h in holds if h.node == passed[0])
+            return FilterOutcome(
+                passed,
+                {},
+                {n: reason for n in names if n not in passed},
+                rule=f"local rebuild: node {held.node} held by Reservation {held.name}",
+            )
         hold = holds[0]
         reason = f"waiting to rebuild on node {hold.node}: {why[hold.node]}; "
         if hold.expires_at is not None:  # ends by time: have kube-scheduler retry

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from extender.bind import Binder, BindService
@@ -18,6 +19,7 @@ from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
 from extender.preempt import Evictions, candidates_from_wire, result_to_wire, select_victims
 from extender.rebuild_gate import RebuildGate
+from extender.record import Records
 from extender.wire import (
     ExtenderArgs,
     ExtenderBindingArgs,
@@ -133,6 +135,7 @@ class Verbs:
             BindService(cache, binder, self.decider.devices, gate) if cache and binder else None
         )
         self.evictions = Evictions(cache) if cache else None
+        self.records = Records()  # why each pod's node was chosen, until its bind
 
     @contextmanager
     def _view(self, args: ExtenderArgs) -> Iterator[Snapshot]:
@@ -177,6 +180,8 @@ class Verbs:
                 out = self.decider.filter(snapshot, pod, names, choose=choose)
         if out.retry:
             return ExtenderFilterResult(Error=out.retry)
+        if pending is not None and self.binds is not None:
+            self.records.note(pending.uid, out.record(self.decider.label, len(names)))
         if args.NodeNames is not None:
             return ExtenderFilterResult(
                 NodeNames=out.passed,
@@ -196,7 +201,10 @@ class Verbs:
         """(host, 0..10 score) per node, in the request's order (a HostPriorityList)."""
         pod, names = _pod(args), _node_names(args)
         with self._view(args) as snapshot:
-            return self.decider.prioritize(snapshot, pod, names)
+            scores, internal = self.decider.prioritize(snapshot, pod, names)
+        uid = str((args.Pod.get("metadata") or {}).get("uid") or "")
+        self.records.scored(uid, names, internal)
+        return scores
 
     async def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:
         if self.binds is None:
@@ -207,6 +215,9 @@ class Verbs:
             )
         # Reserve now, before the next request is served; then await the apiserver.
         ticket = self.binds.reserve(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        if not ticket.error and not ticket.done:  # the record rides on the binding
+            record = self.records.take(args.PodUID, args.Node)
+            ticket = replace(ticket, annotations={**ticket.annotations, **record})
         return ExtenderBindingResult(Error=await self.binds.commit(ticket))
 
     def preempt(self, args: ExtenderPreemptionArgs) -> dict[str, Any]:

@@ -370,7 +370,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     from fulcrum.inspection import inspect, render
 
-    report = inspect(*_objects(args), datetime.now(UTC))
+    report = inspect(*_objects(args), datetime.now(UTC), plan_seconds=args.plan_seconds)
     if args.output == "json":
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -420,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--name", default=None, help="a local cluster (fulcrum cluster up)")
     inspect.add_argument(
         "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json"
+    )
+    inspect.add_argument(
+        "--plan-seconds",
+        type=float,
+        default=10.0,
+        help="the optimiser's time for how many nodes could be emptied (default 10; 0: skip)",
     )
     inspect.set_defaults(func=_cmd_inspect)
     explain = sub.add_parser(

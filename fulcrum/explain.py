@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 from extender.decide import explain as reasons_per_node
 from fulcrum.inspection import snapshot_of
@@ -57,6 +58,8 @@ def _bound(pod: Obj) -> list[str]:
     lines = [
         f"on node {spec['nodeName']}, placed by {spec.get('schedulerName') or 'default-scheduler'}"
     ]
+    if api.DECISION in annotations:
+        lines += _decision(annotations[api.DECISION])
     if GPU_DEVICES_ANNOTATION in annotations:
         lines.append(f"GPU devices {annotations[GPU_DEVICES_ANNOTATION]}")
     if api.RESERVATION in annotations:
@@ -68,6 +71,27 @@ def _bound(pod: Obj) -> list[str]:
     if api.STATUS in annotations:
         lines.append(f"rebuild status: {annotations[api.STATUS]}")
     return lines
+
+
+def _decision(raw: str) -> list[str]:
+    """The decision record Fulcrum wrote with the binding (``extender.record``), for a person."""
+    try:
+        record = orjson.loads(raw)
+        why = [
+            f"chosen by {record['policy']}" + (f" ({record['rule']})" if "rule" in record else "")
+        ]
+        if "score" in record:
+            why[0] += f": score {record['score']} of 100"
+        if "runnerUp" in record:
+            why[0] += f"; runner-up {record['runnerUp']['node']} at {record['runnerUp']['score']}"
+        failed = ", ".join(f"{n} {reason}" for reason, n in record.get("failed", {}).items())
+        why.append(
+            f"{record['feasible']}/{record['nodes']} nodes could take it"
+            + (f"; the others: {failed}" if failed else "")
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return [f"decision record (unreadable): {raw[:200]}"]
+    return why
 
 
 def _pending(

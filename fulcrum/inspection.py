@@ -9,14 +9,18 @@ failure naming what and where.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from extender.cache import ClusterCache
 from kube import api, ippool
 from kube.resources import assigned_devices, node_spec, pod_request
 from rebuild.controller import EXPIRED_GRACE  # the controller keeps an expired one this long
@@ -47,6 +51,8 @@ class Inspection:
     reservations: list[dict[str, Any]]
     pools: list[dict[str, Any]]
     opted_in: list[dict[str, str]]
+    # the optimiser's answer (fulcrum[optimiser]): {"nodes": k, "moves": m, "used": n}
+    emptiable: dict[str, int] | None = None
     violations: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # objects Fulcrum cannot read
 
@@ -113,7 +119,11 @@ def _stranded(allocatable: np.ndarray, free: np.ndarray, gpus: tuple[int, int]) 
     return f"{', '.join(exhausted)} exhausted, {', '.join(idle)} idle"
 
 
-def _node_rows(snapshot: Snapshot, running: TargetWorkload | None) -> tuple[list[NodeRow], float]:
+def allocation(snapshot: Snapshot) -> tuple[list[NodeRow], float]:
+    """Each node's allocation, GPU fragments and stranded resources, and the cluster's GPU
+    fragmentation in % of its GPU milli, against the workload running in ``snapshot``."""
+    shapes = [p.pod for p in snapshot.pods().values()]
+    running = TargetWorkload.from_pods(shapes) if shapes else None
     gpu_total = snapshot.gpu_count * GPU_MILLI
     gpu_used = gpu_total - np.clip(snapshot.gpu_free, 0, None).sum(axis=1)
     fragments = np.zeros(snapshot.num_nodes)
@@ -143,6 +153,29 @@ def _node_rows(snapshot: Snapshot, running: TargetWorkload | None) -> tuple[list
         )
     total = float(gpu_total.sum())
     return rows, round(100 * float(fragments.sum()) / total, 2) if total else 0.0
+
+
+def emptiable(snapshot: Snapshot, budget_s: float) -> dict[str, int] | None:
+    """How many of the used nodes the optimiser could empty, and with how many moves: the
+    largest k for which ``plan_free_nodes`` finds a plan, by bisection within ``budget_s``.
+    None without the optimiser installed or with no budget."""
+    if budget_s <= 0:
+        return None
+    try:
+        from scheduler.optimiser import plan_free_nodes
+    except ImportError:
+        return None
+    used = sum(1 for name in snapshot.names if snapshot.pods_on(name))
+    deadline = time.monotonic() + budget_s
+    low, high, moves = 0, used - 1, 0
+    while low < high and (left := deadline - time.monotonic()) > 0.2:
+        k = (low + high + 1) // 2
+        plan = plan_free_nodes(snapshot, k, deadline_s=min(2.0, left))
+        if plan is None:
+            high = k - 1
+        else:
+            low, moves = k, len(plan.moves)
+    return {"nodes": low, "moves": moves, "used": used}
 
 
 def _reservations(objs: Sequence[Obj], nodes: set[str], now: datetime, out: Inspection) -> None:
@@ -214,13 +247,15 @@ def inspect(
     reservations: Sequence[Obj],
     pools: Sequence[Obj],
     now: datetime,
+    *,
+    plan_seconds: float = 0.0,
 ) -> Inspection:
-    """The inspection of these objects at ``now`` (timezone-aware); pods: the active ones."""
+    """The inspection of these objects at ``now`` (timezone-aware); pods: the active ones.
+    ``plan_seconds``: the optimiser's budget for how many nodes could be emptied (0: skip)."""
     out = Inspection([], 0.0, [], [], [])
     snapshot = snapshot_of(nodes, pods, out.skipped)
-    shapes = [p.pod for p in snapshot.pods().values()]
-    running = TargetWorkload.from_pods(shapes) if shapes else None
-    out.nodes, out.fragmentation_pct = _node_rows(snapshot, running)
+    out.nodes, out.fragmentation_pct = allocation(snapshot)
+    out.emptiable = emptiable(snapshot, plan_seconds)
     out.violations += _overcommitted(snapshot)
     _reservations(reservations, set(snapshot.names), now, out)
     _pools(pools, pods, out)
@@ -254,6 +289,12 @@ def render(report: Inspection) -> str:
         + f"; GPU fragmentation {report.fragmentation_pct:.2f}% (FGD, against the running pods)"
         + f"; {sum(1 for n in report.nodes if n.stranded)} nodes with stranded resources"
     )
+    if report.emptiable is not None:
+        e = report.emptiable
+        lines.append(
+            f"the optimiser could empty {e['nodes']} of the {e['used']} used nodes "
+            f"with {e['moves']} pod moves"
+        )
     lines.append(f"reservations: {len(report.reservations)}")
     lines += [
         f"  {r['name']} on {r['node']} {r['phase']}"
@@ -279,3 +320,46 @@ def render(report: Inspection) -> str:
             "Reservation, no opted-in pod placed by another scheduler)"
         )
     return "\n".join(lines)
+
+
+class ClusterCollector(Collector):
+    """The inspection's cluster figures on ``/metrics``, from the extender's cache at each
+    scrape: allocation per resource, GPU fragmentation, nodes with stranded resources."""
+
+    def __init__(self, cache: ClusterCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.cache.lock:
+            rows, fragmentation_pct = allocation(self.cache.snapshot)
+        allocated = GaugeMetricFamily(
+            "fulcrum_cluster_allocated_ratio",
+            "Requested over allocatable in the whole cluster, by resource (gpu: GPU milli)",
+            labels=["resource"],
+        )
+        for resource, attr in (
+            ("cpu", "cpu"),
+            ("memory", "memory"),
+            ("pods", "pods"),
+            ("gpu", "gpus"),
+        ):
+            used = sum(getattr(n, attr)[0] for n in rows)
+            total = sum(getattr(n, attr)[1] for n in rows)
+            allocated.add_metric([resource], used / total if total else 0.0)
+        yield allocated
+        yield GaugeMetricFamily(
+            "fulcrum_cluster_gpu_fragmentation_ratio",
+            "GPU milli the running pods' shapes cannot use (FGD), over all GPU milli",
+            value=fragmentation_pct / 100,
+        )
+        yield GaugeMetricFamily(
+            "fulcrum_cluster_stranded_nodes",
+            f"Nodes with a resource exhausted (under {EXHAUSTED:.0%} free) while another sits "
+            f"idle (over {IDLE:.0%} free)",
+            value=sum(1 for n in rows if n.stranded),
+        )
+        yield GaugeMetricFamily(
+            "fulcrum_cluster_nodes_used",
+            "Nodes running at least one pod",
+            value=sum(1 for n in rows if n.pods[0]),
+        )

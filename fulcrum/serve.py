@@ -23,6 +23,7 @@ from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.rebuild_gate import RebuildGate
+from fulcrum.inspection import ClusterCollector
 from kube import api as rebuild
 from kube.hooks import HookRegistry
 from kube.informer import ACTIVE_PODS, Informer
@@ -125,9 +126,12 @@ def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )
+    app = create_app(settings, cache, binder, gate=gate)
+    if cache is not None:
+        app.state.metrics.registry.register(ClusterCollector(cache))
     tls = settings.tls
     uvicorn.run(
-        create_app(settings, cache, binder, gate=gate),
+        app,
         host=settings.host,
         port=settings.port,
         ssl_certfile=str(tls.cert_file) if tls else None,

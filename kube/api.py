@@ -33,6 +33,7 @@ IP_REQUEST = "fulcrum.io/ip"  # optional: a specific address from that pool
 ASSIGNED_IP = "fulcrum.io/assigned-ip"  # written at bind; a kwok Stage copies it to status.podIP
 CALICO_IPS = "cni.projectcalico.org/ipAddrs"  # written at bind, Calico's format: '["10.0.0.5"]'
 RESERVATION = "fulcrum.io/reservation"  # written at bind on a successor: the Reservation it claimed
+DECISION = "fulcrum.io/decision"  # written at bind: why Fulcrum chose the node (extender.record)
 STATUS = "fulcrum.io/rebuild-status"  # written by the controller: what it did and why
 FINALIZER = "fulcrum.io/rebuild"
 

@@ -248,6 +248,7 @@ class Controller:
         )
         if self.store.get("reservations", f"{namespace}/{name}") is None:
             if self.writes.create_reservation(namespace, reservation.to_object()):
+                self.metrics.reserved(f"{namespace}/{name}")
                 self.writes.event(
                     pod,
                     "Reserved",
@@ -303,6 +304,7 @@ class Controller:
                 + (f" and PVCs {', '.join(reservation.claims)}" if reservation.claims else ""),
             )
             self.writes.delete_reservation(str(meta["namespace"]), claimed)
+            self.metrics.claimed(f"{meta['namespace']}/{claimed}")
             return  # the status write brings the pod back here for the post-rebuild hooks
         if current.get("action") != "claimed":
             return

@@ -42,6 +42,7 @@ def test_a_healthy_cluster_is_inspected_and_exits_zero(kit: rr.Kit) -> None:
     assert "IP pools: it-inspect/web 4 used, 10 free" in result.stdout
     assert "pods opted in to local rebuild: 4" in result.stdout
     assert "invariants: all hold" in result.stdout
+    assert "the optimiser could empty" in result.stdout
 
 
 def test_broken_invariants_are_named_and_exit_non_zero(kit: rr.Kit) -> None:
@@ -77,14 +78,29 @@ def test_explain_a_bound_pod_and_a_pending_eight_gpu_pod(kit: rr.Kit) -> None:
         print(result.stdout)
         outputs.append(result.stdout)
     assert "placed by fulcrum-scheduler" in outputs[0] and "IP 10.64.0." in outputs[0]
+    assert "chosen by Archimedes: score" in outputs[0]  # the decision record written with the binding
+    assert "/10 nodes could take it" in outputs[0]
     assert f"pod {NS}/big is Pending" in outputs[1]
     assert "0/10 nodes can take it now; 10 node has fewer than the 8 GPUs" in outputs[1]
 
 
-def test_the_rebuild_controller_serves_its_metrics(kit: rr.Kit) -> None:
-    port = cluster.load_state(kit.name).rebuild_port
+def scrape(port: int | None) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
+        text: str = reply.read().decode()
+    return text
+
+
+def test_the_extender_serves_the_clusters_figures(kit: rr.Kit) -> None:
+    text = scrape(cluster.load_state(kit.name).extender_port)
+    assert 'fulcrum_cluster_allocated_ratio{resource="cpu"}' in text
+    assert "fulcrum_cluster_gpu_fragmentation_ratio" in text
+    assert "fulcrum_cluster_stranded_nodes" in text
+    used = next(line for line in text.splitlines() if line.startswith("fulcrum_cluster_nodes_"))
+    assert float(used.split()[1]) >= 1  # the web pods run somewhere
+
+
+def test_the_rebuild_controller_serves_its_metrics(kit: rr.Kit) -> None:
+    text = scrape(cluster.load_state(kit.name).rebuild_port)
     assert 'fulcrum_rebuild_reconciles_total{kind="pods",outcome="done"}' in text
     assert f'fulcrum_rebuild_pool_addresses{{namespace="{NS}",pool="web",state="used"}}' in text
     assert "process_resident_memory_bytes" in text

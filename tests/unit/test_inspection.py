@@ -5,8 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+
+from extender import record
+from extender.cache import ClusterCache
 from fulcrum.explain import explain
-from fulcrum.inspection import inspect, render
+from fulcrum.inspection import ClusterCollector, inspect, render
 from kube import api
 from tests import builders
 
@@ -113,3 +117,45 @@ def test_explain_a_bound_pod() -> None:
         "on node n0, placed by fulcrum-scheduler",
         "IP 10.0.0.5 from pool web",
     ]
+
+
+def test_explain_a_bound_pod_shows_its_decision_record() -> None:
+    decision = record.Decision(
+        "MostAllocated", 5, 2, (("n0", 75.0), ("n1", 50.0)), (("Too many pods", 3),)
+    )
+    pod = bound("a", "n0", annotations={api.DECISION: decision.annotation("n0")})
+    lines = explain("ns/a", [builders.node("n0")], [pod], [], [], NOW)
+    assert lines[2:] == [
+        "chosen by MostAllocated: score 75.0 of 100; runner-up n1 at 50.0",
+        "2/5 nodes could take it; the others: 3 Too many pods",
+    ]
+    broken = bound("b", "n0", annotations={api.DECISION: "{not json"})
+    assert explain("ns/b", [builders.node("n0")], [broken], [], [], NOW)[2] == (
+        "decision record (unreadable): {not json"
+    )
+
+
+def test_the_cluster_figures_are_metrics_read_from_the_extenders_cache() -> None:
+    cache = ClusterCache()
+    for item in (builders.node("n0", cpu="4"), builders.node("n1", cpu="4", gpus=2)):
+        cache.apply("nodes", "ADDED", item)
+    cache.apply("pods", "ADDED", bound("a", "n1", cpu="4"))  # n1: cpu gone, 2 GPUs idle
+    registry = CollectorRegistry()
+    registry.register(ClusterCollector(cache))
+    text = generate_latest(registry).decode()
+    assert 'fulcrum_cluster_allocated_ratio{resource="cpu"} 0.5' in text
+    assert 'fulcrum_cluster_allocated_ratio{resource="gpu"} 0.0' in text
+    assert "fulcrum_cluster_stranded_nodes 1.0" in text
+    assert "fulcrum_cluster_nodes_used 1.0" in text
+    assert "fulcrum_cluster_gpu_fragmentation_ratio" in text
+
+
+def test_the_optimiser_says_how_many_nodes_could_be_emptied() -> None:
+    nodes = [builders.node(f"n{i}", cpu="4") for i in range(4)]
+    pods = [bound(f"p{i}", f"n{i}", cpu="1") for i in range(4)]  # one core used on each
+
+    report = inspect(nodes, pods, [], [], NOW, plan_seconds=10)
+
+    assert report.emptiable == {"nodes": 3, "moves": 3, "used": 4}
+    assert "the optimiser could empty 3 of the 4 used nodes with 3 pod moves" in render(report)
+    assert inspect(nodes, pods, [], [], NOW).emptiable is None  # no budget: not asked

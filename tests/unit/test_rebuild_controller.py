@@ -276,6 +276,8 @@ def test_the_successor_takes_the_ip_and_is_rebuilt_once_ready() -> None:
     assert rig.apiserver.reservations() == []
     assert finalizers(rig) == [api.FINALIZER]
     assert rig.apiserver.status("web-0")["action"] == "claimed"
+    latency = rig.controller.metrics.rebuild_latency.collect()[0].samples
+    assert [s.value for s in latency if s.name.endswith("_count")] == [1]  # one rebuild timed
     claimed = rig.apiserver.events[-1]
     assert (claimed["reason"], claimed["involvedObject"]["uid"]) == ("RebuildClaimed", NEW)
     assert (
