@@ -1,4 +1,4 @@
-"""The extender's apiserver client: ``pods/binding`` and IPPool allocation, over aiohttp.
+"""The extender's apiserver client: ``pods/binding``, IPPool allocation and Events, over aiohttp.
 
 Given the client configuration the wiring (``fulcrum.serve``) loaded from the kubeconfig, so this
 module never imports the ``kubernetes`` package.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -21,6 +22,7 @@ from kube import ippool
 # a bind never goes out on a connection the apiserver is closing.
 APISERVER_KEEP_ALIVE_SECONDS = 60
 BIND_CONNECTIONS = 64
+EVENT_COMPONENT = "fulcrum-extender"
 
 
 class ClientConfiguration(Protocol):
@@ -55,12 +57,7 @@ class KubeBinder:
             context.load_cert_chain(cfg.cert_file, cfg.key_file)
         self._context = context
         self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        # a service-account kubeconfig (tokenFile) stores the token as "BearerToken"
-        token = cfg.get_api_key_with_prefix("BearerToken") or (cfg.api_key or {}).get(
-            "authorization"
-        )
-        if token:
-            self._headers["Authorization"] = token
+        self._cfg = cfg
         self._base = cfg.host.rstrip("/")  # may carry a path (an apiserver behind a proxy)
         self._session: aiohttp.ClientSession | None = None
         self._pools: dict[str, dict[str, Any]] = {}  # IPPool path -> as our last write left it
@@ -83,10 +80,22 @@ class KubeBinder:
             )
         return self._session
 
+    def authorization(self) -> dict[str, str]:
+        """The bearer token header, as the configuration has it now: its refresh hook re-reads
+        a rotated service-account token (``fulcrum.kubeconfig``). A kubeconfig's token is
+        stored as "BearerToken", the in-cluster one as "authorization"."""
+        token = self._cfg.get_api_key_with_prefix(
+            "BearerToken"
+        ) or self._cfg.get_api_key_with_prefix("authorization")
+        return {"Authorization": token} if token else {}
+
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(status, decoded JSON body or None) of one apiserver request."""
         data = None if body is None else orjson.dumps(body)
-        async with self.session.request(method, self._base + path, data=data) as reply:
+        headers = self.authorization()
+        async with self.session.request(
+            method, self._base + path, data=data, headers=headers
+        ) as reply:
             raw = await reply.read()
             try:
                 return reply.status, orjson.loads(raw) if raw else None
@@ -117,6 +126,33 @@ class KubeBinder:
         }
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/binding"
         self._raise_for(*await self._call("POST", path, body))
+
+    async def event(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        """A Warning Event on the pod, from component fulcrum-extender."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": namespace,
+                "name": name,
+                "uid": uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning",
+            "source": {"component": EVENT_COMPONENT},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        status, reply = await self._call("POST", f"/api/v1/namespaces/{namespace}/events", body)
+        if status >= 300:
+            message = reply.get("message", "") if isinstance(reply, dict) else ""
+            raise RuntimeError(f"apiserver answered {status}: {message}")
 
     async def current(self, namespace: str, name: str) -> tuple[str, str]:
         status, pod = await self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from extender.bind import Binder
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
+from extender.events import EventSink
 from extender.rebuild_gate import RebuildGate
 from extender.verbs import BadRequest, Verbs
 from extender.wire import (
@@ -40,6 +41,7 @@ from policies.registry import Registry
 
 Args = TypeVar("Args", bound=BaseModel)
 Answer = tuple[int, bytes]  # HTTP status, JSON body
+HTTP_REASONS = {400: "bad_request", 413: "too_large", 422: "invalid"}
 
 
 class Metrics:
@@ -52,9 +54,10 @@ class Metrics:
         )
         self.errors = Counter(
             "fulcrum_extender_errors",
-            "Extender calls refused or failed, by verb and HTTP status ('refused': a bind the "
-            "apiserver or Fulcrum refused; 'retry': a filter answered 'wait, then retry')",
-            ["verb", "status"],
+            "Extender calls refused or failed, by verb, HTTP code and reason (code 200: "
+            "'refused', a bind the apiserver or Fulcrum refused; 'retry', a filter answered "
+            "'wait, then retry')",
+            ["verb", "code", "reason"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -79,8 +82,8 @@ class Metrics:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
         self._passed = self.decisions.labels("passed")
         self._failed = self.decisions.labels("failed")
-        self._retried = self.errors.labels("filter", "retry")
-        self._refused = self.errors.labels("bind", "refused")
+        self._retried = self.errors.labels("filter", "200", "retry")
+        self._refused = self.errors.labels("bind", "200", "refused")
 
     def filtered(self, result: ExtenderFilterResult) -> None:
         if result.Error:
@@ -184,7 +187,8 @@ def _endpoint(
                 count(result)
             return 200, _encode(result)
         except BadRequest as exc:
-            metrics.errors.labels(name, str(exc.status)).inc()
+            reason = HTTP_REASONS.get(exc.status, "error")
+            metrics.errors.labels(name, str(exc.status), reason).inc()
             return exc.status, _encode(ExtenderFilterResult(Error=exc.message))
         finally:
             latency.observe(time.perf_counter() - started)
@@ -199,11 +203,12 @@ def create_app(
     registry: Registry | None = None,
     *,
     gate: RebuildGate | None = None,
+    events: EventSink | None = None,
 ) -> ExtenderApp:
-    """The extender over ``Verbs(settings, cache, binder, registry, gate=gate)``."""
+    """The extender over ``Verbs(settings, cache, binder, registry, gate=..., events=...)``."""
     app = ExtenderApp(title="Fulcrum scheduler extender", docs_url=None, redoc_url=None)
     metrics = Metrics(cache)
-    verbs = Verbs(settings, cache, binder, registry, gate=gate)
+    verbs = Verbs(settings, cache, binder, registry, gate=gate, events=events)
     app.state.metrics, app.state.verbs = metrics, verbs
     limit = settings.max_body_bytes
     app.endpoints = {

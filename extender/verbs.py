@@ -17,6 +17,7 @@ from extender.bind import Binder, BindService
 from extender.cache import ClusterCache, PendingPod
 from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy
+from extender.events import Events, EventSink
 from extender.preempt import Evictions, candidates_from_wire, result_to_wire, select_victims
 from extender.rebuild_gate import RebuildGate
 from extender.record import Records
@@ -121,6 +122,7 @@ class Verbs:
         registry: Registry | None = None,
         *,
         gate: RebuildGate | None = None,
+        events: EventSink | None = None,
     ) -> None:
         if gate is not None and gate.cache is not cache:
             raise ValueError("the rebuild gate must observe the verbs' cache")
@@ -136,6 +138,7 @@ class Verbs:
         )
         self.evictions = Evictions(cache) if cache else None
         self.records = Records()  # why each pod's node was chosen, until its bind
+        self.events = Events(events)
 
     @contextmanager
     def _view(self, args: ExtenderArgs) -> Iterator[Snapshot]:
@@ -218,7 +221,10 @@ class Verbs:
         if not ticket.error and not ticket.done:  # the record rides on the binding
             record = self.records.take(args.PodUID, args.Node)
             ticket = replace(ticket, annotations={**ticket.annotations, **record})
-        return ExtenderBindingResult(Error=await self.binds.commit(ticket))
+        error = await self.binds.commit(ticket)
+        if error:
+            self.events.warn(args.PodNamespace, args.PodName, args.PodUID, "BindRefused", error)
+        return ExtenderBindingResult(Error=error)
 
     def preempt(self, args: ExtenderPreemptionArgs) -> dict[str, Any]:
         """An ``ExtenderPreemptionResult`` body: one node and its victims (``select_victims``)."""

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +399,14 @@ class Comparison:
 
     rounds: list[tuple[RunReport, RunReport]]  # (default-scheduler, fulcrum-scheduler)
     lower_bound: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The comparison as ``fulcrum compare -o json`` prints it."""
+        rounds = [
+            {r.scheduler: {**asdict(r), "throughput": r.throughput} for r in pair}
+            for pair in self.rounds
+        ]
+        return {"lower_bound": self.lower_bound, "rounds": rounds, "throughput_ratios": self.ratios}
 
     @property
     def ratios(self) -> list[float]:

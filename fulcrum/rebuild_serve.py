@@ -17,11 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from fulcrum.kubeconfig import CredentialsError
+from fulcrum.kubeconfig import api_client as kubeconfig_api_client
 from rebuild.controller import Controller
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class RebuildError(RuntimeError):
 
 
 def _health_server(
-    port: int, ready: threading.Event, registry: CollectorRegistry
+    host: str, port: int, ready: threading.Event, registry: CollectorRegistry
 ) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -56,7 +58,7 @@ def _health_server(
             pass
 
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server = ThreadingHTTPServer((host, port), Handler)
     except OSError as exc:
         raise RebuildError(f"--health-port {port}: {exc.strerror}; pass another port") from exc
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
@@ -67,23 +69,21 @@ def run(
     kubeconfig: Path | None,
     *,
     health_port: int,
+    health_host: str = "0.0.0.0",
     lease_namespace: str = "kube-system",
     identity: str | None = None,
     lease_seconds: int = 15,
 ) -> None:
     """Block forever: campaign for the Lease, and run the controller while leading."""
     try:
-        if kubeconfig is not None:
-            if not kubeconfig.is_file():
-                raise RebuildError(f"--kubeconfig {kubeconfig}: no such file")
-            config.load_kube_config(config_file=str(kubeconfig))
-        else:
-            config.load_incluster_config()
-    except config.ConfigException as exc:
-        raise RebuildError(f"kubeconfig: {exc}") from exc
+        api_client = kubeconfig_api_client(kubeconfig, log=log.info)
+    except CredentialsError as exc:
+        raise RebuildError(str(exc)) from exc
+    client.Configuration.set_default(api_client.configuration)  # the Lease lock's client
     ready = threading.Event()
-    controller = Controller(client.ApiClient())
-    _health_server(health_port, ready, controller.metrics.registry)
+    controller = Controller(api_client)
+    _health_server(health_host, health_port, ready, controller.metrics.registry)
+    log.info("health and metrics on http://%s:%d", health_host, health_port)
     if identity:
         controller.identity = identity
     else:

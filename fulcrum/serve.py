@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from kubernetes import client, config
+from kubernetes import client
+from prometheus_client import start_http_server
 
 from extender.apiserver import KubeBinder
 from extender.app import create_app
@@ -24,6 +25,8 @@ from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.rebuild_gate import RebuildGate
 from fulcrum.inspection import ClusterCollector
+from fulcrum.kubeconfig import api_client as kubeconfig_api_client
+from fulcrum.kubeconfig import configured
 from kube import api as rebuild
 from kube.hooks import HookRegistry
 from kube.informer import ACTIVE_PODS, Informer
@@ -39,13 +42,10 @@ class ServeError(RuntimeError):
     """The extender cannot start; the message names the cause and the fix."""
 
 
-def core_api(kubeconfig: Path) -> Any:
-    if not kubeconfig.is_file():
-        raise ServeError(f"--kubeconfig {kubeconfig}: no such file")
-    try:
-        api_client = config.new_client_from_config(config_file=str(kubeconfig))
-    except config.ConfigException as exc:
-        raise ServeError(f"--kubeconfig {kubeconfig}: {exc}") from exc
+def core_api(kubeconfig: Path | None) -> Any:
+    """The CoreV1Api of ``fulcrum.kubeconfig``'s credentials (``--kubeconfig``, then
+    ``$KUBECONFIG``, then in-cluster), saying where they came from."""
+    api_client = kubeconfig_api_client(kubeconfig, log=log.info)
     api_client.configuration.connection_pool_maxsize = 16
     return client.CoreV1Api(api_client)
 
@@ -116,20 +116,45 @@ def check_port_free(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
-def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
+def serve(
+    settings: ExtenderSettings,
+    kubeconfig: Path | None,
+    *,
+    metrics_host: str = "0.0.0.0",
+    metrics_port: int | None = None,
+) -> None:
+    """Run the extender until stopped; ``metrics_port``: also serve /metrics there."""
     check_port_free(settings.host, settings.port)
     cache = gate = binder = None
-    if kubeconfig is not None:
+    if not configured(kubeconfig):
+        log.warning(
+            "no cluster (no --kubeconfig, $KUBECONFIG or in-cluster account): filter and "
+            "prioritize only, on the Nodes each request carries (nodeCacheCapable: false)"
+        )
+    else:
         api = core_api(kubeconfig)
         cache, gate, _ = start_cache(api)
         binder = KubeBinder(api.api_client.configuration)
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )
-    app = create_app(settings, cache, binder, gate=gate)
+    app = create_app(settings, cache, binder, gate=gate, events=binder)
+    registry = app.state.metrics.registry
     if cache is not None:
-        app.state.metrics.registry.register(ClusterCollector(cache))
+        registry.register(ClusterCollector(cache))
+    if metrics_port is not None:  # for Prometheus, while the verbs may stay on loopback
+        check_port_free(metrics_host, metrics_port)
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     tls = settings.tls
+    log.info(
+        "extender on %s://%s:%d; policies %s; decideInFilter %s",
+        "https" if tls else "http",
+        settings.host,
+        settings.port,
+        ", ".join(f"{p.policy}:{p.weight:g}" for p in settings.prioritize),
+        settings.decide_in_filter,
+    )
     uvicorn.run(
         app,
         host=settings.host,
@@ -138,6 +163,7 @@ def serve(settings: ExtenderSettings, kubeconfig: Path | None) -> None:
         ssl_keyfile=str(tls.key_file) if tls else None,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level="warning",
+        log_config=None,  # the process's logging (--log-format), not uvicorn's own
         access_log=False,
         # per-request work nobody reads: kube-scheduler calls us directly, not via a proxy
         proxy_headers=False,

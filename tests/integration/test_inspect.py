@@ -78,7 +78,7 @@ def test_explain_a_bound_pod_and_a_pending_eight_gpu_pod(kit: rr.Kit) -> None:
         print(result.stdout)
         outputs.append(result.stdout)
     assert "placed by fulcrum-scheduler" in outputs[0] and "IP 10.64.0." in outputs[0]
-    assert "chosen by Archimedes: score" in outputs[0]  # the decision record written with the binding
+    assert "chosen by Archimedes: score" in outputs[0]  # the record written with the binding
     assert "/10 nodes could take it" in outputs[0]
     assert f"pod {NS}/big is Pending" in outputs[1]
     assert "0/10 nodes can take it now; 10 node has fewer than the 8 GPUs" in outputs[1]

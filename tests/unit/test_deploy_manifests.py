@@ -377,7 +377,7 @@ def test_binder_authenticates_with_the_deployed_kubeconfig(tmp_path: Path) -> No
     from fulcrum.serve import core_api
 
     binder = KubeBinder(core_api(_local_kubeconfig(tmp_path)).api_client.configuration)
-    assert binder._headers["Authorization"] == "Bearer header.payload.signature"
+    assert binder.authorization() == {"Authorization": "Bearer header.payload.signature"}
 
 
 # --- RBAC --------------------------------------------------------------------------------------

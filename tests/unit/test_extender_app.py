@@ -69,7 +69,10 @@ def test_a_pod_whose_own_request_is_malformed_is_unresolvable_everywhere(
 def test_errors_are_counted_per_verb(client: TestClient) -> None:
     client.post("/filter", content=b"nope")
     metrics = client.get("/metrics").text
-    assert 'fulcrum_extender_errors_total{status="400",verb="filter"} 1.0' in metrics
+    assert (
+        'fulcrum_extender_errors_total{code="400",reason="bad_request",verb="filter"} 1.0'
+        in metrics
+    )
 
 
 def test_cordoned_and_unknown_nodes_fail_with_their_reason() -> None:

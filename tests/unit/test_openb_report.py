@@ -21,3 +21,16 @@ def test_the_cpu_table_gives_each_column_cluster_cpu_per_pod_relative_to_the_fir
     assert row.split()[-2:] == ["1.00", "0.67"]
     total = next(line for line in table.splitlines() if "cluster total" in line)
     assert total.split()[-2:] == ["6.00", "9.00"]
+
+
+def test_compare_as_json_has_every_round_and_the_ratios() -> None:
+    import orjson
+
+    from fulcrum.openb import Comparison
+
+    default = RunReport("default-scheduler", 10, 10, 5, 0, 1.0, 2.0, {"machine": 1.0})
+    ours = RunReport("fulcrum-scheduler", 10, 10, 3, 0, 1.0, 4.0, {"machine": 2.0})
+    document = orjson.loads(orjson.dumps(Comparison([(default, ours)], 3).to_json()))
+    assert document["lower_bound"] == 3 and document["throughput_ratios"] == [0.5]
+    assert document["rounds"][0]["fulcrum-scheduler"]["nodes_used"] == 3
+    assert document["rounds"][0]["default-scheduler"]["throughput"] == 5.0
