@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup binaries demo test lint unit integration clean
+.PHONY: setup binaries demo test lint unit integration clean manifests image
 
 $(BIN)/fulcrum: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ integration: setup
 
 test: setup lint
 	$(BIN)/pytest -q tests
+
+# deploy/ from charts/fulcrum (helm template; tests/unit/test_chart.py fails when they differ)
+manifests: $(BIN)/fulcrum
+	$(BIN)/python -m fulcrum.chart
+
+# the fulcrum:VERSION image with buildah, as root; minutes, so not part of `make test`
+image: $(BIN)/fulcrum
+	PYTHON=$(BIN)/python deploy/image/build.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""Control-plane binaries, built from the Go module proxy and cached outside the work tree.
+"""Control-plane binaries (and helm), built from the Go module proxy and cached outside the
+work tree.
 
 Each component is a small Go wrapper module under ``controlplane/`` that pins one release.
 Binaries land in ``<cache>/bin/<component>-<version>-<hash>/``; the hash covers the wrapper's
@@ -64,6 +65,8 @@ class Component:
             kube = KUBERNETES.version().lstrip("v")
             pkg = "sigs.k8s.io/kwok/pkg/consts"
             return f"-s -w -X {pkg}.Version={version.lstrip('v')} -X {pkg}.KubeVersion={kube}"
+        if self.name == "helm":
+            return _helm_ldflags(self, version)
         return "-s -w"
 
     def cache_key(self) -> str:
@@ -72,6 +75,21 @@ class Component:
             digest.update((controlplane_dir() / self.module_dir / name).read_bytes())
         digest.update(self.ldflags().encode())
         return f"{self.name}-{self.version()}-{digest.hexdigest()[:10]}"
+
+
+def _helm_ldflags(component: Component, version: str) -> str:
+    """What helm's own Makefile sets: its version, and the Kubernetes version its client-go
+    stands for (``helm template``'s default ``.Capabilities.KubeVersion``, ``helm lint``'s
+    deprecation checks)."""
+    text = component.go_mod().read_text()
+    match = re.search(r"^\s*k8s\.io/client-go v0\.(\d+)\.", text, re.M)
+    if match is None:
+        raise BinaryError(f"{component.go_mod()}: no k8s.io/client-go v0.N line; run `go mod tidy`")
+    flags = [f"helm.sh/helm/v3/internal/version.version={version}"]
+    flags.append("helm.sh/helm/v3/internal/version.gitTreeState=clean")
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"{pkg}.k8sVersionMajor=1", f"{pkg}.k8sVersionMinor={match.group(1)}"]
+    return "-s -w" + "".join(f" -X {flag}" for flag in flags)
 
 
 KUBERNETES = Component(
@@ -90,7 +108,8 @@ KWOK = Component(
     "sigs.k8s.io/kwok",
     {"kwok": "sigs.k8s.io/kwok/cmd/kwok", "kwokctl": "sigs.k8s.io/kwok/cmd/kwokctl"},
 )
-COMPONENTS = (KUBERNETES, ETCD, KWOK)
+HELM = Component("helm", "helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"})
+COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM)
 ALL_BINARIES = tuple(name for c in COMPONENTS for name in c.commands)
 
 
@@ -120,7 +139,9 @@ def check_binary(path: Path, *, want_version: str | None = None) -> str:
         )
     if not os.access(path, os.X_OK):
         raise BinaryError(f"{path}: not executable; run `chmod +x {path}`")
-    args = ["version", "--client"] if path.name == "kubectl" else ["--version"]
+    args = {"kubectl": ["version", "--client"], "helm": ["version", "--short"]}.get(
+        path.name, ["--version"]
+    )
     try:
         result = subprocess.run(
             [str(path), *args], capture_output=True, text=True, timeout=30, check=False
@@ -248,3 +269,14 @@ def ensure_binaries(log: Callable[[str], None] | None = None) -> dict[str, Path]
         for name in missing:
             found[name] = directory / name
     return found
+
+
+def ensure_binary(name: str, log: Callable[[str], None] | None = None) -> Path:
+    """One binary (e.g. ``helm``): ``FULCRUM_BIN_DIR``'s if it has it, else built and cached."""
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    supplied = os.environ.get("FULCRUM_BIN_DIR")
+    if supplied and (Path(supplied) / name).exists():
+        check_binary(Path(supplied) / name, want_version=expected_version(name))
+        return Path(supplied) / name
+    (component,) = [c for c in COMPONENTS if name in c.commands]
+    return _component_dir(component, say) / name

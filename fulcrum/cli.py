@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from fulcrum import logs
 from fulcrum.binaries import BinaryError
 
 if TYPE_CHECKING:
@@ -87,15 +88,25 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
     phases: dict[str, int] = {}
     for pod in api.list_pod_for_all_namespaces().items:
         phases[pod.status.phase] = phases.get(pod.status.phase, 0) + 1
-    print(f"cluster {args.name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}")
     pids = sorted(set(processes.processes_under(cluster.state_dir(args.name))))
-    total = 0.0
-    for pid in pids:
-        rss = processes.rss_mib(pid)
-        total += rss
-        print(f"  {pid:>8} {processes.process_name(pid):25} {rss:8.0f} MiB")
-    print(f"  total resident memory: {total:.0f} MiB across {len(pids)} processes")
+    rss = {pid: round(processes.rss_mib(pid)) for pid in pids}
+    procs = [{"pid": pid, "name": processes.process_name(pid), "rss_mib": rss[pid]} for pid in pids]
+    total = sum(rss.values())
+    if args.output == "json":
+        status = {"name": args.name, "nodes": len(nodes), "ready": ready, "pods": phases}
+        _print_json({**status, "processes": procs, "rss_mib": total})
+        return 0
+    print(f"cluster {args.name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}")
+    for p in procs:
+        print(f"  {p['pid']:>8} {p['name']:25} {p['rss_mib']:8} MiB")
+    print(f"  total resident memory: {total} MiB across {len(pids)} processes")
     return 0
+
+
+def _print_json(document: object) -> None:
+    import orjson
+
+    print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -103,20 +114,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from fulcrum.serve import serve
     from policies.registry import default_registry
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format)
     settings = load_settings(args.config, default_registry(), host=args.host, port=args.port)
-    serve(settings, args.kubeconfig)
+    serve(settings, args.kubeconfig, metrics_host=args.metrics_host, metrics_port=args.metrics_port)
     return 0
 
 
 def _cmd_webhook(args: argparse.Namespace) -> int:
     from fulcrum.webhook_serve import serve_webhook
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format)
     serve_webhook(host=args.host, port=args.port, cert=args.tls_cert, key=args.tls_key)
     return 0
 
@@ -134,12 +141,11 @@ def _cmd_webhook_cert(args: argparse.Namespace) -> int:
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     from fulcrum.rebuild_serve import run
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format)
     run(
         args.kubeconfig,
         health_port=args.health_port,
+        health_host=args.health_host,
         lease_namespace=args.lease_namespace,
         identity=args.identity,
         lease_seconds=args.lease_seconds,
@@ -180,8 +186,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             seed=args.seed,
             workload=args.workload,
             rounds=args.rounds,
+            log=print if args.output == "text" else functools.partial(print, file=sys.stderr),
         )
-        print(format_reports(result))
+        if args.output == "json":
+            _print_json(result.to_json())
+        else:
+            print(format_reports(result))
     finally:
         cluster.down(args.name)
     return 0
@@ -217,6 +227,10 @@ def _add_cluster(sub: Subparsers) -> None:
     ):
         p = csub.add_parser(action, help=helptext)
         p.add_argument("--name", default="fulcrum", help="cluster name (default %(default)s)")
+        if action == "status":
+            p.add_argument(
+                "-o", "--output", choices=("text", "json"), default="text", help="text or json"
+            )
         p.set_defaults(func=func)
     listed = csub.add_parser("list", help="the local clusters, their nodes and state directories")
     listed.set_defaults(func=_cmd_cluster_list)
@@ -231,8 +245,19 @@ def _add_services(sub: Subparsers) -> None:
         "--kubeconfig",
         type=Path,
         default=None,
-        help="watch this cluster (needed for nodeCacheCapable and bind)",
+        help="watch this cluster (needed for nodeCacheCapable and bind); default $KUBECONFIG, "
+        "then the pod's service account, else no cluster",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve /metrics on this port, for Prometheus (default: only on --port)",
+    )
+    serve.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address of --metrics-port (default 0.0.0.0)"
+    )
+    logs.add_flags(serve)
     serve.set_defaults(func=_cmd_serve)
 
     webhook = sub.add_parser("webhook", help="run the admission webhooks (HTTPS)")
@@ -240,6 +265,7 @@ def _add_services(sub: Subparsers) -> None:
     webhook.add_argument("--port", type=int, default=8443, help="listen port (default 8443)")
     webhook.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
     webhook.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
+    logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)
 
     cert = sub.add_parser(
@@ -252,9 +278,18 @@ def _add_services(sub: Subparsers) -> None:
 
     rebuild = sub.add_parser("rebuild", help="run the local-rebuild controller")
     rebuild.add_argument(
-        "--kubeconfig", type=Path, default=None, help="cluster to run against (default: in-cluster)"
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="cluster to run against (default $KUBECONFIG, then the pod's service account)",
     )
-    rebuild.add_argument("--health-port", type=int, default=8889, help="/healthz and /readyz")
+    rebuild.add_argument(
+        "--health-port", type=int, default=8889, help="/healthz, /readyz and /metrics (8889)"
+    )
+    rebuild.add_argument(
+        "--health-host", default="0.0.0.0", help="address of --health-port (default 0.0.0.0)"
+    )
+    logs.add_flags(rebuild)
     rebuild.add_argument("--lease-namespace", default="kube-system", help="where its Lease lives")
     rebuild.add_argument("--identity", default=None, help="leader-election identity")
     rebuild.add_argument("--lease-seconds", type=int, default=15, help="Lease duration")
@@ -289,6 +324,13 @@ def _add_runs(sub: Subparsers) -> None:
         help="run both schedulers this many times, in turns",
     )
     compare.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
+    compare.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text (default), or json on stdout with progress on stderr",
+    )
     compare.set_defaults(func=_cmd_compare)
 
 
@@ -314,23 +356,16 @@ def _cmd_cluster_list(args: argparse.Namespace) -> int:
 
 
 def _api_client(args: argparse.Namespace) -> Any:
-    """--kubeconfig, else the local cluster --name, else $KUBECONFIG or ~/.kube/config, else the
-    pod's in-cluster account."""
-    from kubernetes import config
-
+    """--kubeconfig, else the local cluster --name, else $KUBECONFIG, ~/.kube/config, then the
+    pod's in-cluster account (``fulcrum.kubeconfig``)."""
     from fulcrum import cluster
+    from fulcrum.kubeconfig import api_client
 
-    if args.kubeconfig is not None:
-        return config.new_client_from_config(config_file=str(args.kubeconfig))
+    local = None
     if args.name is not None:
-        return config.new_client_from_config(config_file=str(cluster.kubeconfig_path(args.name)))
-    try:
-        return config.new_client_from_config()
-    except config.ConfigException:
-        config.load_incluster_config()
-        from kubernetes import client
-
-        return client.ApiClient()
+        cluster.load_state(args.name)  # no such cluster: says so, and how to make it
+        local = cluster.kubeconfig_path(args.name)
+    return api_client(args.kubeconfig or local, user_default=True)
 
 
 def _objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
@@ -370,7 +405,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     from fulcrum.inspection import inspect, render
 
-    report = inspect(*_objects(args), datetime.now(UTC), plan_seconds=args.plan_seconds)
+    if args.html is not None:
+        from fulcrum import report as html_report
+
+        try:
+            html_report.require()  # before the cluster is read, not after
+        except html_report.ReportError as exc:
+            print(f"fulcrum inspect: error: {exc}", file=sys.stderr)
+            return 2
+    now = datetime.now(UTC)
+    report = inspect(*_objects(args), now, plan_seconds=args.plan_seconds)
+    if args.html is not None:
+        where = str(args.kubeconfig or args.name or "the current kubeconfig context")
+        page = html_report.inspection_html(report, source=where, now=now)
+        html_report.write_html(args.html, page)
+        print(f"wrote {args.html}", file=sys.stderr)
     if args.output == "json":
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -404,6 +453,33 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fulcrum import report
+
+    try:
+        documents = report.load_simulations(args.simulate_json)
+        page = report.simulate_html(documents, sources=[str(p) for p in args.simulate_json])
+    except report.ReportError as exc:
+        print(f"fulcrum report: error: {exc}", file=sys.stderr)
+        return 2
+    report.write_html(args.output, page)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_report(sub: Subparsers) -> None:
+    report = sub.add_parser(
+        "report", help="an HTML report of fulcrum simulate --json runs, one line per policy"
+    )
+    report.add_argument(
+        "simulate_json", type=Path, nargs="+", help="files written by fulcrum simulate --json"
+    )
+    report.add_argument(
+        "-o", "--html", dest="output", type=Path, required=True, help="the HTML file to write"
+    )
+    report.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fulcrum", description=__doc__)
     parser.add_argument("--version", action="version", version=_version())
@@ -427,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="the optimiser's time for how many nodes could be emptied (default 10; 0: skip)",
     )
+    inspect.add_argument(
+        "--html", type=Path, default=None, help="also write the report as one HTML file here"
+    )
     inspect.set_defaults(func=_cmd_inspect)
     explain = sub.add_parser(
         "explain", help="why a pod is on its node, or why it is Pending and what would help"
@@ -444,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
     )
+    _add_report(sub)
     return parser
 
 
@@ -456,12 +536,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from extender.config import ConfigError
     from fulcrum.cluster import ClusterError
+    from fulcrum.kubeconfig import CredentialsError
     from fulcrum.rebuild_serve import RebuildError
     from fulcrum.serve import ServeError
+    from scheduler.trace import TraceError
 
+    errors = (BinaryError, ClusterError, ServeError, ConfigError, RebuildError, CredentialsError)
     try:
         return int(args.func(args))
-    except (BinaryError, ClusterError, ServeError, ConfigError, RebuildError) as exc:
+    except (*errors, TraceError) as exc:
         print(f"fulcrum: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

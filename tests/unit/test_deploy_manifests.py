@@ -668,7 +668,9 @@ def test_kube_scheduler_probes_its_secure_port() -> None:
 def test_the_extender_is_probed_from_inside_its_loopback_only_container() -> None:
     """httpGet probes come from the node and cannot reach 127.0.0.1 inside the pod."""
     extender = container("extender")
-    assert "ports" not in extender  # nothing listens on the pod IP
+    # on the pod IP only /metrics (--metrics-port), never the verbs
+    assert extender["ports"] == [{"name": "metrics", "containerPort": 9090}]
+    assert "--metrics-port=9090" in extender["command"]
     expected = {
         "readinessProbe": "http://127.0.0.1:8888/readyz",
         "livenessProbe": "http://127.0.0.1:8888/healthz",
@@ -723,9 +725,9 @@ def test_the_rebuild_controller_runs_the_extenders_image_as_its_own_account() ->
 
 
 def test_the_rebuild_controller_is_probed_for_liveness_only() -> None:
-    """Its health server listens on 127.0.0.1; /readyz is 200 only on the leader."""
+    """/readyz is 200 only on the leader; its port is named for Prometheus' /metrics."""
     c = rebuild_container()
-    assert "ports" not in c
+    assert c["ports"] == [{"name": "metrics", "containerPort": rebuild_args().health_port}]
     assert "readinessProbe" not in c and "startupProbe" not in c
     command = c["livenessProbe"]["exec"]["command"]
     assert command[:3] == ["python", "-S", "-c"]
@@ -861,7 +863,10 @@ def test_the_webhook_configurations_are_the_ones_admission_config_writes() -> No
     ):
         got = copy.deepcopy(one(kind, "fulcrum.io"))
         got["metadata"].pop("labels")
-        assert got == want, f"{kind}: regenerate deploy/webhook-configurations.yaml"
+        assert got == want, (
+            f"{kind}: edit charts/fulcrum/templates/webhook-configurations.yaml, then "
+            "`make manifests`"
+        )
     port = one("Service", "fulcrum-webhook")["spec"]["ports"][0]
     assert port["port"] == 443 and port["targetPort"] == 8443
 

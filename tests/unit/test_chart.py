@@ -1,0 +1,390 @@
+"""The Helm chart (charts/fulcrum): lint, a golden rendering, deploy/ rendered from it, the
+webhook configurations equal to admission/config.py's for every certificate source, the
+PodMonitor, values reaching the manifests, and bad values refused by values.schema.json.
+
+helm is built by `fulcrum build` (make setup). Without it these tests skip, unless CI is set:
+then helm is built here. Regenerate the golden file after a deliberate chart change with
+
+    FULCRUM_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_chart.py -k golden
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import importlib.metadata
+import os
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from admission.config import webhook_configurations
+from extender.config import load_settings
+from fulcrum import chart
+from fulcrum.binaries import HELM, cache_dir
+from policies.registry import default_registry
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_VALUES = GOLDEN / "chart-values.yaml"
+GOLDEN_RENDERING = GOLDEN / "chart.yaml"
+WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+FULCRUM_CONTAINERS = {
+    "fulcrum-scheduler": "extender",
+    "fulcrum-rebuild": "rebuild",
+    "fulcrum-webhook": "webhook",
+}
+Doc = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    supplied = os.environ.get("FULCRUM_BIN_DIR")
+    for path in ([Path(supplied) / "helm"] if supplied else []) + [
+        cache_dir() / "bin" / HELM.cache_key() / "helm"
+    ]:
+        if path.is_file():
+            return path
+    if not os.environ.get("CI"):
+        pytest.skip(f"helm {HELM.version()} not built: run `fulcrum build` (make setup)")
+    return chart.helm()  # CI: build it (minutes, once)
+
+
+def render(helm: Path, *sets: str, namespace: str = "fulcrum-system", **kwargs: Any) -> list[Doc]:
+    text = chart.template(helm, namespace=namespace, set_values=sets, **kwargs)
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    (doc,) = find(docs, kind, name)
+    return doc
+
+
+def containers(docs: list[Doc], deployment: str) -> dict[str, Doc]:
+    spec = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec["containers"]}
+
+
+def config_map_file(docs: list[Doc], key: str) -> Any:
+    return yaml.safe_load(one(docs, "ConfigMap", "fulcrum-config")["data"][key])
+
+
+# --- the chart as a whole ------------------------------------------------------------------
+
+
+def test_the_chart_version_is_the_projects() -> None:
+    meta = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((chart.CHART.parents[1] / "pyproject.toml").read_text())
+    version = project["project"]["version"]
+    assert meta["version"] == meta["appVersion"] == version
+    assert importlib.metadata.version("fulcrum") == version  # what `fulcrum --version` prints
+
+
+def test_helm_lint_passes(helm: Path) -> None:
+    result = subprocess.run(
+        [str(helm), "lint", "--strict", str(chart.CHART)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_the_rendering_with_fixed_values_is_the_golden_file(helm: Path) -> None:
+    """Any change to what the chart renders shows up here, in review, as a diff of this file."""
+    rendered = chart.template(
+        helm, release="golden", namespace="fulcrum-golden", values_files=[GOLDEN_VALUES]
+    )
+    if os.environ.get("FULCRUM_UPDATE_GOLDEN"):
+        GOLDEN_RENDERING.write_text(rendered)
+    assert rendered == GOLDEN_RENDERING.read_text(), (
+        "the chart renders differently from tests/unit/golden/chart.yaml; if that is meant, "
+        "regenerate it: FULCRUM_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_chart.py -k golden"
+    )
+
+
+def test_deploy_is_the_charts_rendering(helm: Path) -> None:
+    files = chart.deploy_files(helm)
+    assert chart.DEPLOY / "crds" / "reservations.yaml" in files
+    assert chart.DEPLOY / "deployment.yaml" in files
+    out_of_date = [str(p.relative_to(chart.DEPLOY)) for p in chart.stale(files)]
+    assert not out_of_date, (
+        f"deploy/ differs from charts/fulcrum: run `make manifests` ({out_of_date})"
+    )
+
+
+def test_object_names_do_not_depend_on_the_release_name(helm: Path) -> None:
+    def names(release: str) -> set[tuple[str, str]]:
+        text = chart.template(
+            helm, release=release, set_values=["webhook.certificate.source=secret"]
+        )
+        return {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(text) if d}
+
+    assert names("fulcrum") == names("another")
+
+
+def test_the_namespace_is_created_only_when_asked(helm: Path) -> None:
+    assert not find(render(helm), "Namespace")
+    namespace = one(render(helm, "namespace.create=true", namespace="ns1"), "Namespace")
+    assert namespace["metadata"]["name"] == "ns1"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# --- values reach the manifests --------------------------------------------------------------
+
+
+def test_image_replicas_and_resources_reach_every_component(helm: Path) -> None:
+    docs = render(
+        helm,
+        "image.repository=registry.example/team/fulcrum",
+        "image.tag=abc123",
+        "image.pullPolicy=Always",
+        "scheduler.replicas=3",
+        "rebuild.replicas=1",
+        "webhook.replicas=4",
+        "rebuild.resources.limits.memory=4Gi",
+        namespace="elsewhere",
+    )
+    for deployment, name in FULCRUM_CONTAINERS.items():
+        c = containers(docs, deployment)[name]
+        assert c["image"] == "registry.example/team/fulcrum:abc123", deployment
+        assert c["imagePullPolicy"] == "Always"
+    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in find(docs, "Deployment")}
+    assert replicas == {"fulcrum-scheduler": 3, "fulcrum-rebuild": 1, "fulcrum-webhook": 4}
+    assert containers(docs, "fulcrum-rebuild")["rebuild"]["resources"]["limits"]["memory"] == "4Gi"
+    rebuild_command = containers(docs, "fulcrum-rebuild")["rebuild"]["command"]
+    assert "--lease-namespace=elsewhere" in rebuild_command
+    election = config_map_file(docs, "kube-scheduler.yaml")["leaderElection"]
+    assert election["resourceNamespace"] == "elsewhere"
+
+
+def test_the_default_image_is_what_make_image_builds(helm: Path) -> None:
+    docs = render(helm)
+    script = (chart.DEPLOY / "image" / "build.sh").read_text()
+    image = containers(docs, "fulcrum-scheduler")["extender"]["image"]
+    assert image == f"fulcrum:{importlib.metadata.version('fulcrum')}"
+    assert 'IMAGE="${IMAGE:-fulcrum:$VERSION}"' in script
+
+
+def test_policy_weights_and_ignorable_reach_the_configuration(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "extender": {
+                    "ignorable": True,
+                    "weight": 3,
+                    "httpTimeout": "2s",
+                    "prioritize": [
+                        {"policy": "Archimedes", "weight": 2.5},
+                        {"policy": "MostAllocated", "weight": 1},
+                    ],
+                    "decideInFilter": False,
+                    "workloadPrior": {"cpuShare": 0.25, "pods": 5},
+                }
+            }
+        )
+    )
+    docs = render(helm, values_files=[values])
+    extender = config_map_file(docs, "kube-scheduler.yaml")["extenders"][0]
+    assert (extender["ignorable"], extender["weight"], extender["httpTimeout"]) == (True, 3, "2s")
+    path = tmp_path / "extender.yaml"
+    path.write_text(one(docs, "ConfigMap", "fulcrum-config")["data"]["extender.yaml"])
+    settings = load_settings(path, default_registry(plugins=False))
+    weights = [(p.policy, p.weight) for p in settings.prioritize]
+    assert weights == [("Archimedes", 2.5), ("MostAllocated", 1.0)]
+    assert settings.decide_in_filter is False
+    assert settings.workload_prior.cpu_share == 0.25 and settings.workload_prior.pods == 5
+    assert (settings.host, settings.port) == ("127.0.0.1", 8888)
+
+
+def test_a_new_configuration_rolls_the_scheduler_pods(helm: Path) -> None:
+    def checksum(*sets: str) -> str:
+        template = one(render(helm, *sets), "Deployment", "fulcrum-scheduler")["spec"]["template"]
+        value: str = template["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("extender.ignorable=true")
+
+
+def test_the_disruption_budget_can_be_turned_off(helm: Path) -> None:
+    assert one(render(helm), "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert not find(
+        render(helm, "scheduler.podDisruptionBudget.enabled=false"), "PodDisruptionBudget"
+    )
+
+
+# --- the webhook certificate, by source ------------------------------------------------------
+
+
+def _admission_configs(namespace: str, ca_bundle: str | None) -> list[Doc]:
+    client: dict[str, Any] = {
+        "service": {"namespace": namespace, "name": "fulcrum-webhook", "port": 443}
+    }
+    if ca_bundle:
+        client["caBundle"] = ca_bundle
+    return webhook_configurations(client)
+
+
+def _without_metadata_extras(doc: Doc) -> Doc:
+    doc = copy.deepcopy(doc)
+    doc["metadata"].pop("labels")
+    doc["metadata"].pop("annotations", None)
+    return doc
+
+
+def _ca_bundles(docs: list[Doc]) -> set[str | None]:
+    return {
+        hook["clientConfig"].get("caBundle")
+        for kind in WEBHOOK_KINDS
+        for hook in one(docs, kind)["webhooks"]
+    }
+
+
+CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nnot checked here\n").decode()
+
+
+@pytest.mark.parametrize(
+    ("sets", "ca_from_secret", "ca"),
+    [
+        (["webhook.certificate.source=generate"], True, None),
+        (["webhook.certificate.source=secret"], False, None),
+        (["webhook.certificate.source=secret", f"webhook.certificate.caBundle={CA}"], False, CA),
+        (["webhook.certificate.source=cert-manager"], False, None),
+    ],
+    ids=["generate", "secret", "secret-with-caBundle", "cert-manager"],
+)
+def test_the_webhook_configurations_are_the_ones_admission_config_writes(
+    helm: Path, sets: list[str], ca_from_secret: bool, ca: str | None
+) -> None:
+    docs = render(helm, *sets, namespace="ns2")
+    if ca_from_secret:
+        ca = one(docs, "Secret", "fulcrum-webhook-tls")["data"]["ca.crt"]
+    for got, want in zip(
+        (one(docs, kind, "fulcrum.io") for kind in WEBHOOK_KINDS),
+        _admission_configs("ns2", ca),
+        strict=True,
+    ):
+        assert _without_metadata_extras(got) == want, f"{got['kind']}: edit the chart's template"
+
+
+def test_a_generated_certificate_is_signed_by_the_ca_in_the_configurations(helm: Path) -> None:
+    docs = render(helm, "webhook.certificate.validityDays=30", namespace="ns3")
+    secret = one(docs, "Secret", "fulcrum-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    pem = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    ca = x509.load_pem_x509_certificate(pem["ca.crt"])
+    cert = x509.load_pem_x509_certificate(pem["tls.crt"])
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "fulcrum-webhook.ns3.svc" in names.get_values_for_type(x509.DNSName)
+    lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(days=29) < lifetime <= datetime.timedelta(days=30)
+    key = load_pem_private_key(pem["tls.key"], password=None)
+    public = cert.public_key()
+    assert isinstance(key, rsa.RSAPrivateKey) and isinstance(public, rsa.RSAPublicKey)
+    assert key.public_key().public_numbers() == public.public_numbers()
+    assert _ca_bundles(docs) == {secret["data"]["ca.crt"]}
+    webhook = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "fulcrum-webhook-tls"}} in webhook["volumes"]
+
+
+def test_a_user_secret_renders_no_certificate(helm: Path) -> None:
+    docs = render(helm, "webhook.certificate.source=secret", "webhook.certificate.secretName=mine")
+    assert not find(docs, "Secret") and not find(docs, "Certificate")
+    assert _ca_bundles(docs) == {None}
+    webhook = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "mine"}} in webhook["volumes"]
+
+
+def test_cert_manager_issues_the_certificate_and_injects_its_ca(helm: Path) -> None:
+    docs = render(helm, "webhook.certificate.source=cert-manager", namespace="ns4")
+    certificate = one(docs, "Certificate", "fulcrum-webhook")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert certificate["spec"]["secretName"] == "fulcrum-webhook-tls"
+    assert certificate["spec"]["dnsNames"] == ["fulcrum-webhook.ns4.svc"]
+    issuer = one(docs, "Issuer")
+    assert issuer["spec"] == {"selfSigned": {}}
+    assert certificate["spec"]["issuerRef"] == {
+        "name": issuer["metadata"]["name"],
+        "kind": "Issuer",
+    }
+    for kind in WEBHOOK_KINDS:
+        annotations = one(docs, kind)["metadata"]["annotations"]
+        assert annotations == {"cert-manager.io/inject-ca-from": "ns4/fulcrum-webhook"}
+    assert not find(docs, "Secret") and _ca_bundles(docs) == {None}
+
+    docs = render(
+        helm,
+        "webhook.certificate.source=cert-manager",
+        "webhook.certificate.certManager.issuerRef.name=corp-ca",
+        "webhook.certificate.certManager.issuerRef.kind=ClusterIssuer",
+    )
+    assert not find(docs, "Issuer")
+    issuer_ref = one(docs, "Certificate")["spec"]["issuerRef"]
+    assert issuer_ref == {"name": "corp-ca", "kind": "ClusterIssuer"}
+
+
+# --- PodMonitor ------------------------------------------------------------------------------
+
+
+def test_the_pod_monitor_is_rendered_only_when_enabled(helm: Path) -> None:
+    assert not find(render(helm), "PodMonitor")
+    docs = render(
+        helm,
+        "podMonitor.enabled=true",
+        "podMonitor.labels.release=prometheus",
+        "podMonitor.tokenSecret.name=prometheus-token",
+    )
+    monitor = one(docs, "PodMonitor", "fulcrum-scheduler")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    pod = one(docs, "Deployment", "fulcrum-scheduler")["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    scheduler, extender = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert scheduler["port"] in ports and scheduler["scheme"] == "https"
+    assert scheduler["authorization"]["credentials"] == {"name": "prometheus-token", "key": "token"}
+    assert extender["port"] == "metrics" and "metrics" in ports  # fulcrum serve --metrics-port
+    rebuild = one(docs, "PodMonitor", "fulcrum-rebuild")
+    controller = one(docs, "Deployment", "fulcrum-rebuild")["spec"]["template"]["spec"]
+    assert rebuild["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert "metrics" in {p["name"] for c in controller["containers"] for p in c.get("ports", [])}
+    without_token = one(render(helm, "podMonitor.enabled=true"), "PodMonitor", "fulcrum-scheduler")
+    assert "authorization" not in without_token["spec"]["podMetricsEndpoints"][0]
+
+
+# --- bad values --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["scheduler.replicas=-1"], "/scheduler/replicas"),
+        (["webhook.replicas=0"], "/webhook/replicas"),
+        (["webhook.certificate.source=self-made"], "/webhook/certificate/source"),
+        (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (["extender.httpTimeout=soon"], "/extender/httpTimeout"),
+        (["rebuild.replica=2"], "replica"),  # a typo: unknown keys are refused
+    ],
+    ids=["negative-replicas", "zero-replicas", "source", "pull-policy", "timeout", "typo"],
+)
+def test_a_bad_value_is_refused_naming_it(helm: Path, sets: list[str], message: str) -> None:
+    with pytest.raises(chart.ChartError) as failed:
+        chart.template(helm, set_values=sets)
+    assert "values don't meet the specifications of the schema" in str(failed.value)
+    assert message in str(failed.value)
