@@ -9,6 +9,7 @@ watch do not. Set against the extender's CPU per pod in `fulcrum compare`'s CPU 
 difference is what serving it over HTTP on a busy machine costs.
 
     .venv/bin/python benchmarks/extender_cpu.py [--nodes 200] [--pods 2000] [--seed 42]
+    .venv/bin/python benchmarks/extender_cpu.py --record-cost 3   # the decision record's cost
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import statistics
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
@@ -67,7 +69,8 @@ async def call(app: ExtenderApp, path: str, body: dict[str, Any]) -> dict[str, A
     return reply
 
 
-async def replay(n_nodes: int, n_pods: int, seed: int) -> None:
+async def replay(n_nodes: int, n_pods: int, seed: int, *, record: bool = True) -> float:
+    """Replay the sample; CPU ms per bound pod, all verbs."""
     nodes = load_nodes(traces.node_list("all_node"))
     pods = load_pods(traces.pod_list("default"))
     picked = sample(nodes, pods, n_nodes, n_pods, seed=seed)
@@ -75,7 +78,7 @@ async def replay(n_nodes: int, n_pods: int, seed: int) -> None:
     gate = RebuildGate(cache, default_hook_registry(plugins=False))  # wired as fulcrum.serve does
     for row in picked.nodes:
         cache.apply("nodes", "ADDED", node_manifest(nodes, row))
-    settings = ExtenderSettings(decide_in_filter=True)
+    settings = ExtenderSettings(decide_in_filter=True, decision_record=record)
     app = create_app(settings, cache, ReturningBinder(), gate=gate)
     names = cache.node_names()
     spent = {"filter": 0.0, "bind": 0.0, "watch": 0.0}
@@ -116,6 +119,22 @@ async def replay(n_nodes: int, n_pods: int, seed: int) -> None:
     for verb, ms in per_pod.items():
         print(f"  {verb:8} {ms:6.3f}")
     print(f"  {'total':8} {sum(per_pod.values()):6.3f}")
+    return sum(per_pod.values())
+
+
+def record_cost(n_nodes: int, n_pods: int, seed: int, pairs: int) -> None:
+    """The decision record's share: replays with it off and on, alternated, medians compared."""
+    off, on = [], []
+    for i in range(pairs):
+        print(f"pair {i + 1}/{pairs}: record off, then on", file=sys.stderr)
+        off.append(asyncio.run(replay(n_nodes, n_pods, seed, record=False)))
+        on.append(asyncio.run(replay(n_nodes, n_pods, seed, record=True)))
+    low, high = statistics.median(off), statistics.median(on)
+    print(
+        f"decision record: CPU ms per pod {low:.3f} off, {high:.3f} on (medians of {pairs}); "
+        f"on/off {high / low:.3f}; per pair: "
+        + ", ".join(f"{b / a:.3f}" for a, b in zip(off, on, strict=True))
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -123,8 +142,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--pods", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--record-cost",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="compare the decision record off and on over this many alternated pairs",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(replay(args.nodes, args.pods, args.seed))
+    if args.record_cost:
+        record_cost(args.nodes, args.pods, args.seed, args.record_cost)
+    else:
+        asyncio.run(replay(args.nodes, args.pods, args.seed))
     return 0
 
 

@@ -7,6 +7,7 @@ prioritize:                 # weighted policies, by registry name (case-insensit
 - {policy: Archimedes, weight: 3}
 - {policy: MostAllocated, weight: 1}
 decideInFilter: true        # filter passes only Fulcrum's pick; kube-scheduler skips scoring
+decisionRecord: true        # write why each node was chosen on its pod (fulcrum.io/decision)
 workloadPrior:              # the GPU pod to expect before any is seen (scheduler/workload_model.py)
   cpuShare: 0.5             # CPU kept beside each GPU for it: this share of the GPU nodes' per GPU
   # cpuPerGpuMilli: 4000    # or this much, in milli
@@ -84,6 +85,8 @@ class ExtenderSettings(_Config):
     # filter passes only the node Fulcrum would pick, so kube-scheduler skips scoring (one HTTP
     # call per pod instead of two); false keeps kube-scheduler's own score plugins in play
     decide_in_filter: bool = True
+    # the decision record (extender/record.py), written on each pod with its binding
+    decision_record: bool = True
     workload_prior: WorkloadPriorSettings = WorkloadPriorSettings()
     tls: TLS | None = None
 

@@ -77,11 +77,34 @@ class _Reasons:
         codes = self.code
         return [self.messages[c] for c in codes.tolist()], np.asarray(self.unresolvable)[codes]
 
+    def counted(self) -> list[tuple[str, int]]:
+        """(reason, nodes) for each reason that applies, without a string per node."""
+        self.note(self.code < 0, "does not fit", False)
+        counts = np.bincount(self.code, minlength=len(self.messages)).tolist()
+        return [(m, n) for m, n in zip(self.messages, counts, strict=True) if n]
+
 
 def explain(
     snapshot: Snapshot, rows: NDArray[np.intp], pod: PodRequest
 ) -> tuple[list[str], NDArray[np.bool_]]:
-    """Why ``pod`` does not fit on each node of ``rows``, and which reasons are unresolvable.
+    """Why ``pod`` does not fit on each node of ``rows``, and which reasons are unresolvable
+    (``_checked``)."""
+    checked = _checked(snapshot, rows, pod)
+    if isinstance(checked, str):
+        return [checked] * len(rows), np.ones(len(rows), dtype=np.bool_)
+    return checked.result()
+
+
+def explain_counts(
+    snapshot: Snapshot, rows: NDArray[np.intp], pod: PodRequest
+) -> list[tuple[str, int]]:
+    """``explain``'s reasons counted: (reason, nodes), for the decision record."""
+    checked = _checked(snapshot, rows, pod)
+    return [(checked, len(rows))] if isinstance(checked, str) else checked.counted()
+
+
+def _checked(snapshot: Snapshot, rows: NDArray[np.intp], pod: PodRequest) -> _Reasons | str:
+    """The first failing check of ``pod`` on each node of ``rows`` (or the one reason for all).
 
     Reasons name the resource and the pod's request but not the node's numbers, so that
     kube-scheduler's FailedScheduling event aggregates them ("120 node(s) had Insufficient
@@ -91,7 +114,7 @@ def explain(
     """
     checks = _checks(snapshot.resource_names, pod)
     if isinstance(checks, str):
-        return [f"node has no {checks}"] * len(rows), np.ones(len(rows), dtype=np.bool_)
+        return f"node has no {checks}"
     allocatable, free = snapshot.allocatable[rows], snapshot.free[rows]
     reasons = _Reasons(len(rows))
     for name, col, want in checks:
@@ -124,7 +147,7 @@ def explain(
             f"{pod.gpu_milli} milli free",
             False,
         )
-    return reasons.result()
+    return reasons
 
 
 def to_extender_scores(scores: NDArray[np.float64]) -> list[int]:
@@ -186,11 +209,14 @@ class Decider:
         registry: Registry,
         policies: Sequence[WeightedPolicy],
         prior: WorkloadPrior | None = None,
+        *,
+        record: bool = True,
     ) -> None:
         self.cache, self.registry, self.weights = cache, registry, tuple(policies)
         self.label = "+".join(
             w.name if len(policies) == 1 else f"{w.name}:{w.weight:g}" for w in policies
         )  # the policies, as the decision record names them
+        self.record = record  # count why nodes failed, for the decision record, even when choosing
         self.live = LiveWorkload(prior)
         self._seen: OrderedDict[str, None] = OrderedDict()  # pods counted as arrivals
         self._built: tuple[float, int, list[tuple[Policy, float]]] | None = None
@@ -255,9 +281,11 @@ class Decider:
             candidates = index[good]
             scores = self.scores(snapshot, pod)[candidates]
             best = candidates[scores == scores.max()].min()
-            unfit = index[~fit[index]]  # counted for the decision record only
-            why = explain(snapshot, unfit, pod)[0] if unfit.size else []
-            why += [CORDONED] * int(cordoned.sum())
+            why: list[tuple[str, int]] = []
+            if self.record:
+                unfit = index[~fit[index]]
+                why = explain_counts(snapshot, unfit, pod) if unfit.size else []
+                why.append((CORDONED, int(cordoned.sum())))
             return FilterOutcome(
                 [snapshot.names[int(best)]],
                 {},

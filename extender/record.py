@@ -62,9 +62,16 @@ class Decision:
         return orjson.dumps(record).decode()
 
 
-def counted(reasons: Iterable[str]) -> tuple[tuple[str, int], ...]:
-    """The ``REASONS`` most common reasons with their counts, each cut to ``REASON_CHARS``."""
-    top = Counter(reasons).most_common(REASONS)
+def counted(reasons: Iterable[str] | Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """The ``REASONS`` most common reasons with their counts, each cut to ``REASON_CHARS``;
+    from one reason per node, or from (reason, nodes) pairs."""
+    tally: Counter[str] = Counter()
+    for item in reasons:
+        if isinstance(item, str):
+            tally[item] += 1
+        else:
+            tally[item[0]] += item[1]
+    top = [(reason, n) for reason, n in tally.most_common(REASONS) if n]
     return tuple((reason[:REASON_CHARS], n) for reason, n in top)
 
 

@@ -132,6 +132,7 @@ class Verbs:
             registry or default_registry(),
             [WeightedPolicy(p.policy, p.weight) for p in settings.prioritize],
             settings.workload_prior.prior(),
+            record=settings.decision_record,
         )
         self.binds = (
             BindService(cache, binder, self.decider.devices, gate) if cache and binder else None
@@ -183,7 +184,7 @@ class Verbs:
                 out = self.decider.filter(snapshot, pod, names, choose=choose)
         if out.retry:
             return ExtenderFilterResult(Error=out.retry)
-        if pending is not None and self.binds is not None:
+        if pending is not None and self.binds is not None and self.settings.decision_record:
             self.records.note(pending.uid, out.record(self.decider.label, len(names)))
         if args.NodeNames is not None:
             return ExtenderFilterResult(
@@ -205,8 +206,9 @@ class Verbs:
         pod, names = _pod(args), _node_names(args)
         with self._view(args) as snapshot:
             scores, internal = self.decider.prioritize(snapshot, pod, names)
-        uid = str((args.Pod.get("metadata") or {}).get("uid") or "")
-        self.records.scored(uid, names, internal)
+        if self.settings.decision_record:
+            uid = str((args.Pod.get("metadata") or {}).get("uid") or "")
+            self.records.scored(uid, names, internal)
         return scores
 
     async def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
@@ -59,28 +60,40 @@ def _show(usage: dict[str, tuple[float, float]]) -> None:
         _say(f"  {node:18} {cpu:6.0%} {mem:7.0%}")
 
 
-def _rebuild(name: str, replicas: int) -> None:
+def pool_cidr(replicas: int) -> str:
+    """An IP pool in 10.64.0.0/16 with room for ``replicas`` pods and their successors."""
+    bits = max(8, (2 * replicas + 2).bit_length())
+    return f"10.64.0.0/{32 - min(bits, 16)}"
+
+
+def rebuild_pair(
+    name: str, replicas: int, *, namespace: str = "demo-rebuild", say: Callable[[str], None]
+) -> dict[str, rr.Rollout]:
+    """Deployments 'local' (opted in to local rebuild, with an IP pool, routed to
+    fulcrum-scheduler by the admission webhook) and 'plain', ``replicas`` pods each, in a new
+    ``namespace`` of cluster ``name``; the same `kubectl set env` on both at once; each one's
+    rollout (``rebuild_run.roll``)."""
     kit = rr.Kit.of(name)
-    ns = "demo-rebuild"
+    ns = namespace
     kit.kubectl("create", "namespace", ns)
     apps = {"local": replicas, "plain": replicas}
     rr.apply(
         kit,
         [
-            rr.ip_pool(ns, "local", "10.64.0.0/24"),
+            rr.ip_pool(ns, "local", pool_cidr(replicas)),
             rr.deployment(ns, "local", replicas, pool="local", scheduler=None),
             rr.deployment(ns, "plain", replicas, opted=False),
         ],
     )
     rr.wait_running(kit, ns, apps)
     rr.wait_guarded(kit, ns, {"local": replicas})
-    _say(
+    say(
         "\nlocal rebuild: Deployments 'local' (annotated fulcrum.io/rebuild: local and an IP "
         f"pool, no schedulerName: the admission webhook routes them to "
         f"{cluster.FULCRUM_SCHEDULER}) and 'plain' ({replicas} pods each); `kubectl set env` on "
         "both at once"
     )
-    results = rr.roll(
+    return rr.roll(
         kit,
         ns,
         apps,
@@ -88,9 +101,12 @@ def _rebuild(name: str, replicas: int) -> None:
             "set", "env", "deployment/local", "deployment/plain", "REVISION=2", "-n", ns
         ),
         rr.has_env("2"),
-        say=_say,
+        say=say,
     )
-    for result in results.values():
+
+
+def _rebuild(name: str, replicas: int) -> None:
+    for result in rebuild_pair(name, replicas, say=_say).values():
         _say(f"  {result}")
 
 

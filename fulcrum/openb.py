@@ -321,25 +321,32 @@ def _wait_bound(
         time.sleep(0.1)
 
 
-def run_phase(
+@dataclass(frozen=True)
+class Placement:
+    """Pods placed by a paused-then-resumed scheduler: what was bound, and how fast."""
+
+    manifests: int
+    placed: list[dict[str, Any]]  # the namespace's bound pods, as JSON
+    create_seconds: float
+    schedule_seconds: float  # scheduler resumed to last pod bound
+    cpu_seconds: dict[str, float]  # per process, ``_usage`` deltas, resumed to all bound
+
+
+def place_paused(
     name: str,
-    nodes: NodeTrace,
-    pods: PodTrace,
-    sample_: Sample,
+    namespace: str,
+    manifests: list[dict[str, Any]],
     scheduler: str,
     *,
     timeout: float = 600,
     log: Callable[[str], None],
-) -> RunReport:
-    """Create the sample's pods for ``scheduler`` in a fresh namespace, wait, measure, clean up.
-
-    The scheduler is paused (SIGSTOP) while the pods are created, then resumed: the time to
-    bind them all measures the scheduler, not how fast this process can create pods.
-    """
+    on_resume: Callable[[], object] = lambda: None,
+) -> Placement:
+    """Create ``manifests`` in ``namespace`` with ``scheduler`` paused (SIGSTOP), resume it
+    (``on_resume`` is called just before) and wait until they are bound or binding stalls:
+    the time to bind them all measures the scheduler, not how fast this process creates pods."""
     api = cluster.core_api(name)
-    namespace = f"openb-{scheduler}"
     ensure_namespace(api, namespace)
-    manifests = [pod_manifest(pods, row, scheduler) for row in sample_.pods]
     pid = cluster.scheduler_pid(name, scheduler)
     port = cluster.scheduler_metrics_port(name, scheduler)
     processes = cluster.process_labels(name)  # read once: /proc is scanned for them
@@ -348,6 +355,7 @@ def run_phase(
     informer = Informer("pods", functools.partial(api.list_namespaced_pod, namespace), bindings)
     created = _create_paused(api, namespace, manifests, pid, informer)
     log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s (scheduler paused)")
+    on_resume()
     cpu_before = _usage(processes)
     started = time.monotonic()
     os.kill(pid, signal.SIGCONT)
@@ -367,20 +375,45 @@ def run_phase(
             f"attempt, of which its own Filter plugins {1000 * filters / attempts:.2f} ms "
             f"({attempts:.0f} attempts)"
         )
+    cpu = {p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after}
+    return Placement(len(manifests), placed, created, bound_at - started, cpu)
+
+
+def run_phase(
+    name: str,
+    nodes: NodeTrace,
+    pods: PodTrace,
+    sample_: Sample,
+    scheduler: str,
+    *,
+    timeout: float = 600,
+    log: Callable[[str], None],
+) -> RunReport:
+    """Place the sample's pods for ``scheduler`` in a fresh namespace (``place_paused``),
+    measure, clean up."""
+    namespace = f"openb-{scheduler}"
+    manifests = [pod_manifest(pods, row, scheduler) for row in sample_.pods]
+    done = place_paused(name, namespace, manifests, scheduler, timeout=timeout, log=log)
     report = RunReport(
         scheduler=scheduler,
         pods=len(manifests),
-        bound=len(placed),
-        nodes_used=len({p["spec"]["nodeName"] for p in placed}),
-        overcommitted_nodes=len(_overcommitted(nodes, sample_, placed)),
-        create_seconds=created,
-        schedule_seconds=bound_at - started,
-        cpu_seconds={p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after},
+        bound=len(done.placed),
+        nodes_used=len({p["spec"]["nodeName"] for p in done.placed}),
+        overcommitted_nodes=len(_overcommitted(nodes, sample_, done.placed)),
+        create_seconds=done.create_seconds,
+        schedule_seconds=done.schedule_seconds,
+        cpu_seconds=done.cpu_seconds,
     )
-    api.delete_namespace(namespace)
-    while _namespace_exists(api, namespace):  # its pods, then its events: the next phase
-        time.sleep(0.5)  # should not pay for this one's clean-up
+    delete_namespace(cluster.core_api(name), namespace)
     return report
+
+
+def delete_namespace(api: Any, namespace: str) -> None:
+    """Delete ``namespace`` and wait until it is gone: its pods, then its events (the next
+    phase should not pay for this one's clean-up)."""
+    api.delete_namespace(namespace)
+    while _namespace_exists(api, namespace):
+        time.sleep(0.5)
 
 
 def _namespace_exists(api: Any, namespace: str) -> bool:

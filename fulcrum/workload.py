@@ -168,6 +168,11 @@ def scheduling_algorithm(port: int) -> tuple[float, float, float]:
     return seconds, filters, attempts
 
 
+def scheduler_metrics(port: int) -> list[str]:
+    """The lines of kube-scheduler's /metrics, on its secure ``port`` (self-signed, no auth)."""
+    return _metrics(f"https://127.0.0.1:{port}/metrics", ssl._create_unverified_context())
+
+
 def ensure_namespace(api: Any, namespace: str, *, timeout: float = 60) -> None:
     """Create ``namespace`` if needed and wait for its default ServiceAccount (pods need it)."""
     try:

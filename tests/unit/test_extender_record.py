@@ -125,3 +125,13 @@ def test_a_bound_node_outside_the_best_three_still_gets_its_score() -> None:
     written = orjson.loads(binder.annotations["p"][DECISION])
     assert written["node"] == "n1" and written["score"] == 50.0
     assert written["runnerUp"] == {"node": "n2", "score": 75.0}
+
+
+def test_the_record_can_be_turned_off() -> None:
+    verbs, binder = cluster(decide_in_filter=True)
+    verbs.settings = verbs.settings.model_copy(update={"decision_record": False})
+    p = pod("p", cpu="2")
+    asyncio.run(verbs.filter(ExtenderArgs(Pod=p, NodeNames=["n1", "n2"])))
+    bind = ExtenderBindingArgs(PodName="p", PodNamespace="ns", PodUID="p", Node="n2")
+    assert asyncio.run(verbs.bind(bind)).Error == ""
+    assert DECISION not in binder.annotations["p"] and len(verbs.records) == 0
