@@ -42,6 +42,19 @@ def _relevant(meta: Mapping[str, Any]) -> bool:
     )
 
 
+def slim(pod: Obj) -> Obj:
+    """What the controller keeps of a pod it has nothing to do for (no ``fulcrum.io`` rebuild or
+    pool annotation, not our finalizer): that it lives (its UID, for the sweep), and where. A
+    full pod is some 10 KiB; a cluster's worth of them was most of the controller's memory."""
+    meta = metadata(pod)
+    kept = {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}
+    return {"metadata": kept, "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")}}
+
+
+def _kept(kind: str, obj: Obj) -> Obj:
+    return obj if kind != "pods" or _relevant(metadata(obj)) else slim(obj)
+
+
 class Store:
     """The latest object of each kind, and work keys for what changed."""
 
@@ -58,18 +71,19 @@ class Store:
         with self.lock:
             if event == "DELETED":
                 self.objects[kind].pop(key, None)
-                if kind == "pods":
+                if kind == "pods" and _relevant(metadata(obj)):  # the rest needs no goodbye
                     self.gone[key] = obj
             else:
-                self.objects[kind][key] = obj
+                self.objects[kind][key] = _kept(kind, obj)
         self._enqueue(kind, key, obj)
 
     def replace(self, kind: str, objects: Iterable[Obj]) -> None:
-        fresh = {object_key(o): o for o in objects}
+        fresh = {object_key(o): _kept(kind, o) for o in objects}
         with self.lock:
             if kind == "pods":
                 for key in self.objects[kind].keys() - fresh.keys():
-                    self.gone[key] = self.objects[kind][key]
+                    if _relevant(metadata(self.objects[kind][key])):
+                        self.gone[key] = self.objects[kind][key]
             self.objects[kind] = fresh
         for key, obj in fresh.items():
             self._enqueue(kind, key, obj)
