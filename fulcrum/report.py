@@ -376,3 +376,48 @@ def simulate_html(documents: Sequence[Mapping[str, Any]], *, sources: Sequence[s
             + _table("in-order", ("policy", "pods", "placed", "nodes used"), in_order)
         )
     return _page("Fulcrum simulate", " \u00b7 ".join(sources), body)
+
+
+def _is_comparison(document: object) -> bool:
+    return (
+        isinstance(document, dict)
+        and isinstance(document.get("lower_bound"), int)
+        and isinstance(document.get("rounds"), list)
+        and bool(document["rounds"])
+        and all(isinstance(r, dict) and r for r in document["rounds"])
+    )
+
+
+def compare_html(document: Mapping[str, Any], *, source: str) -> str:
+    """``fulcrum compare -o json`` as a page: nodes used against the lower bound, throughput,
+    CPU per pod by process, and a table of the rounds."""
+    rounds = document["rounds"]
+    rows = [
+        (i + 1, name, f"{r['bound']}/{r['pods']}", r["nodes_used"], f"{r['throughput']:.1f}")
+        for i, pair in enumerate(rounds)
+        for name, r in pair.items()
+    ]
+    ratios = ", ".join(f"{x:.2f}" for x in document.get("throughput_ratios", []))
+    body = [
+        _figure(
+            "comparison",
+            figures.comparison(rounds, document["lower_bound"]),
+            f"The same openb pods through each scheduler, round by round (lower bound on nodes "
+            f"{document['lower_bound']}; fulcrum/default throughput per round: {ratios}).",
+        ),
+        _table("rounds", ("round", "scheduler", "bound", "nodes used", "pods/s"), rows),
+    ]
+    return _page("Fulcrum compare", source, body)
+
+
+def load_documents(paths: Sequence[Path]) -> str:
+    """The page for ``fulcrum report``'s inputs: one ``fulcrum compare -o json`` document, or
+    ``fulcrum simulate --json`` documents; ReportError naming a file that is neither."""
+    if len(paths) == 1:
+        try:
+            document = json.loads(paths[0].read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ReportError(f"{paths[0]}: {exc}") from exc
+        if _is_comparison(document):
+            return compare_html(document, source=str(paths[0]))
+    return simulate_html(load_simulations(paths), sources=[str(p) for p in paths])

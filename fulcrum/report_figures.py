@@ -271,3 +271,44 @@ def fragmentation_curve(runs: Sequence[tuple[str, Any]]) -> str:
         ax.legend(loc="upper right", fontsize=7.5)
 
     return _svg((10.5, 2.6), draw)
+
+
+def comparison(rounds: Sequence[Mapping[str, Mapping[str, Any]]], lower_bound: int) -> str:
+    """``fulcrum compare``: nodes used per round and scheduler against the lower bound, pods
+    bound per second, and each process's CPU per bound pod (the mean over rounds)."""
+    schedulers = list(rounds[0])
+
+    def draw(fig: Any) -> None:
+        nodes, speed, cpu = fig.subplots(1, 3)
+        width, x = 0.8 / len(schedulers), np.arange(len(rounds))
+        for i, name in enumerate(schedulers):
+            runs = [r[name] for r in rounds]
+            offset = x + (i - (len(schedulers) - 1) / 2) * width
+            nodes.bar(offset, [r["nodes_used"] for r in runs], width, color=f"C{i}", label=name)
+            speed.bar(offset, [r["throughput"] for r in runs], width, color=f"C{i}")
+        nodes.axhline(lower_bound, color="black", lw=0.9, linestyle="--", label="lower bound")
+        nodes.set(title="nodes used", xlabel="round", xticks=x, xticklabels=x + 1)
+        speed.set(title="pods bound per second", xlabel="round", xticks=x, xticklabels=x + 1)
+        processes = sorted({p for r in rounds for run in r.values() for p in run["cpu_seconds"]})
+        processes = [p for p in processes if not p.startswith("(")]  # machine-wide lines
+        bottom = np.zeros(len(schedulers))
+        for j, proc in enumerate(processes):
+            per_pod = np.array(
+                [
+                    np.mean(
+                        [
+                            1000 * r[s]["cpu_seconds"].get(proc, 0.0) / max(r[s]["bound"], 1)
+                            for r in rounds
+                        ]
+                    )
+                    for s in schedulers
+                ]
+            )
+            cpu.bar(range(len(schedulers)), per_pod, bottom=bottom, color=f"C{j % 10}", label=proc)
+            bottom += per_pod
+        cpu.set(title="CPU ms per bound pod", xticks=range(len(schedulers)))
+        cpu.set_xticklabels(schedulers, fontsize=7.5)
+        cpu.legend(fontsize=6.5, loc="upper left")
+        nodes.legend(fontsize=7.5, loc="lower right")
+
+    return _svg((10.5, 3.4), draw)

@@ -7,6 +7,7 @@ Without it the tests skip, unless CI is set: there a missing browser is a failur
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -103,3 +104,21 @@ def test_a_screenshot_of_the_report_is_a_picture_not_a_blank(
     rgb = (pixels[..., :3] * 255).astype(np.uint32)
     colours = np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2])
     assert len(colours) > 200  # viridis cells, bars, text: far more than a page's background
+
+
+def test_a_compare_report_opens_clean_with_its_figure_drawn(tmp_path: Path) -> None:
+    from fulcrum.openb import Comparison, RunReport
+    from fulcrum.report import load_documents
+
+    cpu = {"kube-apiserver": 3.0, "fulcrum serve": 2.0, "(stolen)": 0.1}
+    default = RunReport("default-scheduler", 100, 100, 20, 0, 1.0, 2.0, cpu)
+    ours = RunReport("fulcrum-scheduler", 100, 100, 12, 0, 1.0, 4.0, cpu)
+    source = tmp_path / "compare.json"
+    source.write_text(json.dumps(Comparison([(default, ours), (default, ours)], 11).to_json()))
+    page = tmp_path / "compare.html"
+    write_html(page, load_documents([source]))
+    opened = chromium(page, "--dump-dom")
+    assert console(opened.stderr) == []
+    figures = drawn_figures(opened.stdout)
+    assert set(figures) == {"comparison"} and figures["comparison"] > 10, figures
+    assert "fulcrum/default throughput per round: 0.50, 0.50" in opened.stdout
