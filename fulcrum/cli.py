@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fulcrum import logs
+from fulcrum.bench_cli import add_bench
 from fulcrum.binaries import BinaryError
 
 if TYPE_CHECKING:
@@ -457,8 +458,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fulcrum import report
 
     try:
-        documents = report.load_simulations(args.simulate_json)
-        page = report.simulate_html(documents, sources=[str(p) for p in args.simulate_json])
+        page = report.load_documents(args.simulate_json)
     except report.ReportError as exc:
         print(f"fulcrum report: error: {exc}", file=sys.stderr)
         return 2
@@ -469,10 +469,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _add_report(sub: Subparsers) -> None:
     report = sub.add_parser(
-        "report", help="an HTML report of fulcrum simulate --json runs, one line per policy"
+        "report",
+        help="an HTML report of fulcrum simulate --json runs (one line per policy) or of one "
+        "fulcrum compare -o json",
     )
     report.add_argument(
-        "simulate_json", type=Path, nargs="+", help="files written by fulcrum simulate --json"
+        "simulate_json",
+        type=Path,
+        nargs="+",
+        help="files written by fulcrum simulate --json, or one by fulcrum compare -o json",
     )
     report.add_argument(
         "-o", "--html", dest="output", type=Path, required=True, help="the HTML file to write"
@@ -520,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(sub)
     _add_services(sub)
     _add_runs(sub)
+    add_bench(sub)
     sub.add_parser(
         "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
     )

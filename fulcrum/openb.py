@@ -355,7 +355,11 @@ def place_paused(
     informer = Informer("pods", functools.partial(api.list_namespaced_pod, namespace), bindings)
     created = _create_paused(api, namespace, manifests, pid, informer)
     log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s (scheduler paused)")
-    on_resume()
+    try:
+        on_resume()
+    except BaseException:
+        os.kill(pid, signal.SIGCONT)
+        raise
     cpu_before = _usage(processes)
     started = time.monotonic()
     os.kill(pid, signal.SIGCONT)
