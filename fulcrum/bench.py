@@ -28,13 +28,13 @@ from kubernetes.utils.quantity import parse_quantity
 from fulcrum import cluster, demo, openb, traces
 from fulcrum import processes as cluster_processes
 from fulcrum import rebuild_run as rr
+from fulcrum.bench_cli import DEFAULT_MIX
 from fulcrum.workload import PodShape, ensure_namespace, pod_manifest, scheduler_metrics
 from scheduler.trace import load_pods
 
 DEFAULT = "default-scheduler"
 FULCRUM = cluster.FULCRUM_SCHEDULER
 SCHEDULERS = {"both": (DEFAULT, FULCRUM), "default": (DEFAULT,), "fulcrum": (FULCRUM,)}
-DEFAULT_MIX = "250m/512Mi:40,500m/1Gi:30,1/2Gi:20,2/4Gi:10"
 NODE = cluster.NodeShape()  # 32 cpu, 256Gi, 110 pods
 CONFIG_NAMESPACES = 5
 QUANTILES = (0.5, 0.9, 0.99)

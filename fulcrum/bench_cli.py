@@ -6,25 +6,24 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from collections.abc import Callable
 from typing import TypeAlias
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-DEFAULT_MIX = "250m/512Mi:40,500m/1Gi:30,1/2Gi:20,2/4Gi:10"  # bench.DEFAULT_MIX
+DEFAULT_MIX = "250m/512Mi:40,500m/1Gi:30,1/2Gi:20,2/4Gi:10"
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of ``minimum`` or more (the ``fulcrum`` command's too)."""
 
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: must be {minimum} or more")
+        return value
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
-    return value
+    return parse
 
 
 def add_bench(sub: Subparsers) -> None:
@@ -36,16 +35,16 @@ def add_bench(sub: Subparsers) -> None:
     )
     bench.add_argument(
         "--nodes",
-        type=_positive,
+        type=at_least(1),
         default=1000,
         help="kwok nodes of 32 cpu/256Gi/110 pods (default %(default)s)",
     )
     bench.add_argument(
-        "--pods", type=_positive, default=25000, help="pods placed (default %(default)s)"
+        "--pods", type=at_least(1), default=25000, help="pods placed (default %(default)s)"
     )
     bench.add_argument(
         "--configmaps",
-        type=_count,
+        type=at_least(0),
         default=150000,
         help="configmaps created first (default %(default)s)",
     )
@@ -63,13 +62,13 @@ def add_bench(sub: Subparsers) -> None:
     )
     bench.add_argument(
         "--rounds",
-        type=_positive,
+        type=at_least(1),
         default=1,
         help="place the pods this many times per scheduler (default %(default)s)",
     )
     bench.add_argument(
         "--rebuild",
-        type=_count,
+        type=at_least(0),
         default=1000,
         help="pods per Deployment in the local-rebuild roll, 0 skips it (default %(default)s)",
     )

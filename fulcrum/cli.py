@@ -6,10 +6,10 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from fulcrum import logs
-from fulcrum.bench_cli import add_bench
+from fulcrum.bench_cli import Subparsers, add_bench, at_least
 from fulcrum.binaries import BinaryError
 
 if TYPE_CHECKING:
@@ -160,13 +160,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(name=args.name, nodes=args.nodes, pods=args.pods, keep=args.keep)
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
-    return value
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     from fulcrum import cluster, traces
     from fulcrum.openb import compare, format_reports
@@ -196,9 +189,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     finally:
         cluster.down(args.name)
     return 0
-
-
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _add_cluster(sub: Subparsers) -> None:
@@ -320,7 +310,7 @@ def _add_runs(sub: Subparsers) -> None:
     )
     compare.add_argument(
         "--rounds",
-        type=_at_least_one,
+        type=at_least(1),
         default=1,
         help="run both schedulers this many times, in turns",
     )
