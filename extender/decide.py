@@ -9,7 +9,7 @@ internal 0..100 scale, weighted, then mapped to the extender's 0..10 in ``to_ext
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -191,7 +191,8 @@ class FilterOutcome:
 
     def record(self, policy: str, nodes: int) -> Decision:
         """The decision record of this outcome, for a pod asked about on ``nodes`` nodes."""
-        reasons = self.reasons or counted([*self.failed.values(), *self.unresolvable.values()])
+        failures = Counter([*self.failed.values(), *self.unresolvable.values()])
+        reasons = self.reasons or counted(failures.items())
         feasible = self.feasible if self.feasible >= 0 else len(self.passed)
         return Decision(policy, nodes, feasible, self.ranked, reasons, self.rule)
 

@@ -62,15 +62,12 @@ class Decision:
         return orjson.dumps(record).decode()
 
 
-def counted(reasons: Iterable[str] | Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
-    """The ``REASONS`` most common reasons with their counts, each cut to ``REASON_CHARS``;
-    from one reason per node, or from (reason, nodes) pairs."""
+def counted(reasons: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """The ``REASONS`` most common of (reason, nodes) pairs, each reason cut to
+    ``REASON_CHARS``."""
     tally: Counter[str] = Counter()
-    for item in reasons:
-        if isinstance(item, str):
-            tally[item] += 1
-        else:
-            tally[item[0]] += item[1]
+    for reason, nodes in reasons:
+        tally[reason] += nodes
     top = [(reason, n) for reason, n in tally.most_common(REASONS) if n]
     return tuple((reason[:REASON_CHARS], n) for reason, n in top)
 

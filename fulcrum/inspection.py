@@ -330,8 +330,9 @@ class ClusterCollector(Collector):
         self.cache = cache
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.cache.lock:
-            rows, fragmentation_pct = allocation(self.cache.snapshot)
+        with self.cache.lock:  # copied, so filters do not wait while the figures are computed
+            snapshot = self.cache.snapshot.copy()
+        rows, fragmentation_pct = allocation(snapshot)
         allocated = GaugeMetricFamily(
             "fulcrum_cluster_allocated_ratio",
             "Requested over allocatable in the whole cluster, by resource (gpu: GPU milli)",

@@ -97,7 +97,11 @@ def test_with_prioritize_the_record_names_the_node_kube_scheduler_bound() -> Non
 def test_the_record_is_bounded() -> None:
     reasons = [f"reason {i} " + "x" * 500 for i in range(50)]
     decision = record.Decision(
-        "MostAllocated", 5000, 0, ranked=(), failed=record.counted(reasons * 3)
+        "MostAllocated",
+        5000,
+        0,
+        ranked=(),
+        failed=record.counted((reason, 3) for reason in reasons),
     )
     assert len(decision.annotation("n" * 253)) < 1500
 
