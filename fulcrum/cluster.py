@@ -28,10 +28,11 @@ from kubernetes import client, config
 from fulcrum import processes, webhooks
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
 from fulcrum.kwok_stages import STAGES_PATH
-from kube import api
+from fulcrum.registration import FULCRUM_SCHEDULER as FULCRUM_SCHEDULER
+from fulcrum.registration import ExtenderRegistration as ExtenderRegistration
+from fulcrum.registration import scheduler_config as scheduler_config
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-FULCRUM_SCHEDULER = api.SCHEDULER_NAME
 NODE_LABEL = "fulcrum.io/kwok-node"
 
 
@@ -58,61 +59,6 @@ class NodeShape:
         if self.gpu:
             capacity["nvidia.com/gpu"] = str(self.gpu)
         return capacity
-
-
-@dataclass(frozen=True)
-class ExtenderRegistration:
-    """How kube-scheduler calls the extender (fields of KubeSchedulerConfiguration.extenders[])."""
-
-    port: int
-    weight: int = 5
-    node_cache_capable: bool = True
-    ignorable: bool = False
-    http_timeout: str = "5s"
-
-    def to_config(self) -> dict[str, Any]:
-        return {
-            "urlPrefix": f"http://127.0.0.1:{self.port}",
-            "filterVerb": "filter",
-            "prioritizeVerb": "prioritize",
-            "bindVerb": "bind",
-            "preemptVerb": "preempt",
-            "weight": self.weight,
-            "nodeCacheCapable": self.node_cache_capable,
-            "enableHTTPS": False,
-            "httpTimeout": self.http_timeout,
-            "ignorable": self.ignorable,
-        }
-
-
-def scheduler_config(extender: ExtenderRegistration, kubeconfig: Path) -> dict[str, Any]:
-    """KubeSchedulerConfiguration of the ``fulcrum-scheduler`` kube-scheduler."""
-    return {
-        "apiVersion": "kubescheduler.config.k8s.io/v1",
-        "kind": "KubeSchedulerConfiguration",
-        # The default 50 QPS would make the scheduler, not the extender, the bottleneck.
-        "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 5000, "burst": 10000},
-        "leaderElection": {"leaderElect": False},
-        "percentageOfNodesToScore": 100,
-        "profiles": [
-            {
-                "schedulerName": FULCRUM_SCHEDULER,
-                # Fulcrum decides placement: in-tree scorers that spread pods would fight it.
-                "plugins": {"score": {"disabled": [{"name": "NodeResourcesBalancedAllocation"}]}},
-                "pluginConfig": [
-                    {
-                        "name": "NodeResourcesFit",
-                        "args": {"scoringStrategy": {"type": "MostAllocated"}},
-                    },
-                    {
-                        "name": "PodTopologySpread",
-                        "args": {"defaultingType": "List", "defaultConstraints": []},
-                    },
-                ],
-            }
-        ],
-        "extenders": [extender.to_config()],
-    }
 
 
 @dataclass
@@ -334,9 +280,39 @@ def _check_new(name: str, port: int | None, extender: bool) -> None:
         )
 
 
+# kwok's controller fakes only the nodes annotated kwok.x-k8s.io/node=fake (every node the
+# harness registers), not all nodes as kwokctl's binary runtime has it: a test may register a
+# node whose pods really run (tests/podman_node.py), which kwok must leave alone. The API
+# server reaches a Service's webhook or proxy at its endpoints' pod IPs, as where no kube-proxy
+# runs beside it: no ClusterIP is routable here.
+KWOKCTL_CONFIG = {
+    "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+    "kind": "KwokctlConfiguration",
+    "componentsPatches": [
+        {
+            "name": "kube-apiserver",
+            "extraArgs": [{"key": "enable-aggregator-routing", "value": "true", "override": False}],
+        },
+        {
+            "name": "kwok-controller",
+            "extraArgs": [
+                {"key": "manage-all-nodes", "value": "false", "override": True},
+                {
+                    "key": "manage-nodes-with-annotation-selector",
+                    "value": f"{FAKE_NODE_ANNOTATION}=fake",
+                    "override": False,
+                },
+            ],
+        },
+    ],
+}
+
+
 def _create_control_plane(binaries: Mapping[str, Path], name: str) -> None:
     """kwokctl's binary runtime with our binaries: apiserver, etcd, controller-manager,
-    default-scheduler and kwok's controller."""
+    default-scheduler and kwok's controller (``KWOKCTL_CONFIG``)."""
+    kwokctl_config = state_dir(name) / "kwokctl-config.yaml"
+    kwokctl_config.write_text(yaml.safe_dump(KWOKCTL_CONFIG))
     flags = [
         f"--{component}-binary={binaries[binary]}"
         for component, binary in (
@@ -352,6 +328,8 @@ def _create_control_plane(binaries: Mapping[str, Path], name: str) -> None:
         name,
         "--config",
         str(STAGES_PATH),
+        "--config",
+        str(kwokctl_config),
         "create",
         "cluster",
         "--runtime",
@@ -394,11 +372,17 @@ def register_webhooks(name: str, port: int) -> None:
 
 
 def _start_fulcrum(
-    state: ClusterState, port: int, config: Path, *, extender: bool, log: Callable[[str], None]
+    state: ClusterState,
+    port: int,
+    config: Path,
+    *,
+    extender: bool,
+    scheduler: bool,
+    log: Callable[[str], None],
 ) -> None:
     """The rebuild controller, the extender and the admission webhook (unless not
-    ``extender``), then fulcrum-scheduler; ``state`` is saved after each, so ``down`` finds
-    what started."""
+    ``extender``), then fulcrum-scheduler (unless not ``scheduler``); ``state`` is saved after
+    each, so ``down`` finds what started."""
     name = state.name
     if extender:
         state.rebuild_port = free_port()
@@ -413,6 +397,8 @@ def _start_fulcrum(
         _save_state(state)
         register_webhooks(name, state.webhook_port)
         log(f"  admission webhook on 127.0.0.1:{state.webhook_port} (pid {state.webhook_pid})")
+    if not scheduler:
+        return
     state.scheduler_pid, state.scheduler_port = _start_fulcrum_scheduler(
         name, Path(state.binaries["kube-scheduler"]), config
     )
@@ -442,6 +428,14 @@ def _new_state(
     return state, config_path
 
 
+def _binds_all(extender_config: Path | None) -> bool:
+    """The ExtenderConfiguration's bindAll, so that kube-scheduler's extenders[] match it."""
+    if extender_config is None:
+        return False
+    loaded = yaml.safe_load(extender_config.read_text()) or {}
+    return bool(loaded.get("bindAll", False)) if isinstance(loaded, dict) else False
+
+
 def up(
     name: str = "fulcrum",
     *,
@@ -451,6 +445,7 @@ def up(
     extender_port: int | None = None,
     registration: ExtenderRegistration | None = None,
     extender_config: Path | None = None,
+    fulcrum_scheduler: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> ClusterState:
     """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails.
@@ -461,6 +456,8 @@ def up(
     extender itself, with ``extender_config`` (an ExtenderConfiguration file) if given, the
     rebuild controller and the admission webhook. Pods opt in with any ``fulcrum.io/``
     annotation (the webhook sets their ``schedulerName: fulcrum-scheduler``) or by naming it.
+    Without ``fulcrum_scheduler``, no fulcrum-scheduler runs on the host either (a test that
+    installs the chart's, say).
     """
     port = registration.port if registration else extender_port
     _check_new(name, port, extender)
@@ -468,7 +465,9 @@ def up(
         binaries = ensure_binaries(log)
     except BinaryError as exc:
         raise ClusterError(str(exc)) from exc
-    reg = registration or ExtenderRegistration(port=port or free_port())
+    reg = registration or ExtenderRegistration(
+        port=port or free_port(), bind_all=_binds_all(extender_config)
+    )
     state, config_path = _new_state(name, binaries, reg, extender_config)
     started = time.monotonic()
     try:
@@ -478,7 +477,9 @@ def up(
         )
         _create_control_plane(binaries, name)
         install_crds(name, binaries["kubectl"])
-        _start_fulcrum(state, reg.port, config_path, extender=extender, log=log)
+        _start_fulcrum(
+            state, reg.port, config_path, extender=extender, scheduler=fulcrum_scheduler, log=log
+        )
         if nodes:
             log(f"registering {nodes} kwok nodes ({shape or NodeShape()})")
             add_nodes(name, nodes, shape or NodeShape())

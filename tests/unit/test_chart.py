@@ -193,6 +193,7 @@ def test_policy_weights_and_ignorable_reach_the_configuration(helm: Path, tmp_pa
                         {"policy": "MostAllocated", "weight": 1},
                     ],
                     "decideInFilter": False,
+                    "bindAll": True,
                     "workloadPrior": {"cpuShare": 0.25, "pods": 5},
                 }
             }
@@ -206,7 +207,10 @@ def test_policy_weights_and_ignorable_reach_the_configuration(helm: Path, tmp_pa
     settings = load_settings(path, default_registry(plugins=False))
     weights = [(p.policy, p.weight) for p in settings.prioritize]
     assert weights == [("Archimedes", 2.5), ("MostAllocated", 1.0)]
-    assert settings.decide_in_filter is False
+    assert settings.decide_in_filter is False and settings.bind_all is True
+    assert [
+        e.get("bindVerb") for e in config_map_file(docs, "kube-scheduler.yaml")["extenders"]
+    ] == ["bind"]
     assert settings.workload_prior.cpu_share == 0.25 and settings.workload_prior.pods == 5
     assert (settings.host, settings.port) == ("127.0.0.1", 8888)
 
@@ -388,3 +392,9 @@ def test_a_bad_value_is_refused_naming_it(helm: Path, sets: list[str], message: 
         chart.template(helm, set_values=sets)
     assert "values don't meet the specifications of the schema" in str(failed.value)
     assert message in str(failed.value)
+
+
+def test_kube_scheduler_binding_without_fulcrums_pick_is_refused(helm: Path) -> None:
+    with pytest.raises(chart.ChartError) as failed:
+        chart.template(helm, set_values=["extender.decideInFilter=false"])
+    assert "extender.bindAll: false needs extender.decideInFilter: true" in str(failed.value)

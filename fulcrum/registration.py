@@ -1,0 +1,82 @@
+"""How the harness's fulcrum-scheduler calls the extender: its KubeSchedulerConfiguration.
+
+``deploy/`` and the chart carry the same configuration; ``tests/unit/test_deploy_manifests.py``
+keeps them equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kube import api
+from kube.resources import BIND
+
+FULCRUM_SCHEDULER = api.SCHEDULER_NAME
+
+
+@dataclass(frozen=True)
+class ExtenderRegistration:
+    """How kube-scheduler calls the extender (fields of KubeSchedulerConfiguration.extenders[])."""
+
+    port: int
+    weight: int = 5
+    node_cache_capable: bool = True
+    ignorable: bool = False
+    http_timeout: str = "5s"
+
+    bind_all: bool = False  # the extender's bindAll: one entry that binds every pod
+
+    def to_config(self) -> list[dict[str, Any]]:
+        """The ``extenders[]`` entries: filter and the rest for every pod, and (unless
+        ``bind_all``) bind only for pods marked with the resource fulcrum.io/bind, so
+        kube-scheduler binds the others itself (``extender.config.ExtenderSettings.bind_all``)."""
+        url = f"http://127.0.0.1:{self.port}"
+        common = {
+            "urlPrefix": url,
+            "nodeCacheCapable": self.node_cache_capable,
+            "enableHTTPS": False,
+            "httpTimeout": self.http_timeout,
+            "ignorable": self.ignorable,
+        }
+        verbs = {"filterVerb": "filter", "prioritizeVerb": "prioritize", "preemptVerb": "preempt"}
+        every = {**common, **verbs, "weight": self.weight}
+        if self.bind_all:
+            return [{**every, "bindVerb": "bind"}]
+        managed = [{"name": BIND, "ignoredByScheduler": True}]
+        return [every, {**common, "bindVerb": "bind", "managedResources": managed}]
+
+
+def scheduler_config(extender: ExtenderRegistration, kubeconfig: Path) -> dict[str, Any]:
+    """KubeSchedulerConfiguration of the ``fulcrum-scheduler`` kube-scheduler."""
+    return {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        # The default 50 QPS would make the scheduler, not the extender, the bottleneck.
+        "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 5000, "burst": 10000},
+        "leaderElection": {"leaderElect": False},
+        "percentageOfNodesToScore": 100,
+        "profiles": [
+            {
+                "schedulerName": FULCRUM_SCHEDULER,
+                # Fulcrum decides placement: in-tree scorers that spread pods would fight it.
+                "plugins": {"score": {"disabled": [{"name": "NodeResourcesBalancedAllocation"}]}},
+                "pluginConfig": [
+                    {
+                        "name": "NodeResourcesFit",
+                        # the mark of pods Fulcrum binds: no node has it (kube.resources.BIND)
+                        "args": {
+                            "scoringStrategy": {"type": "MostAllocated"},
+                            "ignoredResources": [BIND],
+                        },
+                    },
+                    {
+                        "name": "PodTopologySpread",
+                        "args": {"defaultingType": "List", "defaultConstraints": []},
+                    },
+                ],
+            }
+        ],
+        "extenders": extender.to_config(),
+    }
