@@ -5,7 +5,8 @@ Two selections keep every other object away from Fulcrum (the API server evaluat
 so an unrelated request costs Fulcrum nothing and is never blocked by it):
 
 - ``matchConditions`` (CEL): only objects with a ``fulcrum.io/`` annotation (on the pod, or on
-  a workload or its pod template);
+  a workload or its pod template), and fulcrum-scheduler pods with GPUs in their limits (to
+  mark them for Fulcrum's bind, ``admission.review.bind_mark``);
 - a ``namespaceSelector``: pods of a namespace labelled ``fulcrum.io/scheduling: enabled``,
   only when they name no scheduler or ``default-scheduler``.
 
@@ -27,6 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 from admission.review import DEFAULT_SCHEDULER, NAMESPACE_LABEL, PREFIX
+from kube.api import SCHEDULER_NAME
+from kube.resources import GPU
 
 NAME = "fulcrum.io"
 TIMEOUT_SECONDS = 5
@@ -41,6 +44,13 @@ _WORKLOAD_ANNOTATED = (
 _NOT_OWNED_BY_DEPLOYMENT = (
     "!has(object.metadata.ownerReferences) || "
     "!object.metadata.ownerReferences.exists(r, r.kind == 'Deployment')"
+)
+_GPU_LIMIT = "has({c}.resources) && has({c}.resources.limits) && '{gpu}' in {c}.resources.limits"
+_FULCRUM_GPU_POD = (
+    f"has(object.spec.schedulerName) && object.spec.schedulerName == '{SCHEDULER_NAME}' && ("
+    f"object.spec.containers.exists(c, {_GPU_LIMIT.format(c='c', gpu=GPU)}) || "
+    f"(has(object.spec.initContainers) && "
+    f"object.spec.initContainers.exists(c, {_GPU_LIMIT.format(c='c', gpu=GPU)})))"
 )
 _NO_SCHEDULER = (
     f"!has(object.spec.schedulerName) || object.spec.schedulerName == '{DEFAULT_SCHEDULER}'"
@@ -98,7 +108,7 @@ def webhook_configurations(client_config: dict[str, Any]) -> list[dict[str, Any]
             client_config,
             "/mutate",
             pods(),
-            {"uses-fulcrum": _POD_ANNOTATED},
+            {"uses-fulcrum": f"({_POD_ANNOTATED}) || ({_FULCRUM_GPU_POD})"},
             "Fail",
         ),
         {

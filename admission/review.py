@@ -3,7 +3,10 @@
 - ``mutate``: a pod that uses Fulcrum (any ``fulcrum.io/*`` annotation, or created in a
   namespace labelled ``fulcrum.io/scheduling: enabled``) and names no scheduler, or
   ``default-scheduler``, is sent to ``fulcrum-scheduler``: the annotation is the whole opt-in.
-  A pod naming another scheduler is left alone, with a warning.
+  A pod naming another scheduler is left alone, with a warning. A fulcrum-scheduler pod that
+  only Fulcrum's bind can bind (GPUs, an IP pool, local rebuild: ``eligibility.bind_reason``)
+  gets the extended resource ``fulcrum.io/bind``, so kube-scheduler sends it to Fulcrum's bind
+  and binds every other pod itself.
 - ``validate``: the ``fulcrum.io/*`` annotations of a pod, or of the pod template of a
   Deployment, StatefulSet or ReplicaSet, read by the parsers the controller and the extender
   use (``kube.api.read_options``, ``kube.hooks``, ``kube.resources``): a bad value is denied
@@ -27,7 +30,7 @@ import orjson
 
 from kube import api, eligibility
 from kube.hooks import HookRegistry, hooks_for
-from kube.resources import pod_request
+from kube.resources import BIND, marked_for_bind, pod_request
 
 PREFIX = "fulcrum.io/"
 NAMESPACE_LABEL = "fulcrum.io/scheduling"  # value "enabled": every new pod there goes to Fulcrum
@@ -61,16 +64,18 @@ def _fulcrum(annotations: Mapping[str, str]) -> list[str]:
 
 
 def mutate(request: Obj) -> Decision:
-    """Route a pod to fulcrum-scheduler (see the module docstring)."""
+    """Route a pod to fulcrum-scheduler, and mark it for Fulcrum's bind if it needs it (see the
+    module docstring)."""
     pod = request.get("object")
     if request.get("operation") != "CREATE" or not isinstance(pod, Mapping):
         return Decision()
     spec = pod.get("spec")
     scheduler = (spec.get("schedulerName") if isinstance(spec, Mapping) else None) or ""
+    decision = Decision()
     if scheduler in ("", DEFAULT_SCHEDULER):
         path = "/spec/schedulerName"
-        return Decision(patch=[{"op": "add", "path": path, "value": api.SCHEDULER_NAME}])
-    if scheduler != api.SCHEDULER_NAME:
+        decision.patch.append({"op": "add", "path": path, "value": api.SCHEDULER_NAME})
+    elif scheduler != api.SCHEDULER_NAME:
         uses = ", ".join(_fulcrum(_annotations(_meta(pod)))) or f"namespace label {NAMESPACE_LABEL}"
         return Decision(
             warnings=[
@@ -78,7 +83,32 @@ def mutate(request: Obj) -> Decision:
                 f"nor keeps its node on rebuild; use {api.SCHEDULER_NAME} or remove the field"
             ]
         )
-    return Decision()
+    decision.patch += bind_mark(pod)
+    return decision
+
+
+def bind_mark(pod: Obj) -> list[dict[str, Any]]:
+    """A JSON patch giving the pod's first container ``fulcrum.io/bind: 1`` (requests and
+    limits) if only Fulcrum's bind can bind it (``eligibility.bind_reason``) and nothing marks
+    it yet; else none. A pod whose request cannot be read is left to the validating webhook."""
+    try:
+        reason = eligibility.bind_reason(_annotations(_meta(pod)), pod_request(pod))
+    except ValueError:
+        return []
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if not reason or not containers or marked_for_bind(pod):
+        return []
+    path, resources = "/spec/containers/0/resources", containers[0].get("resources") or {}
+    one = {BIND: "1"}
+    if not resources:
+        return [{"op": "add", "path": path, "value": {"requests": one, "limits": one}}]
+    key = BIND.replace("~", "~0").replace("/", "~1")  # a JSON pointer token
+    return [
+        {"op": "add", "path": f"{path}/{part}/{key}", "value": "1"}
+        if resources.get(part)
+        else {"op": "add", "path": f"{path}/{part}", "value": one}
+        for part in ("requests", "limits")
+    ]
 
 
 def annotation_problems(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from kube import api as rebuild
-from kube.resources import assigned_devices, node_spec, pod_request
+from kube.resources import assigned_devices, marked_for_bind, node_spec, pod_request
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -42,6 +42,7 @@ class PendingPod:
     uid: str = ""
     successor: str | None = None  # kube.api.successor_key of a pod opted in to local rebuild
     watched: bool = False  # the pod watch delivered it, so also every event before its creation
+    marked: bool = False  # it carries the resource fulcrum.io/bind: kube-scheduler calls our bind
     # labels and annotations, kept only for pods that use local rebuild or an IP pool
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -55,14 +56,16 @@ def pending_pod(pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     uid = str(meta.get("uid", ""))
+    marked = marked_for_bind(pod)
     if not any(key in annotations for key in _KEEP_METADATA):
-        return PendingPod(_pod_key(pod), request, uid)
+        return PendingPod(_pod_key(pod), request, uid, marked=marked)
     successor = rebuild.successor_key(pod) if rebuild.REBUILD in annotations else None
     return PendingPod(
         _pod_key(pod),
         request,
         uid,
         successor=successor,
+        marked=marked,
         labels=dict(meta.get("labels") or {}),
         annotations=dict(annotations),
     )

@@ -87,8 +87,26 @@ class ExtenderSettings(_Config):
     decide_in_filter: bool = True
     # the decision record (extender/record.py), written on each pod with its binding
     decision_record: bool = True
+    # false: Fulcrum binds only pods marked with the resource fulcrum.io/bind, the ones that need
+    # its bind (GPUs, an IP pool, local rebuild; the admission webhook marks them), and
+    # kube-scheduler binds the rest itself: its configuration has a second extender entry with
+    # bindVerb and managedResources [{name: fulcrum.io/bind, ignoredByScheduler: true}].
+    # true: a single entry with bindVerb, Fulcrum binds every pod. false needs decideInFilter
+    # (with kube-scheduler scoring, Fulcrum could not know the node to charge at filter).
+    bind_all: bool = False
     workload_prior: WorkloadPriorSettings = WorkloadPriorSettings()
     tls: TLS | None = None
+
+    @model_validator(mode="after")
+    def _split_needs_a_decided_filter(self) -> ExtenderSettings:
+        if not self.bind_all and not self.decide_in_filter:
+            raise ValueError(
+                "bindAll: false (kube-scheduler binds the pods Fulcrum need not) needs "
+                "decideInFilter: true, so that Fulcrum knows and charges the one node it passes; "
+                "with decideInFilter: false set bindAll: true (and bindVerb on the single "
+                "extenders[] entry)"
+            )
+        return self
 
     def check_policies(self, registry: Registry) -> None:
         if not self.prioritize:

@@ -69,6 +69,9 @@ class Leaving:
     node: str
     seen: float  # when the watch first showed it terminating
     gone: float | None = None  # when it left the apiserver
+    request: PodRequest | None = (
+        None  # its room, held from when it goes until its Reservation shows
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ def _rid(reservation: api.Reservation) -> str:
 
 def _placeholder(rid: str) -> str:
     return f"reservation:{rid}"
+
+
+def _leaving_placeholder(uid: str) -> str:
+    return f"leaving:{uid}"
 
 
 def _revision(labels: Mapping[str, str]) -> str:
@@ -149,7 +156,8 @@ class RebuildGate:
             self.reservations[rid] = reservation
             self._requests[rid] = request
             self._by_predecessor[reservation.predecessor_uid] = rid
-            self._leaving.pop(reservation.predecessor_uid, None)
+            if self._leaving.pop(reservation.predecessor_uid, None) is not None:
+                self.cache.release_placeholder(_leaving_placeholder(reservation.predecessor_uid))
             self._sync(rid)
 
     def delete_reservation(self, rid: str) -> None:
@@ -187,8 +195,13 @@ class RebuildGate:
 
     def pod_released(self, uid: str) -> None:
         self._opted_in.pop(uid, None)
-        if uid in self._leaving:  # its Reservation may still be on its way: keep the successor
-            self._leaving[uid].gone = time.monotonic()  # waiting until it shows, or LEAVING_GRACE
+        leaving = self._leaving.get(uid)
+        if leaving is not None:  # its Reservation may still be on its way: keep the successor
+            leaving.gone = time.monotonic()  # waiting until it shows, or LEAVING_GRACE, and its
+            if leaving.request is not None and uid not in self._by_predecessor:  # room with it
+                self.cache.charge_placeholder(
+                    _leaving_placeholder(uid), leaving.request, leaving.node, None
+                )
         if uid in self._by_predecessor:  # its node's room is now held for its successor
             self._sync(self._by_predecessor[uid])
 
@@ -215,8 +228,12 @@ class RebuildGate:
             return
         key = api.successor_key(pod)
         if key is not None:
+            try:
+                request: PodRequest | None = pod_request(pod)
+            except ValueError:
+                request = None
             with self.lock:
-                self._leaving[uid] = Leaving(key, node, time.monotonic())
+                self._leaving[uid] = Leaving(key, node, time.monotonic(), request=request)
 
     # --- what a successor may use -------------------------------------------------------------
     def holds(self, pending: PendingPod) -> Holds:
@@ -256,9 +273,7 @@ class RebuildGate:
             return []
         now = time.monotonic()
         with self.lock:
-            stale = [u for u, p in self._leaving.items() if p.gone and now - p.gone > LEAVING_GRACE]
-            for uid in stale:
-                del self._leaving[uid]
+            self.forget_stale_leaving(now)
             return [
                 p.node
                 for uid, p in self._leaving.items()
@@ -266,6 +281,15 @@ class RebuildGate:
                 and uid not in self._by_predecessor
                 and now - p.seen <= within
             ]
+
+    def forget_stale_leaving(self, now: float) -> None:
+        """Stop waiting for the Reservations of pods gone more than LEAVING_GRACE ago (their
+        rooms are free again)."""
+        with self.lock:
+            stale = [u for u, p in self._leaving.items() if p.gone and now - p.gone > LEAVING_GRACE]
+            for uid in stale:
+                del self._leaving[uid]
+                self.cache.release_placeholder(_leaving_placeholder(uid))
 
     def create_first_nodes(self, pending: PendingPod) -> list[str]:
         """``create-first``: nodes where a predecessor (same successor key, another revision)
@@ -313,6 +337,8 @@ class RebuildGate:
         It passes only on its holds (``filter_on_holds``). A ``create-first`` pod passes only
         on its create-first nodes, where there is headroom.
         """
+        if self._leaving:
+            self.forget_stale_leaving(time.monotonic())
         if pod.successor is None:
             return None
         holds = self.holds(pod)

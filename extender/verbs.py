@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -28,12 +29,16 @@ from extender.wire import (
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
 )
-from kube.resources import node_spec, pod_request
+from kube.eligibility import bind_reason
+from kube.resources import BIND, node_spec, pod_request
 from policies.registry import Registry, default_registry
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
 SETTLE_SECONDS = 0.5
+# How long a pod charged at filter (kube-scheduler binds it: ``ExtenderSettings.bind_all``)
+# stays charged if neither the watch shows it bound nor kube-scheduler asks about it again.
+ASSUMED_SECONDS = 60.0
 
 
 class BadRequest(Exception):
@@ -140,6 +145,8 @@ class Verbs:
         self.evictions = Evictions(cache) if cache else None
         self.records = Records()  # why each pod's node was chosen, until its bind
         self.events = Events(events)
+        # pods charged to the node filter chose, which kube-scheduler binds: uid -> deadline
+        self._assumed: OrderedDict[str, float] = OrderedDict()
 
     @contextmanager
     def _view(self, args: ExtenderArgs) -> Iterator[Snapshot]:
@@ -171,7 +178,11 @@ class Verbs:
             return _nowhere(args, names, f"Pod: {exc}")
         pending = None
         if self.cache is not None:
+            self._unassume(str((args.Pod.get("metadata") or {}).get("uid") or ""))
             noted = self.cache.note_pending(args.Pod, pod)
+            unmarked = self._unmarked(noted) if self.binds is not None else ""
+            if unmarked:
+                return _nowhere(args, names, unmarked)
             self.decider.arrived(noted.uid, pod)
             await settle(lambda: self._settling(noted, names))
             pending = self.cache.pending(noted.uid) or noted
@@ -184,8 +195,12 @@ class Verbs:
                 out = self.decider.filter(snapshot, pod, names, choose=choose)
         if out.retry:
             return ExtenderFilterResult(Error=out.retry)
-        if pending is not None and self.binds is not None and self.settings.decision_record:
-            self.records.note(pending.uid, out.record(self.decider.label, len(names)))
+        if pending is not None and self.binds is not None:
+            if not self._fulcrum_binds(pending):
+                if choose and out.passed:
+                    self._assume(pending.uid, out.passed[0])
+            elif self.settings.decision_record:
+                self.records.note(pending.uid, out.record(self.decider.label, len(names)))
         if args.NodeNames is not None:
             return ExtenderFilterResult(
                 NodeNames=out.passed,
@@ -200,6 +215,41 @@ class Verbs:
             FailedNodes=out.failed,
             FailedAndUnresolvableNodes=out.unresolvable,
         )
+
+    def _fulcrum_binds(self, pod: PendingPod) -> bool:
+        """Whether kube-scheduler sends this pod to our bind (else it binds the pod itself)."""
+        return self.settings.bind_all or pod.marked
+
+    def _unmarked(self, pod: PendingPod) -> str:
+        """Why this pod cannot be placed: only our bind can bind it, but kube-scheduler would
+        not call it; or ""."""
+        reason = "" if self._fulcrum_binds(pod) else bind_reason(pod.annotations, pod.request)
+        if not reason:
+            return ""
+        return (
+            f"Pod: {reason}, so Fulcrum must bind it, but it does not carry the resource {BIND}: "
+            f"install Fulcrum's admission webhook (it marks such pods), or give a container "
+            f"{BIND}: 1 in its requests and limits"
+        )
+
+    def _assume(self, uid: str, node: str) -> None:
+        """Charge a pod kube-scheduler binds to the node filter chose, so that the next pod's
+        filter sees it before the watch does; given up after ASSUMED_SECONDS."""
+        assert self.cache is not None
+        if self.cache.assume(uid, node):
+            self._assumed[uid] = time.monotonic() + ASSUMED_SECONDS
+
+    def _unassume(self, uid: str) -> None:
+        """Undo ``_assume`` of a pod asked about again (it was not bound there), and of pods
+        charged too long ago (no-op for those the watch has shown bound)."""
+        if not self._assumed:
+            return
+        assert self.cache is not None
+        if self._assumed.pop(uid, None) is not None:
+            self.cache.unassume(uid)
+        now = time.monotonic()
+        while self._assumed and next(iter(self._assumed.values())) < now:
+            self.cache.unassume(self._assumed.popitem(last=False)[0])
 
     def prioritize(self, args: ExtenderArgs) -> list[tuple[str, int]]:
         """(host, 0..10 score) per node, in the request's order (a HostPriorityList)."""
@@ -218,6 +268,7 @@ class Verbs:
                 "bind needs a cluster: run the extender with --kubeconfig, or remove "
                 "bindVerb from the scheduler's extender configuration",
             )
+        self._unassume(args.PodUID)  # charged at filter, yet sent here: bind it all the same
         # Reserve now, before the next request is served; then await the apiserver.
         ticket = self.binds.reserve(args.PodNamespace, args.PodName, args.PodUID, args.Node)
         if not ticket.error and not ticket.done:  # the record rides on the binding

@@ -21,7 +21,7 @@ import orjson
 from extender.decide import explain as reasons_per_node
 from fulcrum.inspection import snapshot_of
 from kube import api, ippool
-from kube.resources import GPU_DEVICES_ANNOTATION, pod_request
+from kube.resources import BIND, GPU_DEVICES_ANNOTATION, marked_for_bind, pod_request
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -60,6 +60,14 @@ def _bound(pod: Obj) -> list[str]:
     ]
     if api.DECISION in annotations:
         lines += _decision(annotations[api.DECISION])
+    elif spec.get("schedulerName") == api.SCHEDULER_NAME and not (
+        marked_for_bind(pod) or {GPU_DEVICES_ANNOTATION, api.ASSIGNED_IP} & set(annotations)
+    ):
+        lines.append(
+            "no decision record: kube-scheduler bound this pod itself on Fulcrum's pick "
+            f"(Fulcrum records why on the pods it binds, those marked {BIND}; "
+            "extender bindAll: true records every pod)"
+        )
     if GPU_DEVICES_ANNOTATION in annotations:
         lines.append(f"GPU devices {annotations[GPU_DEVICES_ANNOTATION]}")
     if api.RESERVATION in annotations:

@@ -1,4 +1,5 @@
-"""The one rule for which pods local rebuild takes: the controller and the extender both ask it.
+"""The one rule for which pods local rebuild takes: the controller and the extender both ask it;
+and the one rule for which pods only Fulcrum's bind can bind: the webhook and the extender.
 
 The controller refuses a pod (an Event, ``fulcrum.io/rebuild-status``, no finalizer) exactly
 when ``refusal`` says why; the extender expects a Reservation for a deleted pod exactly when
@@ -12,6 +13,7 @@ from typing import Any
 
 from kube import api
 from kube.hooks import HookRegistry, hooks_for
+from scheduler.pod import PodRequest
 
 
 def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegistry) -> str:
@@ -61,3 +63,21 @@ def reserved_on_delete(
     its predecessor, so nothing is held).
     """
     return options.enabled and options.order == "delete-first" and not refusal(pod, options, hooks)
+
+
+def bind_reason(annotations: Mapping[str, str], request: PodRequest) -> str:
+    """Why only Fulcrum's bind can bind this pod, or "" (kube-scheduler's own bind will do).
+
+    Fulcrum's bind writes on the binding what the pod needs from its node: the GPU devices it
+    chose, an address of the pod's IP pool, a local-rebuild successor's claim on its
+    predecessor's hold. The admission webhook marks such pods with the extended resource
+    ``fulcrum.io/bind`` (``kube.resources.BIND``), which is how kube-scheduler tells which pods
+    to send to Fulcrum's bind; it binds every other pod itself, in Go.
+    """
+    if request.gpu_count:
+        return "it uses GPUs (Fulcrum chooses the devices at bind)"
+    if api.IP_POOL in annotations:
+        return f"it takes an address from an IP pool ({api.IP_POOL})"
+    if api.REBUILD in annotations:
+        return f"it is opted in to local rebuild ({api.REBUILD})"
+    return ""

@@ -21,6 +21,10 @@ MEMORY = "memory"
 PODS = "pods"
 EPHEMERAL = "ephemeral-storage"
 GPU = "nvidia.com/gpu"
+# Marks a pod only Fulcrum's bind can bind (``kube.eligibility.bind_reason``): kube-scheduler's
+# second extender entry manages it (``managedResources``, ignoredByScheduler), so only marked
+# pods are sent to Fulcrum's bind. No node has it and no placement counts it.
+BIND = "fulcrum.io/bind"
 
 Resources = dict[str, int]
 # The placement core counts in int64 arrays: a quantity beyond this (1 PiB of memory, a
@@ -111,7 +115,7 @@ GPU_MILLI_ANNOTATION = "fulcrum.io/gpu-milli"  # a GPU-sharing pod's share of on
 GPU_MODEL_ANNOTATION = "fulcrum.io/gpu-model"  # acceptable models, "A100|V100"
 GPU_DEVICES_ANNOTATION = "fulcrum.io/gpu-devices"  # devices Fulcrum chose, "0,1"
 GPU_MODEL_LABEL = "nvidia.com/gpu.product"  # set on nodes by GPU feature discovery
-_NOT_SCALAR = {GPU, PODS, CPU, MEMORY, EPHEMERAL}
+_NOT_SCALAR = {GPU, PODS, CPU, MEMORY, EPHEMERAL, BIND}
 
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
@@ -151,10 +155,21 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
             f"annotation {GPU_MODEL_ANNOTATION}={annotations[GPU_MODEL_ANNOTATION]!r} names no "
             "model: give one or more, e.g. 'A100' or 'A100|V100', or remove it to accept any"
         )
-    scalars = {k: v for k, v in requests.items() if k not in (GPU, PODS)}
+    scalars = {k: v for k, v in requests.items() if k not in (GPU, PODS, BIND)}
     return pod_request_from_resources(
         scalars, gpu_count=gpu_count, gpu_milli=gpu_milli, gpu_models=models
     )
+
+
+def marked_for_bind(pod: Mapping[str, Any]) -> bool:
+    """Whether a container of ``pod`` requests or limits ``fulcrum.io/bind`` (as
+    kube-scheduler's ``managedResources`` test does)."""
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())]:
+        resources = container.get("resources") or {}
+        if BIND in (resources.get("requests") or {}) or BIND in (resources.get("limits") or {}):
+            return True
+    return False
 
 
 def assigned_devices(pod: Mapping[str, Any]) -> tuple[int, ...] | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kube.hooks import HookRegistry, combine, hooks_for
+from kube.resources import BIND
 from rebuild.errors import TemporaryError
 from rebuild.store import Obj
 from rebuild.writes import Writes
@@ -139,9 +140,17 @@ def _without_cpu_memory(resources: Any) -> dict[str, Any]:
 
 
 def _as_admitted(container: Obj) -> dict[str, Any]:
-    """A container as a pod made from it has it: the token mount dropped, requests defaulted."""
+    """A container as a pod made from it has it: the token mount dropped, requests defaulted,
+    without the ``fulcrum.io/bind`` mark Fulcrum's webhook adds (a resize, a strategic merge,
+    leaves it on the pod)."""
     out = {**container, "volumeMounts": _own(container.get("volumeMounts")) or None}
-    resources = dict(container.get("resources") or {})
+    resources = {
+        kind: {r: q for r, q in values.items() if r != BIND}
+        if isinstance(values, Mapping)
+        else values
+        for kind, values in (container.get("resources") or {}).items()
+    }
+    resources = {kind: values for kind, values in resources.items() if values}
     if resources.get("limits") and not resources.get("requests"):
         resources["requests"] = resources["limits"]  # the apiserver copies limits to requests
     out["resources"] = resources or None

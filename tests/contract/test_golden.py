@@ -15,7 +15,9 @@ from extender.config import ExtenderSettings, PolicyWeight
 
 # MostAllocated keeps the golden arithmetic easy to check by hand.
 SETTINGS = ExtenderSettings(
-    prioritize=(PolicyWeight(policy="MostAllocated", weight=1),), decide_in_filter=False
+    prioritize=(PolicyWeight(policy="MostAllocated", weight=1),),
+    decide_in_filter=False,
+    bind_all=True,
 )
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -79,6 +79,7 @@ def test_filter_and_prioritize_contract(
             PolicyWeight(policy="MostAllocated", weight=1),
         ),
         decide_in_filter=decide,
+        bind_all=not decide,
     )
     cache = None
     if cache_mode:
@@ -124,7 +125,7 @@ def test_five_thousand_nodes_and_empty_inputs() -> None:
     result = client.post("/filter", json=body).json()
     assert len(result["NodeNames"]) == 1 and result["NodeNames"][0] in names
     assert not result.get("FailedNodes") and not result.get("FailedAndUnresolvableNodes")
-    every = TestClient(create_app(ExtenderSettings(decide_in_filter=False), cache))
+    every = TestClient(create_app(ExtenderSettings(decide_in_filter=False, bind_all=True), cache))
     passing = every.post("/filter", json=body).json()
     assert len(passing["FailedAndUnresolvableNodes"]) == 3750  # the nodes without GPUs
     assert len(passing["NodeNames"]) == 1250

@@ -36,10 +36,11 @@ def _start(name: str, nodes: int, **kwargs: Any) -> KwokCluster:
 
 @pytest.fixture(scope="module")
 def kwok_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KwokCluster]:
-    """10 nodes; the extender scores in prioritize (decideInFilter: false), so every verb runs."""
+    """10 nodes; the extender scores in prioritize (decideInFilter: false) and binds every pod
+    (bindAll: true), so every verb runs."""
     name = f"it-{os.getpid()}"
     config = tmp_path_factory.mktemp("extender") / "extender.yaml"
-    config.write_text("decideInFilter: false\n")
+    config.write_text("decideInFilter: false\nbindAll: true\n")  # Fulcrum binds every pod
     started = _start(name, nodes=10, extender_config=config)
     try:
         yield started

@@ -18,6 +18,7 @@ import yaml
 from fulcrum import cluster, processes
 from fulcrum import rebuild_run as rr
 from kube import api
+from kube.resources import BIND
 from tests.integration.conftest import KwokCluster, _start
 
 pytestmark = pytest.mark.integration
@@ -58,17 +59,27 @@ def schedulers(kit: rr.Kit, app: str) -> set[str]:
 def test_annotated_workloads_come_back_on_their_nodes_without_a_scheduler_name(
     kit: rr.Kit,
 ) -> None:
+    """Beside them, a plain fulcrum-scheduler Deployment rolls too: kube-scheduler binds its
+    pods itself (no fulcrum.io/bind mark), on Fulcrum's pick, and never into a held room."""
     deployment = rr.deployment(NS, "web", 6, scheduler=None, max_unavailable=1)
     statefulset = rr.statefulset(NS, "db", 3, scheduler=None)
+    plain = rr.deployment(NS, "plain", 12, opted=False)
     assert "schedulerName" not in deployment["spec"]["template"]["spec"]
-    rr.apply(kit, [*rr.volumes("it-adm-db", 3), deployment, statefulset])
-    apps = {"web": 6, "db": 3}
+    rr.apply(kit, [*rr.volumes("it-adm-db", 3), deployment, statefulset, plain])
+    apps = {"web": 6, "db": 3, "plain": 12}
     rr.wait_running(kit, NS, apps, timeout=180)
-    rr.wait_guarded(kit, NS, apps)
+    rr.wait_guarded(kit, NS, {"web": 6, "db": 3})
     assert schedulers(kit, "web") == schedulers(kit, "db") == {api.SCHEDULER_NAME}
+    for app, marked in (("web", True), ("db", True), ("plain", False)):
+        for pod in rr.live_pods(kit, NS, app):  # Fulcrum's bind marks and records; not plain's
+            limits = pod["spec"]["containers"][0].get("resources", {}).get("limits", {})
+            assert (BIND in limits) is marked, pod["metadata"]["name"]
+            assert (api.DECISION in pod["metadata"].get("annotations", {})) is marked
 
     def change() -> None:
-        kit.kubectl("set", "image", "deployment/web", f"main={rr.NEW_IMAGE}", "-n", NS)
+        kit.kubectl(
+            "set", "image", "deployment/web", "deployment/plain", f"main={rr.NEW_IMAGE}", "-n", NS
+        )
         kit.kubectl("set", "env", "statefulset/db", "REVISION=2", "-n", NS)
 
     def updated(pod: dict[str, Any]) -> bool:
@@ -78,8 +89,8 @@ def test_annotated_workloads_come_back_on_their_nodes_without_a_scheduler_name(
     rollouts = rr.roll(kit, NS, apps, change, updated, timeout=240)
     for rollout in rollouts.values():
         print(f"  {rollout}")
-    kept = sum(r.kept.node for r in rollouts.values())
-    assert kept == 9, [r.kept.misses for r in rollouts.values()]
+    kept = sum(rollouts[app].kept.node for app in ("web", "db"))
+    assert kept == 9, [rollouts[app].kept.misses for app in ("web", "db")]
 
 
 def test_a_pod_in_a_labelled_namespace_goes_to_fulcrum(kit: rr.Kit) -> None:

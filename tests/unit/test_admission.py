@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import ssl
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from fulcrum.cli import main
 from fulcrum.cluster import free_port
 from kube import api
 from kube.hooks import default_hook_registry
+from kube.resources import BIND, GPU_MODEL_ANNOTATION
 from tests import builders
 
 HOOKS = default_hook_registry(plugins=False)
@@ -53,13 +55,59 @@ def deployment(
     }
 
 
+def patched(obj: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
+    """``obj`` after a JSON patch of "add" operations (RFC 6902, as the API server applies it)."""
+    out = copy.deepcopy(obj)
+    for op in patch:
+        assert op["op"] == "add"
+        *parents, last = [
+            t.replace("~1", "/").replace("~0", "~") for t in op["path"][1:].split("/")
+        ]
+        target = out
+        for token in parents:
+            target = target[int(token)] if isinstance(target, list) else target[token]
+        target[last] = op["value"]
+    return out
+
+
+def bind_marks(obj: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+    """(request, limit) of fulcrum.io/bind per container."""
+    return [
+        (
+            c.get("resources", {}).get("requests", {}).get(BIND),
+            c.get("resources", {}).get("limits", {}).get(BIND),
+        )
+        for c in obj["spec"]["containers"]
+    ]
+
+
 @pytest.mark.parametrize("scheduler", [None, "", "default-scheduler"])
 def test_a_pod_that_uses_fulcrum_is_sent_to_fulcrum_scheduler(scheduler: str | None) -> None:
-    decision = mutate(request(pod({api.REBUILD: "local"}, scheduler)))
+    decision = mutate(request(pod({GPU_MODEL_ANNOTATION: "A100"}, scheduler)))
     assert decision.patch == [
         {"op": "add", "path": "/spec/schedulerName", "value": "fulcrum-scheduler"}
     ]
     assert decision.warnings == []
+
+
+def test_pods_only_fulcrum_can_bind_are_marked_for_its_bind() -> None:
+    """GPUs, an IP pool, local rebuild: the resource fulcrum.io/bind sends them to Fulcrum's
+    bind (kube-scheduler's managedResources); every other pod kube-scheduler binds itself."""
+    opted_in = pod({api.REBUILD: "local"})
+    out = patched(opted_in, mutate(request(opted_in)).patch)
+    assert out["spec"]["schedulerName"] == "fulcrum-scheduler"
+    assert bind_marks(out) == [("1", "1")]
+    assert out["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1"  # kept
+    gpu = builders.pod("g", requests={"nvidia.com/gpu": "1"})
+    gpu["spec"]["schedulerName"] = "fulcrum-scheduler"
+    assert bind_marks(patched(gpu, mutate(request(gpu)).patch)) == [("1", "1")]
+    pooled = pod({api.IP_POOL: "web"}, "fulcrum-scheduler")
+    del pooled["spec"]["containers"][0]["resources"]  # no resources at all
+    assert bind_marks(patched(pooled, mutate(request(pooled)).patch)) == [("1", "1")]
+    marked = patched(pooled, mutate(request(pooled)).patch)
+    assert mutate(request(marked)).patch == []  # marked already
+    plain = pod({GPU_MODEL_ANNOTATION: "A100"}, "fulcrum-scheduler")  # no GPU asked: plain
+    assert mutate(request(plain)).patch == []
 
 
 def test_a_pod_naming_another_scheduler_is_left_alone_with_a_warning() -> None:

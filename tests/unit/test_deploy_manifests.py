@@ -213,9 +213,15 @@ def config_file(path: str) -> str:
 
 
 def the_extender() -> dict[str, Any]:
+    """The extenders[] entry that filters (every pod); the_binder(): the one that binds."""
+    entry: dict[str, Any] = scheduler_configuration()["extenders"][0]
+    return entry
+
+
+def the_binder() -> dict[str, Any]:
     extenders = scheduler_configuration()["extenders"]
-    assert len(extenders) == 1
-    entry: dict[str, Any] = extenders[0]
+    assert len(extenders) == 2
+    entry: dict[str, Any] = extenders[1]
     return entry
 
 
@@ -297,19 +303,19 @@ def test_scheduler_config_agrees_with_the_harness() -> None:
     assert "kubeconfig" not in deployed.get("clientConnection", {})
 
 
-def test_the_extender_is_called_on_loopback_with_filter_prioritize_and_bind() -> None:
-    entry = the_extender()
-    url = urlparse(entry["urlPrefix"])
-    assert (url.scheme, url.hostname, url.port) == ("http", "127.0.0.1", 8888)
-    assert (entry["filterVerb"], entry["prioritizeVerb"], entry["bindVerb"]) == (
-        "filter",
-        "prioritize",
-        "bind",
-    )
-    assert entry["nodeCacheCapable"] is True
-    assert entry["ignorable"] is False
+def test_the_extender_is_called_on_loopback_to_filter_every_pod_and_bind_marked_ones() -> None:
+    entry, binder = the_extender(), the_binder()
+    for e in (entry, binder):
+        url = urlparse(e["urlPrefix"])
+        assert (url.scheme, url.hostname, url.port) == ("http", "127.0.0.1", 8888)
+        assert e["nodeCacheCapable"] is True
+        assert e["ignorable"] is False
+        assert re.fullmatch(r"\d+(ms|s)", e["httpTimeout"])
+    assert (entry["filterVerb"], entry["prioritizeVerb"]) == ("filter", "prioritize")
+    assert "managedResources" not in entry and "bindVerb" not in entry
     assert entry["weight"] > 0
-    assert re.fullmatch(r"\d+(ms|s)", entry["httpTimeout"])
+    assert binder["bindVerb"] == "bind" and "filterVerb" not in binder
+    assert binder["managedResources"] == [{"name": "fulcrum.io/bind", "ignoredByScheduler": True}]
 
 
 def test_leader_election_uses_a_lease_of_its_own() -> None:
@@ -768,16 +774,16 @@ def test_the_field_lists_match_kube_scheduler_config_v1() -> None:
 def test_the_example_shows_and_explains_every_extender_field() -> None:
     text = (DEPLOY / EXAMPLE).read_text()
     example = yaml.safe_load(text)
-    (entry,) = example["extenders"]
+    entry, binder = example["extenders"]
     assert set(entry) == EXTENDER_FIELDS
     assert set(entry["tlsConfig"]) == TLS_FIELDS
-    for field in MANAGED_RESOURCE_FIELDS:  # managedResources is empty for Fulcrum: in a comment
-        assert re.search(rf"^\s*#.*\b{field}:", text, re.M), field
+    (managed,) = binder["managedResources"]
+    assert set(managed) == MANAGED_RESOURCE_FIELDS
     for field in EXTENDER_FIELDS:  # each has its own comment paragraph
         assert re.search(rf"^\s*#\s*{field}:", text, re.M), f"{field} is not explained"
     # the example and the deployed configuration agree on everything they both set
-    deployed = the_extender()
-    assert {k: v for k, v in entry.items() if k in deployed} == deployed
+    for shown, deployed in ((entry, the_extender()), (binder, the_binder())):
+        assert {k: v for k, v in shown.items() if k in deployed} == deployed
     assert example["profiles"] == scheduler_configuration()["profiles"]
 
 

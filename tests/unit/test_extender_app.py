@@ -79,7 +79,7 @@ def test_cordoned_and_unknown_nodes_fail_with_their_reason() -> None:
     cache = ClusterCache()
     for i, cordoned in enumerate([False, True, False]):
         cache.apply("nodes", "ADDED", node(f"n{i}", memory="4Gi", pods="10", cordoned=cordoned))
-    app = create_app(ExtenderSettings(decide_in_filter=False), cache)
+    app = create_app(ExtenderSettings(decide_in_filter=False, bind_all=True), cache)
     reply = TestClient(app).post(
         "/filter", json={"Pod": pod("x"), "NodeNames": ["n0", "n1", "n2", "zz"]}
     )

@@ -50,6 +50,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         ("- just a list\n", "expected a mapping"),
         ("prioritize: [\n", "not YAML"),
         ("prioritize: []\n", "prioritize: needs at least one policy"),
+        ("decideInFilter: false\n", "bindAll: false (kube-scheduler binds the pods Fulcrum"),
     ],
 )
 def test_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:

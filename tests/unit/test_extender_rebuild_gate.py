@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from extender import rebuild_gate
 from extender.app import create_app
 from extender.bind import BindService
 from extender.cache import ClusterCache, PendingPod
@@ -153,6 +154,36 @@ def test_a_successor_waits_while_its_predecessor_terminates_unreserved() -> None
     assert gate.leaving(noted(cache, successor)) == []
     passed, _ = decide(gate, decider, successor)
     assert passed == ["n1"]
+
+
+def test_a_room_stays_taken_from_its_pods_deletion_until_its_reservation_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The controller writes the Reservation before it lets the pod go, but the two arrive on
+    different watches: in between, the room is not free for another pod (kube-scheduler would
+    bind that pod there, and the successor find its hold over-committed). Given up after
+    LEAVING_GRACE, if the Reservation never shows."""
+    cache, gate, decider, _, _ = cluster()
+    n2 = cache.snapshot.index_of("n2")
+    old = pod("old", name="web-0", node_name="n2", annotations=OPTED, finalizers=[api.FINALIZER])
+    cache.apply("pods", "ADDED", old)
+    cache.apply(
+        "pods", "MODIFIED", {**old, "metadata": {**old["metadata"], "deletionTimestamp": "x"}}
+    )
+    cache.apply("pods", "DELETED", old)
+    assert cache.snapshot.free[n2, 0] == 2000  # still taken, no Reservation seen yet
+    gate.apply("reservations", "ADDED", reservation(old, "n2"))
+    assert cache.snapshot.free[n2, 0] == 2000  # now by the hold, not twice
+
+    gone = pod("gone", name="web-1", node_name="n2", annotations=OPTED, finalizers=[api.FINALIZER])
+    cache.apply("pods", "ADDED", gone)
+    cache.apply("pods", "DELETED", gone)
+    assert cache.snapshot.free[n2, 0] == 0
+    later = time.monotonic() + rebuild_gate.LEAVING_GRACE + 1
+    monkeypatch.setattr(rebuild_gate.time, "monotonic", lambda: later)
+    with cache.lock:  # any pod's filter looks at the clock
+        gate.filter(decider, cache.snapshot, noted(cache, pod("x", name="x")), ["n1"])
+    assert cache.snapshot.free[n2, 0] == 2000  # web-1's Reservation never came: freed
 
 
 def test_a_cordoned_held_node_makes_the_successor_wait_with_a_reason() -> None:
@@ -373,7 +404,9 @@ def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retrie
     Reservation gets the filter's Error (retried after back-off); one waiting for its cordoned
     node under ``wait`` gets rejected nodes (the uncordon requeues it)."""
     cache, gate, _, _, _ = cluster()
-    app = TestClient(create_app(ExtenderSettings(decide_in_filter=False), cache, gate=gate))
+    app = TestClient(
+        create_app(ExtenderSettings(decide_in_filter=False, bind_all=True), cache, gate=gate)
+    )
     old = pod("old", name="web-0", node_name="n1", annotations=OPTED, finalizers=[api.FINALIZER])
     cache.apply("pods", "ADDED", old)
     cache.apply(

@@ -44,6 +44,7 @@ def cluster(decide_in_filter: bool) -> tuple[Verbs, RecordingBinder]:
     settings = ExtenderSettings(
         prioritize=(PolicyWeight(policy="MostAllocated", weight=1),),
         decide_in_filter=decide_in_filter,
+        bind_all=True,  # the record rides on Fulcrum's bind
     )
     binder = RecordingBinder()
     return Verbs(settings, cache, binder), binder

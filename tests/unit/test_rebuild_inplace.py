@@ -11,6 +11,7 @@ import pytest
 from kube import api
 from kube.hooks import ANNOTATION as HOOKS
 from kube.hooks import LEADER, LEADER_RETRY_SECONDS, ROLE_LABEL
+from kube.resources import BIND
 from tests.unit.rebuild_fake import HELD, NODE, NS, OLD, OPTED, Obj, cluster
 
 
@@ -64,6 +65,9 @@ def statefulset_pod(
         {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}},
         {"name": TOKEN_MOUNT["name"], "projected": {"sources": [{"serviceAccountToken": {}}]}},
     ]
+    resources = spec["containers"][0].setdefault("resources", {})  # marked by Fulcrum's webhook
+    resources.setdefault("requests", {})[BIND] = "1"
+    resources.setdefault("limits", {})[BIND] = "1"
     spec["nodeName"] = NODE
     revision = sts["status"]["updateRevision"]
     all_labels = {
