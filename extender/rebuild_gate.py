@@ -69,9 +69,8 @@ class Leaving:
     node: str
     seen: float  # when the watch first showed it terminating
     gone: float | None = None  # when it left the apiserver
-    request: PodRequest | None = (
-        None  # its room, held from when it goes until its Reservation shows
-    )
+    # its room, held from when it goes until its Reservation shows
+    request: PodRequest | None = None
 
 
 @dataclass(frozen=True)

@@ -429,11 +429,15 @@ def _new_state(
 
 
 def _binds_all(extender_config: Path | None) -> bool:
-    """The ExtenderConfiguration's bindAll, so that kube-scheduler's extenders[] match it."""
-    if extender_config is None:
-        return False
-    loaded = yaml.safe_load(extender_config.read_text()) or {}
-    return bool(loaded.get("bindAll", False)) if isinstance(loaded, dict) else False
+    """The ExtenderConfiguration's bindAll, so that kube-scheduler's extenders[] match it; read
+    as ``fulcrum serve`` reads it, so a bad file fails here, before any cluster starts."""
+    from extender.config import ConfigError, load_settings
+    from policies.registry import default_registry
+
+    try:
+        return load_settings(extender_config, default_registry()).bind_all
+    except ConfigError as exc:
+        raise ClusterError(f"extender configuration: {exc}") from exc
 
 
 def up(

@@ -61,7 +61,8 @@ def _bound(pod: Obj) -> list[str]:
     if api.DECISION in annotations:
         lines += _decision(annotations[api.DECISION])
     elif spec.get("schedulerName") == api.SCHEDULER_NAME and not (
-        marked_for_bind(pod) or {GPU_DEVICES_ANNOTATION, api.ASSIGNED_IP} & set(annotations)
+        marked_for_bind(pod)  # or written by Fulcrum's bind:
+        or {GPU_DEVICES_ANNOTATION, api.ASSIGNED_IP, api.RESERVATION} & set(annotations)
     ):
         lines.append(
             "no decision record: kube-scheduler bound this pod itself on Fulcrum's pick "

@@ -25,7 +25,6 @@ class ExtenderRegistration:
     node_cache_capable: bool = True
     ignorable: bool = False
     http_timeout: str = "5s"
-
     bind_all: bool = False  # the extender's bindAll: one entry that binds every pod
 
     def to_config(self) -> list[dict[str, Any]]:
