@@ -47,7 +47,7 @@ def create_app(hooks: HookRegistry | None = None) -> FastAPI:
 
     @app.post("/mutate")
     async def mutate_endpoint(request: Request) -> Response:
-        return await review(request, mutate)
+        return await review(request, lambda req: mutate(req, registry))
 
     @app.post("/validate")
     async def validate_endpoint(request: Request) -> Response:

@@ -6,7 +6,9 @@
   A pod naming another scheduler is left alone, with a warning. A fulcrum-scheduler pod that
   only Fulcrum's bind can bind (GPUs, an IP pool, local rebuild: ``eligibility.bind_reason``)
   gets the extended resource ``fulcrum.io/bind``, so kube-scheduler sends it to Fulcrum's bind
-  and binds every other pod itself.
+  and binds every other pod itself. A pod the rebuild controller will hold a room for when it
+  goes (``eligibility.reserved_on_delete``) gets the finalizer ``fulcrum.io/rebuild`` at birth,
+  which the controller would otherwise add with a write of its own once the pod exists.
 - ``validate``: the ``fulcrum.io/*`` annotations of a pod, or of the pod template of a
   Deployment, StatefulSet or ReplicaSet, read by the parsers the controller and the extender
   use (``kube.api.read_options``, ``kube.hooks``, ``kube.resources``): a bad value is denied
@@ -29,7 +31,7 @@ from typing import Any
 import orjson
 
 from kube import api, eligibility
-from kube.hooks import HookRegistry, hooks_for
+from kube.hooks import HookRegistry, default_hook_registry, hooks_for
 from kube.resources import BIND, marked_for_bind, pod_request
 
 PREFIX = "fulcrum.io/"
@@ -63,9 +65,10 @@ def _fulcrum(annotations: Mapping[str, str]) -> list[str]:
     return sorted(k for k in annotations if k.startswith(PREFIX))
 
 
-def mutate(request: Obj) -> Decision:
-    """Route a pod to fulcrum-scheduler, and mark it for Fulcrum's bind if it needs it (see the
-    module docstring)."""
+def mutate(request: Obj, hooks: HookRegistry | None = None) -> Decision:
+    """Route a pod to fulcrum-scheduler, mark it for Fulcrum's bind if it needs it, guard it for
+    local rebuild (see the module docstring). ``hooks``: the rebuild hooks installed (default:
+    the built-ins and installed plugins)."""
     pod = request.get("object")
     if request.get("operation") != "CREATE" or not isinstance(pod, Mapping):
         return Decision()
@@ -83,8 +86,23 @@ def mutate(request: Obj) -> Decision:
                 f"nor keeps its node on rebuild; use {api.SCHEDULER_NAME} or remove the field"
             ]
         )
-    decision.patch += bind_mark(pod)
+    decision.patch += bind_mark(pod) + guard(pod, hooks or default_hook_registry())
     return decision
+
+
+def guard(pod: Obj, hooks: HookRegistry) -> list[dict[str, Any]]:
+    """A JSON patch adding the finalizer ``fulcrum.io/rebuild`` if the controller will hold this
+    pod's room when it goes and nothing put the finalizer there yet; else none."""
+    meta = _meta(pod)
+    options = api.read_options(_annotations(meta))
+    finalizers = meta.get("finalizers")
+    if not eligibility.reserved_on_delete(pod, options, hooks):
+        return []
+    if not isinstance(finalizers, list) or not finalizers:
+        return [{"op": "add", "path": "/metadata/finalizers", "value": [api.FINALIZER]}]
+    if api.FINALIZER in finalizers:
+        return []
+    return [{"op": "add", "path": "/metadata/finalizers/-", "value": api.FINALIZER}]
 
 
 def bind_mark(pod: Obj) -> list[dict[str, Any]]:

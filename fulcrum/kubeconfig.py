@@ -109,10 +109,20 @@ def load(
 
 
 def api_client(
-    kubeconfig: Path | None, *, user_default: bool = False, log: Callable[[str], Any] | None = None
+    kubeconfig: Path | None,
+    *,
+    user_default: bool = False,
+    log: Callable[[str], Any] | None = None,
+    connections: int | None = None,
 ) -> client.ApiClient:
-    """An ``ApiClient`` from ``load``; ``log`` is told where its credentials came from."""
+    """An ``ApiClient`` from ``load``; ``log`` is told where its credentials came from.
+
+    ``connections``: how many connections to the apiserver it keeps open, at least one per
+    thread that calls it at once and per watch (the client's default is 5 per CPU; past the
+    pool's size every call opens, and then drops, a TLS connection of its own)."""
     cfg, source = load(kubeconfig, user_default=user_default)
     if log is not None:
         log(f"cluster {cfg.host}, credentials from {source}")
+    if connections is not None:
+        cfg.connection_pool_maxsize = connections  # read when the client is made, not after
     return client.ApiClient(cfg)

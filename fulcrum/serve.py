@@ -45,8 +45,7 @@ class ServeError(RuntimeError):
 def core_api(kubeconfig: Path | None) -> Any:
     """The CoreV1Api of ``fulcrum.kubeconfig``'s credentials (``--kubeconfig``, then
     ``$KUBECONFIG``, then in-cluster), saying where they came from."""
-    api_client = kubeconfig_api_client(kubeconfig, log=log.info)
-    api_client.configuration.connection_pool_maxsize = 16
+    api_client = kubeconfig_api_client(kubeconfig, log=log.info, connections=16)
     return client.CoreV1Api(api_client)
 
 

@@ -151,7 +151,10 @@ class Controller:
             self.pod(pod)
         elif (gone := self.store.take_gone(ref)) is not None:
             # a pod left the apiserver: return its IP unless a reservation holds it now
-            self.release_pod_ip(metadata(gone), settle=False)
+            meta = metadata(gone)
+            held = f"{meta.get('namespace')}/{api.reservation_name(str(meta.get('uid')))}"
+            if self.store.get("reservations", held) is None:
+                self.release_pod_ip(meta, settle=False)
 
     # --- pods --------------------------------------------------------------------------------
     def pod(self, pod: Obj) -> None:

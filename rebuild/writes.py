@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +29,7 @@ from kubernetes import client
 from kube import api, ippool
 from kube.informer import ListFn, update_object
 from rebuild.errors import ApiError, Conflict, Invalid, NotFound, api_error
-from rebuild.store import Obj, metadata, object_key
+from rebuild.store import Obj, metadata
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ NODE_GONE = "node is gone"
 MAX_REASON = 1024  # characters of a status reason or Event message: bounded, so it always fits
 RESIZE_REFUSED = (400, 403, 404, 405, 422)  # unsupported, forbidden or infeasible
 Change = Callable[[dict[str, Any]], dict[str, Any] | None]
+BATCH_MOVES = 256  # address moves written to a pool in one patch, at most
+EVENTS_QUEUED = 10_000  # Events waiting to be written; beyond this they are logged and dropped
 
 
 @contextmanager
@@ -59,6 +64,109 @@ def _release(holder: str, pool: dict[str, Any]) -> dict[str, Any] | None:
     return ippool.release(pool, holder)
 
 
+@dataclass(eq=False)
+class _Move:
+    """One address move waiting for its pool's next write."""
+
+    ops: list[dict[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    written: bool = False
+    lead: bool = False  # handed the next write to make
+
+
+class PoolPatches:
+    """Address moves of one pool written together: a group commit.
+
+    A rollout of N opted-in pods moves 2N addresses in one IPPool; written one by one, every
+    worker waits on writes of the same object that the apiserver can only apply in turn. Here
+    the caller that finds no write to its pool in flight makes the next one, with every move
+    that arrived meanwhile (up to BATCH_MOVES) in one JSON patch, whose ``test`` ops keep each
+    move the compare-and-swap it was; then it hands the next write to the first caller still
+    waiting. A batch that fails (one ``test`` failed: a retry after a crash, a hand edit) tells
+    each of its callers to write its move alone, so each gets its own outcome.
+    """
+
+    def __init__(self, send: Callable[[str, str, list[dict[str, Any]]], None]) -> None:
+        self.send = send
+        self.lock = threading.Lock()
+        self.waiting: dict[tuple[str, str], list[_Move]] = {}  # a key here: a write in flight
+
+    def write(self, namespace: str, pool: str, ops: list[dict[str, Any]]) -> bool:
+        """Write ``ops`` in a batch; whether that was done. A batch of this move alone raises
+        its own error; False: the batch failed, write the move alone."""
+        key, move = (namespace, pool), _Move(ops)
+        with self.lock:
+            lead = key not in self.waiting
+            self.waiting.setdefault(key, []).append(move)
+        if not lead:
+            move.done.wait()
+            if not move.lead:
+                return move.written
+        with self.lock:
+            batch = self.waiting[key][:BATCH_MOVES]
+            del self.waiting[key][: len(batch)]
+        written = False
+        try:
+            self.send(namespace, pool, [op for m in batch for op in m.ops])
+            written = True
+        except ApiError:
+            if len(batch) == 1:
+                raise
+        finally:  # on any error too: nobody waits forever
+            for m in batch:
+                m.written = written
+            self._hand_on(key, batch, move)
+        return written
+
+    def _hand_on(self, key: tuple[str, str], batch: list[_Move], mine: _Move) -> None:
+        with self.lock:
+            rest = self.waiting[key]
+            if rest:
+                rest[0].lead = True
+                rest[0].done.set()
+            else:
+                del self.waiting[key]
+        for m in batch:
+            if m is not mine:
+                m.done.set()
+
+
+class EventSender:
+    """Events written by one thread of their own, so no worker waits for them: an Event tells
+    people what happened, and is never what a rebuild waits on. ``flush`` waits until every
+    queued Event has been tried."""
+
+    def __init__(self, create: Callable[[str, dict[str, Any]], object]) -> None:
+        self.create = create
+        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(EVENTS_QUEUED)
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def send(self, namespace: str, body: dict[str, Any]) -> None:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="events", daemon=True)
+                self.thread.start()
+        try:
+            self.queue.put_nowait((namespace, body))
+        except queue.Full:
+            log.warning("event %s dropped: %d Events wait already", body["reason"], EVENTS_QUEUED)
+
+    def flush(self) -> None:
+        self.queue.join()
+
+    def _run(self) -> None:
+        while True:
+            namespace, body = self.queue.get()
+            try:
+                self.create(namespace, body)
+            except Exception as exc:  # an Event that cannot be written is worth a log line
+                where = f"{namespace}/{body['involvedObject']['name']}"
+                log.warning("event %s on %s: %s", body["reason"], where, exc)
+            finally:
+                self.queue.task_done()
+
+
 class Writes:
     """The controller's apiserver calls; see the module docstring."""
 
@@ -66,6 +174,8 @@ class Writes:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.pool_patches = PoolPatches(self._patch_pool)
+        self.events = EventSender(lambda ns, body: self.core.create_namespaced_event(ns, body))
 
     def lists(self) -> dict[str, ListFn]:
         """The list (and watch) call of each kind ``rebuild.store.Store`` keeps."""
@@ -120,12 +230,13 @@ class Writes:
     def move_ip(
         self, namespace: str, pool: str, ip: str, old: str, new: str | None, *, settle: bool = True
     ) -> None:
-        """Hand ``ip`` from holder ``old`` to ``new`` (None: back to the pool) in one write.
+        """Hand ``ip`` from holder ``old`` to ``new`` (None: back to the pool).
 
         A JSON patch whose ``test`` makes it conditional on ``old`` still holding ``ip``: a
-        compare-and-swap of that one entry, without reading (and rewriting) the whole pool. If
-        the test fails (a retry after a crash, or a hand edit), the pool is read and the pure
-        ``ippool`` rules decide (idempotent: nothing to move is no write), unless not ``settle``.
+        compare-and-swap of that one entry, without reading (and rewriting) the whole pool,
+        batched with the moves other workers make meanwhile (``PoolPatches``). If the test
+        fails (a retry after a crash, or a hand edit), the pool is read and the pure ``ippool``
+        rules decide (idempotent: nothing to move is no write), unless not ``settle``.
         """
         path = "/status/allocations/" + ip.replace("~", "~0").replace("/", "~1")
         ops: list[dict[str, Any]] = [{"op": "test", "path": path, "value": old}]
@@ -133,16 +244,10 @@ class Writes:
             {"op": "replace", "path": path, "value": new} if new else {"op": "remove", "path": path}
         )
         try:
-            with _translated():
-                self.custom.patch_namespaced_custom_object(
-                    api.GROUP,
-                    api.VERSION,
-                    namespace,
-                    api.IPPOOLS,
-                    pool,
-                    ops,
-                    _content_type="application/json-patch+json",
-                )
+            # a move that may well find its address gone (not ``settle``) is written alone, so
+            # a failed test fails no batch
+            if not settle or not self.pool_patches.write(namespace, pool, ops):
+                self._patch_pool(namespace, pool, ops)
         except (Conflict, Invalid):
             if not settle:
                 return
@@ -150,6 +255,18 @@ class Writes:
                 self.update_pool(namespace, pool, lambda p: ippool.transfer(p, old, new))
             else:
                 self.release_ip(namespace, pool, old)
+
+    def _patch_pool(self, namespace: str, pool: str, ops: list[dict[str, Any]]) -> None:
+        with _translated():
+            self.custom.patch_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.IPPOOLS,
+                pool,
+                ops,
+                _content_type="application/json-patch+json",
+            )
 
     def delete_reservation(self, namespace: str, name: str) -> None:
         try:
@@ -259,7 +376,7 @@ class Writes:
             self.event(pod, f"Rebuild{action.title().replace('-', '')}", reason, warning=warning)
 
     def event(self, obj: Obj, reason: str, message: str, *, warning: bool = False) -> None:
-        """An Event on ``obj``; one that cannot be written is worth a log line, not a retry."""
+        """An Event on ``obj``, sent by ``EventSender`` (this returns at once)."""
         meta = metadata(obj)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
@@ -279,10 +396,7 @@ class Writes:
             "lastTimestamp": now,
             "count": 1,
         }
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except client.ApiException as exc:
-            log.warning("event %s on %s: %s", reason, object_key(obj), exc.reason)
+        self.events.send(str(meta["namespace"]), body)
 
     def node_exists(self, node: str) -> bool:
         try:

@@ -305,6 +305,8 @@ class Rig:
             self.controller.reconcile(key)
         except TemporaryError as exc:
             return exc.delay
+        finally:
+            self.controller.writes.events.flush()  # Events are written by a thread of their own
         return None
 
 

@@ -66,7 +66,10 @@ def patched(obj: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
         target = out
         for token in parents:
             target = target[int(token)] if isinstance(target, list) else target[token]
-        target[last] = op["value"]
+        if last == "-":
+            target.append(op["value"])
+        else:
+            target[last] = op["value"]
     return out
 
 
@@ -108,6 +111,28 @@ def test_pods_only_fulcrum_can_bind_are_marked_for_its_bind() -> None:
     assert mutate(request(marked)).patch == []  # marked already
     plain = pod({GPU_MODEL_ANNOTATION: "A100"}, "fulcrum-scheduler")  # no GPU asked: plain
     assert mutate(request(plain)).patch == []
+
+
+def test_pods_the_controller_will_hold_a_room_for_are_guarded_from_birth() -> None:
+    """The rebuild finalizer comes with the pod, so the controller needs no write of its own
+    before the pod may go; only pods it will hold a room for get it (its one rule)."""
+
+    def finalizers(obj: dict[str, Any]) -> list[str] | None:
+        return patched(obj, mutate(request(obj), HOOKS).patch)["metadata"].get("finalizers")
+
+    assert finalizers(pod({api.REBUILD: "local"})) == [api.FINALIZER]
+    other = pod({api.REBUILD: "local"})
+    other["metadata"]["finalizers"] = ["example.com/keep"]
+    assert finalizers(other) == ["example.com/keep", api.FINALIZER]
+    guarded = pod({api.REBUILD: "local"})
+    guarded["metadata"]["finalizers"] = [api.FINALIZER]
+    assert finalizers(guarded) == [api.FINALIZER]
+    assert finalizers(pod({api.REBUILD: "local", api.ORDER: "create-first"})) is None
+    assert finalizers(pod({api.IP_POOL: "web"})) is None
+    scratch = builders.pod(
+        "s", annotations={api.REBUILD: "local"}, volumes=[{"name": "tmp", "emptyDir": {}}]
+    )
+    assert finalizers(scratch) is None  # refused: its emptyDir would be lost
 
 
 def test_a_pod_naming_another_scheduler_is_left_alone_with_a_warning() -> None:
