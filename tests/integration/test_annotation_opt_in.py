@@ -93,6 +93,26 @@ def test_annotated_workloads_come_back_on_their_nodes_without_a_scheduler_name(
     assert kept == 9, [rollouts[app].kept.misses for app in ("web", "db")]
 
 
+def test_an_annotated_pod_is_guarded_from_birth(kit: rr.Kit) -> None:
+    """The webhook adds the rebuild finalizer as the pod is created: a server-side dry run (the
+    API server calls the webhooks, stores nothing, and no controller sees the pod) shows it;
+    a create-first pod, for which nothing is held, gets none."""
+
+    def created(pod: dict[str, Any]) -> dict[str, Any]:
+        out = kit.kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=yaml.safe_dump(pod)
+        )
+        return dict(orjson.loads(out))
+
+    opted = rr.bare_pod(NS, "guarded", "guarded")
+    del opted["spec"]["schedulerName"]
+    out = created(opted)
+    assert out["metadata"].get("finalizers") == [api.FINALIZER]
+    assert out["spec"]["schedulerName"] == api.SCHEDULER_NAME
+    beside = rr.bare_pod(NS, "beside", "beside", annotations={api.ORDER: "create-first"})
+    assert "finalizers" not in created(beside)["metadata"]
+
+
 def test_a_pod_in_a_labelled_namespace_goes_to_fulcrum(kit: rr.Kit) -> None:
     kit.kubectl("create", "namespace", "it-labelled")
     kit.kubectl("label", "namespace", "it-labelled", "fulcrum.io/scheduling=enabled")
