@@ -47,6 +47,9 @@ class ExtenderRegistration:
         return [every, {**common, "bindVerb": "bind", "managedResources": managed}]
 
 
+MAX_BACKOFF_SECONDS = 2
+
+
 def scheduler_config(extender: ExtenderRegistration, kubeconfig: Path) -> dict[str, Any]:
     """KubeSchedulerConfiguration of the ``fulcrum-scheduler`` kube-scheduler."""
     return {
@@ -56,6 +59,10 @@ def scheduler_config(extender: ExtenderRegistration, kubeconfig: Path) -> dict[s
         "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 5000, "burst": 10000},
         "leaderElection": {"leaderElect": False},
         "percentageOfNodesToScore": 100,
+        # a pod the extender asks to wait (a local-rebuild successor whose Reservation is on its
+        # way, or whose workload's holds are promised to others) is retried after its back-off,
+        # which doubles per retry: capped at 2 s, not the default 10
+        "podMaxBackoffSeconds": MAX_BACKOFF_SECONDS,
         "profiles": [
             {
                 "schedulerName": FULCRUM_SCHEDULER,

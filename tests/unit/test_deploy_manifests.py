@@ -299,6 +299,7 @@ def test_scheduler_config_agrees_with_the_harness() -> None:
     assert deployed["profiles"] == harness["profiles"]
     assert deployed["extenders"] == harness["extenders"]
     assert deployed["percentageOfNodesToScore"] == harness["percentageOfNodesToScore"]
+    assert deployed["podMaxBackoffSeconds"] == harness["podMaxBackoffSeconds"]
     # in-cluster: the pod's ServiceAccount, no kubeconfig file
     assert "kubeconfig" not in deployed.get("clientConnection", {})
 
