@@ -24,16 +24,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from fulcrum.kubeconfig import CredentialsError
 from fulcrum.kubeconfig import api_client as kubeconfig_api_client
-from rebuild.controller import Controller
+from rebuild.controller import WORKERS, Controller
 from rebuild.store import Store
 
 log = logging.getLogger(__name__)
 logging.getLogger("leaderelection").setLevel(logging.WARNING)  # it logs every renewal at INFO
 
 LEASE_NAME = "fulcrum-rebuild"
-# workers reconciling at once: a rollout's deletions each wait on three apiserver writes (the
-# Reservation, the IP, the finalizer) before the pod may go, and the workers mostly wait
-WORKERS = 16
 
 
 class RebuildError(RuntimeError):
@@ -87,7 +84,7 @@ def run(
         raise RebuildError(str(exc)) from exc
     client.Configuration.set_default(api_client.configuration)  # the Lease lock's client
     ready = threading.Event()
-    controller = Controller(api_client, workers=WORKERS)
+    controller = Controller(api_client)
     _health_server(health_host, health_port, ready, controller.metrics.registry)
     log.info("health and metrics on http://%s:%d", health_host, health_port)
     if identity:

@@ -52,6 +52,9 @@ EXPIRED_GRACE = timedelta(minutes=5)  # an expired reservation keeps its IP this
 POST_REBUILD_RETRY_SECONDS = 1.0
 RELEASED_REMEMBERED = 10_000  # finalizers removed, remembered so a lagging watch replays none
 CRASH_ENV = "FULCRUM_REBUILD_CRASH_AT"
+# workers reconciling at once: a rollout's deletions each wait on three apiserver writes (the
+# Reservation, the IP, the finalizer) before the pod may go, and the workers mostly wait
+WORKERS = 16
 
 
 def crash_point(step: str) -> None:
@@ -69,7 +72,7 @@ def crash_point(step: str) -> None:
 class Controller:
     """Reconciles pods, reservations and pools; see the module docstring for the protocol."""
 
-    def __init__(self, api_client: Any, *, workers: int = 4) -> None:
+    def __init__(self, api_client: Any, *, workers: int = WORKERS) -> None:
         self.writes = Writes(api_client)
         self.queue = WorkQueue()
         self.store = Store(self.queue)
