@@ -201,6 +201,24 @@ def retry(reason: str) -> FilterOutcome:
     return FilterOutcome([], {}, {}, retry=reason)
 
 
+def fullest(snapshot: Snapshot, tied: NDArray[np.intp]) -> int:
+    """Of equally scored rows, the one whose cpu and memory are the most allocated (best fit);
+    ties to the lowest row.
+
+    Scores often tie (nodes without GPUs look alike to fragmentation), and kube-scheduler may
+    send only part of the cluster (``percentageOfNodesToScore`` below 100, a window that moves
+    on with every pod): the lowest row of each window would open a new node for nearly every
+    window, where the fullest one keeps filling the nodes already in use.
+    """
+    if tied.size == 1:
+        return int(tied[0])
+    tied = np.sort(tied)
+    cols = [CPU_COL, MEMORY_COL]
+    allocatable = np.maximum(snapshot.allocatable[tied][:, cols], 1)
+    used = 1.0 - snapshot.free[tied][:, cols] / allocatable
+    return int(tied[np.argmax(used.sum(axis=1))])
+
+
 class Decider:
     """Fit and score against a cache's snapshot, with policies built for its live workload."""
 
@@ -281,7 +299,7 @@ class Decider:
         if choose and good:  # kube-scheduler needs reasons only when no node passes
             candidates = index[good]
             scores = self.scores(snapshot, pod)[candidates]
-            best = candidates[scores == scores.max()].min()
+            best = fullest(snapshot, candidates[scores == scores.max()])
             why: list[tuple[str, int]] = []
             if self.record:
                 unfit = index[~fit[index]]

@@ -323,6 +323,7 @@ class Config:
     rounds: int = 1
     rebuild: int = 1000
     name: str = "fulcrum-bench"
+    nodes_to_score: int = 100  # fulcrum-scheduler's percentageOfNodesToScore
 
 
 def rollout_json(rollout: rr.Rollout) -> dict[str, Any]:
@@ -366,7 +367,12 @@ def on_cluster(
     name = f"{config.name}-{'rebuild' if scheduler is None else scheduler.split('-')[0]}"
     extender = scheduler != DEFAULT or bool(rebuild)
     log(f"{scheduler or 'local rebuild'}: fresh cluster {name!r}, {config.nodes} nodes")
-    cluster.up(name, nodes=config.nodes, shape=NODE, extender=extender, log=log)
+    registration = cluster.ExtenderRegistration(
+        port=cluster.free_port(), nodes_to_score=config.nodes_to_score
+    )
+    cluster.up(
+        name, nodes=config.nodes, shape=NODE, extender=extender, registration=registration, log=log
+    )
     phases: list[Phase] = []
     try:
         if scheduler is not None:

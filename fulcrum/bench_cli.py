@@ -26,6 +26,14 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def percentage(text: str) -> int:
+    """An argparse type: an integer percentage, 0..100."""
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0..100")
+    return value
+
+
 def add_bench(sub: Subparsers) -> None:
     """The ``bench`` subcommand."""
     bench = sub.add_parser(
@@ -73,6 +81,14 @@ def add_bench(sub: Subparsers) -> None:
         help="pods per Deployment in the local-rebuild roll, 0 skips it (default %(default)s)",
     )
     bench.add_argument(
+        "--nodes-to-score",
+        type=percentage,
+        default=100,
+        help="fulcrum-scheduler's percentageOfNodesToScore: 100 shows Fulcrum every feasible "
+        "node, less is cheaper per pod and packs from a window of them, 0 is kube-scheduler's "
+        "adaptive default (default %(default)s)",
+    )
+    bench.add_argument(
         "--name", default="fulcrum-bench", help="cluster name prefix (default %(default)s)"
     )
     bench.add_argument(
@@ -104,6 +120,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         rebuild=args.rebuild,
         name=args.name,
+        nodes_to_score=args.nodes_to_score,
     )
     log = print if args.output == "text" else functools.partial(print, file=sys.stderr)
     result = bench.run_bench(config, log=functools.partial(log, flush=True))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
 
-from fulcrum import bench, cli
+from fulcrum import bench, cli, cluster
 from fulcrum.cluster import NodeShape
 from fulcrum.workload import PodShape
 
@@ -211,8 +212,15 @@ def test_bench_flags_and_defaults() -> None:
     assert (args.nodes, args.pods, args.configmaps, args.rebuild) == (1000, 25000, 150000, 1000)
     assert (args.scheduler, args.rounds, args.output) == ("both", 1, "text")
     assert args.shapes == bench.DEFAULT_MIX
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["bench", "--scheduler", "other"])
+    assert args.nodes_to_score == 100
+    for bad in (["--scheduler", "other"], ["--nodes-to-score", "101"]):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["bench", *bad])
+
+
+def test_nodes_to_score_is_fulcrum_schedulers_percentage() -> None:
+    registration = cluster.ExtenderRegistration(port=1, nodes_to_score=10)
+    assert cluster.scheduler_config(registration, Path("k"))["percentageOfNodesToScore"] == 10
 
 
 def test_a_bad_shape_is_refused_before_any_cluster(capsys: pytest.CaptureFixture[str]) -> None:

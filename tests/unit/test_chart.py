@@ -215,6 +215,11 @@ def test_policy_weights_and_ignorable_reach_the_configuration(helm: Path, tmp_pa
     assert (settings.host, settings.port) == ("127.0.0.1", 8888)
 
 
+def test_percentage_of_nodes_to_score_reaches_the_configuration(helm: Path) -> None:
+    docs = render(helm, "scheduler.percentageOfNodesToScore=10")
+    assert config_map_file(docs, "kube-scheduler.yaml")["percentageOfNodesToScore"] == 10
+
+
 def test_a_new_configuration_rolls_the_scheduler_pods(helm: Path) -> None:
     def checksum(*sets: str) -> str:
         template = one(render(helm, *sets), "Deployment", "fulcrum-scheduler")["spec"]["template"]
@@ -384,8 +389,9 @@ def test_the_pod_monitor_is_rendered_only_when_enabled(helm: Path) -> None:
         (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (["extender.httpTimeout=soon"], "/extender/httpTimeout"),
         (["rebuild.replica=2"], "replica"),  # a typo: unknown keys are refused
+        (["scheduler.percentageOfNodesToScore=101"], "/scheduler/percentageOfNodesToScore"),
     ],
-    ids=["negative-replicas", "zero-replicas", "source", "pull-policy", "timeout", "typo"],
+    ids=["negative-replicas", "zero-replicas", "source", "pull-policy", "timeout", "typo", "pct"],
 )
 def test_a_bad_value_is_refused_naming_it(helm: Path, sets: list[str], message: str) -> None:
     with pytest.raises(chart.ChartError) as failed:

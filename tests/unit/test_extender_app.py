@@ -133,3 +133,22 @@ def test_a_gpu_node_without_a_model_label_is_a_node_like_any_other(client: TestC
         reply = client.post("/filter", json={"Pod": p, "Nodes": nodes})
         assert reply.status_code == 200, reply.text
         assert [n["metadata"]["name"] for n in reply.json()["Nodes"]["items"]] == [want]
+
+
+def test_decide_in_filter_keeps_filling_the_fullest_node_of_the_window() -> None:
+    """kube-scheduler with percentageOfNodesToScore below 100 sends a window of the nodes, one
+    that moves on with each pod. Nodes without GPUs score alike, so the pick among them is the
+    most allocated (best fit), not the window's first node, which would open a node per window."""
+    cache = ClusterCache()
+    for name in ("n0", "n1", "n2", "n3"):
+        cache.apply("nodes", "ADDED", node(name, memory="16Gi", pods="10"))
+    cache.apply("pods", "ADDED", pod("a", cpu="1", node_name="n2"))
+    cache.apply("pods", "ADDED", pod("b", cpu="2", node_name="n3"))
+    client = TestClient(create_app(ExtenderSettings(decide_in_filter=True), cache))
+    for window, want in (
+        (["n0", "n1", "n2"], "n2"),
+        (["n1", "n3", "n2"], "n3"),
+        (["n0", "n1"], "n0"),
+    ):
+        reply = client.post("/filter", json={"Pod": pod("new", cpu="1"), "NodeNames": window})
+        assert reply.json()["NodeNames"] == [want], window
