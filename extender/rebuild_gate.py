@@ -394,7 +394,10 @@ class RebuildGate:
         why: dict[str, str] = {}
         for hold in holds:
             if hold.node not in asked:
-                why[hold.node] = "kube-scheduler's own filters rejected it"
+                why[hold.node] = (
+                    "kube-scheduler did not send it (its own filters rejected it, or "
+                    "percentageOfNodesToScore below 100 left it out of this attempt)"
+                )
             elif hold.node in self.cache.unschedulable:
                 why[hold.node] = "it is cordoned"
             elif not self.fits_in_hold(hold, pod.request):
