@@ -440,7 +440,8 @@ def run_bench(config: Config, *, log: Callable[[str], None]) -> Bench:
     bound = lower_bound(shapes)
     log(
         f"bench: {config.pods} pods ({config.shapes}) on {config.nodes} nodes of {NODE.cpu} cpu/"
-        f"{NODE.memory}/{NODE.pods} pods, {config.configmaps} configmaps; lower bound {bound}"
+        f"{NODE.memory}/{NODE.pods} pods, {config.configmaps} configmaps; lower bound {bound}; "
+        f"fulcrum-scheduler's percentageOfNodesToScore {config.nodes_to_score}"
     )
     phases: dict[str, list[Phase]] = {}
     rolled = None
@@ -463,12 +464,19 @@ def _cell(values: Mapping[str, float], key: str, form: str) -> str:
     return form.format(values[key]) if key in values else "-"
 
 
+def _nodes_to_score(config: Config, phase: Phase) -> str:
+    """The scheduler's percentageOfNodesToScore: default-scheduler runs kube-scheduler's own."""
+    percentage = config.nodes_to_score if phase.scheduler != DEFAULT else 0
+    return str(percentage) if percentage else "adaptive"
+
+
 def _rows(bench: Bench, shown: Sequence[Phase]) -> list[tuple[str, list[str]]]:
     rows: list[tuple[str, list[str]]] = [
         ("pods bound", [f"{p.bound}/{p.pods}" for p in shown]),
         ("throughput (pods/s)", [f"{p.throughput:.1f}" for p in shown]),
         ("schedule time (s)", [f"{p.schedule_seconds:.1f}" for p in shown]),
         (f"nodes used (lower bound {bench.lower_bound})", [str(p.nodes_used) for p in shown]),
+        ("percentageOfNodesToScore", [_nodes_to_score(bench.config, p) for p in shown]),
     ]
     for key, what in (("sli", "queued to bound"), ("attempt", "attempt (cycle + bind)")):
         cells = [" / ".join(_seconds(v) for v in p.latency[key].values()) for p in shown]
