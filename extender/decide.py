@@ -279,8 +279,8 @@ class Decider:
     ) -> FilterOutcome:
         """Nodes that fit, with a reason for each that does not.
 
-        With ``choose``, only the best-scoring node that fits passes (ties: the lowest snapshot
-        row, so equal nodes fill first-fit): kube-scheduler then skips scoring altogether. The
+        With ``choose``, only the best-scoring node that fits passes (ties: the fullest, so
+        equal nodes fill best-fit): kube-scheduler then skips scoring altogether. The
         others are left out without reasons, which kube-scheduler needs only for a pod that
         cannot be placed (its FailedScheduling event, preemption).
         """
@@ -310,7 +310,7 @@ class Decider:
                 {},
                 {},
                 feasible=len(good),
-                ranked=ranked(snapshot.names, candidates, scores),
+                ranked=ranked(snapshot.names, candidates, scores, best),
                 reasons=counted(why),
             )
         out = FilterOutcome([], dict.fromkeys(missing, "node not in Fulcrum's cache yet"), {})

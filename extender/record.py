@@ -73,11 +73,11 @@ def counted(reasons: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
 
 
 def ranked(
-    names: Sequence[str], rows: NDArray[np.intp], scores: NDArray[np.float64]
+    names: Sequence[str], rows: NDArray[np.intp], scores: NDArray[np.float64], chosen: int
 ) -> tuple[tuple[str, float], ...]:
     """The ``RANKED`` best-scored of ``rows`` as (node name, score), best first; among equal
-    scores the lowest row first, as ``Decider.filter`` chooses."""
-    best = np.lexsort((rows, -scores))[:RANKED].tolist()
+    scores the ``chosen`` row first (``Decider.filter``'s pick), then the lowest rows."""
+    best = np.lexsort((rows, rows != chosen, -scores))[:RANKED].tolist()
     return tuple((names[int(rows[i])], float(scores[i])) for i in best)
 
 

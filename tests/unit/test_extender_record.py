@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+import numpy as np
 import orjson
 
 from extender import record
@@ -140,3 +141,10 @@ def test_the_record_can_be_turned_off() -> None:
     bind = ExtenderBindingArgs(PodName="p", PodNamespace="ns", PodUID="p", Node="n2")
     assert asyncio.run(verbs.bind(bind)).Error == ""
     assert DECISION not in binder.annotations["p"] and len(verbs.records) == 0
+
+
+def test_the_ranking_lists_the_chosen_node_first_among_equals() -> None:
+    names = ["n0", "n1", "n2", "n3"]
+    rows, scores = np.array([3, 0, 2, 1]), np.array([50.0, 50.0, 70.0, 50.0])
+    top = [n for n, _ in record.ranked(names, rows, scores, chosen=3)]
+    assert top == ["n2", "n3", "n0"]  # the best RANKED (3)
