@@ -18,7 +18,8 @@ FULCRUM_SCHEDULER = api.SCHEDULER_NAME
 
 @dataclass(frozen=True)
 class ExtenderRegistration:
-    """How kube-scheduler calls the extender (fields of KubeSchedulerConfiguration.extenders[])."""
+    """How kube-scheduler calls the extender (fields of KubeSchedulerConfiguration.extenders[],
+    and its percentageOfNodesToScore, which decides how many nodes each call names)."""
 
     port: int
     weight: int = 5
