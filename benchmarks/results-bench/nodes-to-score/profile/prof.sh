@@ -1,5 +1,7 @@
 #!/bin/bash
 # profile fulcrum-scheduler (pprof) and the extender (py-spy) during the scheduling window
+# Ran from a worktree of d3f364b (/tmp/prof) whose fulcrum/cluster.py added /debug/pprof/* to
+# fulcrum-scheduler's --authorization-always-allow-paths; py-spy from pip (/tmp/spy).
 OUT=${OUT:-/tmp/profout}; mkdir -p $OUT
 NODES=${NODES:-1000}; PODS=${PODS:-25000}
 cd /tmp
