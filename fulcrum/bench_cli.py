@@ -14,24 +14,19 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEFAULT_MIX = "250m/512Mi:40,500m/1Gi:30,1/2Gi:20,2/4Gi:10"
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer of ``minimum`` or more (the ``fulcrum`` command's too)."""
+def at_least(minimum: int, at_most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of ``minimum`` or more, and ``at_most`` or less if given
+    (the ``fulcrum`` command's too)."""
 
     def parse(text: str) -> int:
         value = int(text)
+        if at_most is not None and not minimum <= value <= at_most:
+            raise argparse.ArgumentTypeError(f"{value}: must be {minimum}..{at_most}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value}: must be {minimum} or more")
         return value
 
     return parse
-
-
-def percentage(text: str) -> int:
-    """An argparse type: an integer percentage, 0..100."""
-    value = int(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{value}: must be 0..100")
-    return value
 
 
 def add_bench(sub: Subparsers) -> None:
@@ -82,7 +77,7 @@ def add_bench(sub: Subparsers) -> None:
     )
     bench.add_argument(
         "--nodes-to-score",
-        type=percentage,
+        type=at_least(0, at_most=100),
         default=100,
         help="fulcrum-scheduler's percentageOfNodesToScore: 100 shows Fulcrum every feasible "
         "node, less is cheaper per pod and packs from a window of them, 0 is kube-scheduler's "
