@@ -1,4 +1,5 @@
-"""The extender's apiserver client: ``pods/binding``, IPPool allocation and Events, over aiohttp.
+"""The extender's apiserver client: ``pods/binding``, IPPool allocation, Events and nominations
+(``pods/status``), over aiohttp.
 
 Given the client configuration the wiring (``fulcrum.serve``) loaded from the kubeconfig, so this
 module never imports the ``kubernetes`` package.
@@ -89,10 +90,12 @@ class KubeBinder:
         ) or self._cfg.get_api_key_with_prefix("authorization")
         return {"Authorization": token} if token else {}
 
-    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def _call(
+        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, Any]:
         """(status, decoded JSON body or None) of one apiserver request."""
         data = None if body is None else orjson.dumps(body)
-        headers = self.authorization()
+        headers = {**self.authorization(), **(headers or {})}
         async with self.session.request(
             method, self._base + path, data=data, headers=headers
         ) as reply:
@@ -153,6 +156,14 @@ class KubeBinder:
         if status >= 300:
             message = reply.get("message", "") if isinstance(reply, dict) else ""
             raise RuntimeError(f"apiserver answered {status}: {message}")
+
+    async def nominate(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """``status.nominatedNodeName``, as kube-scheduler's preemption sets it; the uid in the
+        patch makes the apiserver refuse it for a newer pod of the same name."""
+        body = {"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}}
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/status"
+        headers = {"Content-Type": "application/merge-patch+json"}
+        self._raise_for(*await self._call("PATCH", path, body, headers))
 
     async def current(self, namespace: str, name: str) -> tuple[str, str]:
         status, pod = await self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")

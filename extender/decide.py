@@ -183,6 +183,9 @@ class FilterOutcome:
     # would park the pod until a cluster event kube-scheduler watches, up to 5 minutes on a
     # quiet cluster.
     retry: str = ""
+    # With ``retry``: the node kube-scheduler should try first, alone, on the next attempt (the
+    # pod's ``status.nominatedNodeName``), as local rebuild's held node was not sent
+    nominate: str = ""
     # For the decision record (``extender.record``), when ``passed`` holds only the choice:
     feasible: int = -1  # how many nodes fit
     ranked: tuple[tuple[str, float], ...] = ()  # the best-scored of them

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -387,24 +387,29 @@ class RebuildGate:
         Every other node is unresolvable for it (so kube-scheduler never preempts on its
         behalf), with a reason naming the held node; when no held node can take it back, every
         node carries the reason why and when the fallback (if any) places it normally. With
-        ``choose``, the one chosen is promised to this pod until it binds.
+        ``choose``, the one chosen is promised to this pod until it binds. A held node that
+        would take it back but was not sent is nominated (``_nominate``).
         """
         asked = set(names)
         passed: list[str] = []
+        unsent: list[api.Reservation] = []
         why: dict[str, str] = {}
         for hold in holds:
-            if hold.node not in asked:
-                why[hold.node] = (
-                    "kube-scheduler did not send it (its own filters rejected it, or "
-                    "percentageOfNodesToScore below 100 left it out of this attempt)"
-                )
-            elif hold.node in self.cache.unschedulable:
+            if hold.node in self.cache.unschedulable:
                 why[hold.node] = "it is cordoned"
             elif not self.fits_in_hold(hold, pod.request):
-                why[hold.node] = "the pod no longer fits the room held for it"
+                why[hold.node] = (
+                    f"its predecessor {hold.predecessor} is still there, terminating"
+                    if self.cache.bound_node(hold.predecessor_uid) is not None
+                    else "the pod no longer fits the room held for it"
+                )
+            elif hold.node not in asked:
+                unsent.append(hold)
             else:
                 passed.append(hold.node)
         passed = list(dict.fromkeys(passed))
+        if not passed and unsent:
+            return self._nominate(unsent[0], pod)
         if passed:
             if choose:
                 rows = np.array([snapshot.index_of(n) for n in passed], dtype=np.intp)
@@ -425,6 +430,22 @@ class RebuildGate:
         # ends when the node is uncordoned or room is freed there: events kube-scheduler watches
         reason += "fulcrum.io/rebuild-fallback is wait"
         return FilterOutcome([], {}, dict.fromkeys(names, reason))
+
+    def _nominate(self, hold: api.Reservation, pod: PendingPod) -> FilterOutcome:
+        """The successor fits its held node, but kube-scheduler did not send that node: with
+        ``percentageOfNodesToScore`` below 100 it sends a window of the feasible nodes, which
+        moves on with every pod, or its own view of the node lags ours. Have it nominate the
+        node (``status.nominatedNodeName``): kube-scheduler tries a pod's nominated node first,
+        alone, before any window. Retried after its back-off; the hold is promised meanwhile."""
+        self._promise(hold, pod.uid)
+        return replace(
+            retry(
+                f"local rebuild: node {hold.node}, held for this pod, was not among the nodes "
+                "kube-scheduler sent (percentageOfNodesToScore below 100, or its view of the "
+                "node lags); nominated it, which kube-scheduler tries first"
+            ),
+            nominate=hold.node,
+        )
 
     def _promise(self, hold: api.Reservation, uid: str) -> None:
         """The bind will claim ``hold``: until then no other successor may count on it."""

@@ -194,6 +194,10 @@ class Verbs:
             if out is None:
                 out = self.decider.filter(snapshot, pod, names, choose=choose)
         if out.retry:
+            nominated = (args.Pod.get("status") or {}).get("nominatedNodeName")
+            if pending is not None and out.nominate and out.nominate != nominated:
+                namespace, _, name = pending.key.partition("/")
+                self.events.nominate(namespace, name, pending.uid, out.nominate)
             return ExtenderFilterResult(Error=out.retry)
         if pending is not None and self.binds is not None:
             if not self._fulcrum_binds(pending):

@@ -113,8 +113,9 @@ def test_the_service_account_may_do_what_each_container_does(kubectl: Kubectl) -
         ("create", "pods", "--subresource=binding", "-n", "default"),
         ("create", "events", "-n", "default"),
         ("patch", "events.events.k8s.io", "-n", "default"),
-        # kube-scheduler (system:kube-scheduler, system:volume-scheduler, its Lease, auth reader)
+        # the extender (a nomination) and kube-scheduler (system:kube-scheduler)
         ("patch", "pods", "--subresource=status", "-n", "default"),
+        # kube-scheduler (system:kube-scheduler, system:volume-scheduler, its Lease, auth reader)
         ("list", "poddisruptionbudgets.policy", "--all-namespaces"),
         ("update", "persistentvolumeclaims", "-n", "default"),
         ("create", "leases.coordination.k8s.io", "-n", "fulcrum-system"),

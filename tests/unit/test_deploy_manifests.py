@@ -75,6 +75,7 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$")  # RBAC names m
 EXTENDER_RULES = {
     (("",), ("nodes", "pods"), ("get", "list", "watch")),
     (("",), ("pods/binding",), ("create",)),
+    (("",), ("pods/status",), ("patch",)),
     (("", "events.k8s.io"), ("events",), ("create", "patch")),
     ((GROUP,), ("reservations",), ("get", "list", "watch")),
     ((GROUP,), ("ippools",), ("get", "update")),

@@ -433,3 +433,46 @@ def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retrie
     gate.apply("reservations", "MODIFIED", timed)
     reply = app.post("/filter", json={"Pod": successor, "NodeNames": names}).json()
     assert "normal placement from" in reply["Error"]
+
+
+class Nominations:
+    """An apiserver that records the nominations the extender writes."""
+
+    def __init__(self) -> None:
+        self.nominated: list[tuple[str, str, str]] = []
+
+    async def event(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        pass
+
+    async def nominate(self, namespace: str, name: str, uid: str, node: str) -> None:
+        self.nominated.append((f"{namespace}/{name}", uid, node))
+
+
+def test_a_held_node_kube_scheduler_did_not_send_is_nominated_and_promised() -> None:
+    """With percentageOfNodesToScore below 100, kube-scheduler sends a window of the nodes,
+    which may leave out the successor's held node: the extender has kube-scheduler retry and
+    nominates the held node (once), which kube-scheduler then tries first, alone."""
+    cache, gate, _, _, _ = cluster()
+    apiserver = Nominations()
+    settings = ExtenderSettings(bind_all=True)
+    old = replica("old", "v1", node_name="n2")
+    old["metadata"]["annotations"] = dict(OPTED)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    gate.apply("reservations", "ADDED", reservation(old, "n2"))
+    first, second = replica("s1", "v2"), replica("s2", "v2")
+    for p in (first, second):
+        p["metadata"]["annotations"] = dict(OPTED)
+        cache.apply("pods", "ADDED", p)
+
+    with TestClient(create_app(settings, cache, gate=gate, events=apiserver)) as app:
+        for _ in range(2):  # kube-scheduler's retry before the nomination shows: not written twice
+            reply = app.post("/filter", json={"Pod": first, "NodeNames": ["n1", "n3"]}).json()
+            assert "node n2, held for this pod, was not among the nodes" in reply["Error"]
+        assert apiserver.nominated == [(f"ns/{first['metadata']['name']}", "s1", "n2")]
+        assert gate.holds(noted(cache, second)).contested == 1  # n2 is promised to s1
+
+        nominated = {**first, "status": {"nominatedNodeName": "n2"}}
+        reply = app.post("/filter", json={"Pod": nominated, "NodeNames": ["n2"]}).json()
+        assert reply["NodeNames"] == ["n2"]
+    assert len(apiserver.nominated) == 1
