@@ -266,7 +266,9 @@ class RebuildGate:
         The rebuild controller writes a Reservation before it lets an opted-in pod go, but the
         two arrive here on different watches; for LEAVING_GRACE seconds after the pod went we
         trust that its Reservation is on its way. ``within``: only predecessors seen starting to
-        terminate at most that many seconds ago.
+        terminate, or gone, at most that many seconds ago (the controller may hold a pod
+        longer than that; one still terminating after it is not waited for, in case the
+        controller is down).
         """
         if pending.successor is None:
             return []
@@ -278,7 +280,7 @@ class RebuildGate:
                 for uid, p in self._leaving.items()
                 if p.key == pending.successor
                 and uid not in self._by_predecessor
-                and now - p.seen <= within
+                and now - (p.seen if p.gone is None else p.gone) <= within
             ]
 
     def forget_stale_leaving(self, now: float) -> None:

@@ -367,11 +367,13 @@ def on_cluster(
     name = f"{config.name}-{'rebuild' if scheduler is None else scheduler.split('-')[0]}"
     extender = scheduler != DEFAULT or bool(rebuild)
     log(f"{scheduler or 'local rebuild'}: fresh cluster {name!r}, {config.nodes} nodes")
-    registration = cluster.ExtenderRegistration(
-        port=cluster.free_port(), nodes_to_score=config.nodes_to_score
-    )
     cluster.up(
-        name, nodes=config.nodes, shape=NODE, extender=extender, registration=registration, log=log
+        name,
+        nodes=config.nodes,
+        shape=NODE,
+        extender=extender,
+        nodes_to_score=config.nodes_to_score,
+        log=log,
     )
     phases: list[Phase] = []
     try:

@@ -14,6 +14,17 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEFAULT_MIX = "250m/512Mi:40,500m/1Gi:30,1/2Gi:20,2/4Gi:10"
 
 
+def add_nodes_to_score(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nodes-to-score",
+        type=at_least(0, at_most=100),
+        default=100,
+        help="fulcrum-scheduler's percentageOfNodesToScore: 100 shows Fulcrum every feasible "
+        "node, less is cheaper per pod and packs from a window of them, 0 is kube-scheduler's "
+        "adaptive default (default %(default)s)",
+    )
+
+
 def at_least(minimum: int, at_most: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer of ``minimum`` or more, and ``at_most`` or less if given
     (the ``fulcrum`` command's too)."""
@@ -75,14 +86,7 @@ def add_bench(sub: Subparsers) -> None:
         default=1000,
         help="pods per Deployment in the local-rebuild roll, 0 skips it (default %(default)s)",
     )
-    bench.add_argument(
-        "--nodes-to-score",
-        type=at_least(0, at_most=100),
-        default=100,
-        help="fulcrum-scheduler's percentageOfNodesToScore: 100 shows Fulcrum every feasible "
-        "node, less is cheaper per pod and packs from a window of them, 0 is kube-scheduler's "
-        "adaptive default (default %(default)s)",
-    )
+    add_nodes_to_score(bench)
     bench.add_argument(
         "--name", default="fulcrum-bench", help="cluster name prefix (default %(default)s)"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fulcrum import logs
-from fulcrum.bench_cli import Subparsers, add_bench, at_least
+from fulcrum.bench_cli import Subparsers, add_bench, add_nodes_to_score, at_least
 from fulcrum.binaries import BinaryError
 
 if TYPE_CHECKING:
@@ -171,7 +171,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    cluster.up(args.name, nodes=0, extender_config=args.extender_config)
+    log = print if args.output == "text" else functools.partial(print, file=sys.stderr)
+    cluster.up(
+        args.name,
+        nodes=0,
+        extender_config=args.extender_config,
+        nodes_to_score=args.nodes_to_score,
+    )
     try:
         result = compare(
             args.name,
@@ -180,14 +186,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             seed=args.seed,
             workload=args.workload,
             rounds=args.rounds,
-            log=print if args.output == "text" else functools.partial(print, file=sys.stderr),
+            log=log,
         )
         if args.output == "json":
             _print_json(result.to_json())
         else:
             print(format_reports(result))
     finally:
-        cluster.down(args.name)
+        cluster.down(args.name, log=log)
     return 0
 
 
@@ -315,6 +321,7 @@ def _add_runs(sub: Subparsers) -> None:
         help="run both schedulers this many times, in turns",
     )
     compare.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
+    add_nodes_to_score(compare)
     compare.add_argument(
         "-o",
         "--output",

@@ -450,15 +450,17 @@ def up(
     registration: ExtenderRegistration | None = None,
     extender_config: Path | None = None,
     fulcrum_scheduler: bool = True,
+    nodes_to_score: int = 100,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> ClusterState:
     """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails.
 
     kwokctl runs the control plane with a plain ``default-scheduler``. Fulcrum adds a second
-    kube-scheduler, ``fulcrum-scheduler``, with the extender registered (``registration``; its
-    port is ``extender_port`` or a free one) and, unless ``extender`` is False, starts the
-    extender itself, with ``extender_config`` (an ExtenderConfiguration file) if given, the
-    rebuild controller and the admission webhook. Pods opt in with any ``fulcrum.io/``
+    kube-scheduler, ``fulcrum-scheduler``, with the extender registered as ``registration``
+    says, or else on ``extender_port`` (or a free port) with ``percentageOfNodesToScore:
+    nodes_to_score``, and, unless ``extender`` is False, starts the extender itself, with
+    ``extender_config`` (an ExtenderConfiguration file) if given, the rebuild controller and
+    the admission webhook. Pods opt in with any ``fulcrum.io/``
     annotation (the webhook sets their ``schedulerName: fulcrum-scheduler``) or by naming it.
     Without ``fulcrum_scheduler``, no fulcrum-scheduler runs on the host either (a test that
     installs the chart's, say).
@@ -470,7 +472,9 @@ def up(
     except BinaryError as exc:
         raise ClusterError(str(exc)) from exc
     reg = registration or ExtenderRegistration(
-        port=port or free_port(), bind_all=_binds_all(extender_config)
+        port=port or free_port(),
+        bind_all=_binds_all(extender_config),
+        nodes_to_score=nodes_to_score,
     )
     state, config_path = _new_state(name, binaries, reg, extender_config)
     started = time.monotonic()

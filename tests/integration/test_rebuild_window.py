@@ -18,7 +18,6 @@ import pytest
 
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
-from fulcrum.registration import ExtenderRegistration
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +30,7 @@ PROMPT_SECONDS = 30.0  # a successor out of the window used to wait up to 5 minu
 @pytest.fixture(scope="module")
 def kit() -> Iterator[rr.Kit]:
     name = f"it-window-{os.getpid()}"
-    registration = ExtenderRegistration(port=cluster.free_port(), nodes_to_score=10)
-    cluster.up(name, nodes=NODES, registration=registration, log=print)
+    cluster.up(name, nodes=NODES, nodes_to_score=10, log=print)
     try:
         kit = rr.Kit.of(name)
         kit.kubectl("create", "namespace", NS)

@@ -216,6 +216,8 @@ def test_bench_flags_and_defaults() -> None:
     for bad in (["--scheduler", "other"], ["--nodes-to-score", "101"]):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(["bench", *bad])
+    compare = cli.build_parser().parse_args(["compare", "--nodes-to-score", "10"])
+    assert compare.nodes_to_score == 10  # fulcrum compare takes the same setting
 
 
 def test_nodes_to_score_is_fulcrum_schedulers_percentage() -> None:

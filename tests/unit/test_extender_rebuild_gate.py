@@ -352,6 +352,32 @@ def test_a_predecessor_seen_only_as_gone_still_makes_its_successor_wait() -> Non
     assert gate.leaving(noted(cache, again)) == []
 
 
+def test_a_predecessor_that_terminated_slowly_still_makes_its_successor_wait_once_gone() -> None:
+    """The rebuild controller may take longer than LEAVING_GRACE to let a pod go (it writes the
+    Reservation first); once the pod is gone, its Reservation is on its way, so the successor
+    waits for it, counted from the pod's going, not from when it began terminating."""
+    cache, gate, _, _, _ = cluster()
+    old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
+    cache.apply("pods", "ADDED", old)
+    terminating = pod(
+        "old",
+        name="web-0",
+        node_name="n1",
+        annotations=OPTED,
+        finalizers=[api.FINALIZER],
+        deleting=True,
+    )
+    cache.apply("pods", "MODIFIED", terminating)
+    gate._leaving["old"].seen -= rebuild_gate.LEAVING_GRACE + 10  # began terminating long ago
+    successor = pod("new", name="web-0", annotations=OPTED)
+    assert gate.leaving(noted(cache, successor)) == []  # the controller may be down: go
+
+    cache.apply("pods", "DELETED", old)  # it went: its Reservation was written first
+    cache.apply("pods", "ADDED", successor)
+    assert gate.leaving(noted(cache, successor)) == ["n1"]
+    assert gate.settling(noted(cache, successor))
+
+
 def test_a_pod_refused_for_an_unknown_hook_makes_no_successor_wait() -> None:
     """The controller refuses a pod whose rebuild hooks it does not know (``kube.eligibility``):
     no Reservation comes, so its successor must not wait out LEAVING_GRACE for one."""
