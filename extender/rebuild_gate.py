@@ -13,6 +13,9 @@ Its words, each for one thing:
   and only a successor of the same workload (``kube.api.successor_key``) may use it;
 - a **promise**: filter chose a hold for one successor (``decideInFilter``); other successors
   do not count on that hold until the pod binds or PROMISE_SECONDS pass;
+- a **nomination**: the successor fits its hold's node, but kube-scheduler did not send it
+  (``percentageOfNodesToScore`` below 100 sends a window): the node becomes the pod's
+  ``status.nominatedNodeName``, which kube-scheduler tries first on its next attempt;
 - a **claim**: a successor bound on a hold's node, naming it in ``fulcrum.io/reservation``;
   the placeholder is released, as the successor itself is now charged there;
 - **leaving**: an opted-in pod the controller will reserve for is terminating or gone while

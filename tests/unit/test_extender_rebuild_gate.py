@@ -135,8 +135,8 @@ def test_a_held_room_is_hidden_from_others_and_given_to_the_successor() -> None:
     assert gate.holds(noted(cache, successor)).usable == []
 
 
-def test_a_successor_waits_while_its_predecessor_terminates_unreserved() -> None:
-    cache, gate, decider, _, _ = cluster()
+def terminating(cache: ClusterCache) -> dict[str, Any]:
+    """Opted-in pod web-0 (uid old) on n1, now terminating, held by the rebuild finalizer."""
     old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
     cache.apply("pods", "ADDED", old)
     leaving = pod(
@@ -148,6 +148,12 @@ def test_a_successor_waits_while_its_predecessor_terminates_unreserved() -> None
         deleting=True,
     )
     cache.apply("pods", "MODIFIED", leaving)
+    return old
+
+
+def test_a_successor_waits_while_its_predecessor_terminates_unreserved() -> None:
+    cache, gate, decider, _, _ = cluster()
+    old = terminating(cache)
     successor = pod("new", name="web-0", annotations=OPTED)
     assert gate.leaving(noted(cache, successor)) == ["n1"]
     gate.apply("reservations", "ADDED", reservation(old, "n1"))
@@ -310,8 +316,10 @@ def test_settle_waits_for_the_watch_then_answers_at_once() -> None:
     assert time.monotonic() - started < 0.05
 
 
-def test_a_room_promised_to_one_successor_makes_another_wait_not_go_elsewhere() -> None:
-    cache, gate, decider, apiserver, binds = cluster()
+def two_successors_one_hold(
+    cache: ClusterCache, gate: RebuildGate
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Deployment replica (uid old) gone from n2, held there; two successors pending."""
     old = replica("old", "v1", node_name="n2")
     old["metadata"]["annotations"] = dict(OPTED)
     cache.apply("pods", "ADDED", old)
@@ -321,6 +329,12 @@ def test_a_room_promised_to_one_successor_makes_another_wait_not_go_elsewhere() 
     for p in (first, second):
         p["metadata"]["annotations"] = dict(OPTED)
         cache.apply("pods", "ADDED", p)
+    return first, second
+
+
+def test_a_room_promised_to_one_successor_makes_another_wait_not_go_elsewhere() -> None:
+    cache, gate, decider, apiserver, binds = cluster()
+    first, second = two_successors_one_hold(cache, gate)
 
     one = noted(cache, first)
     with cache.lock:
@@ -357,17 +371,7 @@ def test_a_predecessor_that_terminated_slowly_still_makes_its_successor_wait_onc
     Reservation first); once the pod is gone, its Reservation is on its way, so the successor
     waits for it, counted from the pod's going, not from when it began terminating."""
     cache, gate, _, _, _ = cluster()
-    old = pod("old", name="web-0", node_name="n1", annotations=OPTED)
-    cache.apply("pods", "ADDED", old)
-    terminating = pod(
-        "old",
-        name="web-0",
-        node_name="n1",
-        annotations=OPTED,
-        finalizers=[api.FINALIZER],
-        deleting=True,
-    )
-    cache.apply("pods", "MODIFIED", terminating)
+    old = terminating(cache)
     gate._leaving["old"].seen -= rebuild_gate.LEAVING_GRACE + 10  # began terminating long ago
     successor = pod("new", name="web-0", annotations=OPTED)
     assert gate.leaving(noted(cache, successor)) == []  # the controller may be down: go
@@ -481,15 +485,7 @@ def test_a_held_node_kube_scheduler_did_not_send_is_nominated_and_promised() -> 
     cache, gate, _, _, _ = cluster()
     apiserver = Nominations()
     settings = ExtenderSettings(bind_all=True)
-    old = replica("old", "v1", node_name="n2")
-    old["metadata"]["annotations"] = dict(OPTED)
-    cache.apply("pods", "ADDED", old)
-    cache.apply("pods", "DELETED", old)
-    gate.apply("reservations", "ADDED", reservation(old, "n2"))
-    first, second = replica("s1", "v2"), replica("s2", "v2")
-    for p in (first, second):
-        p["metadata"]["annotations"] = dict(OPTED)
-        cache.apply("pods", "ADDED", p)
+    first, second = two_successors_one_hold(cache, gate)
 
     with TestClient(create_app(settings, cache, gate=gate, events=apiserver)) as app:
         for _ in range(2):  # kube-scheduler's retry before the nomination shows: not written twice
