@@ -66,6 +66,24 @@ def pool_cidr(replicas: int) -> str:
     return f"10.64.0.0/{32 - min(bits, 16)}"
 
 
+def deploy_pair(kit: rr.Kit, namespace: str, replicas: int) -> dict[str, int]:
+    """``rebuild_pair``'s Deployments, in a new ``namespace``, Running and (local) guarded by the
+    rebuild finalizer; their pod counts by app."""
+    kit.kubectl("create", "namespace", namespace)
+    apps = {"local": replicas, "plain": replicas}
+    rr.apply(
+        kit,
+        [
+            rr.ip_pool(namespace, "local", pool_cidr(replicas)),
+            rr.deployment(namespace, "local", replicas, pool="local", scheduler=None),
+            rr.deployment(namespace, "plain", replicas, opted=False),
+        ],
+    )
+    rr.wait_running(kit, namespace, apps)
+    rr.wait_guarded(kit, namespace, {"local": replicas})
+    return apps
+
+
 def rebuild_pair(
     name: str, replicas: int, *, namespace: str = "demo-rebuild", say: Callable[[str], None]
 ) -> dict[str, rr.Rollout]:
@@ -73,20 +91,8 @@ def rebuild_pair(
     fulcrum-scheduler by the admission webhook) and 'plain', ``replicas`` pods each, in a new
     ``namespace`` of cluster ``name``; the same `kubectl set env` on both at once; each one's
     rollout (``rebuild_run.roll``)."""
-    kit = rr.Kit.of(name)
-    ns = namespace
-    kit.kubectl("create", "namespace", ns)
-    apps = {"local": replicas, "plain": replicas}
-    rr.apply(
-        kit,
-        [
-            rr.ip_pool(ns, "local", pool_cidr(replicas)),
-            rr.deployment(ns, "local", replicas, pool="local", scheduler=None),
-            rr.deployment(ns, "plain", replicas, opted=False),
-        ],
-    )
-    rr.wait_running(kit, ns, apps)
-    rr.wait_guarded(kit, ns, {"local": replicas})
+    kit, ns = rr.Kit.of(name), namespace
+    apps = deploy_pair(kit, ns, replicas)
     say(
         "\nlocal rebuild: Deployments 'local' (annotated fulcrum.io/rebuild: local and an IP "
         f"pool, no schedulerName: the admission webhook routes them to "

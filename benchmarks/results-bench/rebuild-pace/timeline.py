@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
-from fulcrum.demo import NODE, pool_cidr
+from fulcrum.demo import NODE, deploy_pair
 from kube.informer import Informer
 
 name, nodes, replicas = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -54,18 +54,7 @@ class Sink:
 cluster.up(name, nodes=nodes, shape=NODE, log=lambda m: None)
 try:
     kit = rr.Kit.of(name)
-    kit.kubectl("create", "namespace", ns)
-    apps = {"local": replicas, "plain": replicas}
-    rr.apply(
-        kit,
-        [
-            rr.ip_pool(ns, "local", pool_cidr(replicas)),
-            rr.deployment(ns, "local", replicas, pool="local", scheduler=None),
-            rr.deployment(ns, "plain", replicas, opted=False),
-        ],
-    )
-    rr.wait_running(kit, ns, apps)
-    rr.wait_guarded(kit, ns, {"local": replicas})
+    apps = deploy_pair(kit, ns, replicas)
     sink = Sink()
     inf = Informer("pods", functools.partial(kit.core.list_namespaced_pod, ns), sink)
     inf.start()
