@@ -200,8 +200,8 @@ class FilterOutcome:
         return Decision(policy, nodes, feasible, self.ranked, reasons, self.rule)
 
 
-def retry(reason: str) -> FilterOutcome:
-    return FilterOutcome([], {}, {}, retry=reason)
+def retry(reason: str, *, nominate: str = "") -> FilterOutcome:
+    return FilterOutcome([], {}, {}, retry=reason, nominate=nominate)
 
 
 def fullest(snapshot: Snapshot, tied: NDArray[np.intp]) -> int:

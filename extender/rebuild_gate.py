@@ -33,7 +33,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -443,12 +443,10 @@ class RebuildGate:
         node (``status.nominatedNodeName``): kube-scheduler tries a pod's nominated node first,
         alone, before any window. Retried after its back-off; the hold is promised meanwhile."""
         self._promise(hold, pod.uid)
-        return replace(
-            retry(
-                f"local rebuild: node {hold.node}, held for this pod, was not among the nodes "
-                "kube-scheduler sent (percentageOfNodesToScore below 100, or its view of the "
-                "node lags); nominated it, which kube-scheduler tries first"
-            ),
+        return retry(
+            f"local rebuild: node {hold.node}, held for this pod, was not among the nodes "
+            "kube-scheduler sent (percentageOfNodesToScore below 100, or its view of the "
+            "node lags); nominated it, which kube-scheduler tries first",
             nominate=hold.node,
         )
 
