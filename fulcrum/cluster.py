@@ -29,6 +29,7 @@ from fulcrum import processes, webhooks
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
 from fulcrum.kwok_stages import STAGES_PATH
 from fulcrum.registration import FULCRUM_SCHEDULER as FULCRUM_SCHEDULER
+from fulcrum.registration import SCHEDULER_GOGC
 from fulcrum.registration import ExtenderRegistration as ExtenderRegistration
 from fulcrum.registration import scheduler_config as scheduler_config
 
@@ -211,10 +212,13 @@ def wait_nodes_ready(
         time.sleep(0.5)
 
 
-def start_process(name: str, label: str, cmd: list[str], ready_url: str) -> int:
-    """Start a detached process of cluster ``name`` (log: ``<label>.log``); wait until ready."""
+def start_process(
+    name: str, label: str, cmd: list[str], ready_url: str, env: Mapping[str, str] | None = None
+) -> int:
+    """Start a detached process of cluster ``name`` (log: ``<label>.log``), with ``env`` added
+    to ours; wait until ready."""
     try:
-        return processes.start_process(state_dir(name), label, cmd, ready_url)
+        return processes.start_process(state_dir(name), label, cmd, ready_url, env)
     except processes.ProcessError as exc:
         raise ClusterError(str(exc)) from exc
 
@@ -263,7 +267,8 @@ def _start_fulcrum_scheduler(name: str, kube_scheduler: Path, config: Path) -> t
     port = free_port()
     cmd = [str(kube_scheduler), f"--config={config}", "--bind-address=127.0.0.1"]
     cmd += [f"--secure-port={port}", "--authorization-always-allow-paths=/healthz,/readyz,/metrics"]
-    pid = start_process(name, "fulcrum-scheduler", cmd, f"https://127.0.0.1:{port}/healthz")
+    url, env = f"https://127.0.0.1:{port}/healthz", {"GOGC": str(SCHEDULER_GOGC)}
+    pid = start_process(name, "fulcrum-scheduler", cmd, url, env)
     return pid, port
 
 

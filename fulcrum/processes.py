@@ -90,12 +90,20 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], logfile: Path, what: st
         time.sleep(0.2)
 
 
-def start_process(directory: Path, label: str, cmd: list[str], ready_url: str) -> int:
-    """Start a detached process in ``directory`` (log: ``<label>.log``); wait until ready."""
+def start_process(
+    directory: Path,
+    label: str,
+    cmd: list[str],
+    ready_url: str,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start a detached process in ``directory`` (log: ``<label>.log``), with ``env`` added to
+    this process's environment; wait until ready."""
     logfile = directory / f"{label}.log"
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
             cmd,
+            env={**os.environ, **env} if env else None,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
