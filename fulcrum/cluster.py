@@ -29,7 +29,7 @@ from fulcrum import processes, webhooks
 from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
 from fulcrum.kwok_stages import STAGES_PATH
 from fulcrum.registration import FULCRUM_SCHEDULER as FULCRUM_SCHEDULER
-from fulcrum.registration import SCHEDULER_GOGC
+from fulcrum.registration import SCHEDULER_GC
 from fulcrum.registration import ExtenderRegistration as ExtenderRegistration
 from fulcrum.registration import scheduler_config as scheduler_config
 
@@ -267,8 +267,8 @@ def _start_fulcrum_scheduler(name: str, kube_scheduler: Path, config: Path) -> t
     port = free_port()
     cmd = [str(kube_scheduler), f"--config={config}", "--bind-address=127.0.0.1"]
     cmd += [f"--secure-port={port}", "--authorization-always-allow-paths=/healthz,/readyz,/metrics"]
-    url, env = f"https://127.0.0.1:{port}/healthz", {"GOGC": str(SCHEDULER_GOGC)}
-    pid = start_process(name, "fulcrum-scheduler", cmd, url, env)
+    url = f"https://127.0.0.1:{port}/healthz"
+    pid = start_process(name, "fulcrum-scheduler", cmd, url, SCHEDULER_GC)
     return pid, port
 
 

@@ -27,7 +27,7 @@ from fulcrum.binaries import cache_dir
 from fulcrum.cli import build_parser
 from fulcrum.cluster import FULCRUM_SCHEDULER, ExtenderRegistration, scheduler_config
 from fulcrum.rebuild_serve import LEASE_NAME as REBUILD_LEASE
-from fulcrum.registration import SCHEDULER_GOGC
+from fulcrum.registration import SCHEDULER_GC
 from policies.registry import default_registry
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -309,7 +309,7 @@ def test_scheduler_config_agrees_with_the_harness() -> None:
 def test_kube_scheduler_collects_garbage_as_in_the_harness_and_within_its_limit() -> None:
     kube_scheduler = container("kube-scheduler")
     env = {e["name"]: e["value"] for e in kube_scheduler["env"]}
-    assert env["GOGC"] == str(SCHEDULER_GOGC)
+    assert env == SCHEDULER_GC
     mib = {"Mi": 1, "Gi": 1024}
     limit = kube_scheduler["resources"]["limits"]["memory"]
     assert int(env["GOMEMLIMIT"].removesuffix("MiB")) < int(limit[:-2]) * mib[limit[-2:]]
