@@ -8,10 +8,9 @@ How a rebuild goes (``docs/rebuild.md`` has the whole story):
    hooks) gets an Event instead.
 2. When it is deleted (a Deployment or StatefulSet rollout, ``kubectl replace --force``, or this
    controller recreating a StatefulSet pod under ``OnDelete``), the controller creates a
-   ``Reservation`` (node, resources, GPU devices, IP, PVCs) named after the pod's UID and, at
-   the same time, moves the pod's IP in its pool to the reservation; only when both are written
-   does it remove the finalizer. Every step is idempotent, so a controller killed between any
-   two of them finishes the job on restart.
+   ``Reservation`` (node, resources, GPU devices, IP, PVCs) named after the pod's UID, moves the
+   pod's IP in its pool to the reservation, and only then removes the finalizer. Every step is
+   idempotent, so a controller killed between any two of them finishes the job on restart.
 3. The extender passes the successor (same Deployment, same StatefulSet ordinal, same bare-pod
    name) only on the reserved node, hides the room from every other pod, and binds the successor
    with ``fulcrum.io/reservation`` and the IP. The controller then moves the IP to the successor,
@@ -33,7 +32,6 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,18 +52,17 @@ EXPIRED_GRACE = timedelta(minutes=5)  # an expired reservation keeps its IP this
 POST_REBUILD_RETRY_SECONDS = 1.0
 RELEASED_REMEMBERED = 10_000  # finalizers removed, remembered so a lagging watch replays none
 CRASH_ENV = "FULCRUM_REBUILD_CRASH_AT"
-# workers reconciling at once: a rollout's deletions each wait on apiserver writes (the
-# Reservation and the IP at once, then the finalizer) before the pod may go, and the workers
-# mostly wait
+# workers reconciling at once: a rollout's deletions each wait on three apiserver writes (the
+# Reservation, the IP, the finalizer) before the pod may go, and the workers mostly wait
 WORKERS = 16
 
 
 def crash_point(step: str) -> None:
     """Fault injection for tests: exit abruptly at ``step`` if $FULCRUM_REBUILD_CRASH_AT says so.
 
-    Steps: ``reserved`` (Reservation written, the IP's move maybe, finalizer untouched),
-    ``released`` (finalizer removed: the predecessor goes), ``claiming`` (successor bound, its
-    claim not yet recorded).
+    Steps: ``reserved`` (Reservation written, IP and finalizer untouched), ``released``
+    (finalizer removed: the predecessor goes), ``claiming`` (successor bound, its claim not
+    yet recorded).
     """
     if os.environ.get(CRASH_ENV) == step:
         log.error("crash point %s reached: exiting", step)
@@ -89,8 +86,6 @@ class Controller:
         self._released: dict[str, None] = {}
         self._stop = threading.Event()
         self.informers: list[Informer] = []
-        # IP moves made beside a Reservation's creation (``reserve``), one per worker at most
-        self._moves = ThreadPoolExecutor(workers, thread_name_prefix="rebuild-ip")
 
     # --- running -----------------------------------------------------------------------------
     def start(self, *, sync_timeout: float = 120) -> None:
@@ -115,7 +110,6 @@ class Controller:
     def stop(self) -> None:
         self._stop.set()
         self.queue.shutdown()
-        self._moves.shutdown(wait=False)
         for informer in self.informers:
             informer.stop()
 
@@ -258,32 +252,20 @@ class Controller:
             claimed_by=None,
             resource_version=None,
         )
-        move: Future[None] | None = None
-        if ip and options.pool:  # beside the Reservation's creation: one wait instead of two
-            move = self._moves.submit(
-                self.writes.move_ip,
-                namespace,
-                options.pool,
-                ip,
-                f"pod:{uid}",
-                f"reservation:{name}",
-            )
-        try:
-            if self.store.get("reservations", f"{namespace}/{name}") is None:
-                if self.writes.create_reservation(namespace, reservation.to_object()):
-                    self.metrics.reserved(f"{namespace}/{name}")
-                    self.writes.event(
-                        pod,
-                        "Reserved",
-                        f"node {reservation.node}"
-                        + (f", IP {ip}" if ip else "")
-                        + (f", PVCs {', '.join(reservation.claims)}" if reservation.claims else "")
-                        + f" held for the successor of {reservation.key}",
-                    )
-                crash_point("reserved")
-        finally:  # the finalizer goes only once both are written; a failed move raises here
-            if move is not None:
-                move.result()
+        if self.store.get("reservations", f"{namespace}/{name}") is None:
+            if self.writes.create_reservation(namespace, reservation.to_object()):
+                self.metrics.reserved(f"{namespace}/{name}")
+                self.writes.event(
+                    pod,
+                    "Reserved",
+                    f"node {reservation.node}"
+                    + (f", IP {ip}" if ip else "")
+                    + (f", PVCs {', '.join(reservation.claims)}" if reservation.claims else "")
+                    + f" held for the successor of {reservation.key}",
+                )
+            crash_point("reserved")
+        if ip and options.pool:
+            self.writes.move_ip(namespace, options.pool, ip, f"pod:{uid}", f"reservation:{name}")
 
     def take_over(self, meta: Mapping[str, Any], claimed: str) -> api.Reservation | None:
         """Hand the IP of reservation ``claimed`` (which the pod claimed at bind) to the pod;

@@ -4,11 +4,9 @@ at a time: opting in and refusals, reservations, crashes, claims and expiry."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from threading import Event
 from types import SimpleNamespace
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pytest
 
@@ -160,40 +158,6 @@ def test_a_deleted_pod_leaves_a_reservation_then_goes() -> None:
     assert [r["metadata"]["name"] for r in rig.apiserver.reservations()] == [HELD]
     assert rig.apiserver.pool() == pool_before
     assert rig.apiserver.reasons() == ["Reserved"]
-
-
-def test_the_ip_moves_while_the_reservation_is_created_and_the_finalizer_waits_for_both(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    rig = cluster(("pods", pod(OLD)))
-    rig.apiserver.delete_pod("web-0")
-    writes, started = rig.controller.writes, {"create": Event(), "move": Event()}
-    done: list[str] = []
-
-    def meeting(step: str, other: str, call: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            started[step].set()
-            assert started[other].wait(5), f"{other} did not start while {step} was under way"
-            result = call(*args, **kwargs)
-            done.append(step)
-            return result
-
-        return wrapped
-
-    monkeypatch.setattr(
-        writes, "create_reservation", meeting("create", "move", writes.create_reservation)
-    )
-    monkeypatch.setattr(writes, "move_ip", meeting("move", "create", writes.move_ip))
-    remove = writes.remove_finalizer
-    monkeypatch.setattr(
-        writes, "remove_finalizer", lambda meta: done.append("finalizer") or remove(meta)
-    )
-
-    assert rig.reconcile("pods/ns/web-0") is None
-
-    assert sorted(done[:2]) == ["create", "move"] and done[2:] == ["finalizer"]
-    assert rig.apiserver.pool()["status"]["allocations"] == {IP: f"reservation:{HELD}"}
-    assert rig.apiserver.get("pods", "web-0") is None
 
 
 def test_a_pool_write_that_lost_a_race_is_redone_on_the_fresh_pool(
