@@ -377,6 +377,18 @@ def test_the_pod_monitor_is_rendered_only_when_enabled(helm: Path) -> None:
     assert "authorization" not in without_token["spec"]["podMetricsEndpoints"][0]
 
 
+def test_go_defaults_leave_kube_scheduler_without_gc_settings(helm: Path) -> None:
+    docs = render(helm, "scheduler.goGC=0", "scheduler.goMemLimit=")
+    [kube_scheduler] = [
+        c
+        for c in one(docs, "Deployment", "fulcrum-scheduler")["spec"]["template"]["spec"][
+            "containers"
+        ]
+        if c["name"] == "kube-scheduler"
+    ]
+    assert "env" not in kube_scheduler
+
+
 # --- bad values --------------------------------------------------------------------------------
 
 
@@ -390,8 +402,18 @@ def test_the_pod_monitor_is_rendered_only_when_enabled(helm: Path) -> None:
         (["extender.httpTimeout=soon"], "/extender/httpTimeout"),
         (["rebuild.replica=2"], "replica"),  # a typo: unknown keys are refused
         (["scheduler.percentageOfNodesToScore=101"], "/scheduler/percentageOfNodesToScore"),
+        (["scheduler.goMemLimit=2G"], "/scheduler/goMemLimit"),  # Go wants GiB, not G
     ],
-    ids=["negative-replicas", "zero-replicas", "source", "pull-policy", "timeout", "typo", "pct"],
+    ids=[
+        "negative-replicas",
+        "zero-replicas",
+        "source",
+        "pull-policy",
+        "timeout",
+        "typo",
+        "pct",
+        "memlimit",
+    ],
 )
 def test_a_bad_value_is_refused_naming_it(helm: Path, sets: list[str], message: str) -> None:
     with pytest.raises(chart.ChartError) as failed:

@@ -1,0 +1,13 @@
+#!/bin/bash
+cd /tmp
+run() { # tag scheduler gogc
+  echo "=== $1 $(date +%T)"
+  EXP_GOGC=$3 PYTHONPATH=/tmp/gogc /work/main/.venv/bin/python -m fulcrum.cli bench \
+    --nodes 1000 --pods 25000 --configmaps 0 --scheduler $2 --rebuild 0 --name gc -o json \
+    > /tmp/exp-gogc/$1.json 2> /tmp/exp-gogc/$1.log
+  echo "rc=$?"; grep -E "bound in|took" /tmp/exp-gogc/$1.log
+}
+run default-1 default ""
+run g200-1 fulcrum 200
+run default-2 default ""
+echo DONE
