@@ -7,8 +7,7 @@ kube-scheduler's `parallelism` where it was set).
 
 from __future__ import annotations
 
-import json
-import re
+import runpy
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -27,17 +26,12 @@ COLUMNS = (
 )
 
 
+# the runs are read as the percentageOfNodesToScore table's are
+load = runpy.run_path(str(HERE.parent / "nodes-to-score" / "summarize.py"))["load"]
+
+
 def main() -> None:
-    runs = [line.split() for line in (HERE / "order.txt").read_text().splitlines() if line]
-    phases = {}
-    for tag, *_ in runs:
-        doc = json.loads((HERE / f"{tag}.json").read_text())
-        ((scheduler, (phase, *_)),) = doc["schedulers"].items()
-        log = (HERE / f"{tag}.log").read_text()
-        took = re.search(
-            r"took ([\d.]+) ms per attempt, of which its own Filter plugins ([\d.]+)", log
-        )
-        phases[tag] = (scheduler, phase, doc["lower_bound"], took.groups() if took else ("-", "-"))
+    runs, phases = load(HERE)
     default = [
         p["throughput"]
         for (s, p, *_), (_, gogc, *_) in zip(phases.values(), runs, strict=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 COLUMNS = (
@@ -26,17 +27,27 @@ COLUMNS = (
 )
 
 
-def main() -> None:
-    runs = [line.split() for line in (HERE / "order.txt").read_text().splitlines() if line]
+Phase = tuple[str, dict[str, Any], int, tuple[str, str]]
+
+
+def load(here: Path) -> tuple[list[list[str]], dict[str, Phase]]:
+    """The lines of ``here/order.txt`` split, and per run tag: its scheduler, its phase of the
+    bench JSON, the lower bound, and the attempt and Filter milliseconds from its log."""
+    runs = [line.split() for line in (here / "order.txt").read_text().splitlines() if line]
     phases = {}
     for tag, *_ in runs:
-        doc = json.loads((HERE / f"{tag}.json").read_text())
+        doc = json.loads((here / f"{tag}.json").read_text())
         ((scheduler, (phase, *_)),) = doc["schedulers"].items()
-        log = (HERE / f"{tag}.log").read_text()
+        log = (here / f"{tag}.log").read_text()
         took = re.search(
             r"took ([\d.]+) ms per attempt, of which its own Filter plugins ([\d.]+)", log
         )
         phases[tag] = (scheduler, phase, doc["lower_bound"], took.groups() if took else ("-", "-"))
+    return runs, phases
+
+
+def main() -> None:
+    runs, phases = load(HERE)
     default = [p["throughput"] for s, p, *_ in phases.values() if s == "default-scheduler"]
     mean = sum(default) / len(default)
     print("| " + " | ".join(COLUMNS) + " |")
