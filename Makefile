@@ -35,7 +35,7 @@ test: setup lint
 
 # deploy/ from charts/fulcrum (helm template; tests/unit/test_chart.py fails when they differ)
 manifests: $(BIN)/fulcrum
-	$(BIN)/python -m fulcrum.chart
+	$(BIN)/python -m fulcrum.harness.chart
 
 # the fulcrum:VERSION image with buildah, as root; minutes, so not part of `make test`
 image: $(BIN)/fulcrum

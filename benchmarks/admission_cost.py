@@ -19,8 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fulcrum import cluster
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster
+from fulcrum.lab import rebuild_run as rr
 
 NS = "bench-admission"
 

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from fulcrum.traces import openb_dir
+from fulcrum.lab.traces import openb_dir
 from policies.archimedes import Archimedes, ArchimedesArgs
 from policies.fgd import FGD
 from scheduler.policy import Policy

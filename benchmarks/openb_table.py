@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fulcrum.traces import openb_dir
+from fulcrum.lab.traces import openb_dir
 from policies.registry import default_registry
 from scheduler.fragmentation import TargetWorkload
 from scheduler.policy import Policy, PolicyContext

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from fulcrum import cluster
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster
+from fulcrum.lab import rebuild_run as rr
 from kube import api
 
 

@@ -25,8 +25,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fulcrum import cluster, demo
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster
+from fulcrum.lab import demo
+from fulcrum.lab import rebuild_run as rr
 from kube import api
 from kube.informer import Informer
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fulcrum.traces import openb_dir
+from fulcrum.lab.traces import openb_dir
 from policies.archimedes import Archimedes
 from policies.best_fit import BestFit
 from policies.dot_product import DotProduct

@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fulcrum import openb, traces
-from fulcrum.inspection import inspect
-from fulcrum.report import inspection_html, write_html
+from fulcrum.inspect.inspection import inspect
+from fulcrum.inspect.report import inspection_html, write_html
+from fulcrum.lab import openb, traces
 from kube import api
 from kube.resources import GPU_DEVICES_ANNOTATION
 from policies.registry import default_registry

@@ -1,8 +1,8 @@
 """The extender's apiserver client: ``pods/binding``, IPPool allocation, Events and nominations
 (``pods/status``), over aiohttp.
 
-Given the client configuration the wiring (``fulcrum.serve``) loaded from the kubeconfig, so this
-module never imports the ``kubernetes`` package.
+Given the client configuration the wiring (``fulcrum.run.serve``) loaded from the kubeconfig,
+so this module never imports the ``kubernetes`` package.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import aiohttp
 import orjson
 
 from extender.bind import BindConflict, PodGone
-from kube import api as rebuild
-from kube import ippool
+from kube import api, ippool
 
 # Idle apiserver connections are closed before kube-apiserver's own 90 s idle timeout would, so
 # a bind never goes out on a connection the apiserver is closing.
@@ -83,7 +82,7 @@ class KubeBinder:
 
     def authorization(self) -> dict[str, str]:
         """The bearer token header, as the configuration has it now: its refresh hook re-reads
-        a rotated service-account token (``fulcrum.kubeconfig``). A kubeconfig's token is
+        a rotated service-account token (``fulcrum.run.kubeconfig``). A kubeconfig's token is
         stored as "BearerToken", the in-cluster one as "authorization"."""
         token = self._cfg.get_api_key_with_prefix(
             "BearerToken"
@@ -173,14 +172,14 @@ class KubeBinder:
     async def allocate_ip(
         self, namespace: str, pool: str, holder: str, want: str | None, pod: Mapping[str, object]
     ) -> str:
-        path = f"/apis/{rebuild.API_VERSION}/namespaces/{namespace}/{rebuild.IPPOOLS}/{pool}"
+        path = f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.IPPOOLS}/{pool}"
         for _ in range(8):  # compare-and-swap: the PUT carries the resourceVersion we read
             current = self._pools.pop(path, None)  # what our last write left, if anything
             if current is None:
                 status, current = await self._call("GET", path)
                 if status == 404:
                     raise ValueError(
-                        f"annotation {rebuild.IP_POOL}={pool!r}: no IPPool {pool!r} in "
+                        f"annotation {api.IP_POOL}={pool!r}: no IPPool {pool!r} in "
                         f"namespace {namespace!r}; create it or fix the annotation"
                     )
                 self._raise_for(status, current)

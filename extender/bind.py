@@ -31,7 +31,7 @@ import orjson
 
 from extender.cache import ClusterCache, PendingPod
 from extender.rebuild_gate import RebuildGate
-from kube import api as rebuild
+from kube import api
 from kube.resources import GPU_DEVICES_ANNOTATION
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
@@ -68,7 +68,7 @@ class Binder(Protocol):
 
 
 def ip_annotations(ip: str) -> dict[str, str]:
-    return {rebuild.ASSIGNED_IP: ip, rebuild.CALICO_IPS: orjson.dumps([ip]).decode()}
+    return {api.ASSIGNED_IP: ip, api.CALICO_IPS: orjson.dumps([ip]).decode()}
 
 
 DeviceChooser = Callable[[Snapshot, PodRequest, str], tuple[int, ...]]
@@ -85,7 +85,7 @@ class Ticket:
     error: str = ""
     done: bool = False
     annotations: dict[str, str] = field(default_factory=dict)
-    claimed: rebuild.Reservation | None = None  # the hold this bind claims
+    claimed: api.Reservation | None = None  # the hold this bind claims
     pending: PendingPod | None = None
 
 
@@ -162,7 +162,7 @@ class BindService:
             return replace(ticket, error=error), False
         if claim.hold is None:
             return ticket, claim.fits
-        annotations = {**ticket.annotations, rebuild.RESERVATION: claim.hold.name}
+        annotations = {**ticket.annotations, api.RESERVATION: claim.hold.name}
         if claim.hold.ip:
             annotations.update(ip_annotations(claim.hold.ip))
         return replace(ticket, claimed=claim.hold, annotations=annotations), claim.fits
@@ -183,15 +183,15 @@ class BindService:
     async def _pool_address(self, t: Ticket) -> dict[str, str]:
         """Annotations for an address from the pod's IP pool, if it names one and has none."""
         meta = t.pending.annotations if t.pending else {}
-        pool = meta.get(rebuild.IP_POOL)
-        if not pool or rebuild.ASSIGNED_IP in t.annotations:
+        pool = meta.get(api.IP_POOL)
+        if not pool or api.ASSIGNED_IP in t.annotations:
             return {}
         assert t.pending is not None
         pod = {"metadata": {"namespace": t.namespace, "name": t.name, "labels": t.pending.labels}}
         # concurrent binds would only make each other's compare-and-swap fail
         async with self._pools.setdefault(f"{t.namespace}/{pool}", asyncio.Lock()):
             ip = await self.binder.allocate_ip(
-                t.namespace, pool, f"pod:{t.uid}", meta.get(rebuild.IP_REQUEST), pod
+                t.namespace, pool, f"pod:{t.uid}", meta.get(api.IP_REQUEST), pod
             )
         return ip_annotations(ip)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from kube import api as rebuild
+from kube import api
 from kube.resources import assigned_devices, marked_for_bind, node_spec, pod_request
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
@@ -27,7 +27,7 @@ from scheduler.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
-_KEEP_METADATA = (rebuild.REBUILD, rebuild.IP_POOL, rebuild.RESERVATION)
+_KEEP_METADATA = (api.REBUILD, api.IP_POOL, api.RESERVATION)
 
 
 def _pod_key(pod: Mapping[str, Any]) -> str:
@@ -59,7 +59,7 @@ def pending_pod(pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
     marked = marked_for_bind(pod)
     if not any(key in annotations for key in _KEEP_METADATA):
         return PendingPod(_pod_key(pod), request, uid, marked=marked)
-    successor = rebuild.successor_key(pod) if rebuild.REBUILD in annotations else None
+    successor = api.successor_key(pod) if api.REBUILD in annotations else None
     return PendingPod(
         _pod_key(pod),
         request,
@@ -150,6 +150,12 @@ class ClusterCache:
     def mark_event(self) -> None:
         """An informer delivered something (for the metrics' idle gauge)."""
         self.last_event = time.monotonic()
+
+    def snapshot_copy(self) -> Snapshot:
+        """A copy of the snapshot, taken under the lock, for readers that take their time
+        (the inspection's figures on ``/metrics``) without holding up the filter."""
+        with self.lock:
+            return self.snapshot.copy()
 
     def has_node(self, node: str) -> bool:
         with self.lock:

@@ -1,4 +1,4 @@
-"""``fulcrum bench``'s flags and command; the work is in ``fulcrum.bench`` (imported only when
+"""``fulcrum bench``'s flags and command; the work is in ``fulcrum.lab.bench`` (imported only when
 the command runs, so other commands do not pay for its imports)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import TypeAlias
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+from fulcrum.lab import DEFAULT_MIX
 
-DEFAULT_MIX = "250m/512Mi:40,500m/1Gi:30,1/2Gi:20,2/4Gi:10"
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def add_nodes_to_score(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +103,7 @@ def add_bench(sub: Subparsers) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import orjson
 
-    from fulcrum import bench
+    from fulcrum.lab import bench
 
     try:
         bench.pod_shapes(args.shapes, 1)  # before a cluster start, not after

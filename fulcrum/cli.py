@@ -8,16 +8,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fulcrum import logs
 from fulcrum.bench_cli import Subparsers, add_bench, add_nodes_to_score, at_least
-from fulcrum.binaries import BinaryError
+from fulcrum.harness.binaries import BinaryError
+from fulcrum.run import logs
 
 if TYPE_CHECKING:
-    from fulcrum.cluster import NodeShape
+    from fulcrum.harness.cluster import NodeShape
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from fulcrum.binaries import ensure_binaries
+    from fulcrum.harness.binaries import ensure_binaries
 
     for name, path in ensure_binaries().items():
         print(f"{name:25} {path}")
@@ -25,7 +25,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _shape(args: argparse.Namespace) -> NodeShape:
-    from fulcrum.cluster import NodeShape
+    from fulcrum.harness.cluster import NodeShape
 
     return NodeShape(
         cpu=args.node_cpu,
@@ -41,7 +41,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     import resource
     import time
 
-    from fulcrum import cluster
+    from fulcrum.harness import cluster
 
     started = time.monotonic()
     cluster.up(
@@ -61,14 +61,14 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_down(args: argparse.Namespace) -> int:
-    from fulcrum import cluster
+    from fulcrum.harness import cluster
 
     cluster.down(args.name)
     return 0
 
 
 def _cmd_cluster_env(args: argparse.Namespace) -> int:
-    from fulcrum import cluster
+    from fulcrum.harness import cluster
 
     sys.stdout.write(cluster.env_exports(args.name))
     return 0
@@ -76,7 +76,7 @@ def _cmd_cluster_env(args: argparse.Namespace) -> int:
 
 def _cmd_cluster_status(args: argparse.Namespace) -> int:
     """Nodes, pods, and the cluster's processes with their resident memory."""
-    from fulcrum import cluster, processes
+    from fulcrum.harness import cluster, processes
 
     cluster.load_state(args.name)
     api = cluster.core_api(args.name)
@@ -112,7 +112,7 @@ def _print_json(document: object) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from extender.config import load_settings
-    from fulcrum.serve import serve
+    from fulcrum.run.serve import serve
     from policies.registry import default_registry
 
     logs.configure(args.log_level, args.log_format)
@@ -122,7 +122,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_webhook(args: argparse.Namespace) -> int:
-    from fulcrum.webhook_serve import serve_webhook
+    from fulcrum.run.webhook_serve import serve_webhook
 
     logs.configure(args.log_level, args.log_format)
     serve_webhook(host=args.host, port=args.port, cert=args.tls_cert, key=args.tls_key)
@@ -130,7 +130,7 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
 
 
 def _cmd_webhook_cert(args: argparse.Namespace) -> int:
-    from fulcrum.certs import install_commands, make_serving_cert
+    from fulcrum.harness.certs import install_commands, make_serving_cert
 
     service = f"{args.service}.{args.namespace}.svc"
     certs = make_serving_cert(args.out, [service, f"{service}.cluster.local"])
@@ -140,7 +140,7 @@ def _cmd_webhook_cert(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    from fulcrum.rebuild_serve import run
+    from fulcrum.run.rebuild_serve import run
 
     logs.configure(args.log_level, args.log_format)
     run(
@@ -155,14 +155,15 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fulcrum.demo import run_demo
+    from fulcrum.lab.demo import run_demo
 
     return run_demo(name=args.name, nodes=args.nodes, pods=args.pods, keep=args.keep)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from fulcrum import cluster, traces
-    from fulcrum.openb import compare, format_reports
+    from fulcrum.harness import cluster
+    from fulcrum.lab import traces
+    from fulcrum.lab.openb import compare, format_reports
 
     if args.workload not in traces.WORKLOADS:  # before a cluster start, not after
         print(
@@ -342,7 +343,7 @@ def _version() -> str:
 
 
 def _cmd_cluster_list(args: argparse.Namespace) -> int:
-    from fulcrum import cluster
+    from fulcrum.harness import cluster
 
     names = cluster.cluster_names()
     for name in names:
@@ -355,9 +356,9 @@ def _cmd_cluster_list(args: argparse.Namespace) -> int:
 
 def _api_client(args: argparse.Namespace) -> Any:
     """--kubeconfig, else the local cluster --name, else $KUBECONFIG, ~/.kube/config, then the
-    pod's in-cluster account (``fulcrum.kubeconfig``)."""
-    from fulcrum import cluster
-    from fulcrum.kubeconfig import api_client
+    pod's in-cluster account (``fulcrum.run.kubeconfig``)."""
+    from fulcrum.harness import cluster
+    from fulcrum.run.kubeconfig import api_client
 
     local = None
     if args.name is not None:
@@ -401,10 +402,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from fulcrum.inspection import inspect, render
+    from fulcrum.inspect.inspection import inspect, render
 
     if args.html is not None:
-        from fulcrum import report as html_report
+        from fulcrum.inspect import report as html_report
 
         try:
             html_report.require()  # before the cluster is read, not after
@@ -428,7 +429,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from fulcrum.explain import explain
+    from fulcrum.inspect.explain import explain
 
     try:
         lines = explain(args.pod, *_objects(args), datetime.now(UTC))
@@ -452,7 +453,7 @@ def _cmd_policies(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from fulcrum import report
+    from fulcrum.inspect import report
 
     try:
         page = report.load_documents(args.simulate_json)
@@ -533,15 +534,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:  # the placement core owns its flags
-        from fulcrum.simulate import main as simulate_main
+        from fulcrum.lab.simulate import main as simulate_main
 
         return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     from extender.config import ConfigError
-    from fulcrum.cluster import ClusterError
-    from fulcrum.kubeconfig import CredentialsError
-    from fulcrum.rebuild_serve import RebuildError
-    from fulcrum.serve import ServeError
+    from fulcrum.harness.cluster import ClusterError
+    from fulcrum.run.kubeconfig import CredentialsError
+    from fulcrum.run.rebuild_serve import RebuildError
+    from fulcrum.run.serve import ServeError
     from scheduler.trace import TraceError
 
     errors = (BinaryError, ClusterError, ServeError, ConfigError, RebuildError, CredentialsError)

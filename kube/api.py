@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 GROUP = "fulcrum.io"
@@ -39,6 +39,9 @@ FINALIZER = "fulcrum.io/rebuild"
 
 DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 24 * 3600.0
+# An expired Reservation keeps its IP this long for its successor; the controller deletes it
+# then, and ``fulcrum inspect`` calls one older than that stale.
+EXPIRED_GRACE = timedelta(minutes=5)
 PHASES = ("Held", "Expired", "Claimed")
 FALLBACKS = ("wait", "reschedule")
 ORDERS = ("delete-first", "create-first")

@@ -15,7 +15,7 @@ Built-in hooks: ``ready`` (the successor is rebuilt once its Ready condition is 
 ``leader-aware`` (also delays the rebuild of a pod labelled ``fulcrum.io/role=leader``,
 so that leadership can move away first).
 
-Hooks are plugins of the same kind as placement policies (:mod:`kube.plugins`). A
+Hooks are plugins of the same kind as placement policies (:mod:`policies.plugins`). A
 third-party package ships one as an entry point in the group ``fulcrum.rebuild_hooks``;
 the entry-point name is the hook name, and the object a zero-argument factory returning
 the hook (a class will do), called once when the registry is built::
@@ -34,7 +34,7 @@ from importlib.metadata import EntryPoint
 from typing import Any, Protocol
 
 from kube.api import quoted
-from kube.plugins import PluginError, PluginRegistry, load_entry_points
+from policies.plugins import PluginError, PluginRegistry, load_entry_points
 
 ENTRY_POINT_GROUP = "fulcrum.rebuild_hooks"
 ANNOTATION = "fulcrum.io/rebuild-hooks"
@@ -144,7 +144,7 @@ def load_plugins(
     """Load the factories behind ``fulcrum.rebuild_hooks`` entry points.
 
     ``discovered`` defaults to the installed entry points of the group. Clashing names
-    and plugins that fail to import raise :class:`kube.plugins.PluginError`.
+    and plugins that fail to import raise :class:`policies.plugins.PluginError`.
     """
     points = ENTRY_POINT_GROUP if discovered is None else discovered
     return dict(load_entry_points(points, kind="rebuild hook", reserved=reserved))

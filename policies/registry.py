@@ -10,7 +10,7 @@ is a factory ``(PolicyContext) -> Policy``::
 Nothing is registered by importing anything: :func:`default_registry` builds
 a fresh registry from the built-in table plus the installed entry points each
 time it is called. Names are matched case-insensitively. The generic part (lookup,
-aliases, entry-point loading) is :mod:`kube.plugins`, shared with rebuild hooks.
+aliases, entry-point loading) is :mod:`policies.plugins`, shared with rebuild hooks.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint
 
-from kube.plugins import PluginError as PluginError
-from kube.plugins import PluginRegistry, UnknownPluginError, load_entry_points
 from policies import (
     archimedes,
     best_fit,
@@ -32,6 +30,8 @@ from policies import (
     random_fit,
     requested_to_capacity_ratio,
 )
+from policies.plugins import PluginError as PluginError
+from policies.plugins import PluginRegistry, UnknownPluginError, load_entry_points
 from scheduler.policy import Policy, PolicyContext, PolicyFactory
 
 ENTRY_POINT_GROUP = "fulcrum.policies"

@@ -48,7 +48,6 @@ from rebuild.writes import COMPONENT, NODE_GONE, Writes, status
 
 log = logging.getLogger(__name__)
 
-EXPIRED_GRACE = timedelta(minutes=5)  # an expired reservation keeps its IP this long
 POST_REBUILD_RETRY_SECONDS = 1.0
 RELEASED_REMEMBERED = 10_000  # finalizers removed, remembered so a lagging watch replays none
 CRASH_ENV = "FULCRUM_REBUILD_CRASH_AT"
@@ -353,10 +352,10 @@ class Controller:
             if now < r.expires_at:
                 raise TemporaryError((r.expires_at - now).total_seconds() + 0.05)
             self.expire(r)
-            raise TemporaryError(EXPIRED_GRACE.total_seconds())
+            raise TemporaryError(api.EXPIRED_GRACE.total_seconds())
         if r.phase == "Expired" and r.expires_at is not None:
-            if now < r.expires_at + EXPIRED_GRACE:
-                raise TemporaryError((r.expires_at + EXPIRED_GRACE - now).total_seconds())
+            if now < r.expires_at + api.EXPIRED_GRACE:
+                raise TemporaryError((r.expires_at + api.EXPIRED_GRACE - now).total_seconds())
             if r.ip and r.pool:
                 self.writes.move_ip(r.namespace, r.pool, r.ip, f"reservation:{r.name}", None)
             self.writes.delete_reservation(r.namespace, r.name)

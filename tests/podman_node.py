@@ -1106,7 +1106,7 @@ def running_node(kubeconfig: Path, workdir: Path, log: Log = print) -> Iterator[
 
 def main(argv: list[str]) -> None:
     """``python -m tests.podman_node CLUSTER``: run the node until Ctrl-C."""
-    from fulcrum import cluster  # only for the command line: the agent needs a kubeconfig
+    from fulcrum.harness import cluster  # only for the command line: the agent needs a kubeconfig
 
     if len(argv) != 1 or argv[0].startswith("-"):
         raise SystemExit("usage: python -m tests.podman_node CLUSTER")

@@ -15,8 +15,8 @@ import orjson
 import pytest
 import yaml
 
-from fulcrum import cluster, processes
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster, processes
+from fulcrum.lab import rebuild_run as rr
 from kube import api
 from kube.resources import BIND
 from tests.integration.conftest import KwokCluster, _start

@@ -13,7 +13,7 @@ import sys
 import orjson
 import pytest
 
-from fulcrum import cluster
+from fulcrum.harness import cluster
 
 pytestmark = pytest.mark.integration
 

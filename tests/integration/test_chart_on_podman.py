@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fulcrum import chart, cluster
-from fulcrum.binaries import REPO_ROOT, ensure_binaries
+from fulcrum.harness import chart, cluster
+from fulcrum.harness.binaries import REPO_ROOT, ensure_binaries
 from kube import api
 from tests import podman_node
 from tests.integration.test_helm_install import Tools

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fulcrum import cluster
+from fulcrum.harness import cluster
 
 pytestmark = pytest.mark.integration
 

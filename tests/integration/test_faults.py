@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from kubernetes.utils.quantity import parse_quantity
 
-from fulcrum import cluster, processes
-from fulcrum.workload import PodShape, create_pods, ensure_namespace, pod_manifest, wait_bound
+from fulcrum.harness import cluster, processes
+from fulcrum.lab.workload import PodShape, create_pods, ensure_namespace, pod_manifest, wait_bound
 
 pytestmark = pytest.mark.integration
 

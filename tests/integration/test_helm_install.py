@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from fulcrum import chart, cluster
+from fulcrum.harness import chart, cluster
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fulcrum import cluster
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster
+from fulcrum.lab import rebuild_run as rr
 from kube import api
 from tests import builders
 from tests.integration.conftest import KwokCluster, kit_in

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from fulcrum import cluster
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster
+from fulcrum.lab import rebuild_run as rr
 from tests.integration.conftest import _start
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from fulcrum import cluster
-from fulcrum.openb import compare, format_reports
+from fulcrum.harness import cluster
+from fulcrum.lab.openb import compare, format_reports
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from fulcrum import cluster
-from fulcrum.workload import PodShape, ensure_namespace, extender_calls, pod_manifest
+from fulcrum.harness import cluster
+from fulcrum.lab.workload import PodShape, ensure_namespace, extender_calls, pod_manifest
 
 pytestmark = pytest.mark.integration
 

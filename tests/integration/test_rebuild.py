@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fulcrum import rebuild_run as rr
+from fulcrum.lab import rebuild_run as rr
 from kube import api, ippool
 from tests.integration.conftest import KwokCluster, kit_in, validation_off
 

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from kubernetes import client
 
-from fulcrum import cluster, processes
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster, processes
+from fulcrum.lab import rebuild_run as rr
 from kube import api, ippool
 from rebuild.controller import CRASH_ENV
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fulcrum import cluster
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster
+from fulcrum.lab import rebuild_run as rr
 
 pytestmark = pytest.mark.integration
 

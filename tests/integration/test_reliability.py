@@ -12,8 +12,8 @@ import orjson
 import pytest
 import yaml
 
-from fulcrum import cluster
-from fulcrum import rebuild_run as rr
+from fulcrum.harness import cluster
+from fulcrum.lab import rebuild_run as rr
 from kube import api
 from tests.integration.conftest import KwokCluster, kit_in, validation_off
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fulcrum import cluster, processes
-from fulcrum.workload import create_pods, ensure_namespace, extender_calls, wait_bound
+from fulcrum.harness import cluster, processes
+from fulcrum.lab.workload import create_pods, ensure_namespace, extender_calls, wait_bound
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fulcrum import simulate
-from fulcrum.inspection import Inspection, inspect
+from fulcrum.inspect.inspection import Inspection, inspect
+from fulcrum.lab import simulate
 from kube import api
 from tests import builders
 

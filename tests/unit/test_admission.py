@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from admission.app import create_app
 from admission.config import webhook_configurations
 from admission.review import mutate, response, validate
-from fulcrum.certs import make_serving_cert
 from fulcrum.cli import main
-from fulcrum.cluster import free_port
+from fulcrum.harness.certs import make_serving_cert
+from fulcrum.harness.cluster import free_port
 from kube import api
 from kube.hooks import default_hook_registry
 from kube.resources import BIND, GPU_MODEL_ANNOTATION

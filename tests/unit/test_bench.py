@@ -10,9 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fulcrum import bench, cli, cluster
-from fulcrum.cluster import NodeShape
-from fulcrum.workload import PodShape
+from fulcrum import cli
+from fulcrum.harness import cluster
+from fulcrum.harness.cluster import NodeShape
+from fulcrum.lab import bench
+from fulcrum.lab.workload import PodShape
 
 
 def test_default_mix_parses_into_four_weighted_shapes() -> None:

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from admission.config import webhook_configurations
 from extender.config import load_settings
-from fulcrum import chart
-from fulcrum.binaries import HELM, cache_dir
+from fulcrum.harness import chart
+from fulcrum.harness.binaries import HELM, cache_dir
 from policies.registry import default_registry
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fulcrum import cli
-from fulcrum import simulate as simulate_cli
+from fulcrum.lab import simulate as simulate_cli
 
 
 def parsers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:

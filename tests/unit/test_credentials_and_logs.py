@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from extender.apiserver import KubeBinder
-from fulcrum import kubeconfig
-from fulcrum.kubeconfig import CredentialsError
+from fulcrum.run import kubeconfig
+from fulcrum.run.kubeconfig import CredentialsError
 
 
 def write_kubeconfig(tmp_path: Path, name: str, server: str) -> Path:
@@ -77,7 +77,7 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
 
     import orjson
 
-    from fulcrum import logs
+    from fulcrum.run import logs
 
     logs.configure("debug", "json")
     try:

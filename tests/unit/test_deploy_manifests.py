@@ -23,11 +23,11 @@ import yaml
 
 from admission.config import webhook_configurations
 from extender.config import load_settings
-from fulcrum.binaries import cache_dir
 from fulcrum.cli import build_parser
-from fulcrum.cluster import FULCRUM_SCHEDULER, ExtenderRegistration, scheduler_config
-from fulcrum.rebuild_serve import LEASE_NAME as REBUILD_LEASE
-from fulcrum.registration import SCHEDULER_GC
+from fulcrum.harness.binaries import cache_dir
+from fulcrum.harness.cluster import FULCRUM_SCHEDULER, ExtenderRegistration, scheduler_config
+from fulcrum.harness.registration import SCHEDULER_GC
+from fulcrum.run.rebuild_serve import LEASE_NAME as REBUILD_LEASE
 from policies.registry import default_registry
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -380,7 +380,7 @@ def test_the_extender_kubeconfig_is_the_pods_service_account(tmp_path: Path) -> 
     assert user["user"] == {"tokenFile": f"{SA_DIR}/token"}
     assert pod_spec().get("automountServiceAccountToken", True) is True
 
-    from fulcrum.serve import core_api  # the extender's own loader
+    from fulcrum.run.serve import core_api  # the extender's own loader
 
     configuration = core_api(_local_kubeconfig(tmp_path)).api_client.configuration
     assert configuration.host == "https://kubernetes.default.svc"
@@ -392,7 +392,7 @@ def test_the_extender_kubeconfig_is_the_pods_service_account(tmp_path: Path) -> 
 
 def test_binder_authenticates_with_the_deployed_kubeconfig(tmp_path: Path) -> None:
     from extender.apiserver import KubeBinder
-    from fulcrum.serve import core_api
+    from fulcrum.run.serve import core_api
 
     binder = KubeBinder(core_api(_local_kubeconfig(tmp_path)).api_client.configuration)
     assert binder.authorization() == {"Authorization": "Bearer header.payload.signature"}

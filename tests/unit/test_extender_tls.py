@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from fulcrum.cluster import free_port
+from fulcrum.harness.cluster import free_port
 
 GOLDEN = Path(__file__).parents[1] / "contract" / "golden"
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from extender.app import Metrics
 from extender.cache import ClusterCache
-from fulcrum.inspection import ClusterCollector
+from fulcrum.inspect.inspection import ClusterCollector
 from rebuild.metrics import ControllerMetrics
 from rebuild.store import Store
 from rebuild.workqueue import WorkQueue
@@ -25,7 +25,7 @@ def served() -> set[str]:
         Metrics(cache).registry,
         ControllerMetrics(Store(queue := WorkQueue()), queue).registry,
     ]
-    registries[0].register(ClusterCollector(cache))
+    registries[0].register(ClusterCollector(cache.snapshot_copy))
     names = set()
     for registry in registries:
         for family in registry.collect():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fulcrum import binaries, cluster, processes
+from fulcrum.harness import binaries, cluster, processes
 
 
 def test_a_binary_reporting_the_wrong_version_is_refused(

@@ -1,4 +1,5 @@
-"""``fulcrum inspect``'s analysis (``fulcrum.inspection``) over objects, without a cluster."""
+"""``fulcrum inspect``'s analysis (``fulcrum.inspect.inspection``) over objects, without a
+cluster."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from extender import record
 from extender.cache import ClusterCache
-from fulcrum.explain import explain
-from fulcrum.inspection import ClusterCollector, inspect, render
+from fulcrum.inspect.explain import explain
+from fulcrum.inspect.inspection import ClusterCollector, inspect, render
 from kube import api
 from tests import builders
 
@@ -141,7 +142,7 @@ def test_the_cluster_figures_are_metrics_read_from_the_extenders_cache() -> None
         cache.apply("nodes", "ADDED", item)
     cache.apply("pods", "ADDED", bound("a", "n1", cpu="4"))  # n1: cpu gone, 2 GPUs idle
     registry = CollectorRegistry()
-    registry.register(ClusterCollector(cache))
+    registry.register(ClusterCollector(cache.snapshot_copy))
     text = generate_latest(registry).decode()
     assert 'fulcrum_cluster_allocated_ratio{resource="cpu"} 0.5' in text
     assert 'fulcrum_cluster_allocated_ratio{resource="gpu"} 0.0' in text

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import kube.hooks as hooks
-import kube.plugins
+import policies.plugins
 from kube.hooks import (
     ANNOTATION,
     BUILTIN,
@@ -25,7 +25,7 @@ from kube.hooks import (
     hooks_for,
     load_plugins,
 )
-from kube.plugins import PluginError
+from policies.plugins import PluginError
 from tests import builders
 
 
@@ -163,7 +163,7 @@ def installed_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def fake_entry_points(*, group: str) -> Iterable[EntryPoint]:
         return [PLUGIN] if group == hooks.ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(kube.plugins, "entry_points", fake_entry_points)
+    monkeypatch.setattr(policies.plugins, "entry_points", fake_entry_points)
     yield
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fulcrum.kwok_stages import STAGES_PATH
+from fulcrum.harness.kwok_stages import STAGES_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-complete", "pod-delete"]
@@ -31,9 +31,10 @@ STAGES = _stages()
 
 def test_the_file_is_package_data() -> None:
     assert STAGES_PATH.is_file()
-    assert STAGES_PATH.parent == ROOT / "fulcrum"
+    assert STAGES_PATH.parent == ROOT / "fulcrum" / "harness"
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert STAGES_PATH.name in pyproject["tool"]["setuptools"]["package-data"]["fulcrum"]
+    package_data = pyproject["tool"]["setuptools"]["package-data"]["fulcrum"]
+    assert f"harness/{STAGES_PATH.name}" in package_data
 
 
 def test_every_stage_is_there_once() -> None:

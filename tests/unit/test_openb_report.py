@@ -1,4 +1,4 @@
-from fulcrum.openb import MACHINE, RunReport, format_cpu
+from fulcrum.lab.openb import MACHINE, RunReport, format_cpu
 
 
 def report(scheduler: str, bound: int, cluster_cpu: float) -> RunReport:
@@ -26,7 +26,7 @@ def test_the_cpu_table_gives_each_column_cluster_cpu_per_pod_relative_to_the_fir
 def test_compare_as_json_has_every_round_and_the_ratios() -> None:
     import orjson
 
-    from fulcrum.openb import Comparison
+    from fulcrum.lab.openb import Comparison
 
     default = RunReport("default-scheduler", 10, 10, 5, 0, 1.0, 2.0, {"machine": 1.0})
     ours = RunReport("fulcrum-scheduler", 10, 10, 3, 0, 1.0, 4.0, {"machine": 2.0})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import kube.plugins
+import policies.plugins
 import policies.registry as registry
 from policies.registry import (
     BUILTIN,
@@ -37,7 +37,7 @@ def installed_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_entry_points(*, group: str) -> Iterable[EntryPoint]:
         return [PLUGIN] if group == registry.ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(kube.plugins, "entry_points", fake_entry_points)
+    monkeypatch.setattr(policies.plugins, "entry_points", fake_entry_points)
 
 
 def test_builtins_are_listed_explicitly() -> None:

@@ -11,8 +11,9 @@ from typing import NoReturn
 import pytest
 
 from kube import api, eligibility, ippool
+from kube.api import EXPIRED_GRACE
 from kube.hooks import ANNOTATION as HOOKS
-from rebuild.controller import CRASH_ENV, EXPIRED_GRACE
+from rebuild.controller import CRASH_ENV
 from tests.unit.rebuild_fake import (
     BOUND,
     HELD,

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from fulcrum import cli
-from fulcrum.inspection import inspect
-from fulcrum.report import (
+from fulcrum.inspect.inspection import inspect
+from fulcrum.inspect.report import (
     ReportError,
     inspection_html,
     load_simulations,
     require,
     simulate_html,
 )
-from fulcrum.report_figures import INSTALL_HINT, fractions
+from fulcrum.inspect.report_figures import INSTALL_HINT, fractions
 from tests import builders
 from tests.unit.report_inputs import (
     FIGURES,

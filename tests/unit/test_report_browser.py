@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fulcrum.report import inspection_html, load_simulations, simulate_html, write_html
+from fulcrum.inspect.report import inspection_html, load_simulations, simulate_html, write_html
 from tests.unit.report_inputs import FIGURES, NOW, SIMULATE_FIGURES, cluster, simulate_json
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -107,8 +107,8 @@ def test_a_screenshot_of_the_report_is_a_picture_not_a_blank(
 
 
 def test_a_compare_report_opens_clean_with_its_figure_drawn(tmp_path: Path) -> None:
-    from fulcrum.openb import Comparison, RunReport
-    from fulcrum.report import load_documents
+    from fulcrum.inspect.report import load_documents
+    from fulcrum.lab.openb import Comparison, RunReport
 
     cpu = {"kube-apiserver": 3.0, "fulcrum serve": 2.0, "(stolen)": 0.1}
     default = RunReport("default-scheduler", 100, 100, 20, 0, 1.0, 2.0, cpu)

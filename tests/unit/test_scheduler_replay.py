@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fulcrum.traces import openb_dir
+from fulcrum.lab.traces import openb_dir
 from policies.archimedes import Archimedes
 from policies.best_fit import BestFit
 from policies.fgd import FGD

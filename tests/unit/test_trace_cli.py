@@ -1,4 +1,4 @@
-"""``fulcrum simulate`` (fulcrum.simulate.main): output, JSON, and user errors."""
+"""``fulcrum simulate`` (fulcrum.lab.simulate.main): output, JSON, and user errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fulcrum.simulate import main
+from fulcrum.lab.simulate import main
 
 NODES = "sn,cpu_milli,memory_mib,gpu,model\n" + "".join(
     f"n{i},32000,131072,{[1, 2, 4, 8][i % 4]},{'T4' if i % 2 else 'V100'}\n" for i in range(12)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fulcrum.traces import openb_dir
+from fulcrum.lab.traces import openb_dir
 from scheduler.snapshot import UNKNOWN_GPU_MODEL
 from scheduler.trace import TraceError, load_nodes, load_pods, spec_models
 

@@ -12,9 +12,10 @@ is Running, and where.
 import sys
 import time
 
+from fulcrum.registration import ExtenderRegistration
+
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
-from fulcrum.registration import ExtenderRegistration
 
 name, count = sys.argv[1], int(sys.argv[2])
 NS = "lone"

@@ -11,9 +11,10 @@ import threading
 import time
 from collections import defaultdict
 
+from fulcrum.demo import NODE, deploy_pair
+
 from fulcrum import cluster
 from fulcrum import rebuild_run as rr
-from fulcrum.demo import NODE, deploy_pair
 from kube.informer import Informer
 
 name, nodes, replicas = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -15,9 +15,9 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from fulcrum import cluster
-from fulcrum import rebuild_run as rr
-from fulcrum.workload import (
+from fulcrum.harness import cluster
+from fulcrum.lab import rebuild_run as rr
+from fulcrum.lab.workload import (
     DEFAULT_SHAPES,
     create_pods,
     ensure_namespace,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,10 +20,8 @@ import numpy as np
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from extender.cache import ClusterCache
 from kube import api, ippool
 from kube.resources import assigned_devices, node_spec, pod_request
-from rebuild.controller import EXPIRED_GRACE  # the controller keeps an expired one this long
 from scheduler.fragmentation import TargetWorkload, fragmentation
 from scheduler.pod import GPU_MILLI
 from scheduler.snapshot import CPU_COL, MEMORY_COL, PODS_COL, Snapshot
@@ -192,7 +190,7 @@ def _reservations(objs: Sequence[Obj], nodes: set[str], now: datetime, out: Insp
         )
         if r.node not in nodes and r.phase == "Held":
             out.violations.append(f"Reservation {_key(obj)} holds node {r.node}, which is gone")
-        if r.expires_at is not None and now > r.expires_at + EXPIRED_GRACE:
+        if r.expires_at is not None and now > r.expires_at + api.EXPIRED_GRACE:
             out.violations.append(
                 f"Reservation {_key(obj)} expired at {r.expires_at:%Y-%m-%d %H:%M:%S} UTC "
                 "and is still there"
@@ -323,15 +321,15 @@ def render(report: Inspection) -> str:
 
 
 class ClusterCollector(Collector):
-    """The inspection's cluster figures on ``/metrics``, from the extender's cache at each
-    scrape: allocation per resource, GPU fragmentation, nodes with stranded resources."""
+    """The inspection's cluster figures on ``/metrics``, from a copy of a snapshot at each
+    scrape (``snapshot``: the extender's cache gives one): allocation per resource, GPU
+    fragmentation, nodes with stranded resources."""
 
-    def __init__(self, cache: ClusterCache) -> None:
-        self.cache = cache
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.cache.lock:  # copied, so filters do not wait while the figures are computed
-            snapshot = self.cache.snapshot.copy()
+        snapshot = self.snapshot()
         rows, fragmentation_pct = allocation(snapshot)
         allocated = GaugeMetricFamily(
             "fulcrum_cluster_allocated_ratio",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fulcrum.inspection import Inspection, NodeRow
+from fulcrum.inspect.inspection import Inspection, NodeRow
 from scheduler.pod import GPU_MILLI
 
 RESOURCES = (("cpu", "cpu"), ("memory", "memory"), ("pods", "pods"), ("GPU", "gpus"))

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from admission.config import webhook_configurations
-from fulcrum import processes
-from fulcrum.certs import make_serving_cert
+from fulcrum.harness import processes
+from fulcrum.harness.certs import make_serving_cert
 
 
 class WebhookError(RuntimeError):

@@ -22,8 +22,8 @@ from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from fulcrum.kubeconfig import CredentialsError
-from fulcrum.kubeconfig import api_client as kubeconfig_api_client
+from fulcrum.run.kubeconfig import CredentialsError
+from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
 from rebuild.controller import WORKERS, Controller
 from rebuild.store import Store
 

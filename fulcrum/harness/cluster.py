@@ -25,13 +25,13 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
-from fulcrum import processes, webhooks
-from fulcrum.binaries import BinaryError, cache_dir, ensure_binaries
-from fulcrum.kwok_stages import STAGES_PATH
-from fulcrum.registration import FULCRUM_SCHEDULER as FULCRUM_SCHEDULER
-from fulcrum.registration import SCHEDULER_GC
-from fulcrum.registration import ExtenderRegistration as ExtenderRegistration
-from fulcrum.registration import scheduler_config as scheduler_config
+from fulcrum.harness import processes, webhooks
+from fulcrum.harness.binaries import BinaryError, cache_dir, ensure_binaries
+from fulcrum.harness.kwok_stages import STAGES_PATH
+from fulcrum.harness.registration import FULCRUM_SCHEDULER as FULCRUM_SCHEDULER
+from fulcrum.harness.registration import SCHEDULER_GC
+from fulcrum.harness.registration import ExtenderRegistration as ExtenderRegistration
+from fulcrum.harness.registration import scheduler_config as scheduler_config
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 NODE_LABEL = "fulcrum.io/kwok-node"
@@ -232,7 +232,7 @@ def start_extender(name: str, port: int) -> int:
     return start_process(name, "extender", cmd, f"http://127.0.0.1:{port}/readyz")
 
 
-CRDS = Path(__file__).resolve().parents[1] / "deploy" / "crds"
+CRDS = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 
 
 def install_crds(name: str, kubectl: Path) -> None:

@@ -24,9 +24,9 @@ import orjson
 import yaml
 from kubernetes import client
 
-from fulcrum import cluster
-from fulcrum.cluster import FULCRUM_SCHEDULER
-from fulcrum.workload import PAUSE_IMAGE
+from fulcrum.harness import cluster
+from fulcrum.harness.cluster import FULCRUM_SCHEDULER
+from fulcrum.lab.workload import PAUSE_IMAGE
 from kube import api
 from kube.hooks import is_ready
 from kube.informer import Informer

@@ -26,9 +26,10 @@ import numpy as np
 import orjson
 from kubernetes.client.exceptions import ApiException
 
-from fulcrum import cluster, traces
-from fulcrum import processes as cluster_processes
-from fulcrum.workload import (
+from fulcrum.harness import cluster
+from fulcrum.harness import processes as cluster_processes
+from fulcrum.lab import traces
+from fulcrum.lab.workload import (
     PAUSE_IMAGE,
     ensure_namespace,
     extender_calls,

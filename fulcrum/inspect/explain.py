@@ -5,7 +5,7 @@ rebuild status. For a pending pod: what each node lacks now, aggregated as kube-
 FailedScheduling message is ("7 node(s) had Insufficient cpu: ..."), with Fulcrum's own reasons
 (GPU devices and models, room held by a Reservation for another pod, a node held for this one,
 an exhausted IP pool) and, when the optimiser is installed, the fewest pod moves after which it
-would fit. Pure over the objects, like ``fulcrum.inspection``.
+would fit. Pure over the objects, like ``fulcrum.inspect.inspection``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from extender.decide import explain as reasons_per_node
-from fulcrum.inspection import snapshot_of
+from fulcrum.inspect.inspection import snapshot_of
 from kube import api, ippool
 from kube.resources import BIND, GPU_DEVICES_ANNOTATION, marked_for_bind, pod_request
 from scheduler.pod import PodRequest
+from scheduler.reasons import explain as reasons_per_node
 from scheduler.snapshot import Snapshot
 
 Obj = Mapping[str, Any]

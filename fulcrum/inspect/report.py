@@ -1,13 +1,12 @@
 """The HTML report: ``fulcrum inspect --html`` and ``fulcrum report``, one self-contained file.
 
-Every figure is SVG drawn by matplotlib (``fulcrum.report_figures``) and written into the page,
-so the file opens offline and holds no script at all; tables are plain HTML. The same input
+Every figure is SVG drawn by matplotlib (``fulcrum.inspect.report_figures``) and written into the
+page, so the file opens offline and holds no script at all; tables are plain HTML. The same input
 gives the same file.
 
 Each figure is ``<figure data-figure="NAME">`` with a ``<figcaption>``: ``heatmap``,
-``histograms``, ``fragmentation``, ``reservations`` and ``pools`` for an inspection;
-``allocation`` and ``fragmentation-curve`` for ``fulcrum simulate --json`` runs.
-"""
+``histograms``, ``fragmentation``, ``reservations`` and ``pools`` for an inspection; ``allocation``
+and ``fragmentation-curve`` for ``fulcrum simulate --json`` runs."""
 
 from __future__ import annotations
 
@@ -21,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from fulcrum import report_figures as figures
-from fulcrum.inspection import Inspection
-from fulcrum.report_figures import RESOURCES, TOP, ReportError, require
+from fulcrum.inspect import report_figures as figures
+from fulcrum.inspect.inspection import Inspection
+from fulcrum.inspect.report_figures import RESOURCES, TOP, ReportError, require
 from scheduler.pod import GPU_MILLI
 
 __all__ = [
@@ -58,7 +57,7 @@ th,td{padding:2px 9px;border-bottom:1px solid #e6e9ee;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.empty,.more{color:#5b6475}
 @media print{body{background:#fff}figure,.invariants{break-inside:avoid}}
 """
-INVARIANTS = (  # the prefix of each violation ``fulcrum.inspection`` reports, and the rule
+INVARIANTS = (  # the prefix of each violation ``fulcrum.inspect.inspection`` reports, and the rule
     ("node ", "no node is over-committed"),
     ("IP ", "no IP address is held by two pods"),
     ("IPPool ", "every IP pool is consistent"),

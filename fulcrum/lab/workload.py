@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
-from fulcrum.cluster import FULCRUM_SCHEDULER, NODE_LABEL
+from fulcrum.harness.cluster import FULCRUM_SCHEDULER, NODE_LABEL
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
-from fulcrum import traces
+from fulcrum.lab import traces
 from policies.registry import PluginError, UnknownPolicyError, default_registry
 from scheduler.policy import PolicyContext
 from scheduler.replay import Progress, ReplayResult, nodes_lower_bound, replay, typical_workload

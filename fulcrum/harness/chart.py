@@ -1,12 +1,12 @@
 """The Helm chart (charts/fulcrum) is the one source of Fulcrum's manifests; deploy/ is rendered
 from it.
 
-``python -m fulcrum.chart`` (``make manifests``) runs ``helm template`` with the chart's default
-values plus ``DEPLOY_VALUES`` and writes each template's documents to ``deploy/<template>`` and
-each CRD to ``deploy/crds/<file>``, so that ``kubectl apply -k deploy/`` and ``fulcrum cluster
+``python -m fulcrum.harness.chart`` (``make manifests``) runs ``helm template`` with the chart's
+default values plus ``DEPLOY_VALUES`` and writes each template's documents to ``deploy/<template>``
+and each CRD to ``deploy/crds/<file>``, so that ``kubectl apply -k deploy/`` and ``fulcrum cluster
 up`` (which applies deploy/crds) use what ``helm install`` would. ``--check`` only compares, and
 exits 1 naming the files that differ. helm itself is built from the Go module proxy like the
-control plane (``fulcrum.binaries``).
+control plane (``fulcrum.harness.binaries``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fulcrum.binaries import REPO_ROOT, BinaryError, ensure_binary
+from fulcrum.harness.binaries import REPO_ROOT, BinaryError, ensure_binary
 
 CHART = REPO_ROOT / "charts" / "fulcrum"
 DEPLOY = REPO_ROOT / "deploy"
@@ -29,8 +29,8 @@ NAMESPACE = "fulcrum-system"
 # generated at render time would change with every rendering.
 DEPLOY_VALUES = ("namespace.create=true", "webhook.certificate.source=secret")
 HEADER = (
-    "# Generated from charts/fulcrum by `make manifests` (python -m fulcrum.chart): edit the\n"
-    "# chart, not this file. tests/unit/test_chart.py fails when they differ.\n"
+    "# Generated from charts/fulcrum by `make manifests` (python -m fulcrum.harness.chart):\n"
+    "# edit the chart, not this file. tests/unit/test_chart.py fails when they differ.\n"
 )
 _SOURCE = re.compile(r"^# Source: [^/]+/(.+)$")
 
@@ -105,13 +105,13 @@ def stale(files: dict[Path, str]) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fulcrum.chart", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fulcrum.harness.chart", description=__doc__)
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 if stale")
     args = parser.parse_args(argv)
     try:
         files = deploy_files(helm())
     except (BinaryError, ChartError) as exc:
-        print(f"fulcrum.chart: error: {exc}", file=sys.stderr)
+        print(f"fulcrum.harness.chart: error: {exc}", file=sys.stderr)
         return 2
     out_of_date = stale(files)
     if args.check:

@@ -24,10 +24,10 @@ from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.rebuild_gate import RebuildGate
-from fulcrum.inspection import ClusterCollector
-from fulcrum.kubeconfig import api_client as kubeconfig_api_client
-from fulcrum.kubeconfig import configured
-from kube import api as rebuild
+from fulcrum.inspect.inspection import ClusterCollector
+from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
+from fulcrum.run.kubeconfig import configured
+from kube.api import GROUP, RESERVATIONS, VERSION
 from kube.hooks import HookRegistry
 from kube.informer import ACTIVE_PODS, Informer
 
@@ -43,7 +43,7 @@ class ServeError(RuntimeError):
 
 
 def core_api(kubeconfig: Path | None) -> Any:
-    """The CoreV1Api of ``fulcrum.kubeconfig``'s credentials (``--kubeconfig``, then
+    """The CoreV1Api of ``fulcrum.run.kubeconfig``'s credentials (``--kubeconfig``, then
     ``$KUBECONFIG``, then in-cluster), saying where they came from."""
     api_client = kubeconfig_api_client(kubeconfig, log=log.info, connections=16)
     return client.CoreV1Api(api_client)
@@ -53,7 +53,7 @@ def has_reservations(api: Any) -> bool:
     """Whether the cluster serves Fulcrum's Reservation resource (its CRD is installed)."""
     try:
         client.CustomObjectsApi(api.api_client).list_cluster_custom_object(
-            rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS, limit=1
+            GROUP, VERSION, RESERVATIONS, limit=1
         )
     except client.ApiException as exc:
         if exc.status == 404:
@@ -78,9 +78,7 @@ def start_cache(
     ]
     if has_reservations(api):
         custom = client.CustomObjectsApi(api.api_client)
-        list_fn = functools.partial(
-            custom.list_cluster_custom_object, rebuild.GROUP, rebuild.VERSION, rebuild.RESERVATIONS
-        )
+        list_fn = functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, RESERVATIONS)
         informers.append(Informer("reservations", list_fn, gate))
     else:
         log.warning(
@@ -140,7 +138,7 @@ def serve(
     app = create_app(settings, cache, binder, gate=gate, events=binder)
     registry = app.state.metrics.registry
     if cache is not None:
-        registry.register(ClusterCollector(cache))
+        registry.register(ClusterCollector(cache.snapshot_copy))
     if metrics_port is not None:  # for Prometheus, while the verbs may stay on loopback
         check_port_free(metrics_host, metrics_port)
         start_http_server(metrics_port, addr=metrics_host, registry=registry)

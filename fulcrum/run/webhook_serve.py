@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from admission.app import create_app
-from fulcrum.serve import ServeError, check_port_free
+from fulcrum.run.serve import ServeError, check_port_free
 
 
 def serve_webhook(*, host: str, port: int, cert: Path, key: Path) -> None:

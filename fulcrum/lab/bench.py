@@ -25,11 +25,11 @@ import numpy as np
 import orjson
 from kubernetes.utils.quantity import parse_quantity
 
-from fulcrum import cluster, demo, openb, traces
-from fulcrum import processes as cluster_processes
-from fulcrum import rebuild_run as rr
-from fulcrum.bench_cli import DEFAULT_MIX
-from fulcrum.workload import PodShape, ensure_namespace, pod_manifest, scheduler_metrics
+from fulcrum.harness import cluster
+from fulcrum.harness import processes as cluster_processes
+from fulcrum.lab import DEFAULT_MIX, demo, openb, traces
+from fulcrum.lab import rebuild_run as rr
+from fulcrum.lab.workload import PodShape, ensure_namespace, pod_manifest, scheduler_metrics
 from scheduler.trace import load_pods
 
 DEFAULT = "default-scheduler"
