@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from kube import api
+from kube import api, objects
+from kube.objects import Node, Pod
 from kube.resources import assigned_devices, marked_for_bind, node_spec, pod_request
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
@@ -28,11 +29,6 @@ log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 _KEEP_METADATA = (api.REBUILD, api.IP_POOL, api.RESERVATION)
-
-
-def _pod_key(pod: Mapping[str, Any]) -> str:
-    meta = pod.get("metadata") or {}
-    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 @dataclass(frozen=True)
@@ -52,21 +48,21 @@ class PendingPod:
         return self.key.partition("/")[0]
 
 
-def pending_pod(pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
-    meta = pod.get("metadata") or {}
+def pending_pod(pod: Pod, request: PodRequest) -> PendingPod:
+    meta = objects.meta(pod)
     annotations = meta.get("annotations") or {}
-    uid = str(meta.get("uid", ""))
+    uid = meta.get("uid", "")
     marked = marked_for_bind(pod)
     if not any(key in annotations for key in _KEEP_METADATA):
-        return PendingPod(_pod_key(pod), request, uid, marked=marked)
+        return PendingPod(objects.key(pod), request, uid, marked=marked)
     successor = api.successor_key(pod) if api.REBUILD in annotations else None
     return PendingPod(
-        _pod_key(pod),
+        objects.key(pod),
         request,
         uid,
         successor=successor,
         marked=marked,
-        labels=dict(meta.get("labels") or {}),
+        labels=dict(objects.labels(pod)),
         annotations=dict(annotations),
     )
 
@@ -88,11 +84,11 @@ class PodObserver(Protocol):
         """Pod ``uid`` is on ``node``: the watch showed it there, or Fulcrum just bound it."""
         ...
 
-    def pod_terminating(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+    def pod_terminating(self, pod: Pod, uid: str, node: str) -> None:
         """The watch showed pod ``uid``, bound to ``node``, with a deletion timestamp."""
         ...
 
-    def pod_deleted(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+    def pod_deleted(self, pod: Pod, uid: str, node: str) -> None:
         """Pod ``uid``, bound to ``node``, left the apiserver; ``pod`` is its last state."""
         ...
 
@@ -107,10 +103,10 @@ class _NoObserver:
     def pod_bound(self, uid: str, node: str, pod: PendingPod) -> None:
         pass
 
-    def pod_terminating(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+    def pod_terminating(self, pod: Pod, uid: str, node: str) -> None:
         pass
 
-    def pod_deleted(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+    def pod_deleted(self, pod: Pod, uid: str, node: str) -> None:
         pass
 
 
@@ -169,8 +165,8 @@ class ClusterCache:
         return True
 
     # --- nodes -----------------------------------------------------------------------------
-    def upsert_node(self, node: Mapping[str, Any]) -> None:
-        name = node["metadata"]["name"]
+    def upsert_node(self, node: Node) -> None:
+        name = objects.name(node)
         try:
             spec = node_spec(node)
         except ValueError as exc:
@@ -178,7 +174,7 @@ class ClusterCache:
             log.warning("ignoring node %s: %s", name, exc)
             return
         with self.lock:
-            if (node.get("spec") or {}).get("unschedulable"):
+            if objects.unschedulable(node):
                 self.unschedulable.add(name)
             else:
                 self.unschedulable.discard(name)
@@ -203,11 +199,11 @@ class ClusterCache:
             self._orphans[name] = {k: (p.pod, p.devices) for k, p in placements.items()}
 
     # --- pods ------------------------------------------------------------------------------
-    def upsert_pod(self, pod: Mapping[str, Any]) -> None:
-        meta = pod.get("metadata") or {}
+    def upsert_pod(self, pod: Pod) -> None:
+        meta = objects.meta(pod)
         uid = meta.get("uid", "")
-        node = (pod.get("spec") or {}).get("nodeName") or ""
-        phase = (pod.get("status") or {}).get("phase")
+        node = objects.node_name(pod)
+        phase = objects.phase(pod)
         if meta.get("deletionTimestamp") and node:
             self._observer.pod_terminating(pod, uid, node)
         with self.lock:  # most events are status updates of a pod we already know
@@ -225,8 +221,8 @@ class ClusterCache:
             request = pod_request(pod)
             devices = assigned_devices(pod)
         except ValueError as exc:
-            self.bad_objects[f"pod/{_pod_key(pod)}"] = str(exc)
-            log.warning("ignoring pod %s: %s", _pod_key(pod), exc)
+            self.bad_objects[f"pod/{objects.key(pod)}"] = str(exc)
+            log.warning("ignoring pod %s: %s", objects.key(pod), exc)
             return
         with self.lock:
             if not node or phase in TERMINAL_PHASES:
@@ -321,11 +317,11 @@ class ClusterCache:
                 self._forget(uid)
                 self._pending[uid] = pending
 
-    def note_pending(self, pod: Mapping[str, Any], request: PodRequest) -> PendingPod:
+    def note_pending(self, pod: Pod, request: PodRequest) -> PendingPod:
         """Remember a pod the scheduler asks about, in case the watch has not shown it yet."""
-        uid = (pod.get("metadata") or {}).get("uid")
+        uid = objects.uid(pod)
         with self.lock:
-            known = self._pending.get(uid or "")
+            known = self._pending.get(uid)
             if known is not None:
                 return known
             pending = pending_pod(pod, request)
@@ -347,39 +343,40 @@ class ClusterCache:
             return placement.node if placement else None
 
     # --- events and re-lists -------------------------------------------------------------------
-    def apply(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
+    def apply(self, kind: str, event: str, obj: objects.Raw) -> None:
+        """One watch event: ``obj`` is a node or a pod as the apiserver sent it."""
         self.last_event = time.monotonic()
         if kind == "nodes":
             if event == "DELETED":
-                self.delete_node(obj["metadata"]["name"])
+                self.delete_node(objects.name(obj))
             else:
-                self.upsert_node(obj)
+                self.upsert_node(cast(Node, obj))
         elif kind != "pods":
             raise ValueError(f"the cluster cache keeps nodes and pods, not {kind}")
         elif event == "DELETED":
-            node = (obj.get("spec") or {}).get("nodeName")
+            node = objects.node_name(obj)
             if node:
                 with self.lock:
-                    self._observer.pod_deleted(obj, obj["metadata"]["uid"], node)
-            self.delete_pod(obj["metadata"]["uid"])
+                    self._observer.pod_deleted(cast(Pod, obj), objects.uid(obj), node)
+            self.delete_pod(objects.uid(obj))
         else:
-            self.upsert_pod(obj)
+            self.upsert_pod(cast(Pod, obj))
 
-    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
-        """Make ``kind`` exactly ``objects`` (a re-list), dropping what the list no longer has;
+    def replace(self, kind: str, listed: Iterable[objects.Raw]) -> None:
+        """Make ``kind`` exactly ``listed`` (a re-list), dropping what the list no longer has;
         placeholders are no pods, so they stay."""
-        objects = list(objects)
+        listed = list(listed)
         with self.lock:
             if kind == "nodes":
-                keep = {o["metadata"]["name"] for o in objects}
+                keep = {objects.name(o) for o in listed}
                 for name in [n for n in self.snapshot.names if n not in keep]:
                     self.delete_node(name)
             else:
-                keep = {o["metadata"]["uid"] for o in objects}
+                keep = {objects.uid(o) for o in listed}
                 known = [*self.snapshot.pods(), *self._pending]
                 for uid in [u for u in known if u not in keep and u not in self._placeholders]:
                     self.delete_pod(uid)
-            for obj in objects:
+            for obj in listed:
                 self.apply(kind, "ADDED", obj)
 
     # --- reads -----------------------------------------------------------------------------

@@ -35,15 +35,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 
 from extender.cache import ClusterCache, PendingPod
 from extender.decide import Decider, FilterOutcome, retry
-from kube import api
+from kube import api, objects
 from kube.eligibility import reserved_on_delete
 from kube.hooks import HookRegistry, default_hook_registry
+from kube.objects import Pod, Raw
 from kube.resources import pod_request
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
@@ -122,34 +122,30 @@ class RebuildGate:
         cache.observe(self)
 
     # --- the Reservation informer's sink -----------------------------------------------------
-    def apply(self, kind: str, event: str, obj: Mapping[str, Any]) -> None:
+    def apply(self, kind: str, event: str, obj: Raw) -> None:
         if kind != api.RESERVATIONS:
             raise ValueError(f"the rebuild gate keeps reservations, not {kind}")
         self.cache.mark_event()
         if event == "DELETED":
-            meta = obj["metadata"]
-            self.delete_reservation(f"{meta['namespace']}/{meta.get('name', '')}")
+            self.delete_reservation(objects.key(obj))
         else:
             self.upsert_reservation(obj)
 
-    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
-        objects = list(objects)
+    def replace(self, kind: str, listed: Iterable[Raw]) -> None:
+        listed = list(listed)
         with self.lock:
-            keep = {
-                f"{o['metadata']['namespace']}/{o['metadata'].get('name', '')}" for o in objects
-            }
+            keep = {objects.key(o) for o in listed}
             for rid in [r for r in self.reservations if r not in keep]:
                 self.delete_reservation(rid)
-            for obj in objects:
+            for obj in listed:
                 self.apply(kind, "ADDED", obj)
 
-    def upsert_reservation(self, obj: Mapping[str, Any]) -> None:
+    def upsert_reservation(self, obj: Raw) -> None:
         try:
             reservation = api.Reservation.from_object(obj)
             request = pod_request(reservation.template)
         except (ValueError, KeyError, TypeError) as exc:
-            meta = obj.get("metadata") or {}
-            where = f"{meta.get('namespace')}/{meta.get('name', '')}"
+            where = objects.key(obj)
             self.bad_objects[f"reservation/{where}"] = str(exc)
             log.warning("ignoring reservation %s: %s", where, exc)
             return
@@ -214,16 +210,15 @@ class RebuildGate:
         if claimed:
             self._claim(f"{pod.namespace}/{claimed}", uid)
 
-    def pod_terminating(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+    def pod_terminating(self, pod: Pod, uid: str, node: str) -> None:
         """Held by the rebuild finalizer, the pod goes only once its Reservation is written."""
-        finalizers = (pod.get("metadata") or {}).get("finalizers") or []
-        if uid not in self._leaving and api.FINALIZER in finalizers:
+        if uid not in self._leaving and api.FINALIZER in objects.finalizers(pod):
             self.pod_deleted(pod, uid, node)
 
-    def pod_deleted(self, pod: Mapping[str, Any], uid: str, node: str) -> None:
+    def pod_deleted(self, pod: Pod, uid: str, node: str) -> None:
         """Also called with the pod's last state when it leaves, in case the watch never showed
         it terminating: pods the controller will not reserve for are skipped."""
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        annotations = objects.annotations(pod)
         if uid in self._leaving or api.REBUILD not in annotations:
             return
         if not reserved_on_delete(pod, api.read_options(annotations), self.hooks):

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from extender.bind import Binder, BindService
 from extender.cache import ClusterCache, PendingPod
@@ -29,7 +29,9 @@ from extender.wire import (
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
 )
+from kube import objects
 from kube.eligibility import bind_reason
+from kube.objects import Pod
 from kube.resources import BIND, node_spec, pod_request
 from policies.registry import Registry, default_registry
 from scheduler.pod import PodRequest
@@ -61,7 +63,7 @@ def _node_names(args: ExtenderArgs) -> list[str]:
         raise BadRequest(422, "Nodes: either Nodes or NodeNames must be set")
     names = []
     for i, node in enumerate(args.Nodes.items):
-        name = (node.get("metadata") or {}).get("name")
+        name = objects.meta(node).get("name")
         if not isinstance(name, str):
             raise BadRequest(422, f"Nodes.items[{i}].metadata.name: missing")
         names.append(name)
@@ -178,8 +180,8 @@ class Verbs:
             return _nowhere(args, names, f"Pod: {exc}")
         pending = None
         if self.cache is not None:
-            self._unassume(str((args.Pod.get("metadata") or {}).get("uid") or ""))
-            noted = self.cache.note_pending(args.Pod, pod)
+            self._unassume(objects.uid(args.Pod))
+            noted = self.cache.note_pending(cast(Pod, args.Pod), pod)
             unmarked = self._unmarked(noted) if self.binds is not None else ""
             if unmarked:
                 return _nowhere(args, names, unmarked)
@@ -194,7 +196,7 @@ class Verbs:
             if out is None:
                 out = self.decider.filter(snapshot, pod, names, choose=choose)
         if out.retry:
-            nominated = (args.Pod.get("status") or {}).get("nominatedNodeName")
+            nominated = objects.pod_status(args.Pod).get("nominatedNodeName")
             if pending is not None and out.nominate and out.nominate != nominated:
                 namespace, _, name = pending.key.partition("/")
                 self.events.nominate(namespace, name, pending.uid, out.nominate)
@@ -261,8 +263,7 @@ class Verbs:
         with self._view(args) as snapshot:
             scores, internal = self.decider.prioritize(snapshot, pod, names)
         if self.settings.decision_record:
-            uid = str((args.Pod.get("metadata") or {}).get("uid") or "")
-            self.records.scored(uid, names, internal)
+            self.records.scored(objects.uid(args.Pod), names, internal)
         return scores
 
     async def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:
@@ -300,7 +301,7 @@ class Verbs:
             chosen = select_victims(
                 self.cache.snapshot, pod, candidates, priority, self.decider.scores
             )
-        preemptor = str((args.Pod.get("metadata") or {}).get("uid") or "")
+        preemptor = objects.uid(args.Pod)
         for node, victims in chosen.items() if preemptor else ():
             self.evictions.note(preemptor, node, victims.uids)
         return result_to_wire(chosen)

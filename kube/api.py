@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
+from kube import objects
+
 GROUP = "fulcrum.io"
 VERSION = "v1alpha1"
 API_VERSION = "fulcrum.io/v1alpha1"
@@ -202,47 +204,34 @@ def read_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
 # --- pod facts ----------------------------------------------------------------------------------
 
 
-def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
-def _volumes(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return list((pod.get("spec") or {}).get("volumes") or [])
-
-
-def data_loss_volumes(pod: Mapping[str, Any]) -> list[str]:
+def data_loss_volumes(pod: objects.Raw) -> list[str]:
     """Names of the volumes whose data a recreate loses: ``emptyDir`` and generic ``ephemeral``."""
-    return [str(v.get("name", "")) for v in _volumes(pod) if "emptyDir" in v or "ephemeral" in v]
+    return [
+        str(v.get("name", "")) for v in objects.volumes(pod) if "emptyDir" in v or "ephemeral" in v
+    ]
 
 
-def claim_names(pod: Mapping[str, Any]) -> tuple[str, ...]:
+def claim_names(pod: objects.Raw) -> tuple[str, ...]:
     """The PersistentVolumeClaims the pod mounts, in volume order, each once."""
     names: dict[str, None] = {}
-    for volume in _volumes(pod):
-        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+    for volume in objects.volumes(pod):
+        claim = volume.get("persistentVolumeClaim", {}).get("claimName")
         if claim:
             names[str(claim)] = None
     return tuple(names)
 
 
-def _controller(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for ref in _metadata(pod).get("ownerReferences") or []:
-        if ref.get("controller") is True:
-            return cast(Mapping[str, Any], ref)
-    return None
-
-
-def successor_key(pod: Mapping[str, Any]) -> str | None:
+def successor_key(pod: objects.Raw) -> str | None:
     """What a pod and its successor share, or None when local rebuild does not support its owner.
 
     ``Deployment/<ns>/<name>``, ``ReplicaSet/<ns>/<name>`` (a ReplicaSet not made by a
     Deployment), ``StatefulSet/<ns>/<name>/<ordinal>`` or ``Pod/<ns>/<name>`` (a bare
     pod re-created under the same name).
     """
-    meta = _metadata(pod)
+    meta = objects.meta(pod)
     namespace = meta.get("namespace") or "default"
     labels = meta.get("labels") or {}
-    owner = _controller(pod)
+    owner = objects.controller_of(pod)
     if owner is None:
         name = meta.get("name")
         return f"Pod/{namespace}/{name}" if name else None
@@ -268,10 +257,10 @@ def successor_key(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def reservation_template(pod: Mapping[str, Any]) -> dict[str, Any]:
+def reservation_template(pod: objects.Raw) -> dict[str, Any]:
     """The part of a pod its resource request is computed from (containers, overhead, GPU notes)."""
-    annotations = _metadata(pod).get("annotations") or {}
-    spec = pod.get("spec") or {}
+    annotations = objects.annotations(pod)
+    spec = objects.pod_spec(pod)
 
     def container(c: Mapping[str, Any], *extra: str) -> dict[str, Any]:
         out = {"name": c.get("name", ""), "resources": copy.deepcopy(c.get("resources") or {})}

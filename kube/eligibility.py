@@ -9,14 +9,14 @@ when ``refusal`` says why; the extender expects a Reservation for a deleted pod 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from kube import api
+from kube import api, objects
 from kube.hooks import HookRegistry, hooks_for
+from kube.objects import Raw
 from scheduler.pod import PodRequest
 
 
-def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegistry) -> str:
+def refusal(pod: Raw, options: api.RebuildOptions, hooks: HookRegistry) -> str:
     """Why this pod's ``fulcrum.io/*`` annotations cannot be honoured, or "".
 
     ``options`` is ``api.read_options`` of the pod's annotations; ``hooks`` the rebuild hooks
@@ -24,9 +24,8 @@ def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegi
     """
     if options.errors:
         return "; ".join(str(e) for e in options.errors)
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
     try:
-        hooks_for(annotations, hooks)
+        hooks_for(objects.annotations(pod), hooks)
     except ValueError as exc:
         return str(exc)
     if not options.enabled:
@@ -35,7 +34,7 @@ def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegi
     if loss:
         return loss
     if api.successor_key(pod) is None:
-        owners = [r.get("kind") for r in (pod.get("metadata") or {}).get("ownerReferences") or []]
+        owners = [r.get("kind") for r in objects.meta(pod).get("ownerReferences") or ()]
         return (
             f"pods owned by {', '.join(map(str, owners))} cannot be rebuilt locally; "
             "supported: bare pods, Deployments, ReplicaSets and StatefulSets"
@@ -43,7 +42,7 @@ def refusal(pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegi
     return ""
 
 
-def data_loss(pod: Mapping[str, Any], options: api.RebuildOptions) -> str:
+def data_loss(pod: Raw, options: api.RebuildOptions) -> str:
     """Why a rebuild would lose this pod's (or pod template's) data, unless accepted; or ""."""
     lossy = api.data_loss_volumes(pod)
     if not lossy or options.accept_data_loss:
@@ -54,9 +53,7 @@ def data_loss(pod: Mapping[str, Any], options: api.RebuildOptions) -> str:
     )
 
 
-def reserved_on_delete(
-    pod: Mapping[str, Any], options: api.RebuildOptions, hooks: HookRegistry
-) -> bool:
+def reserved_on_delete(pod: Raw, options: api.RebuildOptions, hooks: HookRegistry) -> bool:
     """Whether the controller holds this pod's node for its successor when the pod goes.
 
     Opted in, not refused, and ``delete-first`` (a ``create-first`` successor starts beside

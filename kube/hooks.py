@@ -31,9 +31,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
-from typing import Any, Protocol
+from typing import Protocol
 
+from kube import objects
 from kube.api import quoted
+from kube.objects import Raw
 from policies.plugins import PluginError, PluginRegistry, load_entry_points
 
 ENTRY_POINT_GROUP = "fulcrum.rebuild_hooks"
@@ -67,11 +69,11 @@ class RebuildHook(Protocol):
 
     name: str
 
-    def pre_rebuild(self, pod: Mapping[str, Any]) -> Verdict:
+    def pre_rebuild(self, pod: Raw) -> Verdict:
         """May the controller start rebuilding ``pod`` now?"""
         ...
 
-    def post_rebuild(self, successor: Mapping[str, Any]) -> Verdict:
+    def post_rebuild(self, successor: Raw) -> Verdict:
         """Does ``successor`` count as rebuilt (``allow=True``)?"""
         ...
 
@@ -84,14 +86,8 @@ class UnknownHookError(ValueError):
     """A pod names a hook that is not registered; the message lists the available ones."""
 
 
-def is_ready(pod: Mapping[str, Any]) -> bool:
-    """Whether ``pod`` has the condition Ready=True."""
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _ready_verdict(pod: Mapping[str, Any]) -> Verdict:
-    if is_ready(pod):
+def _ready_verdict(pod: Raw) -> Verdict:
+    if objects.ready(pod):
         return ALLOW
     return Verdict(allow=False, retry_after=READY_RETRY_SECONDS, reason="waiting for Ready")
 
@@ -101,10 +97,10 @@ class ReadyHook:
 
     name = "ready"
 
-    def pre_rebuild(self, pod: Mapping[str, Any]) -> Verdict:
+    def pre_rebuild(self, pod: Raw) -> Verdict:
         return ALLOW
 
-    def post_rebuild(self, successor: Mapping[str, Any]) -> Verdict:
+    def post_rebuild(self, successor: Raw) -> Verdict:
         return _ready_verdict(successor)
 
 
@@ -116,9 +112,8 @@ class LeaderAwareHook:
 
     name = "leader-aware"
 
-    def pre_rebuild(self, pod: Mapping[str, Any]) -> Verdict:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        if labels.get(ROLE_LABEL) == LEADER:
+    def pre_rebuild(self, pod: Raw) -> Verdict:
+        if objects.labels(pod).get(ROLE_LABEL) == LEADER:
             return Verdict(
                 allow=False,
                 retry_after=LEADER_RETRY_SECONDS,
@@ -126,7 +121,7 @@ class LeaderAwareHook:
             )
         return ALLOW
 
-    def post_rebuild(self, successor: Mapping[str, Any]) -> Verdict:
+    def post_rebuild(self, successor: Raw) -> Verdict:
         return _ready_verdict(successor)
 
 

@@ -31,17 +31,17 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from kube import api, eligibility
+from kube import api, eligibility, objects
 from kube.hooks import combine, default_hook_registry, hooks_for
 from kube.informer import Informer
+from kube.objects import Pod, Raw
 from rebuild import inplace
 from rebuild.errors import NotFound, TemporaryError
 from rebuild.metrics import ControllerMetrics
-from rebuild.store import Obj, Store, metadata
+from rebuild.store import Store
 from rebuild.sweep import SWEEP_SECONDS, Sweep
 from rebuild.workqueue import WorkQueue
 from rebuild.writes import COMPONENT, NODE_GONE, Writes, status
@@ -150,60 +150,57 @@ class Controller:
             return
         pod = self.store.get("pods", ref)
         if pod is not None:
-            self.pod(pod)
+            self.pod(cast(Pod, pod))
         elif (gone := self.store.take_gone(ref)) is not None:
             # a pod left the apiserver: return its IP unless a reservation holds it now
-            meta = metadata(gone)
-            held = f"{meta.get('namespace')}/{api.reservation_name(str(meta.get('uid')))}"
+            held = f"{objects.namespace(gone)}/{api.reservation_name(objects.uid(gone))}"
             if self.store.get("reservations", held) is None:
-                self.release_pod_ip(meta, settle=False)
+                self.release_pod_ip(cast(Pod, gone), settle=False)
 
     # --- pods --------------------------------------------------------------------------------
-    def pod(self, pod: Obj) -> None:
+    def pod(self, pod: Pod) -> None:
         """One pod's step, its annotations read once. What is held for it when it goes is
         ``kube.eligibility``'s rule, the extender's too, so the two never disagree about a pod."""
-        meta = metadata(pod)
-        options = api.read_options(meta.get("annotations"))
+        options = api.read_options(objects.annotations(pod))
         refusal = eligibility.refusal(pod, options, self.hooks)
         if refusal:
             self.writes.report(pod, "refused", refusal, warning=True)
         if not eligibility.reserved_on_delete(pod, options, self.hooks):
             # refused, not opted in, or create-first (its successor starts beside it): nothing
             # to hold, so let it go (a live pod keeps its IP)
-            if api.FINALIZER in (meta.get("finalizers") or []):
-                if meta.get("deletionTimestamp"):
-                    self.release_pod_ip(meta)
-                self.remove_finalizer(meta)
-        elif meta.get("deletionTimestamp"):
-            self.leave(pod, meta, options)
+            if api.FINALIZER in objects.finalizers(pod):
+                if objects.deleting(pod):
+                    self.release_pod_ip(pod)
+                self.remove_finalizer(pod)
+        elif objects.deleting(pod):
+            self.leave(pod, options)
         else:
-            self.live(pod, meta)
+            self.live(pod)
 
-    def leave(self, pod: Obj, meta: Mapping[str, Any], options: api.RebuildOptions) -> None:
+    def leave(self, pod: Pod, options: api.RebuildOptions) -> None:
         """A deleted pod: reserve its room (if it was placed), then let it go."""
-        finalized = api.FINALIZER in (meta.get("finalizers") or [])
-        if not finalized or meta.get("uid") in self._released:
+        if api.FINALIZER not in objects.finalizers(pod) or objects.uid(pod) in self._released:
             return
-        if (pod.get("spec") or {}).get("nodeName"):
-            claimed = (meta.get("annotations") or {}).get(api.RESERVATION)
-            if claimed and self.take_over(meta, claimed) is not None:
+        if objects.node_name(pod):
+            claimed = objects.annotations(pod).get(api.RESERVATION)
+            if claimed and self.take_over(pod, claimed) is not None:
                 # deleted before we finished its claim: the IP is still the claimed
                 # reservation's; make it the pod's so the new reservation takes it
-                self.writes.delete_reservation(str(meta["namespace"]), claimed)
-            self.reserve(pod, meta, options)
+                self.writes.delete_reservation(objects.namespace(pod), claimed)
+            self.reserve(pod, options)
         else:
-            self.release_pod_ip(meta)
-        self.remove_finalizer(meta)
+            self.release_pod_ip(pod)
+        self.remove_finalizer(pod)
         crash_point("released")
 
-    def live(self, pod: Obj, meta: Mapping[str, Any]) -> None:
+    def live(self, pod: Pod) -> None:
         """A running or pending opted-in pod: guard it, finish its claim, keep it up to date."""
-        if api.FINALIZER not in (meta.get("finalizers") or []):
+        meta = objects.meta(pod)
+        if api.FINALIZER not in objects.finalizers(pod):
             self.writes.add_finalizer(meta)
-        spec = pod.get("spec") or {}
-        if not spec.get("nodeName"):
+        if not objects.node_name(pod):
             return
-        scheduler = spec.get("schedulerName") or "default-scheduler"
+        scheduler = objects.pod_spec(pod).get("schedulerName") or "default-scheduler"
         if scheduler != api.SCHEDULER_NAME:
             self.writes.report(
                 pod,
@@ -213,19 +210,19 @@ class Controller:
                 "Fulcrum's admission webhook, which does that for annotated pods",
                 warning=True,
             )
-        claimed = (meta.get("annotations") or {}).get(api.RESERVATION)
+        claimed = objects.annotations(pod).get(api.RESERVATION)
         if claimed:
-            self.finish(pod, meta, claimed)
-            if status(meta.get("annotations") or {}).get("action") == "claimed":
+            self.finish(pod, claimed)
+            if status(objects.annotations(pod)).get("action") == "claimed":
                 return
         sts = inplace.statefulset_key(meta)
         if sts is not None:
             inplace.update(pod, meta, self.store.get("statefulsets", sts), self.hooks, self.writes)
 
-    def reserve(self, pod: Obj, meta: Mapping[str, Any], options: api.RebuildOptions) -> None:
+    def reserve(self, pod: Pod, options: api.RebuildOptions) -> None:
         """Hold the deleted pod's node room, IP and volumes for its successor."""
-        namespace, uid = str(meta["namespace"]), str(meta["uid"])
-        annotations = meta.get("annotations") or {}
+        namespace, uid = objects.namespace(pod), objects.uid(pod)
+        annotations = objects.annotations(pod)
         name = api.reservation_name(uid)
         ip = annotations.get(api.ASSIGNED_IP)
         devices = annotations.get("fulcrum.io/gpu-devices")
@@ -233,8 +230,8 @@ class Controller:
             name=name,
             namespace=namespace,
             key=str(api.successor_key(pod)),
-            node=str(pod["spec"]["nodeName"]),
-            predecessor=str(meta["name"]),
+            node=objects.node_name(pod),
+            predecessor=objects.name(pod),
             predecessor_uid=uid,
             template=api.reservation_template(pod),
             devices=tuple(int(d) for d in devices.split(",")) if devices else None,
@@ -266,12 +263,12 @@ class Controller:
         if ip and options.pool:
             self.writes.move_ip(namespace, options.pool, ip, f"pod:{uid}", f"reservation:{name}")
 
-    def take_over(self, meta: Mapping[str, Any], claimed: str) -> api.Reservation | None:
+    def take_over(self, pod: Pod, claimed: str) -> api.Reservation | None:
         """Hand the IP of reservation ``claimed`` (which the pod claimed at bind) to the pod;
         the reservation, or None if it is gone already."""
-        namespace, uid = str(meta["namespace"]), str(meta["uid"])
+        namespace, uid = objects.namespace(pod), objects.uid(pod)
         found = self.store.get("reservations", f"{namespace}/{claimed}")
-        action = status(meta.get("annotations") or {}).get("action")
+        action = status(objects.annotations(pod)).get("action")
         if found is None and action not in ("claimed", "rebuilt"):
             # our reservations watch may lag the pods watch: ask before deciding it is done
             found = self.writes.read_custom(api.RESERVATIONS, namespace, claimed)
@@ -285,15 +282,15 @@ class Controller:
             )
         return reservation
 
-    def finish(self, pod: Obj, meta: Mapping[str, Any], claimed: str) -> None:
+    def finish(self, pod: Pod, claimed: str) -> None:
         """The successor was bound on its reservation: give it the IP, drop the reservation.
 
         Raises ``TemporaryError`` while its post-rebuild hooks do not agree yet.
         """
-        reservation = self.take_over(meta, claimed)
-        current = status(meta.get("annotations") or {})
+        reservation = self.take_over(pod, claimed)
+        current = status(objects.annotations(pod))
         if reservation is not None:
-            node = pod["spec"]["nodeName"]
+            node = objects.node_name(pod)
             where = f"back on node {node}"
             if node != reservation.node:
                 where = f"on node {node} (node {reservation.node} could not take it back)"
@@ -308,27 +305,28 @@ class Controller:
                 + (f" with IP {reservation.ip}" if reservation.ip else "")
                 + (f" and PVCs {', '.join(reservation.claims)}" if reservation.claims else ""),
             )
-            self.writes.delete_reservation(str(meta["namespace"]), claimed)
-            self.metrics.claimed(f"{meta['namespace']}/{claimed}")
+            namespace = objects.namespace(pod)
+            self.writes.delete_reservation(namespace, claimed)
+            self.metrics.claimed(f"{namespace}/{claimed}")
             return  # the status write brings the pod back here for the post-rebuild hooks
         if current.get("action") != "claimed":
             return
-        hooks = hooks_for(meta.get("annotations"), self.hooks)
+        hooks = hooks_for(objects.annotations(pod), self.hooks)
         verdict = combine(hook.post_rebuild(pod) for hook in hooks)
         if not verdict.allow:
             raise TemporaryError(verdict.retry_after or POST_REBUILD_RETRY_SECONDS, verdict.reason)
         reason = current.get("reason", "rebuilt locally")
         self.writes.report(pod, "rebuilt", reason, event=False)
 
-    def release_pod_ip(self, meta: Mapping[str, Any], *, settle: bool = True) -> None:
+    def release_pod_ip(self, pod: Pod, *, settle: bool = True) -> None:
         """Return the pod's address to its pool. Without ``settle``, only if the pool still
         says the pod holds it (one conditional write): otherwise a reservation took it over, or
         it was released already, and the sweep deals with anything left over."""
-        annotations = meta.get("annotations") or {}
+        annotations = objects.annotations(pod)
         pool = api.read_options(annotations).pool
         if not pool:
             return
-        namespace, holder = str(meta["namespace"]), f"pod:{meta.get('uid')}"
+        namespace, holder = objects.namespace(pod), f"pod:{objects.uid(pod)}"
         ip = annotations.get(api.ASSIGNED_IP)
         try:
             if ip:
@@ -336,11 +334,11 @@ class Controller:
             else:  # never bound with an address, or bound by another scheduler: check the pool
                 self.writes.release_ip(namespace, pool, holder)
         except NotFound:  # no such pool: nothing to give back, and the pod must not stay held
-            log.info("%s/%s: no IPPool %s; no address to release", namespace, meta["name"], pool)
+            log.info("%s: no IPPool %s; no address to release", objects.key(pod), pool)
 
-    def remove_finalizer(self, meta: Mapping[str, Any]) -> None:
-        if self.writes.remove_finalizer(meta) and meta.get("deletionTimestamp"):
-            self._released[str(meta["uid"])] = None
+    def remove_finalizer(self, pod: Pod) -> None:
+        if self.writes.remove_finalizer(objects.meta(pod)) and objects.deleting(pod):
+            self._released[objects.uid(pod)] = None
             while len(self._released) > RELEASED_REMEMBERED:
                 del self._released[next(iter(self._released))]
 
@@ -377,7 +375,7 @@ class Controller:
             # the status write also makes kube-scheduler look at the pod again
             self.report_fallback(pod, r)
 
-    def report_fallback(self, pod: Obj, r: api.Reservation, placed_on: str = "") -> None:
+    def report_fallback(self, pod: Raw, r: api.Reservation, placed_on: str = "") -> None:
         """The RebuildFallback Event and status; ``placed_on``: the node it already went to."""
         outcome = f"placed on node {placed_on} instead" if placed_on else "placing it normally"
         trouble = self.writes.node_trouble(r.node)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kube.hooks import HookRegistry, combine, hooks_for
+from kube.objects import ObjectMeta, Raw
 from kube.resources import BIND
 from rebuild.errors import TemporaryError
-from rebuild.store import Obj
 from rebuild.writes import Writes
 
 PRE_REBUILD_RETRY_SECONDS = 5.0
@@ -42,7 +42,7 @@ class InPlace:
     resources: dict[str, dict[str, Any]]  # container name -> new resources
 
 
-def statefulset_key(meta: Mapping[str, Any]) -> str | None:
+def statefulset_key(meta: ObjectMeta) -> str | None:
     """``<namespace>/<name>`` of the StatefulSet controlling the pod ``meta`` describes."""
     for ref in meta.get("ownerReferences") or []:
         if ref.get("controller") and ref.get("kind") == "StatefulSet":
@@ -51,7 +51,7 @@ def statefulset_key(meta: Mapping[str, Any]) -> str | None:
 
 
 def update(
-    pod: Obj, meta: Mapping[str, Any], sts: Obj | None, hooks: HookRegistry, writes: Writes
+    pod: Raw, meta: ObjectMeta, sts: Raw | None, hooks: HookRegistry, writes: Writes
 ) -> None:
     """Bring an OnDelete StatefulSet's pod to its update revision, in place where it can.
 
@@ -77,9 +77,7 @@ def update(
         writes.delete_pod(meta)
 
 
-def _apply(
-    pod: Obj, meta: Mapping[str, Any], change: InPlace, revision: str, writes: Writes
-) -> None:
+def _apply(pod: Raw, meta: ObjectMeta, change: InPlace, revision: str, writes: Writes) -> None:
     """The images and the revision label in one pod update (cpu/memory are resized already)."""
     patch: list[dict[str, Any]] = [
         {"op": "replace", "path": f"/spec/containers/{i}/image", "value": image}
@@ -103,7 +101,7 @@ def _own(items: Any) -> list[Any]:
     ]
 
 
-def in_place_change(pod_spec: Obj, template: Obj, claim_templates: set[str]) -> InPlace | None:
+def in_place_change(pod_spec: Raw, template: Raw, claim_templates: set[str]) -> InPlace | None:
     """How to take ``template``'s change in place, or None if anything else differs.
 
     The StatefulSet controller adds a volume per claim template (``claim_templates``) to its
@@ -139,7 +137,7 @@ def _without_cpu_memory(resources: Any) -> dict[str, Any]:
     }
 
 
-def _as_admitted(container: Obj) -> dict[str, Any]:
+def _as_admitted(container: Raw) -> dict[str, Any]:
     """A container as a pod made from it has it: the token mount dropped, requests defaulted,
     without the ``fulcrum.io/bind`` mark Fulcrum's webhook adds (a resize, a strategic merge,
     leaves it on the pod)."""

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kube import ippool
+from kube import ippool, objects
 from kube.metrics import standard_registry
-from rebuild.store import Store, metadata
+from rebuild.store import Store
 from rebuild.workqueue import WorkQueue
 
 RESERVED_REMEMBERED = 100_000
@@ -43,7 +43,7 @@ class _StoreCollector(Collector):
             labels=["namespace", "pool", "state"],
         )
         for pool in self.store.all("ippools"):
-            meta = metadata(pool)
+            meta = objects.meta(pool)
             try:
                 held, size = len(ippool.holders(pool)), len(ippool.pool_addresses(pool))
             except ValueError:  # a pool the controller cannot read: its Events say why

@@ -7,33 +7,19 @@ reconcile sees one consistent picture; what changed is queued as ``<kind>/<names
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from kube import api
+from kube import api, objects
+from kube.objects import Raw
 from rebuild.workqueue import WorkQueue
 
-Obj = Mapping[str, Any]
 
-
-def metadata(obj: Obj) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
-def object_key(obj: Obj) -> str:
-    """``<namespace>/<name>``: how the store and the work keys name an object."""
-    meta = metadata(obj)
-    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-
-
-def unplaced(pod: Obj) -> bool:
+def unplaced(pod: Raw) -> bool:
     """Not bound to a node yet, and not going away."""
-    return not (pod.get("spec") or {}).get("nodeName") and not metadata(pod).get(
-        "deletionTimestamp"
-    )
+    return not objects.node_name(pod) and not objects.deleting(pod)
 
 
-def _relevant(meta: Mapping[str, Any]) -> bool:
+def _relevant(meta: objects.ObjectMeta) -> bool:
     annotations = meta.get("annotations") or {}
     return (
         api.REBUILD in annotations
@@ -42,17 +28,17 @@ def _relevant(meta: Mapping[str, Any]) -> bool:
     )
 
 
-def slim(pod: Obj) -> Obj:
+def slim(pod: Raw) -> Raw:
     """What the controller keeps of a pod it has nothing to do for (no ``fulcrum.io`` rebuild or
     pool annotation, not our finalizer): that it lives (its UID, for the sweep), and where. A
     full pod is some 10 KiB; a cluster's worth of them was most of the controller's memory."""
-    meta = metadata(pod)
+    meta = objects.meta(pod)
     kept = {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}
-    return {"metadata": kept, "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")}}
+    return {"metadata": kept, "spec": {"nodeName": objects.node_name(pod) or None}}
 
 
-def _kept(kind: str, obj: Obj) -> Obj:
-    return obj if kind != "pods" or _relevant(metadata(obj)) else slim(obj)
+def _kept(kind: str, obj: Raw) -> Raw:
+    return obj if kind != "pods" or _relevant(objects.meta(obj)) else slim(obj)
 
 
 class Store:
@@ -63,37 +49,37 @@ class Store:
     def __init__(self, queue: WorkQueue) -> None:
         self.queue = queue
         self.lock = threading.Lock()
-        self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in self.KINDS}
-        self.gone: dict[str, Obj] = {}  # pods deleted since last reconciled: their last state
+        self.objects: dict[str, dict[str, Raw]] = {kind: {} for kind in self.KINDS}
+        self.gone: dict[str, Raw] = {}  # pods deleted since last reconciled: their last state
 
-    def apply(self, kind: str, event: str, obj: Obj) -> None:
-        key = object_key(obj)
+    def apply(self, kind: str, event: str, obj: Raw) -> None:
+        key = objects.key(obj)
         with self.lock:
             if event == "DELETED":
                 self.objects[kind].pop(key, None)
-                if kind == "pods" and _relevant(metadata(obj)):  # the rest needs no goodbye
+                if kind == "pods" and _relevant(objects.meta(obj)):  # the rest needs no goodbye
                     self.gone[key] = obj
             else:
                 self.objects[kind][key] = _kept(kind, obj)
         self._enqueue(kind, key, obj)
 
-    def replace(self, kind: str, objects: Iterable[Obj]) -> None:
-        fresh = {object_key(o): _kept(kind, o) for o in objects}
+    def replace(self, kind: str, listed: Iterable[Raw]) -> None:
+        fresh = {objects.key(o): _kept(kind, o) for o in listed}
         with self.lock:
             if kind == "pods":
                 for key in self.objects[kind].keys() - fresh.keys():
-                    if _relevant(metadata(self.objects[kind][key])):
+                    if _relevant(objects.meta(self.objects[kind][key])):
                         self.gone[key] = self.objects[kind][key]
             self.objects[kind] = fresh
         for key, obj in fresh.items():
             self._enqueue(kind, key, obj)
 
-    def _enqueue(self, kind: str, key: str, obj: Obj) -> None:
+    def _enqueue(self, kind: str, key: str, obj: Raw) -> None:
         if kind == "statefulsets":  # its template changed: look at its opted-in pods
             for pod in self.owned_pods("StatefulSet", key):
-                self.queue.add(f"pods/{object_key(pod)}")
+                self.queue.add(f"pods/{objects.key(pod)}")
             return
-        meta = metadata(obj)
+        meta = objects.meta(obj)
         if kind == "pods" and not _relevant(meta):
             return
         # first a pod held by our finalizer (its successor waits for it to go), and an
@@ -106,23 +92,23 @@ class Store:
         urgent = (kind == "pods") and ((deleting and finalized) or unguarded)
         self.queue.add(f"{kind}/{key}", urgent=urgent)
 
-    def get(self, kind: str, key: str) -> Obj | None:
+    def get(self, kind: str, key: str) -> Raw | None:
         with self.lock:
             return self.objects[kind].get(key)
 
-    def take_gone(self, key: str) -> Obj | None:
+    def take_gone(self, key: str) -> Raw | None:
         with self.lock:
             return self.gone.pop(key, None)
 
-    def all(self, kind: str) -> list[Obj]:
+    def all(self, kind: str) -> list[Raw]:
         with self.lock:
             return list(self.objects[kind].values())
 
-    def owned_pods(self, kind: str, key: str) -> list[Obj]:
+    def owned_pods(self, kind: str, key: str) -> list[Raw]:
         namespace, name = key.split("/", 1)
         owned = []
         for pod in self.all("pods"):
-            meta = metadata(pod)
+            meta = objects.meta(pod)
             if meta.get("namespace") == namespace and any(
                 ref.get("kind") == kind and ref.get("name") == name
                 for ref in meta.get("ownerReferences") or []
@@ -130,12 +116,12 @@ class Store:
                 owned.append(pod)
         return owned
 
-    def pending_successors(self, namespace: str, key: str) -> list[Obj]:
+    def pending_successors(self, namespace: str, key: str) -> list[Raw]:
         """Unplaced pods of ``namespace`` whose successor key is ``key``."""
         return [
             pod
             for pod in self.all("pods")
-            if metadata(pod).get("namespace") == namespace
+            if objects.meta(pod).get("namespace") == namespace
             and unplaced(pod)
             and api.successor_key(pod) == key
         ]

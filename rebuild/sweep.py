@@ -14,8 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kube import api, ippool
-from rebuild.store import Obj, Store, metadata, unplaced
+from kube import api, ippool, objects
+from kube.objects import Raw
+from rebuild.store import Store, unplaced
 from rebuild.writes import Writes
 
 SWEEP_SECONDS = 30.0
@@ -42,17 +43,19 @@ class Sweep:
         at least): under load a workload controller can take a while to create a successor.
         """
         pods = self.store.all("pods")
-        live = {str(metadata(p).get("uid")) for p in pods}  # predecessors still terminating, too
+        live = {
+            str(objects.meta(p).get("uid")) for p in pods
+        }  # predecessors still terminating, too
         self._reservations(pods, live)
         self._addresses(live)
 
-    def _reservations(self, pods: list[Obj], live: set[str]) -> None:
+    def _reservations(self, pods: list[Raw], live: set[str]) -> None:
         idle: dict[str, float] = {}
         clock = time.monotonic()
         claimed: set[str] = set()
         waiting = set()  # (namespace, successor key) of every pending pod
         for pod in pods:
-            meta = metadata(pod)
+            meta = objects.meta(pod)
             annotations = meta.get("annotations") or {}
             if api.RESERVATION in annotations:
                 claimed.add(f"{meta.get('namespace')}/{annotations[api.RESERVATION]}")
@@ -73,7 +76,7 @@ class Sweep:
                 self._abandon(obj, r)
         self._idle = idle
 
-    def _abandon(self, obj: Obj, r: api.Reservation) -> None:
+    def _abandon(self, obj: Raw, r: api.Reservation) -> None:
         self.writes.event(
             obj,
             "RebuildAbandoned",
@@ -85,10 +88,10 @@ class Sweep:
         self.writes.delete_reservation(r.namespace, r.name)
 
     def _addresses(self, live: set[str]) -> None:
-        reservations = {metadata(r).get("name") for r in self.store.all("reservations")}
+        reservations = {objects.meta(r).get("name") for r in self.store.all("reservations")}
         absent: set[str] = set()
         for pool in self.store.all("ippools"):
-            namespace, name = metadata(pool)["namespace"], metadata(pool)["name"]
+            namespace, name = objects.meta(pool)["namespace"], objects.meta(pool)["name"]
             for holder in ippool.holders(pool):
                 kind, _, ref = holder.partition(":")
                 if (kind == "pod" and ref not in live) or (

@@ -26,10 +26,10 @@ from typing import Any
 import orjson
 from kubernetes import client
 
-from kube import api, ippool
+from kube import api, ippool, objects
 from kube.informer import ListFn, update_object
+from kube.objects import ObjectMeta, Raw
 from rebuild.errors import ApiError, Conflict, Invalid, NotFound, api_error
-from rebuild.store import Obj, metadata
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,11 @@ class Writes:
             return False
         return True
 
-    def read_custom(self, plural: str, namespace: str, name: str) -> Obj | None:
+    def read_custom(self, plural: str, namespace: str, name: str) -> Raw | None:
         """One of Fulcrum's custom objects as the apiserver has it now, or None (404)."""
         try:
             with _translated():
-                found: Obj = self.custom.get_namespaced_custom_object(
+                found: Raw = self.custom.get_namespaced_custom_object(
                     api.GROUP, api.VERSION, namespace, plural, name
                 )
         except NotFound:
@@ -278,10 +278,10 @@ class Writes:
             pass
 
     # --- pods ----------------------------------------------------------------------------------
-    def add_finalizer(self, meta: Mapping[str, Any]) -> None:
+    def add_finalizer(self, meta: ObjectMeta) -> None:
         self.patch_pod(meta, {"metadata": {"finalizers": [api.FINALIZER]}})  # strategic: appended
 
-    def remove_finalizer(self, meta: Mapping[str, Any]) -> bool:
+    def remove_finalizer(self, meta: ObjectMeta) -> bool:
         """Remove our finalizer from the pod ``meta`` describes; whether this call removed it."""
         finalizers = list(meta.get("finalizers") or [])
         if api.FINALIZER not in finalizers:
@@ -293,7 +293,7 @@ class Writes:
         ]
         return self.patch_pod(meta, patch)
 
-    def patch_pod(self, meta: Mapping[str, Any], patch: dict[str, Any] | list[Any]) -> bool:
+    def patch_pod(self, meta: ObjectMeta, patch: dict[str, Any] | list[Any]) -> bool:
         """Patch the pod ``meta`` describes, that very pod: a pod of the same name but another
         UID (a StatefulSet's next one, while our watch lags) is left alone. False if the pod is
         gone or replaced."""
@@ -313,7 +313,7 @@ class Writes:
             raise
         return True
 
-    def _replaced(self, meta: Mapping[str, Any]) -> bool:
+    def _replaced(self, meta: ObjectMeta) -> bool:
         """Whether the apiserver has no pod by this name with this UID any more."""
         try:
             with _translated():
@@ -324,7 +324,7 @@ class Writes:
             return True
         return bool(orjson.loads(current.data)["metadata"]["uid"] != meta["uid"])
 
-    def resize(self, meta: Mapping[str, Any], resources: Mapping[str, Mapping[str, Any]]) -> bool:
+    def resize(self, meta: ObjectMeta, resources: Mapping[str, Mapping[str, Any]]) -> bool:
         """cpu/memory through the pod's ``resize`` subresource; False if the server refuses."""
         if not resources:
             return True
@@ -349,7 +349,7 @@ class Writes:
             raise
         return True
 
-    def delete_pod(self, meta: Mapping[str, Any]) -> None:
+    def delete_pod(self, meta: ObjectMeta) -> None:
         """Delete this very pod, not a successor of the same name; gone already is fine."""
         try:
             with _translated():
@@ -361,10 +361,10 @@ class Writes:
 
     # --- what people see -----------------------------------------------------------------------
     def report(
-        self, pod: Obj, action: str, reason: str, *, warning: bool = False, event: bool = True
+        self, pod: Raw, action: str, reason: str, *, warning: bool = False, event: bool = True
     ) -> None:
         """Write the status annotation and an Event, unless the pod already says exactly this."""
-        meta = metadata(pod)
+        meta = objects.meta(pod)
         reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
         current = status(meta.get("annotations") or {})
         if current.get("action") == action and current.get("reason") == reason:
@@ -375,9 +375,9 @@ class Writes:
         if self.patch_pod(meta, patch) and event:
             self.event(pod, f"Rebuild{action.title().replace('-', '')}", reason, warning=warning)
 
-    def event(self, obj: Obj, reason: str, message: str, *, warning: bool = False) -> None:
+    def event(self, obj: Raw, reason: str, message: str, *, warning: bool = False) -> None:
         """An Event on ``obj``, sent by ``EventSender`` (this returns at once)."""
-        meta = metadata(obj)
+        meta = objects.meta(obj)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}"},

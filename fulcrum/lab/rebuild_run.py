@@ -28,8 +28,8 @@ from fulcrum.harness import cluster
 from fulcrum.harness.cluster import FULCRUM_SCHEDULER
 from fulcrum.lab.workload import PAUSE_IMAGE
 from kube import api
-from kube.hooks import is_ready
 from kube.informer import Informer
+from kube.objects import ready
 
 NEW_IMAGE = "registry.k8s.io/pause:3.9"
 APP_LABEL = "app"
@@ -289,7 +289,7 @@ def members(kit: Kit, namespace: str, app: str) -> dict[str, Member]:
 
 
 def _up(pod: Mapping[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") == "Running" and is_ready(pod)
+    return (pod.get("status") or {}).get("phase") == "Running" and ready(pod)
 
 
 def running(kit: Kit, namespace: str, app: str, want: Callable[[dict[str, Any]], bool]) -> int:
