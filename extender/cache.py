@@ -17,10 +17,9 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from kube import api, objects
-from kube.objects import Node, Pod
 from kube.resources import assigned_devices, marked_for_bind, node_spec, pod_request
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
@@ -48,7 +47,7 @@ class PendingPod:
         return self.key.partition("/")[0]
 
 
-def pending_pod(pod: Pod, request: PodRequest) -> PendingPod:
+def pending_pod(pod: objects.Raw, request: PodRequest) -> PendingPod:
     meta = objects.meta(pod)
     annotations = meta.get("annotations") or {}
     uid = meta.get("uid", "")
@@ -84,11 +83,11 @@ class PodObserver(Protocol):
         """Pod ``uid`` is on ``node``: the watch showed it there, or Fulcrum just bound it."""
         ...
 
-    def pod_terminating(self, pod: Pod, uid: str, node: str) -> None:
+    def pod_terminating(self, pod: objects.Raw, uid: str, node: str) -> None:
         """The watch showed pod ``uid``, bound to ``node``, with a deletion timestamp."""
         ...
 
-    def pod_deleted(self, pod: Pod, uid: str, node: str) -> None:
+    def pod_deleted(self, pod: objects.Raw, uid: str, node: str) -> None:
         """Pod ``uid``, bound to ``node``, left the apiserver; ``pod`` is its last state."""
         ...
 
@@ -103,10 +102,10 @@ class _NoObserver:
     def pod_bound(self, uid: str, node: str, pod: PendingPod) -> None:
         pass
 
-    def pod_terminating(self, pod: Pod, uid: str, node: str) -> None:
+    def pod_terminating(self, pod: objects.Raw, uid: str, node: str) -> None:
         pass
 
-    def pod_deleted(self, pod: Pod, uid: str, node: str) -> None:
+    def pod_deleted(self, pod: objects.Raw, uid: str, node: str) -> None:
         pass
 
 
@@ -165,7 +164,7 @@ class ClusterCache:
         return True
 
     # --- nodes -----------------------------------------------------------------------------
-    def upsert_node(self, node: Node) -> None:
+    def upsert_node(self, node: objects.Raw) -> None:
         name = objects.name(node)
         try:
             spec = node_spec(node)
@@ -199,11 +198,11 @@ class ClusterCache:
             self._orphans[name] = {k: (p.pod, p.devices) for k, p in placements.items()}
 
     # --- pods ------------------------------------------------------------------------------
-    def upsert_pod(self, pod: Pod) -> None:
+    def upsert_pod(self, pod: objects.Raw) -> None:
         meta = objects.meta(pod)
         uid = meta.get("uid", "")
-        node = objects.node_name(pod)
-        phase = objects.phase(pod)
+        node = objects.pod_spec(pod).get("nodeName") or ""
+        phase = objects.pod_status(pod).get("phase")
         if meta.get("deletionTimestamp") and node:
             self._observer.pod_terminating(pod, uid, node)
         with self.lock:  # most events are status updates of a pod we already know
@@ -317,7 +316,7 @@ class ClusterCache:
                 self._forget(uid)
                 self._pending[uid] = pending
 
-    def note_pending(self, pod: Pod, request: PodRequest) -> PendingPod:
+    def note_pending(self, pod: objects.Raw, request: PodRequest) -> PendingPod:
         """Remember a pod the scheduler asks about, in case the watch has not shown it yet."""
         uid = objects.uid(pod)
         with self.lock:
@@ -350,17 +349,17 @@ class ClusterCache:
             if event == "DELETED":
                 self.delete_node(objects.name(obj))
             else:
-                self.upsert_node(cast(Node, obj))
+                self.upsert_node(obj)
         elif kind != "pods":
             raise ValueError(f"the cluster cache keeps nodes and pods, not {kind}")
         elif event == "DELETED":
             node = objects.node_name(obj)
             if node:
                 with self.lock:
-                    self._observer.pod_deleted(cast(Pod, obj), objects.uid(obj), node)
+                    self._observer.pod_deleted(obj, objects.uid(obj), node)
             self.delete_pod(objects.uid(obj))
         else:
-            self.upsert_pod(cast(Pod, obj))
+            self.upsert_pod(obj)
 
     def replace(self, kind: str, listed: Iterable[objects.Raw]) -> None:
         """Make ``kind`` exactly ``listed`` (a re-list), dropping what the list no longer has;

@@ -43,7 +43,7 @@ from extender.decide import Decider, FilterOutcome, retry
 from kube import api, objects
 from kube.eligibility import reserved_on_delete
 from kube.hooks import HookRegistry, default_hook_registry
-from kube.objects import Pod, Raw
+from kube.objects import Raw
 from kube.resources import pod_request
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
@@ -210,12 +210,12 @@ class RebuildGate:
         if claimed:
             self._claim(f"{pod.namespace}/{claimed}", uid)
 
-    def pod_terminating(self, pod: Pod, uid: str, node: str) -> None:
+    def pod_terminating(self, pod: Raw, uid: str, node: str) -> None:
         """Held by the rebuild finalizer, the pod goes only once its Reservation is written."""
         if uid not in self._leaving and api.FINALIZER in objects.finalizers(pod):
             self.pod_deleted(pod, uid, node)
 
-    def pod_deleted(self, pod: Pod, uid: str, node: str) -> None:
+    def pod_deleted(self, pod: Raw, uid: str, node: str) -> None:
         """Also called with the pod's last state when it leaves, in case the watch never showed
         it terminating: pods the controller will not reserve for are skipped."""
         annotations = objects.annotations(pod)

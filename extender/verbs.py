@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from extender.bind import Binder, BindService
 from extender.cache import ClusterCache, PendingPod
@@ -31,7 +31,6 @@ from extender.wire import (
 )
 from kube import objects
 from kube.eligibility import bind_reason
-from kube.objects import Pod
 from kube.resources import BIND, node_spec, pod_request
 from policies.registry import Registry, default_registry
 from scheduler.pod import PodRequest
@@ -181,7 +180,7 @@ class Verbs:
         pending = None
         if self.cache is not None:
             self._unassume(objects.uid(args.Pod))
-            noted = self.cache.note_pending(cast(Pod, args.Pod), pod)
+            noted = self.cache.note_pending(args.Pod, pod)
             unmarked = self._unmarked(noted) if self.binds is not None else ""
             if unmarked:
                 return _nowhere(args, names, unmarked)
