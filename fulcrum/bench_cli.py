@@ -1,15 +1,23 @@
-"""``fulcrum bench``'s flags and command; the work is in ``fulcrum.lab.bench`` (imported only when
-the command runs, so other commands do not pay for its imports)."""
+"""``fulcrum bench``'s flags and command, and the floors it shares with ``fulcrum compare``; the
+work is in ``fulcrum.lab.bench`` (imported only when the command runs, so other commands do not
+pay for its imports)."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import sys
 from collections.abc import Callable
-from typing import TypeAlias
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
+from fulcrum import output
 from fulcrum.lab import DEFAULT_MIX
+
+if TYPE_CHECKING:
+    from fulcrum.lab.bench import Bench
+    from fulcrum.lab.openb import Comparison
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -38,6 +46,115 @@ def at_least(minimum: int, at_most: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
+def add_floors(parser: argparse.ArgumentParser, *, rounds: str) -> None:
+    """``--min-ratio`` and ``--max-nodes-over-bound``: a scale test that can fail a pipeline."""
+    parser.add_argument(
+        "--min-ratio",
+        type=positive,
+        default=None,
+        metavar="R",
+        help="floor: exit 1 unless fulcrum-scheduler's throughput (pods/s) is at least R times "
+        f"default-scheduler's ({rounds})",
+    )
+    parser.add_argument(
+        "--max-nodes-over-bound",
+        type=at_least(0),
+        default=None,
+        metavar="N",
+        help="floor: exit 1 if fulcrum-scheduler uses more than N nodes over the lower bound in "
+        "any round, or leaves a pod unbound",
+    )
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the floors are checked against; None where the run did not measure it."""
+
+    ratio: float | None  # fulcrum-scheduler's throughput over default-scheduler's
+    nodes_over_bound: int | None  # fulcrum-scheduler's nodes used minus the lower bound, worst
+    unbound: int = 0  # pods fulcrum-scheduler left unbound, worst round
+
+
+def bench_figures(result: Bench) -> Figures:
+    """The median rounds' throughput ratio (as the table shows them) and the worst round's
+    nodes over the lower bound."""
+    from fulcrum.lab.bench import DEFAULT, FULCRUM
+
+    ours = result.phases.get(FULCRUM, [])
+    ratio = None
+    if ours and result.phases.get(DEFAULT):
+        ratio = result.median(FULCRUM).throughput / result.median(DEFAULT).throughput
+    over = max((p.nodes_used for p in ours), default=None)
+    return Figures(
+        ratio,
+        None if over is None else over - result.lower_bound,
+        max((p.pods - p.bound for p in ours), default=0),
+    )
+
+
+def compare_figures(result: Comparison) -> Figures:
+    """The median of the rounds' throughput ratios (as the text shows it) and the worst round's
+    nodes over the lower bound."""
+    ours = [fulcrum for _, fulcrum in result.rounds]
+    return Figures(
+        statistics.median(result.ratios),
+        max(r.nodes_used for r in ours) - result.lower_bound,
+        max(r.pods - r.bound for r in ours),
+    )
+
+
+def check_floors(args: argparse.Namespace, figures: Figures, *, command: str) -> int:
+    """0 if every floor given holds, else 1; each floor's verdict, the measured value and the
+    floor, on standard error. A floor the run did not measure fails (``floors_usage`` refuses
+    one that it could not, before the run)."""
+    verdicts: list[tuple[bool, str]] = []
+    if args.min_ratio is not None:
+        ratio = figures.ratio
+        held = ratio is not None and ratio >= args.min_ratio  # NaN (no throughput) fails
+        measured = "not measured" if ratio is None else f"{ratio:.2f}"
+        verdicts.append(
+            (
+                held,
+                f"--min-ratio {args.min_ratio:g}: fulcrum-scheduler/default-scheduler "
+                f"throughput {measured}",
+            )
+        )
+    if args.max_nodes_over_bound is not None:
+        over = figures.nodes_over_bound
+        held = over is not None and over <= args.max_nodes_over_bound and not figures.unbound
+        measured = "not measured" if over is None else f"{over} nodes over the lower bound"
+        if figures.unbound:
+            measured += f", {figures.unbound} pods left unbound"
+        verdicts.append((held, f"--max-nodes-over-bound {args.max_nodes_over_bound}: {measured}"))
+    for held, line in verdicts:
+        print(f"fulcrum {command}: floor {'met' if held else 'FAILED'}: {line}", file=sys.stderr)
+    return 0 if all(held for held, _ in verdicts) else 1
+
+
+def floors_usage(args: argparse.Namespace) -> str | None:
+    """Why a floor of ``fulcrum bench`` cannot be measured by the schedulers it runs, if so."""
+    if args.min_ratio is not None and args.scheduler != "both":
+        return "--min-ratio compares the two schedulers: it needs --scheduler both"
+    if args.max_nodes_over_bound is not None and args.scheduler == "default":
+        return "--max-nodes-over-bound measures fulcrum-scheduler: not with --scheduler default"
+    return None
+
+
+def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (exit 2) for a floor the run could not measure, before any cluster."""
+    problem = floors_usage(args)
+    if problem is not None:
+        parser.error(problem)
 
 
 def add_bench(sub: Subparsers) -> None:
@@ -90,19 +207,14 @@ def add_bench(sub: Subparsers) -> None:
     bench.add_argument(
         "--name", default="fulcrum-bench", help="cluster name prefix (default %(default)s)"
     )
-    bench.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text (default), or json on stdout with progress on stderr",
+    add_floors(bench, rounds="each one's round of median throughput; needs --scheduler both")
+    output.add_output(bench, text="a table", progress=True)
+    bench.set_defaults(
+        func=_cmd_bench, validate=functools.partial(_validate, bench), error_status=2
     )
-    bench.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import orjson
-
     from fulcrum.lab import bench
 
     try:
@@ -121,14 +233,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         name=args.name,
         nodes_to_score=args.nodes_to_score,
     )
-    log = print if args.output == "text" else functools.partial(print, file=sys.stderr)
-    result = bench.run_bench(config, log=functools.partial(log, flush=True))
-    if args.output == "json":
-        print(
-            orjson.dumps(
-                result.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
-            ).decode()
-        )
-    else:
-        print(bench.format_table(result))
-    return 0
+    result = bench.run_bench(config, log=output.progress(args.output, args.output_file))
+    text = bench.format_table(result)
+    output.emit(result.to_json(), args.output, text=text, file=args.output_file)
+    return check_floors(args, bench_figures(result), command="bench")

@@ -1,16 +1,30 @@
-"""The ``fulcrum`` command: build, cluster up/down/env, serve, webhook, rebuild, simulate, demo."""
+"""The ``fulcrum`` command: build, cluster up/down/env, serve, webhook, rebuild, simulate, demo.
+
+Its exit status (``EXIT_STATUS``): a verdict is 1, so that a pipeline can fail on it, and a
+failure of a command with a verdict is 2; an apiserver that cannot be reached or refuses is one
+line (``fulcrum.run.failures``) and 2 for every command.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fulcrum.bench_cli import Subparsers, add_bench, add_nodes_to_score, at_least
+from fulcrum import output
+from fulcrum.bench_cli import (
+    Subparsers,
+    add_bench,
+    add_floors,
+    add_nodes_to_score,
+    at_least,
+    check_floors,
+    compare_figures,
+)
 from fulcrum.harness.binaries import BinaryError
-from fulcrum.run import logs
+from fulcrum.inspect_cli import add_inspect
+from fulcrum.run import kubeconfig, logs
 
 if TYPE_CHECKING:
     from fulcrum.harness.cluster import NodeShape
@@ -19,8 +33,9 @@ if TYPE_CHECKING:
 def _cmd_build(args: argparse.Namespace) -> int:
     from fulcrum.harness.binaries import ensure_binaries
 
-    for name, path in ensure_binaries().items():
-        print(f"{name:25} {path}")
+    paths = {name: str(path) for name, path in ensure_binaries().items()}
+    text = "\n".join(f"{name:25} {path}" for name, path in paths.items())
+    output.emit(paths, args.output, text=text, file=args.output_file)
     return 0
 
 
@@ -93,21 +108,13 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
     rss = {pid: round(processes.rss_mib(pid)) for pid in pids}
     procs = [{"pid": pid, "name": processes.process_name(pid), "rss_mib": rss[pid]} for pid in pids]
     total = sum(rss.values())
-    if args.output == "json":
-        status = {"name": args.name, "nodes": len(nodes), "ready": ready, "pods": phases}
-        _print_json({**status, "processes": procs, "rss_mib": total})
-        return 0
-    print(f"cluster {args.name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}")
-    for p in procs:
-        print(f"  {p['pid']:>8} {p['name']:25} {p['rss_mib']:8} MiB")
-    print(f"  total resident memory: {total} MiB across {len(pids)} processes")
+    status = {"name": args.name, "nodes": len(nodes), "ready": ready, "pods": phases}
+    lines = [f"cluster {args.name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}"]
+    lines += [f"  {p['pid']:>8} {p['name']:25} {p['rss_mib']:8} MiB" for p in procs]
+    lines.append(f"  total resident memory: {total} MiB across {len(pids)} processes")
+    document = {**status, "processes": procs, "rss_mib": total}
+    output.emit(document, args.output, text="\n".join(lines), file=args.output_file)
     return 0
-
-
-def _print_json(document: object) -> None:
-    import orjson
-
-    print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -117,7 +124,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, args.log_format)
     settings = load_settings(args.config, default_registry(), host=args.host, port=args.port)
-    serve(settings, args.kubeconfig, metrics_host=args.metrics_host, metrics_port=args.metrics_port)
+    serve(
+        settings,
+        args.kubeconfig,
+        context=args.context,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+    )
     return 0
 
 
@@ -145,6 +158,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     run(
         args.kubeconfig,
+        context=args.context,
         health_port=args.health_port,
         health_host=args.health_host,
         lease_namespace=args.lease_namespace,
@@ -172,7 +186,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    log = print if args.output == "text" else functools.partial(print, file=sys.stderr)
+    log = output.progress(args.output, args.output_file)
     cluster.up(
         args.name,
         nodes=0,
@@ -189,13 +203,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             log=log,
         )
-        if args.output == "json":
-            _print_json(result.to_json())
-        else:
-            print(format_reports(result))
+        text = format_reports(result)
+        output.emit(result.to_json(), args.output, text=text, file=args.output_file)
     finally:
         cluster.down(args.name, log=log)
-    return 0
+    return check_floors(args, compare_figures(result), command="compare")
 
 
 def _add_cluster(sub: Subparsers) -> None:
@@ -226,11 +238,10 @@ def _add_cluster(sub: Subparsers) -> None:
         p = csub.add_parser(action, help=helptext)
         p.add_argument("--name", default="fulcrum", help="cluster name (default %(default)s)")
         if action == "status":
-            p.add_argument(
-                "-o", "--output", choices=("text", "json"), default="text", help="text or json"
-            )
+            output.add_output(p, text="a summary and a line per process")
         p.set_defaults(func=func)
     listed = csub.add_parser("list", help="the local clusters, their nodes and state directories")
+    output.add_output(listed, text="a line per cluster")
     listed.set_defaults(func=_cmd_cluster_list)
 
 
@@ -239,12 +250,10 @@ def _add_services(sub: Subparsers) -> None:
     serve.add_argument("--config", type=Path, default=None, help="ExtenderConfiguration YAML")
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="listen port (default 8888)")
-    serve.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=None,
-        help="watch this cluster (needed for nodeCacheCapable and bind); default $KUBECONFIG, "
-        "then the pod's service account, else no cluster",
+    kubeconfig.add_flags(
+        serve,
+        kubeconfig_help="watch this cluster (needed for nodeCacheCapable and bind); default "
+        "$KUBECONFIG, then the pod's service account, else no cluster",
     )
     serve.add_argument(
         "--metrics-port",
@@ -275,11 +284,10 @@ def _add_services(sub: Subparsers) -> None:
     cert.set_defaults(func=_cmd_webhook_cert)
 
     rebuild = sub.add_parser("rebuild", help="run the local-rebuild controller")
-    rebuild.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=None,
-        help="cluster to run against (default $KUBECONFIG, then the pod's service account)",
+    kubeconfig.add_flags(
+        rebuild,
+        kubeconfig_help="cluster to run against (default $KUBECONFIG, then the pod's service "
+        "account)",
     )
     rebuild.add_argument(
         "--health-port", type=int, default=8889, help="/healthz, /readyz and /metrics (8889)"
@@ -323,14 +331,9 @@ def _add_runs(sub: Subparsers) -> None:
     )
     compare.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
     add_nodes_to_score(compare)
-    compare.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text (default), or json on stdout with progress on stderr",
-    )
-    compare.set_defaults(func=_cmd_compare)
+    add_floors(compare, rounds="the median of the rounds' ratios")
+    output.add_output(compare, text="a line per scheduler and round", progress=True)
+    compare.set_defaults(func=_cmd_compare, error_status=2)
 
 
 def _version() -> str:
@@ -345,98 +348,17 @@ def _version() -> str:
 def _cmd_cluster_list(args: argparse.Namespace) -> int:
     from fulcrum.harness import cluster
 
-    names = cluster.cluster_names()
-    for name in names:
-        state = cluster.load_state(name)
-        print(f"{name:24} {state.nodes:6} nodes  {cluster.state_dir(name)}")
-    if not names:
-        print("no clusters (fulcrum cluster up --name NAME creates one)")
-    return 0
-
-
-def _api_client(args: argparse.Namespace) -> Any:
-    """--kubeconfig, else the local cluster --name, else $KUBECONFIG, ~/.kube/config, then the
-    pod's in-cluster account (``fulcrum.run.kubeconfig``)."""
-    from fulcrum.harness import cluster
-    from fulcrum.run.kubeconfig import api_client
-
-    local = None
-    if args.name is not None:
-        cluster.load_state(args.name)  # no such cluster: says so, and how to make it
-        local = cluster.kubeconfig_path(args.name)
-    return api_client(args.kubeconfig or local, user_default=True)
-
-
-def _objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-    """The cluster's nodes, active pods, Reservations and IPPools, as the apiserver sends them."""
-    import orjson
-    from kubernetes import client
-
-    from kube import api
-    from kube.informer import ACTIVE_PODS
-
-    api_client = _api_client(args)
-
-    def items(call: Any, *call_args: Any, **kwargs: Any) -> list[Any]:
-        try:
-            raw = call(*call_args, _preload_content=False, **kwargs).data
-        except client.ApiException as exc:
-            if exc.status == 404:  # Fulcrum's CRDs are not installed
-                return []
-            raise
-        found: list[Any] = orjson.loads(raw)["items"]
-        return found
-
-    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
-    crd = (api.GROUP, api.VERSION)
-    return (
-        items(core.list_node),
-        items(core.list_pod_for_all_namespaces, field_selector=ACTIVE_PODS),
-        items(custom.list_cluster_custom_object, *crd, api.RESERVATIONS),
-        items(custom.list_cluster_custom_object, *crd, api.IPPOOLS),
-    )
-
-
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    import orjson
-
-    from fulcrum.inspect.inspection import inspect, render
-
-    if args.html is not None:
-        from fulcrum.inspect import report as html_report
-
-        try:
-            html_report.require()  # before the cluster is read, not after
-        except html_report.ReportError as exc:
-            print(f"fulcrum inspect: error: {exc}", file=sys.stderr)
-            return 2
-    now = datetime.now(UTC)
-    report = inspect(*_objects(args), now, plan_seconds=args.plan_seconds)
-    if args.html is not None:
-        where = str(args.kubeconfig or args.name or "the current kubeconfig context")
-        page = html_report.inspection_html(report, source=where, now=now)
-        html_report.write_html(args.html, page)
-        print(f"wrote {args.html}", file=sys.stderr)
-    if args.output == "json":
-        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(render(report))
-    return 1 if report.violations else 0
-
-
-def _cmd_explain(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    from fulcrum.inspect.explain import explain
-
-    try:
-        lines = explain(args.pod, *_objects(args), datetime.now(UTC))
-    except ValueError as exc:
-        print(f"fulcrum: error: {exc}", file=sys.stderr)
-        return 2
-    print("\n  ".join(lines))
+    listed = [
+        {
+            "name": name,
+            "nodes": cluster.load_state(name).nodes,
+            "state_dir": str(cluster.state_dir(name)),
+        }
+        for name in cluster.cluster_names()
+    ]
+    lines = [f"{c['name']:24} {c['nodes']:6} nodes  {c['state_dir']}" for c in listed]
+    text = "\n".join(lines) or "no clusters (fulcrum cluster up --name NAME creates one)"
+    output.emit(listed, args.output, text=text, file=args.output_file)
     return 0
 
 
@@ -444,11 +366,15 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     from kube.hooks import default_hook_registry
     from policies.registry import BUILTIN, default_registry
 
-    registry = default_registry()
-    for name in registry.names():
-        print(f"{name:28} {'built in' if name in BUILTIN else 'plugin'}")
-    hooks = default_hook_registry()
-    print(f"rebuild hooks: {', '.join(hooks.names())}")
+    names = default_registry().names()
+    hooks = default_hook_registry().names()
+    document = {
+        "policies": [{"name": n, "builtin": n in BUILTIN} for n in names],
+        "rebuild_hooks": list(hooks),
+    }
+    lines = [f"{n:28} {'built in' if n in BUILTIN else 'plugin'}" for n in names]
+    lines.append(f"rebuild hooks: {', '.join(hooks)}")
+    output.emit(document, args.output, text="\n".join(lines), file=args.output_file)
     return 0
 
 
@@ -460,65 +386,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except report.ReportError as exc:
         print(f"fulcrum report: error: {exc}", file=sys.stderr)
         return 2
-    report.write_html(args.output, page)
-    print(f"wrote {args.output}", file=sys.stderr)
+    report.write_html(args.output_file, page)
+    print(f"wrote {args.output_file}", file=sys.stderr)
     return 0
 
 
 def _add_report(sub: Subparsers) -> None:
     report = sub.add_parser(
         "report",
-        help="an HTML report of fulcrum simulate --json runs (one line per policy) or of one "
+        help="an HTML report of fulcrum simulate -o json runs (one line per policy) or of one "
         "fulcrum compare -o json",
     )
     report.add_argument(
         "simulate_json",
         type=Path,
         nargs="+",
-        help="files written by fulcrum simulate --json, or one by fulcrum compare -o json",
+        help="files written by fulcrum simulate -o json, or one by fulcrum compare -o json",
     )
     report.add_argument(
-        "-o", "--html", dest="output", type=Path, required=True, help="the HTML file to write"
+        "--output-file",
+        "--html",  # its name before the -o/--output-file flags were the same everywhere
+        type=output.output_file,
+        required=True,
+        metavar="FILE",
+        help="the HTML file to write (--html: the same, deprecated)",
     )
     report.set_defaults(func=_cmd_report)
 
 
+EXIT_STATUS = (
+    "exit status: 0 done; 1 a verdict (inspect: an invariant is broken; bench, compare: a floor "
+    "failed) or another command's failure; 2 a usage error, an apiserver that cannot be reached "
+    "or refuses (one line naming the server or the permission), or any failure of inspect, "
+    "explain, bench or compare; 130 interrupted"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fulcrum", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fulcrum", description=__doc__.splitlines()[0], epilog=EXIT_STATUS
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     policies = sub.add_parser("policies", help="list the placement policies and rebuild hooks")
+    output.add_output(policies, text="a line per policy")
     policies.set_defaults(func=_cmd_policies)
-    inspect = sub.add_parser(
-        "inspect",
-        help="allocation, stranded resources, fragmentation, Reservations, pools and the "
-        "invariants of a cluster; exit status 1 if an invariant is broken",
-    )
-    where = inspect.add_mutually_exclusive_group()
-    where.add_argument("--kubeconfig", type=Path, default=None, help="the cluster to inspect")
-    where.add_argument("--name", default=None, help="a local cluster (fulcrum cluster up)")
-    inspect.add_argument(
-        "-o", "--output", choices=("text", "json"), default="text", help="text (default) or json"
-    )
-    inspect.add_argument(
-        "--plan-seconds",
-        type=float,
-        default=10.0,
-        help="the optimiser's time for how many nodes could be emptied (default 10; 0: skip)",
-    )
-    inspect.add_argument(
-        "--html", type=Path, default=None, help="also write the report as one HTML file here"
-    )
-    inspect.set_defaults(func=_cmd_inspect)
-    explain = sub.add_parser(
-        "explain", help="why a pod is on its node, or why it is Pending and what would help"
-    )
-    explain.add_argument("pod", help="NAMESPACE/NAME")
-    where = explain.add_mutually_exclusive_group()
-    where.add_argument("--kubeconfig", type=Path, default=None, help="the pod's cluster")
-    where.add_argument("--name", default=None, help="a local cluster (fulcrum cluster up)")
-    explain.set_defaults(func=_cmd_explain)
+    add_inspect(sub)
     build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
+    output.add_output(build, text="a line per binary")
     build.set_defaults(func=_cmd_build)
     _add_cluster(sub)
     _add_services(sub)
@@ -531,6 +446,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failed(args: argparse.Namespace, exc: Exception) -> int | None:
+    """The exit status for an exception a command raised, after one line on standard error;
+    None for one to let through (a bug, in a command without a verdict: its traceback)."""
+    import traceback
+
+    from extender.config import ConfigError
+    from fulcrum.harness.cluster import ClusterError
+    from fulcrum.run import failures
+    from fulcrum.run.kubeconfig import CredentialsError
+    from fulcrum.run.rebuild_serve import RebuildError
+    from fulcrum.run.serve import ServeError
+    from scheduler.trace import TraceError
+
+    errors = (BinaryError, ClusterError, ServeError, ConfigError, RebuildError, CredentialsError)
+    # inspect, explain, bench, compare: 1 is their verdict, so any failure of theirs is 2
+    status: int = getattr(args, "error_status", 1)
+    apiserver = failures.describe(exc)  # unreachable, or an answer such as RBAC's 403
+    if apiserver is not None:
+        print(f"fulcrum: error: {apiserver}", file=sys.stderr)
+        return 2
+    if isinstance(exc, (*errors, TraceError)):
+        print(f"fulcrum: error: {exc}", file=sys.stderr)
+        return status
+    if isinstance(exc, OSError) and status == 2:  # a file: --html, --output-file
+        print(f"fulcrum: error: {exc}", file=sys.stderr)
+        return status
+    if status == 2:
+        traceback.print_exc()
+        return status
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:  # the placement core owns its flags
@@ -538,21 +485,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from extender.config import ConfigError
-    from fulcrum.harness.cluster import ClusterError
-    from fulcrum.run.kubeconfig import CredentialsError
-    from fulcrum.run.rebuild_serve import RebuildError
-    from fulcrum.run.serve import ServeError
-    from scheduler.trace import TraceError
-
-    errors = (BinaryError, ClusterError, ServeError, ConfigError, RebuildError, CredentialsError)
+    validate = getattr(args, "validate", None)
+    if validate is not None:
+        validate(args)  # flags that do not go together: a usage error, before any work
     try:
         return int(args.func(args))
-    except (*errors, TraceError) as exc:
-        print(f"fulcrum: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        status = _failed(args, exc)
+        if status is None:
+            raise
+        return status
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ gives the same file.
 
 Each figure is ``<figure data-figure="NAME">`` with a ``<figcaption>``: ``heatmap``,
 ``histograms``, ``fragmentation``, ``reservations`` and ``pools`` for an inspection; ``allocation``
-and ``fragmentation-curve`` for ``fulcrum simulate --json`` runs."""
+and ``fragmentation-curve`` for ``fulcrum simulate -o json`` runs."""
 
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ def _is_simulation(document: object) -> bool:
 
 
 def load_simulations(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """The documents ``fulcrum simulate --json`` wrote, one per path; ReportError naming the
+    """The documents ``fulcrum simulate -o json`` wrote, one per path; ReportError naming the
     file if one cannot be read or is something else."""
     documents = []
     for path in paths:
@@ -277,7 +277,7 @@ def load_simulations(paths: Sequence[Path]) -> list[dict[str, Any]]:
         except (OSError, ValueError) as exc:
             raise ReportError(f"{path}: {exc}") from exc
         if not _is_simulation(document):
-            raise ReportError(f"{path}: not the JSON of `fulcrum simulate --json`")
+            raise ReportError(f"{path}: not the JSON of `fulcrum simulate -o json`")
         documents.append(document)
     return documents
 
@@ -359,7 +359,7 @@ def _replayed(documents: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def simulate_html(documents: Sequence[Mapping[str, Any]], *, sources: Sequence[str]) -> str:
-    """``fulcrum simulate --json`` runs as a page: GPU allocation and fragmentation against
+    """``fulcrum simulate -o json`` runs as a page: GPU allocation and fragmentation against
     the arrived workload, one line per run, a table of the runs; ``--in-order`` runs have no
     curve and get a table of their own."""
     replayed = [d for d in documents if "seeds" in d]
@@ -411,7 +411,7 @@ def compare_html(document: Mapping[str, Any], *, source: str) -> str:
 
 def load_documents(paths: Sequence[Path]) -> str:
     """The page for ``fulcrum report``'s inputs: one ``fulcrum compare -o json`` document, or
-    ``fulcrum simulate --json`` documents; ReportError naming a file that is neither."""
+    ``fulcrum simulate -o json`` documents; ReportError naming a file that is neither."""
     if len(paths) == 1:
         try:
             document = json.loads(paths[0].read_text(encoding="utf-8"))

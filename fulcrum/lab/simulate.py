@@ -1,23 +1,26 @@
 """``fulcrum simulate``: replay an openb-format trace with one policy.
 
     fulcrum simulate --nodes NODES.csv --pods PODS.csv --policy NAME
-                     [--seed S ...] [--tune 1.3] [--json OUT] [--plot OUT.png]
+                     [--seed S ...] [--tune 1.3] [-o text|json|yaml]
+                     [--output-file OUT] [--plot OUT.png]
 
-Progress goes to stderr, the summary to stdout. Bad input (trace, policy
-name, options) prints one ``error:`` line naming the file, line and column and
-exits with status 2; no stack traces for user errors.
+Progress goes to stderr, the result to stdout (``-o text``: the summary; json or
+yaml: the per-seed results, with the summary on stderr) or to ``--output-file``
+(then the summary on stdout). Bad input (trace, policy name, options) prints one
+``error:`` line naming the file, line and column and exits with status 2; no
+stack traces for user errors.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
+from fulcrum import output
 from fulcrum.lab import traces
 from policies.registry import PluginError, UnknownPolicyError, default_registry
 from scheduler.policy import PolicyContext
@@ -88,8 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="place the pods in the file's order, each once, learning the workload as they "
         "come (the live extender's model), instead of the FGD protocol's shuffle and given mix",
     )
+    output.add_output(
+        parser, text="a summary per seed, also printed beside json or yaml on the stream they leave"
+    )
     parser.add_argument(
-        "--json", type=Path, help="write per-seed results as JSON to this file (- for stdout)"
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="deprecated: -o json --output-file FILE (- for standard output)",
     )
     parser.add_argument("--plot", type=Path, help="write the allocation curve as a PNG here")
     return parser
@@ -111,14 +120,11 @@ def _progress(stream: TextIO, seed: int) -> Progress:
     return report
 
 
-def _write_json(path: Path, document: object, out: TextIO, err: TextIO) -> None:
-    """``--json FILE``, or ``--json -`` for standard output."""
-    text = json.dumps(document, indent=1) + "\n"
-    if str(path) == "-":
-        out.write(text)
-    else:
-        path.write_text(text)
-        err.write(f"wrote {path}\n")
+def _emit(args: argparse.Namespace, document: object, text: str, out: TextIO, err: TextIO) -> None:
+    """The result as ``-o`` asks; beside JSON or YAML, the summary, on the stream it leaves."""
+    if args.output != "text":
+        (out if args.output_file is not None else err).write(text)
+    output.emit(document, args.output, text=text, file=args.output_file, out=out, err=err)
 
 
 def _fmt(value: float | None) -> str:
@@ -184,14 +190,12 @@ def run_in_order(
         "memory": sum(p.memory for p in requests),
         "gpu": sum(p.gpu_total_milli for p in requests),
     }
-    out.write(
+    text = (
         f"{policy_name}, in order: placed {result.placed}/{result.pods}, nodes used "
         f"{result.nodes_used} (lower bound {nodes_lower_bound(snapshot, demand)})\n"
     )
-    for i in result.unplaced[:10]:
-        out.write(f"  unplaced: {pods.names[i]} (line {i + 2})\n")
-    if args.json:
-        _write_json(args.json, {"policy": policy_name, "in_order": result.to_json()}, out, err)
+    text += "".join(f"  unplaced: {pods.names[i]} (line {i + 2})\n" for i in result.unplaced[:10])
+    _emit(args, {"policy": policy_name, "in_order": result.to_json()}, text, out, err)
     return EXIT_OK
 
 
@@ -216,6 +220,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         f"{len(target)} typical pod types; policy {policy_name}\n"
     )
     results: list[ReplayResult] = []
+    summaries: list[str] = []
     for seed in args.seed:
         policy = registry.create(policy_name, PolicyContext(seed=seed, workload=target))
         result = replay(
@@ -229,37 +234,50 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             random_ties=args.random_ties,
         )
         results.append(result)
-        out.write(_summary(seed, result))
+        summaries.append(_summary(seed, result))
     a100 = [r.alloc_at_100 for r in results if r.alloc_at_100 is not None]
     a130 = [r.alloc_at_130 for r in results if r.alloc_at_130 is not None]
     mean100 = round(float(np.mean(a100)), 2) if a100 else None
     mean130 = round(float(np.mean(a130)), 2) if a130 else None
     if len(results) > 1:
-        out.write(
+        summaries.append(
             f"mean over {len(results)} seeds: alloc@100 {_fmt(mean100)} %  "
             f"alloc@130 {_fmt(mean130)} %\n"
         )
-    if args.json:
-        document = {
-            "policy": policy_name,
-            "nodes": str(args.nodes),
-            "pods": str(args.pods),
-            "tune": tune,
-            "random_ties": args.random_ties,
-            "mean": {"alloc_at_100": mean100, "alloc_at_130": mean130},
-            "seeds": [r.to_json() for r in results],
-        }
-        _write_json(args.json, document, out, err)
+    document = {
+        "policy": policy_name,
+        "nodes": str(args.nodes),
+        "pods": str(args.pods),
+        "tune": tune,
+        "random_ties": args.random_ties,
+        "mean": {"alloc_at_100": mean100, "alloc_at_130": mean130},
+        "seeds": [r.to_json() for r in results],
+    }
+    _emit(args, document, "".join(summaries), out, err)
     if args.plot:
         _plot(results, policy_name, args.plot)
         err.write(f"wrote {args.plot}\n")
     return EXIT_OK
 
 
+def _deprecated_json(args: argparse.Namespace) -> argparse.Namespace:
+    """``--json FILE`` as ``-o json --output-file FILE``, ``--json -`` as ``-o json``."""
+    if args.json is None:
+        return args
+    if args.output != "text" or args.output_file is not None:
+        raise _UsageError("--json FILE is -o json --output-file FILE: give one or the other")
+    args.output = "json"
+    try:
+        args.output_file = None if str(args.json) == "-" else output.output_file(str(args.json))
+    except argparse.ArgumentTypeError as exc:
+        raise _UsageError(f"argument --json: {exc}") from exc
+    return args
+
+
 def main(argv: list[str]) -> int:
     """Entry point for ``fulcrum simulate``; returns the process exit status."""
     try:
-        args = build_parser().parse_args(argv)
+        args = _deprecated_json(build_parser().parse_args(argv))
     except _UsageError as exc:
         sys.stderr.write(f"fulcrum simulate: error: {exc}\n")
         return EXIT_USAGE

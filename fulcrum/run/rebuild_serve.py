@@ -69,6 +69,7 @@ def _health_server(
 def run(
     kubeconfig: Path | None,
     *,
+    context: str | None = None,
     health_port: int,
     health_host: str = "0.0.0.0",
     lease_namespace: str = "kube-system",
@@ -78,7 +79,10 @@ def run(
     """Block forever: campaign for the Lease, and run the controller while leading."""
     try:
         api_client = kubeconfig_api_client(
-            kubeconfig, log=log.info, connections=WORKERS + len(Store.KINDS) + 2
+            kubeconfig,
+            log=log.info,
+            connections=WORKERS + len(Store.KINDS) + 2,
+            context=context,
         )
     except CredentialsError as exc:
         raise RebuildError(str(exc)) from exc

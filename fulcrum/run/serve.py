@@ -42,10 +42,10 @@ class ServeError(RuntimeError):
     """The extender cannot start; the message names the cause and the fix."""
 
 
-def core_api(kubeconfig: Path | None) -> Any:
+def core_api(kubeconfig: Path | None, context: str | None = None) -> Any:
     """The CoreV1Api of ``fulcrum.run.kubeconfig``'s credentials (``--kubeconfig``, then
-    ``$KUBECONFIG``, then in-cluster), saying where they came from."""
-    api_client = kubeconfig_api_client(kubeconfig, log=log.info, connections=16)
+    ``$KUBECONFIG``, then in-cluster; ``--context``), saying where they came from."""
+    api_client = kubeconfig_api_client(kubeconfig, log=log.info, connections=16, context=context)
     return client.CoreV1Api(api_client)
 
 
@@ -117,19 +117,20 @@ def serve(
     settings: ExtenderSettings,
     kubeconfig: Path | None,
     *,
+    context: str | None = None,
     metrics_host: str = "0.0.0.0",
     metrics_port: int | None = None,
 ) -> None:
     """Run the extender until stopped; ``metrics_port``: also serve /metrics there."""
     check_port_free(settings.host, settings.port)
     cache = gate = binder = None
-    if not configured(kubeconfig):
+    if not configured(kubeconfig, context):
         log.warning(
             "no cluster (no --kubeconfig, $KUBECONFIG or in-cluster account): filter and "
             "prioritize only, on the Nodes each request carries (nodeCacheCapable: false)"
         )
     else:
-        api = core_api(kubeconfig)
+        api = core_api(kubeconfig, context)
         cache, gate, _ = start_cache(api)
         binder = KubeBinder(api.api_client.configuration)
         log.info(

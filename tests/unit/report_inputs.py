@@ -1,5 +1,5 @@
 """Inputs of the HTML report for its unit and browser tests: an inspection of objects from
-``tests.builders``, and ``fulcrum simulate --json`` documents of a tiny trace run in-process."""
+``tests.builders``, and ``fulcrum simulate -o json`` documents of a tiny trace run in-process."""
 
 from __future__ import annotations
 
@@ -74,11 +74,12 @@ def cluster(*, broken: bool = False) -> Inspection:
 
 
 def simulate_json(directory: Path, policy: str, *extra: str) -> Path:
-    """``fulcrum simulate --json`` of ``policy`` on the tiny trace, seeds 1 and 2."""
+    """``fulcrum simulate -o json`` of ``policy`` on the tiny trace, seeds 1 and 2."""
     nodes, pods = directory / "nodes.csv", directory / "pods.csv"
     nodes.write_text(NODES_CSV)
     pods.write_text(PODS_CSV)
     out = directory / f"{policy}{''.join(extra)}.json"
-    argv = ["--nodes", str(nodes), "--pods", str(pods), "--policy", policy, "--json", str(out)]
+    argv = ["--nodes", str(nodes), "--pods", str(pods), "--policy", policy, "-o", "json"]
+    argv += ["--output-file", str(out)]
     assert simulate.main([*argv, "--seed", "1", "2", *extra]) == 0
     return out

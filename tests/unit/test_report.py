@@ -137,7 +137,7 @@ def test_in_order_runs_get_a_table_not_a_curve(tmp_path: Path) -> None:
 def test_fulcrum_report_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = simulate_json(tmp_path, "Archimedes")
     out = tmp_path / "report.html"
-    assert cli.main(["report", str(source), "-o", str(out)]) == 0
+    assert cli.main(["report", str(source), "--output-file", str(out)]) == 0
     assert set(figures(out.read_text())) == SIMULATE_FIGURES
     assert cli.main(["report", str(source), "--html", str(tmp_path / "again.html")]) == 0
     assert (tmp_path / "again.html").read_text() == out.read_text()
@@ -149,7 +149,7 @@ def test_fulcrum_report_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFi
     [
         (None, "No such file or directory"),
         ("{not json", "Expecting property name"),
-        (json.dumps({"nodes": []}), "not the JSON of `fulcrum simulate --json`"),
+        (json.dumps({"nodes": []}), "not the JSON of `fulcrum simulate -o json`"),
         (json.dumps({"policy": "FGD", "seeds": [{"alloc_curve": []}]}), "not the JSON of"),
     ],
 )
@@ -159,7 +159,7 @@ def test_fulcrum_report_refuses_what_it_cannot_read_in_one_line(
     path = tmp_path / "in.json"
     if content is not None:
         path.write_text(content)
-    assert cli.main(["report", str(path), "-o", str(tmp_path / "out.html")]) == 2
+    assert cli.main(["report", str(path), "--output-file", str(tmp_path / "out.html")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fulcrum report: error: {path}: ") and message in err
     assert err.count("\n") == 1 and not (tmp_path / "out.html").exists()
@@ -174,6 +174,6 @@ def test_without_matplotlib_the_error_says_what_to_install(
         require()
     out = str(tmp_path / "out.html")
     assert cli.main(["inspect", "--name", "never-started", "--html", out]) == 2  # no cluster read
-    assert cli.main(["report", str(source), "-o", out]) == 2
+    assert cli.main(["report", str(source), "--output-file", out]) == 2
     err = capsys.readouterr().err
     assert err.count(f"matplotlib is not installed: {INSTALL_HINT}") == 2

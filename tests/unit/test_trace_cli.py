@@ -42,7 +42,9 @@ def test_simulate_writes_summary_and_json(
             "--seed",
             "1",
             "2",
-            "--json",
+            "-o",
+            "json",
+            "--output-file",
             str(out),
         ]
     )
@@ -103,7 +105,8 @@ def test_in_order_places_cpu_pods_then_gpu_shares_without_stranding_gpus(
         + "".join(f"cpu-{i},1000,1024,0,0,\n" for i in range(160))
         + "".join(f"share-{i},100,128,1,300,\n" for i in range(40))
     )
-    args = ["--nodes", str(nodes), "--pods", str(pods), "--in-order", "--json", str(out)]
+    args = ["--nodes", str(nodes), "--pods", str(pods), "--in-order", "-o", "json"]
+    args += ["--output-file", str(out)]
     assert main([*args, "--policy", "archimedes"]) == 0
     assert "Archimedes, in order: placed 200/200" in capsys.readouterr().out
     assert json.loads(out.read_text())["in_order"]["placed"] == 200
