@@ -30,6 +30,7 @@ from admission.config import webhook_configurations
 from extender.config import load_settings
 from fulcrum.harness import chart
 from fulcrum.harness.binaries import HELM, cache_dir
+from kube.api import SCHEDULER_NAME
 from policies.registry import default_registry
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -76,8 +77,27 @@ def containers(docs: list[Doc], deployment: str) -> dict[str, Doc]:
     return {c["name"]: c for c in spec["containers"]}
 
 
-def config_map_file(docs: list[Doc], key: str) -> Any:
-    return yaml.safe_load(one(docs, "ConfigMap", "fulcrum-config")["data"][key])
+def config_map_file(docs: list[Doc], key: str, name: str = "fulcrum-config") -> Any:
+    return yaml.safe_load(one(docs, "ConfigMap", name)["data"][key])
+
+
+def pod_templates(docs: list[Doc]) -> dict[str, Doc]:
+    """Each Deployment's pod template, by the Deployment's name."""
+    return {d["metadata"]["name"]: d["spec"]["template"] for d in find(docs, "Deployment")}
+
+
+def fulcrum_containers(docs: list[Doc], prefix: str = "fulcrum") -> dict[str, Doc]:
+    """The container running `fulcrum` in each Deployment, by the Deployment's name."""
+    return {
+        deployment.replace("fulcrum", prefix, 1): containers(
+            docs, deployment.replace("fulcrum", prefix, 1)
+        )[name]
+        for deployment, name in FULCRUM_CONTAINERS.items()
+    }
+
+
+def env(container: Doc) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
 # --- the chart as a whole ------------------------------------------------------------------
@@ -235,6 +255,264 @@ def test_the_disruption_budget_can_be_turned_off(helm: Path) -> None:
     assert not find(
         render(helm, "scheduler.podDisruptionBudget.enabled=false"), "PodDisruptionBudget"
     )
+
+
+def test_image_pull_secrets_reach_every_pod(helm: Path) -> None:
+    for template in pod_templates(render(helm)).values():
+        assert "imagePullSecrets" not in template["spec"]
+    docs = render(helm, "imagePullSecrets[0].name=regcred", "imagePullSecrets[1].name=mirror")
+    templates = pod_templates(docs)
+    assert set(templates) == set(FULCRUM_CONTAINERS)
+    for deployment, template in templates.items():
+        pull_secrets = template["spec"]["imagePullSecrets"]
+        assert pull_secrets == [{"name": "regcred"}, {"name": "mirror"}], deployment
+
+
+def test_log_level_and_format_reach_every_fulcrum_process(helm: Path) -> None:
+    for deployment, c in fulcrum_containers(render(helm)).items():
+        assert c["command"][-2:] == ["--log-level=info", "--log-format=text"], deployment
+    docs = render(helm, "log.level=debug", "log.format=json")
+    for deployment, c in fulcrum_containers(docs).items():
+        assert "--log-level=debug" in c["command"], deployment
+        assert "--log-format=json" in c["command"], deployment
+    kube_scheduler = containers(docs, "fulcrum-scheduler")["kube-scheduler"]
+    assert not any(arg.startswith("--log") for arg in kube_scheduler["command"])
+
+
+def test_pod_annotations_and_labels_reach_every_pod_template(helm: Path) -> None:
+    docs = render(
+        helm,
+        r"podAnnotations.example\.com/owner=ml-platform",
+        "podLabels.team=ml",
+        "podLabels.tier=control",
+    )
+    templates = pod_templates(docs)
+    assert set(templates) == set(FULCRUM_CONTAINERS)
+    for deployment, template in templates.items():
+        metadata = template["metadata"]
+        assert metadata["annotations"]["example.com/owner"] == "ml-platform", deployment
+        assert {"team": "ml", "tier": "control"}.items() <= metadata["labels"].items()
+        selector = one(docs, "Deployment", deployment)["spec"]["selector"]["matchLabels"]
+        assert selector == {"app.kubernetes.io/name": deployment}  # unchanged: immutable
+        assert metadata["labels"]["app.kubernetes.io/name"] == deployment
+    assert "checksum/config" in templates["fulcrum-scheduler"]["metadata"]["annotations"]
+    for deployment in ("fulcrum-rebuild", "fulcrum-webhook"):
+        assert "annotations" not in pod_templates(render(helm))[deployment]["metadata"]
+
+
+def test_affinity_reaches_every_pod_beside_its_own_anti_affinity(
+    helm: Path, tmp_path: Path
+) -> None:
+    node_affinity = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["infra"]}]}
+            ]
+        }
+    }
+    away_from_ingress = {
+        "weight": 10,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": "ingress"}},
+        },
+    }
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "affinity": {
+                    "nodeAffinity": node_affinity,
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [away_from_ingress]
+                    },
+                }
+            }
+        )
+    )
+    default = {k: t["spec"]["affinity"] for k, t in pod_templates(render(helm)).items()}
+    for deployment, template in pod_templates(render(helm, values_files=[values])).items():
+        affinity = template["spec"]["affinity"]
+        assert affinity["nodeAffinity"] == node_affinity, deployment
+        own = default[deployment]["podAntiAffinity"]
+        anti = affinity["podAntiAffinity"]
+        for kind, terms in own.items():  # the chart's own terms come first, and are kept
+            assert anti[kind][: len(terms)] == terms, deployment
+        preferred = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert preferred[-1] == away_from_ingress, deployment
+    required = default["fulcrum-scheduler"]["podAntiAffinity"]
+    assert list(required) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+
+
+def test_extra_env_reaches_every_fulcrum_container(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    from_secret = {"secretKeyRef": {"name": "proxy", "key": "url"}}
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "extraEnv": [
+                    {"name": "HTTPS_PROXY", "valueFrom": from_secret},
+                    {"name": "NO_PROXY", "value": ".svc,10.0.0.0/8"},
+                ]
+            }
+        )
+    )
+    docs = render(helm, values_files=[values])
+    for deployment, c in fulcrum_containers(docs).items():
+        names = [e["name"] for e in c["env"]]
+        assert names[-2:] == ["HTTPS_PROXY", "NO_PROXY"], deployment  # last: they win
+        assert env(c)["HTTPS_PROXY"] == from_secret
+        assert env(c)["HOME"] == "/tmp"
+    kube_scheduler = containers(docs, "fulcrum-scheduler")["kube-scheduler"]
+    assert "HTTPS_PROXY" not in env(kube_scheduler)
+
+
+def test_service_account_annotations_reach_every_service_account(helm: Path) -> None:
+    role = "arn:aws:iam::111122223333:role/fulcrum"
+    docs = render(helm, rf"serviceAccount.annotations.eks\.amazonaws\.com/role-arn={role}")
+    accounts = find(docs, "ServiceAccount")
+    assert {a["metadata"]["name"] for a in accounts} == set(FULCRUM_CONTAINERS)
+    for account in accounts:
+        assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
+    assert all("annotations" not in a["metadata"] for a in find(render(helm), "ServiceAccount"))
+
+
+def test_the_scheduler_name_reaches_the_profile_the_webhook_and_every_fulcrum_process(
+    helm: Path,
+) -> None:
+    for c in fulcrum_containers(render(helm)).values():
+        assert env(c)["FULCRUM_SCHEDULER_NAME"] == SCHEDULER_NAME
+    docs = render(helm, "schedulerName=fulcrum-canary")
+    (profile,) = config_map_file(docs, "kube-scheduler.yaml")["profiles"]
+    assert profile["schedulerName"] == "fulcrum-canary"
+    for c in fulcrum_containers(docs).values():
+        assert env(c)["FULCRUM_SCHEDULER_NAME"] == "fulcrum-canary"
+    mutating = one(docs, "MutatingWebhookConfiguration")
+    expression = mutating["webhooks"][0]["matchConditions"][0]["expression"]
+    assert "object.spec.schedulerName == 'fulcrum-canary'" in expression
+    assert SCHEDULER_NAME not in yaml.safe_dump_all(find(docs, "MutatingWebhookConfiguration"))
+    # not an object's name: the objects keep theirs
+    assert {d["metadata"]["name"] for d in find(docs, "Deployment")} == set(FULCRUM_CONTAINERS)
+
+
+# --- two releases in one cluster: fullnameOverride ---------------------------------------------
+
+
+def _keys(docs: list[Doc]) -> set[tuple[str, str | None, str]]:
+    return {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs}
+
+
+def test_a_fullname_override_of_fulcrum_changes_nothing(helm: Path) -> None:
+    sets = ("webhook.certificate.source=secret", "podMonitor.enabled=true")
+    assert chart.template(helm, set_values=sets) == chart.template(
+        helm, set_values=(*sets, "fullnameOverride=fulcrum")
+    )
+
+
+@pytest.mark.parametrize("source", ["generate", "secret", "cert-manager"])
+def test_a_fullname_override_names_every_object_and_every_reference(
+    helm: Path, source: str
+) -> None:
+    sets = ("fullnameOverride=canary", f"webhook.certificate.source={source}")
+    docs = render(
+        helm,
+        *sets,
+        "schedulerName=canary-scheduler",
+        "podMonitor.enabled=true",
+        "namespace.create=true",
+        namespace="ns5",
+    )
+    names = {d["metadata"]["name"] for d in docs if d["kind"] != "Namespace"}
+    assert all(n.startswith(("canary-", "canary.")) for n in names), sorted(names)
+    text = yaml.safe_dump_all(docs)
+    assert "fulcrum-" not in text, "a name not derived from fullnameOverride or schedulerName"
+    keys = _keys(docs)
+
+    def exists(kind: str, name: str, namespace: str | None = "ns5") -> None:
+        assert (kind, namespace, name) in keys, f"{kind} {namespace}/{name} is not rendered"
+
+    for deployment in find(docs, "Deployment"):
+        template = deployment["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        exists("ServiceAccount", template["spec"]["serviceAccountName"])
+        exists("PriorityClass", template["spec"]["priorityClassName"], None)
+        for kind, terms in template["spec"]["affinity"]["podAntiAffinity"].items():
+            term = terms[0].get("podAffinityTerm", terms[0])
+            assert term["labelSelector"]["matchLabels"].items() <= labels.items(), kind
+        for volume in template["spec"]["volumes"]:
+            if "configMap" in volume:
+                exists("ConfigMap", volume["configMap"]["name"])
+            if "secret" in volume and source == "generate":
+                exists("Secret", volume["secret"]["secretName"])
+    pods = {tuple(sorted(t["metadata"]["labels"].items())) for t in pod_templates(docs).values()}
+    selected = [d["spec"]["selector"] for d in find(docs, "Service")] + [
+        d["spec"]["selector"]["matchLabels"]
+        for d in find(docs, "PodMonitor") + find(docs, "PodDisruptionBudget")
+    ]
+    for selector in selected:
+        assert any(selector.items() <= dict(pod).items() for pod in pods), selector
+    for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
+        ref = binding["roleRef"]
+        if not ref["name"].startswith(("system:", "extension-apiserver-")):
+            namespace = binding["metadata"].get("namespace")
+            exists(ref["kind"], ref["name"], None if ref["kind"] == "ClusterRole" else namespace)
+        for subject in binding["subjects"]:
+            exists("ServiceAccount", subject["name"], subject["namespace"])
+    election = config_map_file(docs, "kube-scheduler.yaml", "canary-config")["leaderElection"]
+    assert election["resourceName"] == "canary-scheduler"
+    leases = {
+        role["metadata"]["name"]: rule["resourceNames"]
+        for role in find(docs, "Role")
+        for rule in role["rules"]
+        if "resourceNames" in rule
+    }
+    assert leases["canary-scheduler-leader-election"] == [election["resourceName"]]
+    rebuild = env(fulcrum_containers(docs, "canary")["canary-rebuild"])
+    assert leases["canary-rebuild-leader-election"] == [rebuild["FULCRUM_REBUILD_LEASE_NAME"]]
+    services = {
+        hook["clientConfig"]["service"]["name"]
+        for kind in WEBHOOK_KINDS
+        for hook in one(docs, kind, "canary.fulcrum.io")["webhooks"]
+    }
+    assert services == {"canary-webhook"}
+    exists("Service", "canary-webhook")
+    if source == "generate":
+        secret = one(docs, "Secret", "canary-webhook-tls")
+        cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "canary-webhook.ns5.svc" in sans.get_values_for_type(x509.DNSName)
+    if source == "cert-manager":
+        certificate = one(docs, "Certificate", "canary-webhook")
+        assert certificate["spec"]["dnsNames"] == ["canary-webhook.ns5.svc"]
+        assert certificate["spec"]["secretName"] == "canary-webhook-tls"
+        exists("Issuer", certificate["spec"]["issuerRef"]["name"])
+        for kind in WEBHOOK_KINDS:
+            annotations = one(docs, kind)["metadata"]["annotations"]
+            assert annotations == {"cert-manager.io/inject-ca-from": "ns5/canary-webhook"}
+
+
+def test_a_second_release_shares_no_object_with_the_first(helm: Path) -> None:
+    """Even in one namespace: no object of one release is also the other's, and no selector
+    of one selects the other's pods. The CRDs, not rendered here, are shared."""
+    first = render(helm, namespace="fulcrum-system")
+    second = render(
+        helm,
+        "fullnameOverride=fulcrum-canary",
+        "schedulerName=fulcrum-canary",
+        namespace="fulcrum-system",
+    )
+    assert not _keys(first) & _keys(second)
+    for one_release, other in ((first, second), (second, first)):
+        pods = [t["metadata"]["labels"] for t in pod_templates(other).values()]
+        for deployment in find(one_release, "Deployment"):
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            assert not any(selector.items() <= labels.items() for labels in pods)
+    profiles = [
+        config_map_file(docs, "kube-scheduler.yaml", name)["profiles"][0]["schedulerName"]
+        for docs, name in ((first, "fulcrum-config"), (second, "fulcrum-canary-config"))
+    ]
+    assert profiles == [SCHEDULER_NAME, "fulcrum-canary"]
 
 
 # --- the webhook certificate, by source ------------------------------------------------------
@@ -403,6 +681,17 @@ def test_go_defaults_leave_kube_scheduler_without_gc_settings(helm: Path) -> Non
         (["rebuild.replica=2"], "replica"),  # a typo: unknown keys are refused
         (["scheduler.percentageOfNodesToScore=101"], "/scheduler/percentageOfNodesToScore"),
         (["scheduler.goMemLimit=2G"], "/scheduler/goMemLimit"),  # Go wants GiB, not G
+        (["imagePullSecrets={regcred}"], "/imagePullSecrets/0"),  # [{name: regcred}]
+        (["log.level=verbose"], "/log/level"),
+        (["log.format=logfmt"], "/log/format"),
+        ([r"podLabels.app\.kubernetes\.io/name=x"], "/podLabels/app.kubernetes.io~1name"),
+        (["podAnnotations.checksum/config=x"], "/podAnnotations/checksum~1config"),
+        (["affinity.nodeAfinity.x=y"], "nodeAfinity"),  # a typo
+        (["extraEnv[0].value=x"], "/extraEnv/0"),  # no name
+        (["serviceAccount.annotations.a=1"], "/serviceAccount/annotations/a"),  # not a string
+        (["fullnameOverride=Canary_1"], "/fullnameOverride"),
+        ([f"fullnameOverride=c{'a' * 40}"], "/fullnameOverride"),  # Services' names: 63
+        (["schedulerName=Fulcrum Canary"], "/schedulerName"),
     ],
     ids=[
         "negative-replicas",
@@ -413,6 +702,17 @@ def test_go_defaults_leave_kube_scheduler_without_gc_settings(helm: Path) -> Non
         "typo",
         "pct",
         "memlimit",
+        "pull-secret-string",
+        "log-level",
+        "log-format",
+        "pod-label-of-the-chart",
+        "pod-annotation-of-the-chart",
+        "affinity-typo",
+        "env-without-name",
+        "sa-annotation-number",
+        "fullname-chars",
+        "fullname-long",
+        "scheduler-name",
     ],
 )
 def test_a_bad_value_is_refused_naming_it(helm: Path, sets: list[str], message: str) -> None:

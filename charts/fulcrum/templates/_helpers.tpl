@@ -3,9 +3,28 @@
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
+{{/* The prefix of every object name the chart creates (values.yaml, fullnameOverride): "fulcrum"
+unless fullnameOverride is set, never the release name. Components add their suffix:
+fulcrum-scheduler, fulcrum-rebuild, fulcrum-webhook, fulcrum-config, ... */}}
+{{- define "fulcrum.fullname" -}}
+{{ .Values.fullnameOverride | default "fulcrum" }}
+{{- end }}
+
+{{/* The name of both webhook configurations: fulcrum.io, or <fullnameOverride>.fulcrum.io. */}}
+{{- define "fulcrum.webhookConfigurationName" -}}
+{{- $name := include "fulcrum.fullname" . }}
+{{- if eq $name "fulcrum" }}fulcrum.io{{ else }}{{ $name }}.fulcrum.io{{ end }}
+{{- end }}
+
+{{/* The Secret the webhook serves its certificate from: webhook.certificate.secretName, or
+<fullname>-webhook-tls (what `fulcrum webhook-cert --service <fullname>-webhook` creates). */}}
+{{- define "fulcrum.webhookSecretName" -}}
+{{ .Values.webhook.certificate.secretName | default (printf "%s-webhook-tls" (include "fulcrum.fullname" .)) }}
+{{- end }}
+
 {{/* The webhook Service's DNS name, the name its serving certificate must carry. */}}
 {{- define "fulcrum.webhookHost" -}}
-fulcrum-webhook.{{ .Release.Namespace }}.svc
+{{ include "fulcrum.fullname" . }}-webhook.{{ .Release.Namespace }}.svc
 {{- end }}
 
 {{/* The pod security context every Fulcrum pod runs with (Pod Security "restricted"). */}}
@@ -42,10 +61,94 @@ exec:
 clientConfig:
   service:
     namespace: {{ .root.Release.Namespace }}
-    name: fulcrum-webhook
+    name: {{ include "fulcrum.fullname" .root }}-webhook
     port: 443
     path: {{ .path }}
   {{- with .caBundle }}
   caBundle: {{ . }}
   {{- end }}
+{{- end }}
+
+{{/* A pod's affinity: the component's own anti-affinity (its replicas on different nodes:
+required for fulcrum-scheduler, preferred for the others) merged with .Values.affinity, whose
+nodeAffinity and podAffinity are used as given and whose podAntiAffinity terms come after the
+chart's. Arguments: root, name (the pods' app.kubernetes.io/name), required (bool). */}}
+{{- define "fulcrum.affinity" -}}
+{{- $extra := .root.Values.affinity | default dict }}
+{{- $anti := $extra.podAntiAffinity | default dict -}}
+affinity:
+  {{- with omit $extra "podAntiAffinity" }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+  podAntiAffinity:
+    {{- if .required }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          app.kubernetes.io/name: {{ .name }}
+    {{- with $anti.requiredDuringSchedulingIgnoredDuringExecution }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with $anti.preferredDuringSchedulingIgnoredDuringExecution }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- else }}
+    {{- with $anti.requiredDuringSchedulingIgnoredDuringExecution }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            app.kubernetes.io/name: {{ .name }}
+    {{- with $anti.preferredDuringSchedulingIgnoredDuringExecution }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- end }}
+{{- end }}
+
+{{/* Where a pod runs and what it pulls with: imagePullSecrets, nodeSelector, tolerations. */}}
+{{- define "fulcrum.podPlacement" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- toYaml . | nindent 0 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+{{- toYaml . | nindent 0 }}
+{{- end }}
+{{- end }}
+
+{{/* The log flags of every Fulcrum process (`fulcrum serve|rebuild|webhook`, fulcrum/logs.py). */}}
+{{- define "fulcrum.logFlags" -}}
+- --log-level={{ .Values.log.level }}
+- --log-format={{ .Values.log.format }}
+{{- end }}
+
+{{/* The environment of every Fulcrum container: the chart's, the component's own (.env, a
+list of EnvVar), then extraEnv, last so that it can override any of them. */}}
+{{- define "fulcrum.env" -}}
+env:
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: HOME
+  value: /tmp
+# the kube-scheduler profile Fulcrum serves, the name pods set (values.yaml, schedulerName)
+- name: FULCRUM_SCHEDULER_NAME
+  value: {{ .root.Values.schedulerName | quote }}
+{{- with .env }}
+{{ toYaml . }}
+{{- end }}
+{{- with .root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
