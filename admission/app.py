@@ -14,6 +14,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 
 from admission.review import Decision, mutate, response, validate
+from kube import api
 from kube.hooks import HookRegistry, default_hook_registry
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,10 @@ def _reply(status: int, body: Any) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def create_app(hooks: HookRegistry | None = None) -> FastAPI:
+def create_app(
+    hooks: HookRegistry | None = None, *, scheduler_name: str = api.SCHEDULER_NAME
+) -> FastAPI:
+    """The webhooks' app; pods it routes go to ``scheduler_name``."""
     registry = hooks if hooks is not None else default_hook_registry()
     app = FastAPI(title="Fulcrum admission", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -47,7 +51,9 @@ def create_app(hooks: HookRegistry | None = None) -> FastAPI:
 
     @app.post("/mutate")
     async def mutate_endpoint(request: Request) -> Response:
-        return await review(request, lambda req: mutate(req, registry))
+        return await review(
+            request, lambda req: mutate(req, registry, scheduler_name=scheduler_name)
+        )
 
     @app.post("/validate")
     async def validate_endpoint(request: Request) -> Response:

@@ -65,10 +65,16 @@ def _fulcrum(annotations: Mapping[str, str]) -> list[str]:
     return sorted(k for k in annotations if k.startswith(PREFIX))
 
 
-def mutate(request: Obj, hooks: HookRegistry | None = None) -> Decision:
+def mutate(
+    request: Obj,
+    hooks: HookRegistry | None = None,
+    *,
+    scheduler_name: str = api.SCHEDULER_NAME,
+) -> Decision:
     """Route a pod to fulcrum-scheduler, mark it for Fulcrum's bind if it needs it, guard it for
     local rebuild (see the module docstring). ``hooks``: the rebuild hooks installed (default:
-    the built-ins and installed plugins)."""
+    the built-ins and installed plugins); ``scheduler_name``: the kube-scheduler profile that
+    calls this release's extender (the chart's ``schedulerName``)."""
     pod = request.get("object")
     if request.get("operation") != "CREATE" or not isinstance(pod, Mapping):
         return Decision()
@@ -77,13 +83,13 @@ def mutate(request: Obj, hooks: HookRegistry | None = None) -> Decision:
     decision = Decision()
     if scheduler in ("", DEFAULT_SCHEDULER):
         path = "/spec/schedulerName"
-        decision.patch.append({"op": "add", "path": path, "value": api.SCHEDULER_NAME})
-    elif scheduler != api.SCHEDULER_NAME:
+        decision.patch.append({"op": "add", "path": path, "value": scheduler_name})
+    elif scheduler != scheduler_name:
         uses = ", ".join(_fulcrum(_annotations(_meta(pod)))) or f"namespace label {NAMESPACE_LABEL}"
         return Decision(
             warnings=[
                 f"spec.schedulerName is {scheduler!r}: Fulcrum ({uses}) neither places this pod "
-                f"nor keeps its node on rebuild; use {api.SCHEDULER_NAME} or remove the field"
+                f"nor keeps its node on rebuild; use {scheduler_name} or remove the field"
             ]
         )
     decision.patch += bind_mark(pod) + guard(pod, hooks or default_hook_registry())

@@ -30,6 +30,17 @@ if TYPE_CHECKING:
     from fulcrum.harness.cluster import NodeShape
 
 
+def add_scheduler_name(parser: argparse.ArgumentParser, what: str) -> None:
+    from kube.api import SCHEDULER_NAME
+
+    parser.add_argument(
+        "--scheduler-name",
+        default=SCHEDULER_NAME,
+        help=f"{what}: the kube-scheduler profile that calls Fulcrum's extender, the chart's "
+        "schedulerName (default %(default)s)",
+    )
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from fulcrum.harness.binaries import ensure_binaries
 
@@ -138,7 +149,13 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
     from fulcrum.run.webhook_serve import serve_webhook
 
     logs.configure(args.log_level, args.log_format)
-    serve_webhook(host=args.host, port=args.port, cert=args.tls_cert, key=args.tls_key)
+    serve_webhook(
+        host=args.host,
+        port=args.port,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        scheduler_name=args.scheduler_name,
+    )
     return 0
 
 
@@ -162,6 +179,8 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         health_host=args.health_host,
         lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        scheduler_name=args.scheduler_name,
         identity=args.identity,
         lease_seconds=args.lease_seconds,
     )
@@ -272,6 +291,7 @@ def _add_services(sub: Subparsers) -> None:
     webhook.add_argument("--port", type=int, default=8443, help="listen port (default 8443)")
     webhook.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
     webhook.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
+    add_scheduler_name(webhook, "the scheduler the webhook routes opted-in pods to")
     logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)
 
@@ -297,6 +317,12 @@ def _add_services(sub: Subparsers) -> None:
     )
     logs.add_flags(rebuild)
     rebuild.add_argument("--lease-namespace", default="kube-system", help="where its Lease lives")
+    rebuild.add_argument(
+        "--lease-name",
+        default="fulcrum-rebuild",
+        help="the Lease its replicas campaign for; one per release (default %(default)s)",
+    )
+    add_scheduler_name(rebuild, "the scheduler whose pods the controller keeps in place")
     rebuild.add_argument("--identity", default=None, help="leader-election identity")
     rebuild.add_argument("--lease-seconds", type=int, default=15, help="Lease duration")
     rebuild.set_defaults(func=_cmd_rebuild)

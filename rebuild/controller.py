@@ -71,7 +71,9 @@ def crash_point(step: str) -> None:
 class Controller:
     """Reconciles pods, reservations and pools; see the module docstring for the protocol."""
 
-    def __init__(self, api_client: Any, *, workers: int = WORKERS) -> None:
+    def __init__(
+        self, api_client: Any, *, workers: int = WORKERS, scheduler_name: str = api.SCHEDULER_NAME
+    ) -> None:
         self.writes = Writes(api_client)
         self.queue = WorkQueue()
         self.store = Store(self.queue)
@@ -79,6 +81,7 @@ class Controller:
         self.metrics = ControllerMetrics(self.store, self.queue)
         self.hooks = default_hook_registry()
         self.workers = workers
+        self.scheduler_name = scheduler_name  # the kube-scheduler profile of Fulcrum's extender
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         # uids whose finalizer we removed: our watch may still show them terminating (recent
         # ones; a restart re-lists, and a re-list shows no such pod)
@@ -201,12 +204,12 @@ class Controller:
         if not objects.node_name(pod):
             return
         scheduler = objects.pod_spec(pod).get("schedulerName") or "default-scheduler"
-        if scheduler != api.SCHEDULER_NAME:
+        if scheduler != self.scheduler_name:
             self.writes.report(
                 pod,
                 "unmanaged",
                 f"locality cannot be kept: scheduled by {scheduler}, which knows nothing of "
-                f"local rebuild; set spec.schedulerName: {api.SCHEDULER_NAME}, or install "
+                f"local rebuild; set spec.schedulerName: {self.scheduler_name}, or install "
                 "Fulcrum's admission webhook, which does that for annotated pods",
                 warning=True,
             )

@@ -86,9 +86,18 @@ def make_serving_cert(directory: Path, hosts: list[str]) -> ServingCert:
     return out
 
 
+def configuration_name(service: str) -> str:
+    """The chart's name for both webhook configurations of the release whose webhook Service is
+    ``service``: ``fulcrum.io`` for ``fulcrum-webhook``, ``<prefix>.fulcrum.io`` for
+    ``<prefix>-webhook`` (a release with ``fullnameOverride: <prefix>``)."""
+    prefix = service.removesuffix("-webhook")
+    return "fulcrum.io" if prefix in ("fulcrum", service) else f"{prefix}.fulcrum.io"
+
+
 def install_commands(certs: ServingCert, *, namespace: str, service: str) -> str:
-    """The commands that install ``certs`` for ``deploy/``: the Secret the webhook serves
-    from, and the caBundle of every webhook of both configurations."""
+    """The commands that install ``certs`` for ``deploy/`` or a chart release with
+    ``webhook.certificate.source: secret``: the Secret the webhook serves from, and the caBundle
+    of every webhook of both configurations (named after ``service``, as the chart names them)."""
     ca = base64.b64encode(certs.ca.read_bytes()).decode()
     lines = [
         f"kubectl -n {namespace} create secret tls {service}-tls "
@@ -99,5 +108,6 @@ def install_commands(certs: ServingCert, *, namespace: str, service: str) -> str
             {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca}
             for i in range(count)
         ]
-        lines.append(f"kubectl patch {kind} fulcrum.io --type=json -p '{json.dumps(patch)}'")
+        name = configuration_name(service)
+        lines.append(f"kubectl patch {kind} {name} --type=json -p '{json.dumps(patch)}'")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from fulcrum.run.kubeconfig import CredentialsError
 from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
+from kube.api import SCHEDULER_NAME
 from rebuild.controller import WORKERS, Controller
 from rebuild.store import Store
 
@@ -73,6 +74,8 @@ def run(
     health_port: int,
     health_host: str = "0.0.0.0",
     lease_namespace: str = "kube-system",
+    lease_name: str = LEASE_NAME,
+    scheduler_name: str = SCHEDULER_NAME,
     identity: str | None = None,
     lease_seconds: int = 15,
 ) -> None:
@@ -88,7 +91,7 @@ def run(
         raise RebuildError(str(exc)) from exc
     client.Configuration.set_default(api_client.configuration)  # the Lease lock's client
     ready = threading.Event()
-    controller = Controller(api_client)
+    controller = Controller(api_client, scheduler_name=scheduler_name)
     _health_server(health_host, health_port, ready, controller.metrics.registry)
     log.info("health and metrics on http://%s:%d", health_host, health_port)
     if identity:
@@ -102,10 +105,10 @@ def run(
         ready.set()
 
     def lost() -> None:
-        log.error("%s lost the %s lease; exiting", controller.identity, LEASE_NAME)
+        log.error("%s lost the %s lease; exiting", controller.identity, lease_name)
         os._exit(1)
 
-    lock = LeaseLock(LEASE_NAME, lease_namespace, controller.identity)
+    lock = LeaseLock(lease_name, lease_namespace, controller.identity)
     renew = max(2, lease_seconds * 2 // 3)
     election = electionconfig.Config(
         lock,

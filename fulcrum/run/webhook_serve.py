@@ -9,9 +9,12 @@ import uvicorn
 
 from admission.app import create_app
 from fulcrum.run.serve import ServeError, check_port_free
+from kube.api import SCHEDULER_NAME
 
 
-def serve_webhook(*, host: str, port: int, cert: Path, key: Path) -> None:
+def serve_webhook(
+    *, host: str, port: int, cert: Path, key: Path, scheduler_name: str = SCHEDULER_NAME
+) -> None:
     for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
         if not path.is_file():
             raise ServeError(
@@ -20,7 +23,7 @@ def serve_webhook(*, host: str, port: int, cert: Path, key: Path) -> None:
             )
     check_port_free(host, port)
     uvicorn.run(
-        create_app(),
+        create_app(scheduler_name=scheduler_name),
         host=host,
         port=port,
         ssl_certfile=str(cert),

@@ -21,7 +21,7 @@ from admission.app import create_app
 from admission.config import webhook_configurations
 from admission.review import mutate, response, validate
 from fulcrum.cli import main
-from fulcrum.harness.certs import make_serving_cert
+from fulcrum.harness.certs import install_commands, make_serving_cert
 from fulcrum.harness.cluster import free_port
 from kube import api
 from kube.hooks import default_hook_registry
@@ -141,6 +141,42 @@ def test_a_pod_naming_another_scheduler_is_left_alone_with_a_warning() -> None:
     [warning] = decision.warnings
     assert "'volcano'" in warning and "fulcrum.io/rebuild" in warning
     assert len(warning) < 256  # the API server may truncate longer warnings
+
+
+def test_a_second_release_routes_to_its_own_scheduler_name() -> None:
+    """The chart passes its schedulerName (--scheduler-name): a release named fulcrum-canary
+    sends opted-in pods there, and calls a pod on the first release's scheduler another's."""
+    opted_in = pod({api.REBUILD: "local"})
+    decision = mutate(request(opted_in), scheduler_name="fulcrum-canary")
+    assert decision.patch[0] == {
+        "op": "add",
+        "path": "/spec/schedulerName",
+        "value": "fulcrum-canary",
+    }
+    other = mutate(request(pod({api.REBUILD: "local"}, "fulcrum-scheduler")), scheduler_name="x")
+    assert other.patch == [] and "use x or remove the field" in other.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("service", "configuration"),
+    [
+        ("fulcrum-webhook", "fulcrum.io"),
+        ("canary-webhook", "canary.fulcrum.io"),
+        ("hook", "fulcrum.io"),
+    ],
+)
+def test_webhook_cert_patches_the_configurations_the_chart_names(
+    tmp_path: Path, service: str, configuration: str
+) -> None:
+    commands = install_commands(
+        make_serving_cert(tmp_path, [f"{service}.ns.svc"]), namespace="ns", service=service
+    )
+    patches = [line.split()[:4] for line in commands.splitlines() if " patch " in line]
+    assert patches == [
+        ["kubectl", "patch", kind, configuration]
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration")
+    ]
+    assert f"create secret tls {service}-tls" in commands
 
 
 def test_a_pod_already_on_fulcrum_and_updates_are_untouched() -> None:

@@ -100,6 +100,14 @@ def env(container: Doc) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+def flag(container: Doc, name: str) -> str | None:
+    """The value of ``--name=value`` in the container's command, or None."""
+    prefix = f"--{name}="
+    found = [a.removeprefix(prefix) for a in container["command"] if a.startswith(prefix)]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
 # --- the chart as a whole ------------------------------------------------------------------
 
 
@@ -380,13 +388,14 @@ def test_service_account_annotations_reach_every_service_account(helm: Path) -> 
 def test_the_scheduler_name_reaches_the_profile_the_webhook_and_every_fulcrum_process(
     helm: Path,
 ) -> None:
-    for c in fulcrum_containers(render(helm)).values():
-        assert env(c)["FULCRUM_SCHEDULER_NAME"] == SCHEDULER_NAME
+    routing = ("fulcrum-rebuild", "fulcrum-webhook")  # the extender does not use the name
+    for deployment, c in fulcrum_containers(render(helm)).items():
+        assert flag(c, "scheduler-name") == (SCHEDULER_NAME if deployment in routing else None)
     docs = render(helm, "schedulerName=fulcrum-canary")
     (profile,) = config_map_file(docs, "kube-scheduler.yaml")["profiles"]
     assert profile["schedulerName"] == "fulcrum-canary"
-    for c in fulcrum_containers(docs).values():
-        assert env(c)["FULCRUM_SCHEDULER_NAME"] == "fulcrum-canary"
+    for deployment in routing:
+        assert flag(fulcrum_containers(docs)[deployment], "scheduler-name") == "fulcrum-canary"
     mutating = one(docs, "MutatingWebhookConfiguration")
     expression = mutating["webhooks"][0]["matchConditions"][0]["expression"]
     assert "object.spec.schedulerName == 'fulcrum-canary'" in expression
@@ -468,8 +477,8 @@ def test_a_fullname_override_names_every_object_and_every_reference(
         if "resourceNames" in rule
     }
     assert leases["canary-scheduler-leader-election"] == [election["resourceName"]]
-    rebuild = env(fulcrum_containers(docs, "canary")["canary-rebuild"])
-    assert leases["canary-rebuild-leader-election"] == [rebuild["FULCRUM_REBUILD_LEASE_NAME"]]
+    rebuild = fulcrum_containers(docs, "canary")["canary-rebuild"]
+    assert leases["canary-rebuild-leader-election"] == [flag(rebuild, "lease-name")]
     services = {
         hook["clientConfig"]["service"]["name"]
         for kind in WEBHOOK_KINDS

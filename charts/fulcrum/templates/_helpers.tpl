@@ -142,9 +142,6 @@ env:
   value: "1"
 - name: HOME
   value: /tmp
-# the kube-scheduler profile Fulcrum serves, the name pods set (values.yaml, schedulerName)
-- name: FULCRUM_SCHEDULER_NAME
-  value: {{ .root.Values.schedulerName | quote }}
 {{- with .env }}
 {{ toYaml . }}
 {{- end }}
