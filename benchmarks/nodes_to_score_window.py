@@ -2,18 +2,19 @@
 
 kube-scheduler runs its Filter from where the last pod's search ended and stops once it has
 found its share of feasible nodes (adaptive: 50 - nodes/125 %, at least 5 % and 100 nodes);
-the extender then picks one of those. This replays the bench's pod mix on equal nodes, one pod
-at a time, and prints the nodes used and the nodes Filter visited per pod, for a tie-break
-among equal scores: the window's lowest row (Fulcrum before 60c00a2) or the fullest node.
-It reproduced the live runs' 581 (adaptive) and 901 (10 %) nodes for the lowest row.
+the extender then picks one of those. This replays ``fulcrum bench``'s pod mix on equal nodes,
+one pod at a time, and prints the nodes used and the nodes Filter visited per pod, for a
+tie-break among equal scores: the window's lowest row (Fulcrum's earlier tie-break) or the
+fullest node (Fulcrum's now). No cluster; about a second per run.
 
-python3 benchmarks/results-bench/nodes-to-score/window_sim.py 1000 25000 10 fullest 1
+    .venv/bin/python benchmarks/nodes_to_score_window.py [--nodes 1000] [--pods 25000] \
+        [--percentage 10] [--tie fullest|lowest] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
-import sys
 
 SHAPES = [(250, 512)] * 40 + [(500, 1024)] * 30 + [(1000, 2048)] * 20 + [(2000, 4096)] * 10
 NODE = (32000, 256 * 1024, 110)  # cpu milli, memory Mi, pods
@@ -51,6 +52,19 @@ def main(nodes: int, pods: int, percentage: int, tie: str, seed: int) -> None:
     )
 
 
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=25000)
+    parser.add_argument(
+        "--percentage", type=int, default=10, help="percentageOfNodesToScore; 0: adaptive"
+    )
+    parser.add_argument("--tie", choices=("fullest", "lowest"), default="fullest")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    args = parser.parse_args(argv)
+    for seed in args.seeds:
+        main(args.nodes, args.pods, args.percentage, args.tie, seed)
+
+
 if __name__ == "__main__":
-    n, p, pct, tie, seed = sys.argv[1:6]
-    main(int(n), int(p), int(pct), tie, int(seed))
+    cli()
