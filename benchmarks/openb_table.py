@@ -5,11 +5,14 @@ protocol), appending one JSON line per run to ``<out>/runs.jsonl`` (re-runs
 skip what is already there), then writes ``<out>/table.md``, ``<out>/table.csv``
 and ``<out>/alloc_vs_arrived.png``.
 
-    .venv/bin/python benchmarks/openb_table.py --seeds 42-51 --jobs 2 --out benchmarks/results
+    .venv/bin/python benchmarks/openb_table.py --seeds 42-51 --jobs 2   # -> benchmarks/out/openb
     .venv/bin/python benchmarks/openb_table.py --seeds 42-44 --policies FGD,Archimedes,BestFit \
-        --random-ties --out benchmarks/results-random-ties
+        --random-ties --out benchmarks/out/openb-random-ties
     .venv/bin/python benchmarks/openb_table.py --seeds 42-51 --policies FGD,Archimedes --live \
-        --jobs 2 --out benchmarks/results-live   # learnt as pods arrive, not given
+        --jobs 2 --out benchmarks/out/openb-live   # learnt as pods arrive, not given
+
+``benchmarks/out/`` is git-ignored: run outputs stay out of the tree (docs/benchmarks.md carries
+the figures).
 """
 
 from __future__ import annotations
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "openb")
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument(
         "--live",

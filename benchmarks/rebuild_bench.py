@@ -7,6 +7,9 @@ Running, throughput, per-pod latency (predecessor terminating -> its successor R
 and how many successors kept their node, IP and volumes.
 
     .venv/bin/python benchmarks/rebuild_bench.py [--nodes 1000] [--pods 1000] [--out FILE]
+
+The results are also written as JSON to ``--out`` (default ``benchmarks/out/rebuild_bench.json``;
+``benchmarks/out/`` is git-ignored).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from fulcrum.harness import cluster
 from fulcrum.lab import rebuild_run as rr
 from kube import api
 
+OUT = Path(__file__).resolve().parent / "out" / "rebuild_bench.json"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", default="10", help="cpu per pod (nodes have 32)")
     parser.add_argument("--max-unavailable", default="25%")
     parser.add_argument("--name", default="fulcrum-rebuild-bench")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help="write the results as JSON here (default %(default)s)"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     args = parser.parse_args(argv)
 
@@ -100,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             h.split(":")[0] for h in (pool.get("status") or {}).get("allocations", {}).values()
         )
         print(f"reservations left: {len(left['items'])}; pool holders: {dict(holders)}")
-        if args.out:
-            rr.write_json(args.out, {app: asdict(r) for app, r in results.items()})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        rr.write_json(args.out, {app: asdict(r) for app, r in results.items()})
     finally:
         if not args.keep:
             cluster.down(args.name, log=say)
