@@ -30,7 +30,7 @@ class ExtenderRegistration:
     # percentageOfNodesToScore: 100 sends the extender every feasible node; less (0: adaptive,
     # 50 - nodes/125 %, at least 5 % and 100 nodes) stops kube-scheduler's Filter once that many
     # are found, from where the last pod's search ended: cheaper per pod, but Fulcrum chooses
-    # from a window of the cluster (the price in nodes is measured in the README)
+    # from a window of the cluster (the price in nodes: docs/benchmarks.md)
     nodes_to_score: int = 100
 
     def to_config(self) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ MAX_BACKOFF_SECONDS = 2
 # since the last collection (Go's default 100), and as often as it must to keep the heap under
 # GOMEMLIMIT. Filtering every node for every pod allocates fast: at 100 a third of its CPU
 # went to collecting. At 800 it collects an eighth as often, for a larger heap, capped below
-# the chart's 2Gi memory limit (README, "fulcrum-scheduler's garbage collector").
+# the chart's 2Gi memory limit (docs/benchmarks.md, "Memory").
 SCHEDULER_GC = {"GOGC": "800", "GOMEMLIMIT": "1800MiB"}
 
 
