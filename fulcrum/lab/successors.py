@@ -34,34 +34,33 @@ class Kept:
     means something for.
 
     A node means something for every member. An IP can be kept only from an IP pool, so "same
-    IP" counts the members with one; a member without a pool gets whatever IP the network hands
-    out, so for those the figure is how many came back with a new one. "Same PVCs" counts the
-    members that had PersistentVolumeClaims (for the others there is nothing to keep).
+    IP" counts the members with one; a member without a pool gets whatever IP the network
+    hands out (kwok hands a freed IP to the next pod: plain replicas came back with all their
+    old IPs in one run and with none in another), so there is no figure for it. "Same PVCs"
+    counts the members that had PersistentVolumeClaims: for the others there is nothing to
+    keep.
     """
 
     total: int  # members before the change
     node: int  # of ``total``: successors on their predecessor's node
     pooled: int  # members with an IP pool (and an IP)
     ip: int  # of ``pooled``: successors with their predecessor's IP
-    unpooled: int  # members with an IP but no IP pool
-    new_ip: int  # of ``unpooled``: whose IP no successor has
     with_claims: int  # members with PVCs
     claims: int  # of ``with_claims``: successors with their predecessor's PVCs
     misses: tuple[str, ...] = field(default=(), compare=False)  # who did not keep what
 
     def __str__(self) -> str:
-        parts = [f"same node {self.node}/{self.total}"]
-        if self.pooled:
-            parts.append(f"same IP {self.ip}/{self.pooled} (IP pool)")
-        if self.unpooled:
-            parts.append(f"new IP {self.new_ip}/{self.unpooled} (no IP pool)")
-        if not self.pooled and not self.unpooled:
-            parts.append("same IP n/a (no IPs)")
-        if self.with_claims:
-            parts.append(f"same PVCs {self.claims}/{self.with_claims} (with PVCs)")
-        else:
-            parts.append("same PVCs n/a (no PVCs)")
-        return ", ".join(parts)
+        ip = (
+            f"same IP {self.ip}/{self.pooled} (IP pool)"
+            if self.pooled
+            else "same IP n/a (no IP pool)"
+        )
+        claims = (
+            f"same PVCs {self.claims}/{self.with_claims} (with PVCs)"
+            if self.with_claims
+            else "same PVCs n/a (no PVCs)"
+        )
+        return f"same node {self.node}/{self.total}, {ip}, {claims}"
 
     def to_json(self) -> dict[str, int]:
         """The figures under the keys ``fulcrum bench -o json`` has always used (``same_node``,
@@ -71,8 +70,6 @@ class Kept:
             "same_node": self.node,
             "ip_pool": self.pooled,
             "same_ip": self.ip,
-            "no_ip_pool": self.unpooled,
-            "new_ip": self.new_ip,
             "with_pvcs": self.with_claims,
             "same_pvcs": self.claims,
         }
@@ -85,8 +82,6 @@ class Kept:
             figures["same_node"],
             figures["ip_pool"],
             figures["same_ip"],
-            figures["no_ip_pool"],
-            figures["new_ip"],
             figures["with_pvcs"],
             figures["same_pvcs"],
         )
@@ -116,28 +111,19 @@ def kept(before: Mapping[str, Member], after: Mapping[str, Member]) -> Kept:
             loose.append(b)
     paired = {a.uid for _, a in pairs}
     spare = [m for m in after.values() if m.uid not in paired]
-    pooled = [b for b in before.values() if b.pool and b.ip]
-    unpooled = [b for b in before.values() if not b.pool and b.ip]
-    with_claims = [b for b in before.values() if b.claims]
     misses = tuple(
         f"{b.name}@{b.node}/{b.ip} -> {a.name}@{a.node}/{a.ip} claimed {a.claimed or '-'}"
         for b, a in pairs
         if a.node != b.node or (b.pool and a.ip != b.ip) or a.claims != b.claims
     )
-    spare_ips = [m.ip for m in spare if m.ip]
-    unpooled_loose = [b.ip for b in loose if not b.pool and b.ip]
     return Kept(
         total=len(before),
         node=sum(a.node == b.node for b, a in pairs)
         + _shared((b.node for b in loose), (m.node for m in spare)),
-        pooled=len(pooled),
+        pooled=sum(bool(b.pool and b.ip) for b in before.values()),
         ip=sum(bool(b.pool and b.ip) and a.ip == b.ip for b, a in pairs)
-        + _shared((b.ip for b in loose if b.pool and b.ip), spare_ips),
-        unpooled=len(unpooled),
-        new_ip=sum(bool(not b.pool and b.ip) and a.ip != b.ip for b, a in pairs)
-        + len(unpooled_loose)
-        - _shared(unpooled_loose, spare_ips),
-        with_claims=len(with_claims),
+        + _shared((b.ip for b in loose if b.pool and b.ip), (m.ip for m in spare if m.ip)),
+        with_claims=sum(bool(b.claims) for b in before.values()),
         claims=sum(bool(b.claims) and a.claims == b.claims for b, a in pairs)
         + _shared((b.claims for b in loose if b.claims), (m.claims for m in spare if m.claims)),
         misses=misses,

@@ -17,9 +17,7 @@ pytestmark = pytest.mark.integration
 
 NS = "it-rebuild"
 # ten pods with an IP pool and no PVCs, each back on its node with its IP
-EVERY_NODE_AND_IP = successors.Kept(
-    10, 10, pooled=10, ip=10, unpooled=0, new_ip=0, with_claims=0, claims=0
-)
+EVERY_NODE_AND_IP = successors.Kept(10, 10, pooled=10, ip=10, with_claims=0, claims=0)
 
 
 @pytest.fixture(scope="module")

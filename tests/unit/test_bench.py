@@ -135,14 +135,14 @@ REBUILD = {
         "seconds": 2.5,
         "p50": 0.5,
         "p99": 1.2,
-        **Kept(20, 20, pooled=20, ip=20, unpooled=0, new_ip=0, with_claims=0, claims=0).to_json(),
+        **Kept(20, 20, pooled=20, ip=20, with_claims=0, claims=0).to_json(),
     },
     "plain": {
         "pods": 20,
         "seconds": 2.0,
         "p50": 0.3,
         "p99": 0.5,
-        **Kept(20, 19, pooled=0, ip=0, unpooled=20, new_ip=20, with_claims=0, claims=0).to_json(),
+        **Kept(20, 19, pooled=0, ip=0, with_claims=0, claims=0).to_json(),
     },
     "ratio": 1.25,
 }
@@ -182,7 +182,7 @@ def test_the_table_has_a_column_per_scheduler_and_every_measure() -> None:
     assert row["RSS MiB kube-apiserver"] == ["400", "400"]
     assert len({len(line) for line in lines if line.startswith("|")}) == 1  # aligned
     assert "same node 20/20, same IP 20/20 (IP pool), same PVCs n/a (no PVCs)" in table
-    assert "same node 19/20, new IP 20/20 (no IP pool), same PVCs n/a (no PVCs)" in table
+    assert "same node 19/20, same IP n/a (no IP pool), same PVCs n/a (no PVCs)" in table
     assert "local/plain time: 1.25" in table
 
 
