@@ -29,6 +29,7 @@ from fulcrum.harness import cluster
 from fulcrum.harness import processes as cluster_processes
 from fulcrum.lab import DEFAULT_MIX, demo, openb, traces
 from fulcrum.lab import rebuild_run as rr
+from fulcrum.lab.successors import Kept
 from fulcrum.lab.workload import PodShape, ensure_namespace, pod_manifest, scheduler_metrics
 from scheduler.trace import load_pods
 
@@ -327,15 +328,12 @@ class Config:
 
 
 def rollout_json(rollout: rr.Rollout) -> dict[str, Any]:
-    kept = rollout.kept
     return {
         "pods": rollout.pods,
         "seconds": rollout.seconds,
         "p50": rollout.percentile(0.5),
         "p99": rollout.percentile(0.99),
-        "same_node": kept.node,
-        "same_ip": kept.ip,
-        "total": kept.total,
+        **rollout.kept.to_json(),
     }
 
 
@@ -522,6 +520,15 @@ def format_table(bench: Bench) -> str:
     return "\n".join(lines)
 
 
+def _kept(rollout: Mapping[str, Any]) -> str:
+    """What a rollout kept; a run saved before the counts each figure is out of were recorded
+    shows its figures out of all its pods, as it was printed then."""
+    if "ip_pool" in rollout:
+        return str(Kept.from_json(rollout))
+    total = rollout["total"]
+    return f"same node {rollout['same_node']}/{total}, same IP {rollout['same_ip']}/{total}"
+
+
 def format_rebuild(rebuild: Mapping[str, Any]) -> list[str]:
     lines = ["local rebuild (`kubectl set env` on both Deployments at once):"]
     if "error" in rebuild:
@@ -530,8 +537,7 @@ def format_rebuild(rebuild: Mapping[str, Any]) -> list[str]:
         r = rebuild[app]
         lines.append(
             f"  {app:6} {r['pods']} pods, all Running after {r['seconds']:.1f} s; per pod p50 "
-            f"{r['p50']:.2f} s p99 {r['p99']:.2f} s; same node {r['same_node']}/{r['total']}, "
-            f"same IP {r['same_ip']}/{r['total']}"
+            f"{r['p50']:.2f} s p99 {r['p99']:.2f} s; {_kept(r)}"
         )
     lines.append(f"  local/plain time: {rebuild['ratio']:.2f}")
     return lines

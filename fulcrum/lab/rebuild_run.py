@@ -14,9 +14,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from kubernetes import client
 
 from fulcrum.harness import cluster
 from fulcrum.harness.cluster import FULCRUM_SCHEDULER
+from fulcrum.lab.successors import Kept, Member, kept
 from fulcrum.lab.workload import PAUSE_IMAGE
 from kube import api
 from kube.informer import Informer
@@ -33,19 +33,6 @@ from kube.objects import ready
 
 NEW_IMAGE = "registry.k8s.io/pause:3.9"
 APP_LABEL = "app"
-
-
-@dataclass(frozen=True)
-class Member:
-    """Where one member of a workload runs."""
-
-    key: str
-    name: str
-    uid: str
-    node: str
-    ip: str
-    claims: tuple[str, ...]
-    claimed: str  # the Reservation this pod claimed at bind, if any
 
 
 @dataclass(frozen=True)
@@ -284,6 +271,7 @@ def members(kit: Kit, namespace: str, app: str) -> dict[str, Member]:
             (pod.get("status") or {}).get("podIP") or "",
             api.claim_names(pod),
             (meta.get("annotations") or {}).get(api.RESERVATION, ""),
+            (meta.get("annotations") or {}).get(api.IP_POOL, ""),
         )
     return out
 
@@ -378,57 +366,6 @@ def has_env(value: str) -> Callable[[dict[str, Any]], bool]:
         return any(e.get("name") == "REVISION" and e.get("value") == value for e in env)
 
     return check
-
-
-@dataclass(frozen=True)
-class Kept:
-    """How many members came back with the same node, IP and claims."""
-
-    total: int
-    node: int
-    ip: int
-    claims: int
-    misses: tuple[str, ...] = field(default=(), compare=False)  # who did not keep what
-
-    def __str__(self) -> str:
-        return (
-            f"same node {self.node}/{self.total}, same IP {self.ip}/{self.total}, "
-            f"same PVCs {self.claims}/{self.total}"
-        )
-
-
-def kept(before: Mapping[str, Member], after: Mapping[str, Member]) -> Kept:
-    """Compare each member with its successor.
-
-    A successor names the Reservation it claimed (``fulcrum.io/reservation``), which names its
-    predecessor's UID; members that claimed nothing are matched by key (StatefulSet ordinal,
-    bare-pod name), and Deployment replicas, being interchangeable, by node: the count of
-    nodes the old and new replica sets share.
-    """
-    by_claim = {m.claimed: m for m in after.values() if m.claimed}
-    pairs: list[tuple[Member, Member]] = []
-    loose: list[Member] = []
-    for b in before.values():
-        a = by_claim.get(api.reservation_name(b.uid)) or after.get(b.key)
-        if a is not None:
-            pairs.append((b, a))
-        else:
-            loose.append(b)
-    paired = {a.uid for _, a in pairs}
-    spare = Counter(m.node for m in after.values() if m.uid not in paired)
-    shared = sum((Counter(m.node for m in loose) & spare).values())
-    misses = tuple(
-        f"{b.name}@{b.node}/{b.ip} -> {a.name}@{a.node}/{a.ip} claimed {a.claimed or '-'}"
-        for b, a in pairs
-        if (a.node, a.ip, a.claims) != (b.node, b.ip, b.claims)
-    )
-    return Kept(
-        len(before),
-        sum(a.node == b.node for b, a in pairs) + shared,
-        sum(bool(a.ip) and a.ip == b.ip for b, a in pairs),
-        sum(a.claims == b.claims for b, a in pairs),
-        misses,
-    )
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -17,8 +17,13 @@ from fulcrum.harness import cluster
 
 pytestmark = pytest.mark.integration
 
+SCHEDULERS = ("fulcrum-scheduler", "default-scheduler")
+MARGIN = 1  # nodes over the lower bound Fulcrum may use (it uses the bound at 1,000 nodes)
+
 
 def test_bench_reports_both_schedulers_and_the_rebuild_roll() -> None:
+    """Both schedulers place every pod, Fulcrum on fewer nodes; the local rebuild keeps every
+    local pod's node and IP."""
     name = f"it-bench-{os.getpid()}"
     cmd = [sys.executable, "-m", "fulcrum.cli", "bench", "--name", name]
     cmd += [
@@ -48,12 +53,21 @@ def test_bench_reports_both_schedulers_and_the_rebuild_roll() -> None:
         assert phase["throughput"] > 0
         assert phase["apiserver_qps"] > 0
         for kind in ("sli", "attempt"):
+            assert set(phase["latency"][kind]) == {"p50", "p90", "p99"}
             assert all(v is not None and v > 0 for v in phase["latency"][kind].values())
         assert phase["cpu_ms_per_pod"]["kube-apiserver"] > 0
         assert phase["rss_mib"]["kube-apiserver"] > 0
         assert phase["cpu_ms_per_pod"][scheduler.replace("default-", "kube-")] > 0
+    # Fulcrum packs: fewer nodes than default-scheduler, which spreads, and within MARGIN
+    # of the lower bound
+    [fulcrum], [default] = (document["schedulers"][s] for s in SCHEDULERS)
+    assert fulcrum["nodes_used"] < default["nodes_used"]
+    assert fulcrum["nodes_used"] <= bound + MARGIN
     rebuild = document["rebuild"]
-    assert rebuild["local"]["same_node"] == rebuild["local"]["total"] == 20
-    assert rebuild["local"]["same_ip"] == 20
-    assert rebuild["plain"]["pods"] == 20
+    local, plain = rebuild["local"], rebuild["plain"]
+    assert local["same_node"] == local["total"] == 20
+    assert local["same_ip"] == local["ip_pool"] == 20  # every local pod has an IP pool
+    assert local["with_pvcs"] == plain["with_pvcs"] == 0  # nothing to keep: not counted
+    assert plain["pods"] == 20
+    assert plain["ip_pool"] == plain["same_ip"] == 0  # no IP pool: no IP figure
     assert rebuild["ratio"] > 0

@@ -9,12 +9,15 @@ import orjson
 import pytest
 
 from fulcrum.lab import rebuild_run as rr
+from fulcrum.lab import successors
 from kube import api, ippool
 from tests.integration.conftest import KwokCluster, kit_in, validation_off
 
 pytestmark = pytest.mark.integration
 
 NS = "it-rebuild"
+# ten pods with an IP pool and no PVCs, each back on its node with its IP
+EVERY_NODE_AND_IP = successors.Kept(10, 10, pooled=10, ip=10, with_claims=0, claims=0)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +109,10 @@ def test_rollouts_bring_every_successor_back_on_its_node_with_its_ip_and_volumes
     for change, by_app in results.items():
         for app in ("web", "db", "solo"):
             k = by_app[app].kept
-            assert (k.node, k.ip, k.claims) == (k.total,) * 3, (change, app, k, k.misses)
+            # every member has an IP pool; only the StatefulSet's have PVCs
+            with_claims = k.total if app == "db" else 0
+            assert (k.node, k.pooled, k.ip) == (k.total,) * 3, (change, app, k, k.misses)
+            assert (k.with_claims, k.claims) == (with_claims,) * 2, (change, app, k, k.misses)
     # every successor claimed its room; the controller drops claimed Reservations shortly after
     rr.wait_for(
         "claimed reservations dropped",
@@ -139,7 +145,7 @@ def test_a_statefulset_on_delete_takes_an_image_change_in_place(kit: rr.Kit) -> 
     recreated = rr.members(kit, NS, "cache")
     assert all(recreated[k].uid != m.uid for k, m in after.items())
     assert {k: m.node for k, m in recreated.items()} == {k: m.node for k, m in after.items()}
-    assert rr.kept(after, recreated).claims == 3
+    assert successors.kept(after, recreated).claims == 3
 
 
 def _cordon(kit: rr.Kit, node: str, on: bool) -> None:
@@ -261,13 +267,13 @@ def test_pause_keeps_both_versions_in_place_and_resume_and_undo_rebuild_locally(
     paused = rr.members(kit, NS, "roll")
     new = rr.running(kit, NS, "roll", rr.has_env("2"))
     assert 0 < new < 10, f"{new} pods of the new version while paused"
-    assert rr.kept(first, paused) == rr.Kept(10, 10, 10, 10)
+    assert successors.kept(first, paused) == EVERY_NODE_AND_IP
 
     kit.kubectl("rollout", "resume", "deployment/roll", "-n", NS)
     rr.wait_for("resumed", lambda: rr.running(kit, NS, "roll", rr.has_env("2")) == 10)
     resumed = rr.members(kit, NS, "roll")
-    assert rr.kept(paused, resumed) == rr.Kept(10, 10, 10, 10)
+    assert successors.kept(paused, resumed) == EVERY_NODE_AND_IP
 
     kit.kubectl("rollout", "undo", "deployment/roll", "-n", NS)
     rr.wait_for("undone", lambda: rr.running(kit, NS, "roll", rr.has_env("1")) == 10)
-    assert rr.kept(resumed, rr.members(kit, NS, "roll")) == rr.Kept(10, 10, 10, 10)
+    assert successors.kept(resumed, rr.members(kit, NS, "roll")) == EVERY_NODE_AND_IP

@@ -16,6 +16,7 @@ from kubernetes import client
 
 from fulcrum.harness import cluster, processes
 from fulcrum.lab import rebuild_run as rr
+from fulcrum.lab import successors
 from kube import api, ippool
 from rebuild.controller import CRASH_ENV
 
@@ -154,8 +155,8 @@ def test_two_controllers_elect_one_leader_and_never_hand_out_an_ip_twice(
         rr.wait_for(
             "duo rolled", lambda: rr.running(kit, NS, "duo", rr.has_env("2")) == 10, timeout=120
         )
-        kept = rr.kept(before, rr.members(kit, NS, "duo"))
-        assert (kept.node, kept.ip) == (10, 10), kept
+        kept = successors.kept(before, rr.members(kit, NS, "duo"))
+        assert (kept.node, kept.pooled, kept.ip) == (10, 10, 10), kept
         duo_pool = kit.custom.get_namespaced_custom_object(
             api.GROUP, api.VERSION, NS, api.IPPOOLS, "duo"
         )

@@ -14,6 +14,7 @@ from fulcrum import cli
 from fulcrum.harness import cluster
 from fulcrum.harness.cluster import NodeShape
 from fulcrum.lab import bench
+from fulcrum.lab.successors import Kept
 from fulcrum.lab.workload import PodShape
 
 
@@ -134,18 +135,14 @@ REBUILD = {
         "seconds": 2.5,
         "p50": 0.5,
         "p99": 1.2,
-        "same_node": 20,
-        "same_ip": 20,
-        "total": 20,
+        **Kept(20, 20, pooled=20, ip=20, with_claims=0, claims=0).to_json(),
     },
     "plain": {
         "pods": 20,
         "seconds": 2.0,
         "p50": 0.3,
         "p99": 0.5,
-        "same_node": 20,
-        "same_ip": 0,
-        "total": 20,
+        **Kept(20, 19, pooled=0, ip=0, with_claims=0, claims=0).to_json(),
     },
     "ratio": 1.25,
 }
@@ -184,7 +181,8 @@ def test_the_table_has_a_column_per_scheduler_and_every_measure() -> None:
     assert "CPU ms/pod (stolen)" not in row
     assert row["RSS MiB kube-apiserver"] == ["400", "400"]
     assert len({len(line) for line in lines if line.startswith("|")}) == 1  # aligned
-    assert "same node 20/20, same IP 20/20" in table
+    assert "same node 20/20, same IP 20/20 (IP pool), same PVCs n/a (no PVCs)" in table
+    assert "same node 19/20, same IP n/a (no IP pool), same PVCs n/a (no PVCs)" in table
     assert "local/plain time: 1.25" in table
 
 
@@ -236,6 +234,18 @@ def test_a_saved_run_prints_the_same_table() -> None:
     original = _bench()
     document = orjson.loads(orjson.dumps(original.to_json()))
     assert bench.format_table(bench.Bench.from_json(document)) == bench.format_table(original)
+
+
+def test_a_run_saved_before_the_kept_counts_prints_as_it_did() -> None:
+    legacy = {"pods": 20, "seconds": 2.0, "p50": 0.3, "p99": 0.5, "same_node": 20}
+    rebuild = {
+        "local": {**legacy, "same_ip": 20, "total": 20},
+        "plain": {**legacy, "same_ip": 0, "total": 20},
+        "ratio": 1.0,
+    }
+    lines = bench.format_rebuild(rebuild)
+    assert lines[1].endswith("same node 20/20, same IP 20/20")
+    assert lines[2].endswith("same node 20/20, same IP 0/20")
 
 
 def test_a_failed_roll_is_reported_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:

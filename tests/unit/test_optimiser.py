@@ -6,7 +6,14 @@ import time
 
 import numpy as np
 
-from scheduler.optimiser import pack_batch, plan_free_nodes, plan_room_for
+from scheduler.optimiser import (
+    _greedy_pack,
+    _order,
+    _used_nodes,
+    pack_batch,
+    plan_free_nodes,
+    plan_room_for,
+)
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -42,12 +49,18 @@ def test_pack_batch_beats_or_matches_greedy_and_keeps_devices_exact() -> None:
     ]
     snapshot = empty_cluster(10)
     result = pack_batch(snapshot, pods, deadline_s=5)
-    assert result.lower_bound <= result.nodes_used
-    # Realise the plan: every pod must fit where it was put.
+    # The baseline pack_batch starts from: best-fit-decreasing on the same pods.
+    greedy, greedy_plan = _greedy_pack(snapshot, pods, _order(pods), [None] * len(pods))
+    assert sum(node is not None for node in greedy_plan) == 14
+    assert result.placed == 14
+    assert result.lower_bound <= result.nodes_used <= int(_used_nodes(greedy).sum())
+    # Realise the plan: every pod must fit where it was put, devices included (assign checks
+    # each device's free milli), on the nodes the result counts.
     work = snapshot.copy()
     for i, node in enumerate(result.placements):
-        if node is not None:
-            work.assign(f"p{i}", pods[i], node)
+        assert node is not None
+        work.assign(f"p{i}", pods[i], node)
+    assert int(_used_nodes(work).sum()) == result.nodes_used
     assert snapshot.free[:, 0].tolist() == [8000] * 10  # input untouched
 
 
