@@ -7,8 +7,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+from fastapi.testclient import TestClient
 
+from extender.app import create_app
 from extender.cache import ClusterCache
+from extender.config import ExtenderSettings
 from kube import api
 from kube.resources import QuantityError, assigned_devices, parse_devices, pod_request, quantity
 from rebuild import sweep as sweep_module
@@ -177,3 +180,13 @@ def test_one_bad_reservation_never_stops_the_sweep(monkeypatch: pytest.MonkeyPat
     assert [r["metadata"]["name"] for r in rig.apiserver.reservations()] == ["rb-forged"]
     assert "spec.ip" in rig.controller.bad_objects["reservation/ns/rb-forged"]
     assert rig.apiserver.reasons().count("FulcrumBadValue") == 1  # once, not every sweep
+
+
+def test_the_extenders_metrics_count_the_bad_objects() -> None:
+    cache = ClusterCache()
+    cache.apply("nodes", "ADDED", builders.node("n1"))
+    cache.apply(
+        "pods", "ADDED", builders.pod("f", node_name="n1", annotations={api.GPU_DEVICES: "0"})
+    )
+    client = TestClient(create_app(ExtenderSettings(), cache))
+    assert "fulcrum_extender_bad_objects 1.0" in client.get("/metrics").text
