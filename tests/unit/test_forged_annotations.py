@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
-from kube import api
+from kube import api, ippool
 from kube.resources import QuantityError, assigned_devices, parse_devices, pod_request, quantity
 from rebuild import sweep as sweep_module
 from tests import builders
@@ -190,3 +190,9 @@ def test_the_extenders_metrics_count_the_bad_objects() -> None:
     )
     client = TestClient(create_app(ExtenderSettings(), cache))
     assert "fulcrum_extender_bad_objects 1.0" in client.get("/metrics").text
+
+
+def test_a_pool_may_not_list_a_scoped_address() -> None:
+    pool = {"metadata": {"name": "p"}, "spec": {"addresses": ["fd00::1", "fe80::1%eth0"]}}
+    with pytest.raises(ippool.PoolError, match=r"spec\.addresses\[1\]"):
+        ippool.pool_addresses(pool)
