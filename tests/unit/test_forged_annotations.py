@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
+from fulcrum.inspect.inspection import snapshot_of
 from kube import api, ippool
 from kube.resources import QuantityError, assigned_devices, parse_devices, pod_request, quantity
 from rebuild import sweep as sweep_module
@@ -196,3 +197,14 @@ def test_a_pool_may_not_list_a_scoped_address() -> None:
     pool = {"metadata": {"name": "p"}, "spec": {"addresses": ["fd00::1", "fe80::1%eth0"]}}
     with pytest.raises(ippool.PoolError, match=r"spec\.addresses\[1\]"):
         ippool.pool_addresses(pool)
+
+
+def test_inspect_skips_a_pod_with_forged_devices_and_names_it() -> None:
+    nodes = [builders.node("n1", gpus=1)]
+    beyond = builders.pod(
+        "p", node_name="n1", requests={"nvidia.com/gpu": "1"}, annotations={api.GPU_DEVICES: "7"}
+    )
+    skipped: list[str] = []
+    snapshot = snapshot_of(nodes, [beyond, builders.pod("ok", node_name="n1")], skipped)
+    assert list(snapshot.pods()) == ["ok"]
+    assert skipped == ["pod ns/p: node 'n1' has no GPU device 7"]
