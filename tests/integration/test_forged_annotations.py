@@ -105,6 +105,23 @@ def test_a_forged_device_note_never_stops_the_extender(kit: rr.Kit) -> None:
     assert "pod it-forged/forged: its devices are chosen anew" in log
 
 
+def test_only_fulcrums_identity_may_change_what_fulcrum_writes(kit: rr.Kit) -> None:
+    rr.apply(kit, [pod("plain")])
+    status = f"{api.STATUS}=" + '{"action": "claimed"}'
+    state = cluster.load_state(kit.name)
+    base = [state.kubectl, "--kubeconfig", str(cluster.kubeconfig_path(kit.name))]
+    annotate = [*base, "annotate", "-n", NS, "pod", "plain", "--overwrite", status]
+    as_mallory = ["--as", "mallory", "--as-group", "system:masters"]
+    refused = subprocess.run([*annotate, *as_mallory], capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "fulcrum.io/rebuild-status only Fulcrum writes" in refused.stderr
+    # the harness's extender and controller run as its kubeconfig's user: trusted
+    kit.kubectl("annotate", "-n", NS, "pod", "plain", "--overwrite", status)
+    # an update that leaves them alone passes, whoever sends it
+    labelled = [*base, "label", "-n", NS, "pod", "plain", "touched=yes", *as_mallory]
+    subprocess.run(labelled, check=True, capture_output=True)
+
+
 def test_a_forged_address_never_stops_the_sweep(kit: rr.Kit) -> None:
     state = cluster.load_state(kit.name)
     processes.stop_process(state.rebuild_pid)  # for one whose sweep is quick
