@@ -321,8 +321,15 @@ class Controller:
             found = self.writes.read_custom(api.RESERVATIONS, namespace, claimed)
         if found is None:
             return None
-        crash_point("claiming")
         reservation = api.Reservation.from_object(found)
+        if reservation.key != api.successor_key(pod):  # a forged fulcrum.io/reservation
+            why = (
+                f"annotation {api.RESERVATION}={api.quoted(claimed)} names the Reservation of "
+                f"{reservation.key}, not of this pod's workload; it is left alone"
+            )
+            self.bad_object(pod, "pod", why)
+            return None
+        crash_point("claiming")
         if reservation.ip and reservation.pool:
             self.writes.move_ip(
                 namespace, reservation.pool, reservation.ip, f"reservation:{claimed}", f"pod:{uid}"

@@ -208,3 +208,16 @@ def test_inspect_skips_a_pod_with_forged_devices_and_names_it() -> None:
     snapshot = snapshot_of(nodes, [beyond, builders.pod("ok", node_name="n1")], skipped)
     assert list(snapshot.pods()) == ["ok"]
     assert skipped == ["pod ns/p: node 'n1' has no GPU device 7"]
+
+
+def test_a_forged_claim_of_another_workloads_reservation_takes_nothing() -> None:
+    thief = pod("thief-uid", name="other-0", annotations={**OPTED, api.RESERVATION: HELD})
+    rig = cluster(
+        ("reservations", held()), ("pods", thief), allocations={IP: f"reservation:{HELD}"}
+    )
+
+    rig.reconcile("pods/ns/other-0")
+
+    assert [r["metadata"]["name"] for r in rig.apiserver.reservations()] == [HELD]
+    assert rig.apiserver.pool()["status"]["allocations"] == {IP: f"reservation:{HELD}"}
+    assert "names the Reservation of Pod/ns/web-0" in rig.controller.bad_objects["pod/ns/other-0"]
