@@ -221,3 +221,15 @@ def test_a_forged_claim_of_another_workloads_reservation_takes_nothing() -> None
     assert [r["metadata"]["name"] for r in rig.apiserver.reservations()] == [HELD]
     assert rig.apiserver.pool()["status"]["allocations"] == {IP: f"reservation:{HELD}"}
     assert "names the Reservation of Pod/ns/web-0" in rig.controller.bad_objects["pod/ns/other-0"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "sNaN", "1e999999"])
+def test_hostile_quantities_get_a_filter_error_naming_the_field(value: str) -> None:
+    cache = ClusterCache()
+    cache.apply("nodes", "ADDED", builders.node("n1"))
+    client = TestClient(create_app(ExtenderSettings(), cache))
+    body = {"Pod": builders.pod("p", cpu=value), "NodeNames": ["n1"]}
+    answer = client.post("/filter", json=body)
+    assert answer.status_code == 200, answer.text
+    reasons = {**answer.json()["FailedNodes"], **answer.json()["FailedAndUnresolvableNodes"]}
+    assert "resources.requests.cpu" in reasons["n1"]
