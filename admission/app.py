@@ -7,7 +7,7 @@ service does not understand is allowed (the API server's own validation still ap
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -26,10 +26,15 @@ def _reply(status: int, body: Any) -> Response:
 
 
 def create_app(
-    hooks: HookRegistry | None = None, *, scheduler_name: str = api.SCHEDULER_NAME
+    hooks: HookRegistry | None = None,
+    *,
+    scheduler_name: str = api.SCHEDULER_NAME,
+    trusted_users: Iterable[str] = (),
 ) -> FastAPI:
-    """The webhooks' app; pods it routes go to ``scheduler_name``."""
+    """The webhooks' app; pods it routes go to ``scheduler_name``; only ``trusted_users`` may
+    write the annotations Fulcrum writes (``admission.review.validate``)."""
     registry = hooks if hooks is not None else default_hook_registry()
+    trusted = frozenset(trusted_users)
     app = FastAPI(title="Fulcrum admission", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def review(request: Request, decide: Callable[[dict[str, Any]], Decision]) -> Response:
@@ -57,7 +62,7 @@ def create_app(
 
     @app.post("/validate")
     async def validate_endpoint(request: Request) -> Response:
-        return await review(request, lambda req: validate(req, registry))
+        return await review(request, lambda req: validate(req, registry, trusted=trusted))
 
     @app.get("/healthz")
     async def healthz() -> Response:

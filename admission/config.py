@@ -18,7 +18,10 @@ so an unrelated request costs Fulcrum nothing and is never blocked by it):
   rollout without a word;
 - validation is ``Ignore``: it is a convenience at ``kubectl apply``; the rebuild controller
   refuses the same bad values with an Event and a status, so nothing is lost while it is down,
-  and no workload update waits for Fulcrum.
+  and no workload update waits for Fulcrum. It is also where the annotations only Fulcrum
+  writes are refused from anyone else (on pods, CREATE and UPDATE); while it is down, every
+  reader of those still checks them (``kube.api.written_problems``), so a forged one is
+  reported and skipped, never followed.
 
 A plain pod (no ``fulcrum.io/`` annotation, in an unlabelled namespace) never reaches Fulcrum.
 """
@@ -129,7 +132,10 @@ def webhook_configurations(client_config: dict[str, Any]) -> list[dict[str, Any]
             "pods.validate.fulcrum.io",
             client_config,
             "/validate",
-            pods(),
+            # UPDATE too: the annotations only Fulcrum writes may not be added later. "pods"
+            # matches no subresource, so status updates (pods/status) and binds (pods/binding,
+            # which carry the extender's annotations) never come here
+            [_rule("", ["pods"], ["CREATE", "UPDATE"])],
             {"uses-fulcrum": _POD_ANNOTATED},
             "Ignore",
         ),

@@ -11,10 +11,17 @@
   which the controller would otherwise add with a write of its own once the pod exists.
 - ``validate``: the ``fulcrum.io/*`` annotations of a pod, or of the pod template of a
   Deployment, StatefulSet or ReplicaSet, read by the parsers the controller and the extender
-  use (``kube.api.read_options``, ``kube.hooks``, ``kube.resources``): a bad value is denied
-  with the field and the allowed values. Warnings for what is legal but will not do what the
-  user wants (a surge rollout of an opted-in Deployment, the opt-in on the workload's own
-  metadata).
+  use (``kube.api.read_options``, ``kube.api.written_problems``, ``kube.hooks``,
+  ``kube.resources``): a bad value is denied with the field and the allowed values. Warnings for
+  what is legal but will not do what the user wants (a surge rollout of an opted-in Deployment,
+  the opt-in on the workload's own metadata).
+
+  The annotations only Fulcrum writes (``kube.api.WRITTEN_BY_FULCRUM``: the extender's at bind,
+  which ride on ``pods/binding`` and never pass here, and the controller's status) are refused
+  from anyone but the trusted users (Fulcrum's own service accounts, ``fulcrum webhook
+  --trusted-user``), on CREATE and on an UPDATE that adds or changes one. An UPDATE judges only
+  the annotations it changes, so a pod that is already bad (made while the webhook was down)
+  can still be updated, its finalizer removed; a trusted user's UPDATE is never refused.
 
 Which requests reach these at all is decided by the webhook configurations
 (``admission.config``): the API server calls Fulcrum only for objects that carry a
@@ -32,7 +39,7 @@ import orjson
 
 from kube import api, eligibility
 from kube.hooks import HookRegistry, default_hook_registry, hooks_for
-from kube.resources import BIND, marked_for_bind, pod_request
+from kube.resources import BIND, assigned_devices, marked_for_bind, pod_request
 
 PREFIX = "fulcrum.io/"
 NAMESPACE_LABEL = "fulcrum.io/scheduling"  # value "enabled": every new pod there goes to Fulcrum
@@ -145,16 +152,55 @@ def annotation_problems(
     """Every bad ``fulcrum.io/*`` annotation of one pod (or pod template), each naming its
     field (``where``: the path of the pod's metadata) and what is allowed; ``options``: the
     annotations as ``api.read_options`` reads them."""
-    problems = [f"{where}.annotations[{e.annotation}]: {e}" for e in options.errors]
+    written = api.written_problems(annotations)
+    errors = [*options.errors, *written]
+    problems = [f"{where}.annotations[{e.annotation}]: {e}" for e in errors]
     try:
         hooks_for(annotations, hooks)
     except ValueError as exc:
         problems.append(f"{where}.annotations[fulcrum.io/rebuild-hooks]: {exc}")
+    pod = {"metadata": {"annotations": annotations}, "spec": spec or {}}
     try:
-        pod_request({"metadata": {"annotations": annotations}, "spec": spec or {}})
+        request = pod_request(pod)
+        if not any(e.annotation == api.GPU_DEVICES for e in written):
+            assigned_devices(pod, request)
     except ValueError as exc:
         problems.append(f"{where}: {exc}")
     return problems
+
+
+def changed_annotations(request: Obj, template: bool = False) -> set[str] | None:
+    """The ``fulcrum.io/`` annotations an UPDATE adds or changes (of the pod template with
+    ``template``); None for a CREATE (everything is new)."""
+    if request.get("operation") != "UPDATE":
+        return None
+
+    def of(obj: Any) -> dict[str, str]:
+        if not isinstance(obj, Mapping):
+            return {}
+        if template:
+            spec = obj.get("spec")
+            obj = (spec.get("template") if isinstance(spec, Mapping) else None) or {}
+        return _annotations(_meta(obj))
+
+    old, new = of(request.get("oldObject")), of(request.get("object"))
+    return {k for k in _fulcrum(new) if old.get(k) != new[k]}
+
+
+def requester(request: Obj) -> str:
+    """The user the API server says sent ``request`` (``userInfo.username``), "" if none."""
+    user = request.get("userInfo")
+    name = user.get("username") if isinstance(user, Mapping) else None
+    return name if isinstance(name, str) else ""
+
+
+def forged(where: str, keys: list[str], user: str) -> str:
+    """The refusal of Fulcrum-written annotations set by someone else."""
+    who = api.quoted(user) if user else "an unknown user"
+    return (
+        f"{where}.annotations: {', '.join(keys)} only Fulcrum writes (its extender at bind, its "
+        f"rebuild controller), and {who} is not one of its service accounts: remove them"
+    )
 
 
 def _workload_warnings(
@@ -181,8 +227,12 @@ def _workload_warnings(
     return warnings
 
 
-def validate(request: Obj, hooks: HookRegistry) -> Decision:
-    """Deny bad ``fulcrum.io/*`` annotations of a pod or a workload's pod template."""
+def validate(
+    request: Obj, hooks: HookRegistry, *, trusted: frozenset[str] = frozenset()
+) -> Decision:
+    """Deny bad ``fulcrum.io/*`` annotations of a pod or a workload's pod template, and the
+    ones only Fulcrum writes unless the requester is one of ``trusted`` (usernames as the API
+    server reports them: ``system:serviceaccount:<namespace>:<name>``)."""
     obj = request.get("object")
     kind = str((request.get("kind") or {}).get("kind", ""))
     if not isinstance(obj, Mapping) or request.get("operation") not in ("CREATE", "UPDATE"):
@@ -190,12 +240,24 @@ def validate(request: Obj, hooks: HookRegistry) -> Decision:
     if kind == "Pod":
         pod, where = obj, "metadata"
     elif kind in WORKLOADS:
-        pod, where = (obj.get("spec") or {}).get("template") or {}, "spec.template.metadata"
+        spec = obj.get("spec")
+        template = spec.get("template") if isinstance(spec, Mapping) else None
+        pod, where = template if isinstance(template, Mapping) else {}, "spec.template.metadata"
     else:
         return Decision()
+    user = requester(request)
+    changed = changed_annotations(request, template=kind != "Pod")
+    if changed is not None and (user in trusted or not changed):
+        return Decision()  # Fulcrum's own writes, or an update of nothing Fulcrum reads
     annotations = _annotations(_meta(pod))
+    written = [k for k in api.WRITTEN_BY_FULCRUM if k in annotations]
+    written = [k for k in written if changed is None or k in changed]
+    if written and user not in trusted:
+        return Decision(allowed=False, message=forged(where, written, user))
     options = api.read_options(annotations)
     problems = annotation_problems(where, annotations, options, pod.get("spec"), hooks)
+    if changed is not None:  # judge only what this update changes
+        problems = [p for p in problems if _names_any(p, changed)]
     warnings = _workload_warnings(kind, obj, annotations, options) if kind != "Pod" else []
     loss = eligibility.data_loss(pod, options) if options.enabled else ""
     if loss:
@@ -203,6 +265,14 @@ def validate(request: Obj, hooks: HookRegistry) -> Decision:
     if problems:
         return Decision(allowed=False, message="; ".join(problems), warnings=warnings)
     return Decision(warnings=warnings)
+
+
+def _names_any(problem: str, changed: set[str]) -> bool:
+    """Whether a problem is about one of the ``changed`` annotations (a problem of the pod's
+    request names its GPU annotations, or none, when a quantity is bad: such a pod was bad
+    before this update)."""
+    marks = ("[{}]", "annotation {}=", "annotation {}:")
+    return any(mark.format(key) in problem for key in changed for mark in marks)
 
 
 def response(request: Obj, decision: Decision) -> dict[str, Any]:

@@ -78,8 +78,15 @@ class Metrics:
             "Seconds since the informer cache last applied an event",
             registry=self.registry,
         )
+        bad = Gauge(
+            "fulcrum_extender_bad_objects",
+            "Pods and nodes the cache ignored or read in part (a value not what Fulcrum writes "
+            "or accepts); the log names each",
+            registry=self.registry,
+        )
         if cache is not None:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
+            bad.set_function(lambda: len(cache.bad_objects))
         self._passed = self.decisions.labels("passed")
         self._failed = self.decisions.labels("failed")
         self._retried = self.errors.labels("filter", "200", "retry")

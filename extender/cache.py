@@ -20,7 +20,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from kube import api, objects
-from kube.resources import assigned_devices, marked_for_bind, node_spec, pod_request
+from kube.resources import (
+    assigned_devices,
+    devices_on_node,
+    marked_for_bind,
+    node_spec,
+    pod_request,
+)
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -126,7 +132,10 @@ class ClusterCache:
         self._orphans: dict[str, dict[str, tuple[PodRequest, tuple[int, ...] | None]]] = {}
         self._placeholders: set[str] = set()
         self._observer: PodObserver = _NoObserver()
-        self.bad_objects: dict[str, str] = {}  # key -> why it was ignored
+        # key ("pod/ns/name", "node/name") -> why it was ignored or read in part; shown by
+        # the extender's metrics (fulcrum_extender_bad_objects) and its log
+        self.bad_objects: dict[str, str] = {}
+        self._bad_pods: dict[str, str] = {}  # uid -> its key in bad_objects
         self.synced: dict[str, threading.Event] = {}  # kind -> set once its informer listed
         self.last_event = time.monotonic()
         self.changes = 0
@@ -218,11 +227,16 @@ class ClusterCache:
                 return
         try:
             request = pod_request(pod)
-            devices = assigned_devices(pod)
         except ValueError as exc:
-            self.bad_objects[f"pod/{objects.key(pod)}"] = str(exc)
-            log.warning("ignoring pod %s: %s", objects.key(pod), exc)
+            self._bad_pod(uid, objects.key(pod), f"ignored: {exc}")
             return
+        try:
+            devices = assigned_devices(pod, request)
+        except ValueError as exc:  # a forged or stale note: count the pod, choose its devices
+            self._bad_pod(uid, objects.key(pod), f"its devices are chosen anew: {exc}")
+            devices = None
+        else:
+            self._good_pod(uid)
         with self.lock:
             if not node or phase in TERMINAL_PHASES:
                 self._forget(uid)
@@ -231,28 +245,63 @@ class ClusterCache:
                 return
             self._pending.pop(uid, None)
             self._forget(uid)
-            self._place(uid, request, node, devices)
+            self._place(uid, request, node, devices, where=objects.key(pod))
             self._observer.pod_bound(uid, node, pending_pod(pod, request))
 
     def delete_pod(self, uid: str) -> None:
         with self.lock:
             self._pending.pop(uid, None)
             self._forget(uid)
+            self._good_pod(uid)
+
+    def _bad_pod(self, uid: str, key: str, why: str) -> None:
+        if self.bad_objects.get(f"pod/{key}") != why:
+            log.warning("pod %s: %s", key, why)
+        with self.lock:
+            self.bad_objects[f"pod/{key}"] = why
+            if uid:
+                self._bad_pods[uid] = f"pod/{key}"
+
+    def _good_pod(self, uid: str) -> None:
+        if uid in self._bad_pods:
+            with self.lock:
+                key = self._bad_pods.pop(uid, None)
+                if key is not None:
+                    self.bad_objects.pop(key, None)
 
     def _place(
-        self, uid: str, request: PodRequest, node: str, devices: tuple[int, ...] | None
+        self,
+        uid: str,
+        request: PodRequest,
+        node: str,
+        devices: tuple[int, ...] | None,
+        *,
+        where: str = "",
     ) -> None:
+        """Charge ``request`` to ``node``. Never raises: devices the node does not have (a
+        forged ``fulcrum.io/gpu-devices``) are reported and chosen anew; a charge the snapshot
+        refuses all the same is reported, and the pod is left uncharged."""
         self.changes += 1
         if not self._has(node):
             self._orphans.setdefault(node, {})[uid] = (request, devices)
             return
         row = self.snapshot.index_of(node)
+        if devices is not None:
+            try:
+                devices_on_node(devices, int(self.snapshot.gpu_count[row]), node)
+            except ValueError as exc:
+                self._bad_pod(uid, where or uid, f"its devices are chosen anew: {exc}")
+                devices = None
         if devices is None and request.gpu_count:
             try:
                 devices = self.snapshot.best_fit_devices(row, request)
             except ValueError:  # bound by someone who ignored GPU shares: record it anyway
                 devices = tuple(range(request.gpu_count))
-        self.snapshot.assign(uid, request, node, devices=devices, check=False)
+        try:
+            self.snapshot.assign(uid, request, node, devices=devices, check=False)
+        except ValueError as exc:  # e.g. more GPUs than the node has: nothing to charge them to
+            self._bad_pod(uid, where or uid, f"not counted on node {node}: {exc}")
+            return
         self._observer.pod_charged(uid)
 
     def _forget(self, uid: str) -> None:

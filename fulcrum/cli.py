@@ -155,6 +155,7 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
         cert=args.tls_cert,
         key=args.tls_key,
         scheduler_name=args.scheduler_name,
+        trusted_users=args.trusted_user,
     )
     return 0
 
@@ -292,6 +293,15 @@ def _add_services(sub: Subparsers) -> None:
     webhook.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
     webhook.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
     add_scheduler_name(webhook, "the scheduler the webhook routes opted-in pods to")
+    webhook.add_argument(
+        "--trusted-user",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a user that may write the annotations only Fulcrum writes (fulcrum.io/gpu-devices, "
+        "assigned-ip, reservation, decision, rebuild-status), as the API server names it: "
+        "system:serviceaccount:NAMESPACE:NAME; repeatable; none by default, and then nobody may",
+    )
     logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)
 

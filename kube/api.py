@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
+import orjson
+
 from kube import objects
+from kube.resources import QuantityError, parse_devices
 
 GROUP = "fulcrum.io"
 VERSION = "v1alpha1"
@@ -38,6 +41,11 @@ RESERVATION = "fulcrum.io/reservation"  # written at bind on a successor: the Re
 DECISION = "fulcrum.io/decision"  # written at bind: why Fulcrum chose the node (extender.record)
 STATUS = "fulcrum.io/rebuild-status"  # written by the controller: what it did and why
 FINALIZER = "fulcrum.io/rebuild"
+GPU_DEVICES = "fulcrum.io/gpu-devices"  # written at bind: the devices Fulcrum chose, "0,1"
+# Written by Fulcrum alone (the extender at bind, the rebuild controller): admission refuses
+# them from anyone else, and every reader checks them (``written_problems``) all the same.
+WRITTEN_BY_FULCRUM = (GPU_DEVICES, ASSIGNED_IP, RESERVATION, DECISION, STATUS)
+MAX_WRITTEN_CHARS = 4096  # a decision record is about 1 KiB, a status reason at most 1 KiB
 
 DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 24 * 3600.0
@@ -148,13 +156,21 @@ def _pool(a: Mapping[str, str], errors: list[OptionError]) -> str | None:
     return None
 
 
+def parse_address(text: str) -> str:
+    """An IPv4 or IPv6 address in canonical form; ValueError for anything else, a scoped IPv6
+    address ("fe80::1%eth0") included: no pod address has a zone."""
+    if "%" in text or len(text) > 64:
+        raise ValueError(f"{quoted(text)!r} is not an IPv4 or IPv6 address without a zone")
+    return str(ipaddress.ip_address(text))
+
+
 def _ip(a: Mapping[str, str], errors: list[OptionError]) -> str | None:
     raw = a.get(IP_REQUEST)
     if raw is None:
         return None
     ip = None
     try:
-        ip = str(ipaddress.ip_address(raw))
+        ip = parse_address(raw)
     except ValueError:
         hint = "it is not a valid IPv4 or IPv6 address; write e.g. 10.64.0.5 or fd00::5"
         errors.append(OptionError(IP_REQUEST, raw, hint=hint))
@@ -199,6 +215,61 @@ def read_options(annotations: Mapping[str, str] | None) -> RebuildOptions:
         ip=_ip(a, errors),
         errors=tuple(errors),
     )
+
+
+def written_problems(annotations: Mapping[str, str] | None) -> list[OptionError]:
+    """Every ``WRITTEN_BY_FULCRUM`` annotation whose value is not what Fulcrum writes: device
+    indices in ASCII digits, an address without a zone, a Reservation's name, a JSON object of
+    at most MAX_WRITTEN_CHARS. What the value must match beyond its form (the node's devices,
+    the pool's addresses, the pod's GPU count) its readers check."""
+    a = annotations or {}
+    errors: list[OptionError] = []
+    only = "only Fulcrum writes it; remove it"
+    if GPU_DEVICES in a:
+        try:
+            parse_devices(a[GPU_DEVICES])
+        except QuantityError:
+            hint = f"expected distinct device indices in ASCII digits like 0,1; {only}"
+            errors.append(OptionError(GPU_DEVICES, a[GPU_DEVICES], hint=hint))
+    if ASSIGNED_IP in a:
+        try:
+            parse_address(a[ASSIGNED_IP])
+        except ValueError:
+            hint = f"expected an IPv4 or IPv6 address without a zone; {only}"
+            errors.append(OptionError(ASSIGNED_IP, a[ASSIGNED_IP], hint=hint))
+    claimed = a.get(RESERVATION)
+    if claimed is not None and not (len(claimed) <= 253 and _DNS_SUBDOMAIN.fullmatch(claimed)):
+        errors.append(
+            OptionError(RESERVATION, claimed, hint=f"expected a Reservation's name; {only}")
+        )
+    for key in (DECISION, STATUS):
+        if key in a and not _json_object(a[key]):
+            hint = f"expected a JSON object of at most {MAX_WRITTEN_CHARS} characters; {only}"
+            errors.append(OptionError(key, a[key], hint=hint))
+    return errors
+
+
+def _json_object(raw: str) -> bool:
+    if len(raw) > MAX_WRITTEN_CHARS:
+        return False
+    try:
+        return isinstance(orjson.loads(raw), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def assigned_ip(annotations: Mapping[str, str] | None) -> str | None:
+    """``fulcrum.io/assigned-ip`` in canonical form; None if absent; ValueError (naming the
+    annotation) if it is not an address."""
+    raw = (annotations or {}).get(ASSIGNED_IP)
+    if raw is None:
+        return None
+    try:
+        return parse_address(raw)
+    except ValueError:
+        raise OptionError(
+            ASSIGNED_IP, raw, hint="expected an IPv4 or IPv6 address; only Fulcrum writes it"
+        ) from None
 
 
 # --- pod facts ----------------------------------------------------------------------------------
@@ -343,7 +414,7 @@ class Reservation:
         ip = _optional_str(obj, "spec.ip", spec.get("ip"))
         if ip is not None:
             try:
-                ip = str(ipaddress.ip_address(ip))
+                ip = parse_address(ip)
             except ValueError:
                 raise _field_error(obj, "spec.ip", ip, "an IPv4 or IPv6 address") from None
         expires_at = _expires_at(obj, _optional_str(obj, "spec.expiresAt", spec.get("expiresAt")))

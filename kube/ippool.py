@@ -93,11 +93,13 @@ def _listed_addresses(label: str, listed: Any) -> list[str]:
     seen: set[Address] = set()
     for index, raw in enumerate(listed):
         try:
+            if "%" in str(raw):  # a zone ("fe80::1%eth0") names a host's link, never a pod's
+                raise ValueError(raw)
             address = ipaddress.ip_address(raw)
         except ValueError:
             raise PoolError(
-                f"pool {label}: spec.addresses[{index}] {raw!r} is not an IP address; "
-                'write e.g. "10.64.0.5"'
+                f"pool {label}: spec.addresses[{index}] {raw!r} is not an IP address without "
+                'a zone; write e.g. "10.64.0.5"'
             ) from None
         if address in seen:
             raise PoolError(f"pool {label}: spec.addresses lists {address} twice; remove one")

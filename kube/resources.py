@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
@@ -31,6 +33,12 @@ Resources = dict[str, int]
 # trillion cores) is counted as this, so sums over a node's pods never overflow.
 MAX_QUANTITY = 2**50
 MAX_GPUS = 256  # devices on one node or in one pod's request
+# A quantity's exponent beyond this is no amount anyone means ("1e999999"): refused, where
+# "1e309" is still counted at MAX_QUANTITY.
+MAX_EXPONENT = 1000
+LABEL_VALUE_CHARS = 63  # a node label's value, so a GPU model name, is at most this long
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_DEVICES = re.compile(r"[0-9]{1,3}(,[0-9]{1,3})*")
 
 
 class QuantityError(ValueError):
@@ -39,9 +47,12 @@ class QuantityError(ValueError):
 
 def quantity(resource: str, value: Any) -> int:
     """Convert a Kubernetes quantity to Fulcrum's integer unit for ``resource``."""
-    if isinstance(value, str):
-        return _cached_quantity(resource == CPU, value)
-    return _parse_quantity(resource, value)
+    try:
+        if isinstance(value, str):
+            return _cached_quantity(resource == CPU, value)
+        return _parse_quantity(resource, value)
+    except QuantityError as exc:
+        raise QuantityError(f"{resource}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -51,15 +62,24 @@ def _cached_quantity(is_cpu: bool, value: str) -> int:
 
 def _parse_quantity(resource: str, value: Any) -> int:
     try:
-        amount = parse_quantity(value)
-    except (ValueError, TypeError) as exc:
-        raise QuantityError(f"{resource}: {value!r} is not a Kubernetes quantity") from exc
-    if resource == CPU:
-        amount = amount * 1000
-    if not amount.is_finite() or abs(amount) > MAX_QUANTITY:
+        amount: Decimal = parse_quantity(value)
+        if not amount.is_finite() or amount.adjusted() > MAX_EXPONENT:
+            raise ArithmeticError("not a finite amount")
+        if resource == CPU:
+            amount = amount * 1000
+    except (ValueError, TypeError, ArithmeticError) as exc:  # decimal's errors are arithmetic
+        shown = _quoted(str(value)) if isinstance(value, str) else repr(value)
+        raise QuantityError(
+            f"{shown!r} is not a Kubernetes quantity; write e.g. 500m, 2, 4Gi"
+        ) from exc
+    if abs(amount) > MAX_QUANTITY:
         return MAX_QUANTITY if amount > 0 else -MAX_QUANTITY
     ceiling: int = math.ceil(amount)
     return ceiling
+
+
+def _quoted(value: str, limit: int = 64) -> str:
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
 
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:
@@ -80,9 +100,13 @@ def _list(value: Any, field: str) -> list[Any]:
 
 
 def to_resources(values: Any, field: str = "resources") -> Resources:
-    return {
-        str(name): quantity(str(name), value) for name, value in _mapping(values, field).items()
-    }
+    out: Resources = {}
+    for name, value in _mapping(values, field).items():
+        try:
+            out[str(name)] = quantity(str(name), value)
+        except QuantityError as exc:
+            raise QuantityError(f"{field}.{exc}") from None
+    return out
 
 
 def _requests(container: Any) -> Resources:
@@ -134,10 +158,10 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
     gpu_milli = GPU_MILLI
     if GPU_MILLI_ANNOTATION in annotations:
         raw = annotations[GPU_MILLI_ANNOTATION]
-        if not raw.isdigit() or not 0 < int(raw) <= GPU_MILLI:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 0 < int(raw) <= GPU_MILLI):
             raise QuantityError(
-                f"annotation {GPU_MILLI_ANNOTATION}={raw!r}: use an integer 1..1000 "
-                "(milli of one GPU)"
+                f"annotation {GPU_MILLI_ANNOTATION}={_quoted(raw)!r}: use an integer 1..1000 "
+                "in ASCII digits (milli of one GPU)"
             )
         gpu_milli = int(raw)
         if gpu_milli < GPU_MILLI:
@@ -149,16 +173,35 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
             gpu_count = 1
     if gpu_count > MAX_GPUS:
         raise QuantityError(f"{GPU}: {gpu_count} devices; a pod may request at most {MAX_GPUS}")
-    models = [m.strip() for m in annotations.get(GPU_MODEL_ANNOTATION, "").split("|") if m.strip()]
-    if GPU_MODEL_ANNOTATION in annotations and not models:
-        raise QuantityError(
-            f"annotation {GPU_MODEL_ANNOTATION}={annotations[GPU_MODEL_ANNOTATION]!r} names no "
-            "model: give one or more, e.g. 'A100' or 'A100|V100', or remove it to accept any"
-        )
+    models = gpu_models(annotations)
     scalars = {k: v for k, v in requests.items() if k not in (GPU, PODS, BIND)}
     return pod_request_from_resources(
         scalars, gpu_count=gpu_count, gpu_milli=gpu_milli, gpu_models=models
     )
+
+
+def gpu_models(annotations: Mapping[str, str]) -> list[str]:
+    """The models of ``fulcrum.io/gpu-model`` ("A100|V100"); each must be a node label value
+    (what ``nvidia.com/gpu.product`` can hold), or QuantityError names the annotation."""
+    if GPU_MODEL_ANNOTATION not in annotations:
+        return []
+    raw = annotations[GPU_MODEL_ANNOTATION]
+    models = [m.strip() for m in raw.split("|") if m.strip()] if len(raw) <= 4096 else []
+    bad = [m for m in models if len(m) > LABEL_VALUE_CHARS or not _LABEL_VALUE.fullmatch(m)] or (
+        [raw] if len(raw) > 4096 else []
+    )
+    if bad:
+        raise QuantityError(
+            f"annotation {GPU_MODEL_ANNOTATION}: {_quoted(bad[0])!r} is not a node label value "
+            f"(at most {LABEL_VALUE_CHARS} characters of A-Z a-z 0-9 - _ . , alphanumeric at "
+            "both ends): give models as nvidia.com/gpu.product names them, e.g. 'A100|V100'"
+        )
+    if not models:
+        raise QuantityError(
+            f"annotation {GPU_MODEL_ANNOTATION}={_quoted(raw)!r} names no "
+            "model: give one or more, e.g. 'A100' or 'A100|V100', or remove it to accept any"
+        )
+    return models
 
 
 def marked_for_bind(pod: Mapping[str, Any]) -> bool:
@@ -172,16 +215,45 @@ def marked_for_bind(pod: Mapping[str, Any]) -> bool:
     return False
 
 
-def assigned_devices(pod: Mapping[str, Any]) -> tuple[int, ...] | None:
+def assigned_devices(
+    pod: Mapping[str, Any], request: PodRequest | None = None
+) -> tuple[int, ...] | None:
+    """The devices Fulcrum's bind chose (``fulcrum.io/gpu-devices``), or None. QuantityError
+    unless they are distinct device indices in ASCII digits, below MAX_GPUS, and as many as
+    the pod takes GPUs (``request``, default ``pod_request(pod)``); ``devices_on_node``
+    checks them against a node."""
     raw = _annotations(pod).get(GPU_DEVICES_ANNOTATION)
     if raw is None:
         return None
-    try:
-        return tuple(int(d) for d in raw.split(",") if d)
-    except ValueError as exc:
+    devices = parse_devices(raw)
+    wanted = (request or pod_request(pod)).gpu_count
+    if len(devices) != wanted:
         raise QuantityError(
-            f"annotation {GPU_DEVICES_ANNOTATION}={raw!r}: expected device indices like '0,1'"
-        ) from exc
+            f"annotation {GPU_DEVICES_ANNOTATION}={_quoted(raw)!r} names {len(devices)} "
+            f"devices, but the pod takes {wanted} GPUs: only Fulcrum's bind writes it; remove it"
+        )
+    return devices
+
+
+def parse_devices(raw: str) -> tuple[int, ...]:
+    """Device indices as ``fulcrum.io/gpu-devices`` writes them ("0,1"; "" for none)."""
+    devices = tuple(int(d) for d in raw.split(",")) if _DEVICES.fullmatch(raw) else None
+    if raw and (devices is None or len(set(devices)) != len(devices) or max(devices) >= MAX_GPUS):
+        raise QuantityError(
+            f"annotation {GPU_DEVICES_ANNOTATION}={_quoted(raw)!r}: expected distinct device "
+            f"indices below {MAX_GPUS} in ASCII digits, like '0,1'; only Fulcrum's bind writes it"
+        )
+    return devices or ()
+
+
+def devices_on_node(devices: tuple[int, ...], node_gpus: int, node: str) -> None:
+    """QuantityError unless every one of ``devices`` is one of the node's ``node_gpus``."""
+    beyond = [d for d in devices if d >= node_gpus]
+    if beyond:
+        raise QuantityError(
+            f"annotation {GPU_DEVICES_ANNOTATION}: node {node} has {node_gpus} GPUs, "
+            f"no device {beyond[0]}"
+        )
 
 
 def node_spec(node: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,10 +34,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from kube import api, eligibility, objects
+from kube import api, eligibility, ippool, objects
 from kube.hooks import combine, default_hook_registry, hooks_for
 from kube.informer import Informer
 from kube.objects import Pod, Raw
+from kube.resources import assigned_devices
 from rebuild import inplace
 from rebuild.errors import NotFound, TemporaryError
 from rebuild.metrics import ControllerMetrics
@@ -77,7 +78,9 @@ class Controller:
         self.writes = Writes(api_client)
         self.queue = WorkQueue()
         self.store = Store(self.queue)
-        self.sweep = Sweep(self.store, self.writes, self.expire)
+        self.sweep = Sweep(self.store, self.writes, self.expire, self.bad_object)
+        # "kind/namespace/name" -> why it was read in part or skipped (the last BAD_REMEMBERED)
+        self.bad_objects: dict[str, str] = {}
         self.metrics = ControllerMetrics(self.store, self.queue)
         self.hooks = default_hook_registry()
         self.workers = workers
@@ -222,13 +225,54 @@ class Controller:
         if sts is not None:
             inplace.update(pod, meta, self.store.get("statefulsets", sts), self.hooks, self.writes)
 
+    def bad_object(self, obj: Raw, kind: str, why: str) -> None:
+        """``obj`` has a value Fulcrum does not write: counted, logged and (once per reason)
+        an Event; the caller reads the rest of it, or skips it."""
+        key = f"{kind}/{objects.key(obj)}"
+        self.metrics.bad_objects.labels(kind).inc()
+        if self.bad_objects.get(key) != why:
+            log.warning("%s: %s", key, why)
+            self.writes.event(obj, "FulcrumBadValue", why, warning=True)
+        self.bad_objects[key] = why
+        while len(self.bad_objects) > RELEASED_REMEMBERED:
+            del self.bad_objects[next(iter(self.bad_objects))]
+
+    def written(
+        self, pod: Pod, options: api.RebuildOptions
+    ) -> tuple[str | None, tuple[int, ...] | None]:
+        """The pod's address and GPU devices as Fulcrum wrote them at bind, each None when its
+        annotation is not what Fulcrum writes (an address outside the pod's pool, devices the
+        pod cannot have): reported, and the rest of the pod's room is held all the same."""
+        annotations = objects.annotations(pod)
+        try:
+            ip = api.assigned_ip(annotations)
+        except ValueError as exc:
+            self.bad_object(pod, "pod", f"{exc}; no address is held for the successor")
+            ip = None
+        pool = self.store.get("ippools", f"{objects.namespace(pod)}/{options.pool}")
+        if ip and pool is not None:
+            try:
+                inside = ip in ippool.pool_addresses(pool)
+            except ValueError:  # a malformed pool: its own readers report it
+                inside = True
+            if not inside:
+                why = (
+                    f"annotation {api.ASSIGNED_IP}={ip} is not an address of IPPool {options.pool}"
+                )
+                self.bad_object(pod, "pod", f"{why}; no address is held for the successor")
+                ip = None
+        try:
+            devices = assigned_devices(pod)
+        except ValueError as exc:
+            self.bad_object(pod, "pod", f"{exc}; no GPU devices are held for the successor")
+            devices = None
+        return ip, devices
+
     def reserve(self, pod: Pod, options: api.RebuildOptions) -> None:
         """Hold the deleted pod's node room, IP and volumes for its successor."""
         namespace, uid = objects.namespace(pod), objects.uid(pod)
-        annotations = objects.annotations(pod)
         name = api.reservation_name(uid)
-        ip = annotations.get(api.ASSIGNED_IP)
-        devices = annotations.get("fulcrum.io/gpu-devices")
+        ip, devices = self.written(pod, options)
         reservation = api.Reservation(
             name=name,
             namespace=namespace,
@@ -237,7 +281,7 @@ class Controller:
             predecessor=objects.name(pod),
             predecessor_uid=uid,
             template=api.reservation_template(pod),
-            devices=tuple(int(d) for d in devices.split(",")) if devices else None,
+            devices=devices or None,
             ip=ip,
             pool=options.pool if ip else None,
             claims=api.claim_names(pod),
@@ -277,8 +321,15 @@ class Controller:
             found = self.writes.read_custom(api.RESERVATIONS, namespace, claimed)
         if found is None:
             return None
-        crash_point("claiming")
         reservation = api.Reservation.from_object(found)
+        if reservation.key != api.successor_key(pod):  # a forged fulcrum.io/reservation
+            why = (
+                f"annotation {api.RESERVATION}={api.quoted(claimed)} names the Reservation of "
+                f"{reservation.key}, not of this pod's workload; it is left alone"
+            )
+            self.bad_object(pod, "pod", why)
+            return None
+        crash_point("claiming")
         if reservation.ip and reservation.pool:
             self.writes.move_ip(
                 namespace, reservation.pool, reservation.ip, f"reservation:{claimed}", f"pod:{uid}"
@@ -330,7 +381,11 @@ class Controller:
         if not pool:
             return
         namespace, holder = objects.namespace(pod), f"pod:{objects.uid(pod)}"
-        ip = annotations.get(api.ASSIGNED_IP)
+        try:
+            ip = api.assigned_ip(annotations)
+        except ValueError as exc:  # the pool knows what the pod holds: release that
+            self.bad_object(pod, "pod", f"{exc}; releasing what the pool says the pod holds")
+            ip = None
         try:
             if ip:
                 self.writes.move_ip(namespace, pool, ip, holder, None, settle=settle)

@@ -66,6 +66,12 @@ class ControllerMetrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.bad_objects = Counter(
+            "fulcrum_rebuild_bad_objects",
+            "Objects read in part or skipped: a value not what Fulcrum writes, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
         self.registry.register(_StoreCollector(store, queue))
         self.rebuild_latency = Histogram(
             "fulcrum_rebuild_latency_seconds",

@@ -27,11 +27,16 @@ class Sweep:
     """One sweep per call; it remembers what it found missing last time."""
 
     def __init__(
-        self, store: Store, writes: Writes, node_gone: Callable[[api.Reservation], None]
+        self,
+        store: Store,
+        writes: Writes,
+        node_gone: Callable[[api.Reservation], None],
+        bad_object: Callable[[Raw, str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.writes = writes
         self.node_gone = node_gone
+        self.bad_object = bad_object or (lambda obj, kind, why: None)
         self._absent: set[str] = set()  # pool holders seen without a live owner once
         self._idle: dict[str, float] = {}  # held reservation -> since when no successor came
 
@@ -63,7 +68,11 @@ class Sweep:
                 waiting.add((meta.get("namespace"), api.successor_key(pod)))
         nodes: dict[str, bool] = {}  # node -> exists, read once per sweep
         for obj in self.store.all("reservations"):
-            r = api.Reservation.from_object(obj)
+            try:
+                r = api.Reservation.from_object(obj)
+            except ValueError as exc:  # one bad object never stops the sweep of the others
+                self.bad_object(obj, "reservation", f"skipped by the sweep: {exc}")
+                continue
             rid = f"{r.namespace}/{r.name}"
             if r.phase != "Held" or r.predecessor_uid in live or rid in claimed:
                 continue
@@ -91,8 +100,13 @@ class Sweep:
         reservations = {objects.meta(r).get("name") for r in self.store.all("reservations")}
         absent: set[str] = set()
         for pool in self.store.all("ippools"):
-            namespace, name = objects.meta(pool)["namespace"], objects.meta(pool)["name"]
-            for holder in ippool.holders(pool):
+            namespace, name = objects.namespace(pool), objects.name(pool)
+            try:
+                held = ippool.holders(pool)
+            except ValueError as exc:
+                self.bad_object(pool, "ippool", f"skipped by the sweep: {exc}")
+                continue
+            for holder in held:
                 kind, _, ref = holder.partition(":")
                 if (kind == "pod" and ref not in live) or (
                     kind == "reservation" and ref not in reservations

@@ -351,8 +351,11 @@ def _create_control_plane(binaries: Mapping[str, Path], name: str) -> None:
 
 def start_webhook(name: str, port: int) -> int:
     """Start the admission webhook of cluster ``name`` on HTTPS ``port``."""
+    # the extender and the controller run as the kubeconfig's user: the webhook trusts it (and
+    # no one else) with the annotations Fulcrum writes
+    trusted = (webhooks.kubeconfig_user(kubeconfig_path(name)),)
     try:
-        return webhooks.start(state_dir(name), port)
+        return webhooks.start(state_dir(name), port, trusted)
     except processes.ProcessError as exc:
         raise ClusterError(str(exc)) from exc
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from admission.config import webhook_configurations
 from fulcrum.harness import processes
@@ -18,14 +20,35 @@ class WebhookError(RuntimeError):
     """The API server would not take the webhook configurations; the message says why."""
 
 
-def start(directory: Path, port: int) -> int:
+def kubeconfig_user(kubeconfig: Path) -> str:
+    """The username the API server gives the client certificate of ``kubeconfig``'s current
+    user (its subject's CN), as it reports it in an AdmissionReview's ``userInfo``."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    context = next(
+        c["context"] for c in config["contexts"] if c["name"] == config["current-context"]
+    )
+    user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+    if "client-certificate-data" in user:
+        pem = base64.b64decode(user["client-certificate-data"])
+    else:
+        pem = (kubeconfig.parent / user["client-certificate"]).read_bytes()
+    names = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise WebhookError(f"{kubeconfig}: the client certificate has no CN, so no username")
+    return str(names[0].value)
+
+
+def start(directory: Path, port: int, trusted_users: tuple[str, ...] = ()) -> int:
     """Start ``fulcrum webhook`` on HTTPS ``port`` (log and certificate under ``directory``;
-    the CA and serving certificate are made once and kept across restarts)."""
+    the CA and serving certificate are made once and kept across restarts); ``trusted_users``:
+    the identities Fulcrum's own processes use (``--trusted-user``)."""
     tls = directory / "webhook-tls"
     if not (tls / "tls.key").exists():
         make_serving_cert(tls, ["127.0.0.1", "localhost"])
     cmd = [sys.executable, "-m", "fulcrum.cli", "webhook", "--port", str(port)]
     cmd += ["--tls-cert", str(tls / "tls.crt"), "--tls-key", str(tls / "tls.key")]
+    for user in trusted_users:
+        cmd += ["--trusted-user", user]
     return processes.start_process(directory, "webhook", cmd, f"https://127.0.0.1:{port}/healthz")
 
 

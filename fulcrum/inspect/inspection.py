@@ -83,10 +83,10 @@ def snapshot_of(nodes: Sequence[Obj], pods: Sequence[Obj], skipped: list[str]) -
             request, devices = pod_request(pod), assigned_devices(pod)
             if devices is None and request.gpu_count:
                 devices = snapshot.best_fit_devices(snapshot.index_of(bound), request)
-        except ValueError as exc:
+            uid = str(_meta(pod).get("uid"))
+            snapshot.assign(uid, request, bound, devices=devices, check=False)
+        except ValueError as exc:  # devices the node has not, too: a forged gpu-devices
             skipped.append(f"pod {_key(pod)}: {exc}")
-            continue
-        snapshot.assign(str(_meta(pod).get("uid")), request, bound, devices=devices, check=False)
     return snapshot
 
 

@@ -3,6 +3,7 @@ calls webhooks over TLS and nothing else)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
@@ -13,7 +14,13 @@ from kube.api import SCHEDULER_NAME
 
 
 def serve_webhook(
-    *, host: str, port: int, cert: Path, key: Path, scheduler_name: str = SCHEDULER_NAME
+    *,
+    host: str,
+    port: int,
+    cert: Path,
+    key: Path,
+    scheduler_name: str = SCHEDULER_NAME,
+    trusted_users: Sequence[str] = (),
 ) -> None:
     for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
         if not path.is_file():
@@ -23,7 +30,7 @@ def serve_webhook(
             )
     check_port_free(host, port)
     uvicorn.run(
-        create_app(scheduler_name=scheduler_name),
+        create_app(scheduler_name=scheduler_name, trusted_users=trusted_users),
         host=host,
         port=port,
         ssl_certfile=str(cert),
