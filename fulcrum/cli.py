@@ -281,7 +281,10 @@ def _add_services(sub: Subparsers) -> None:
         help="also serve /metrics on this port, for Prometheus (default: only on --port)",
     )
     serve.add_argument(
-        "--metrics-host", default="0.0.0.0", help="address of --metrics-port (default 0.0.0.0)"
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of --metrics-port (default 127.0.0.1; 0.0.0.0 for Prometheus, behind a "
+        "NetworkPolicy: docs/security.md)",
     )
     logs.add_flags(serve)
     serve.set_defaults(func=_cmd_serve)
@@ -313,7 +316,10 @@ def _add_services(sub: Subparsers) -> None:
         "--health-port", type=int, default=8889, help="/healthz, /readyz and /metrics (8889)"
     )
     rebuild.add_argument(
-        "--health-host", default="0.0.0.0", help="address of --health-port (default 0.0.0.0)"
+        "--health-host",
+        default="127.0.0.1",
+        help="address of --health-port (default 127.0.0.1; 0.0.0.0 for Prometheus, behind a "
+        "NetworkPolicy: docs/security.md)",
     )
     logs.add_flags(rebuild)
     rebuild.add_argument("--lease-namespace", default="kube-system", help="where its Lease lives")

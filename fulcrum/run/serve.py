@@ -118,7 +118,7 @@ def serve(
     kubeconfig: Path | None,
     *,
     context: str | None = None,
-    metrics_host: str = "0.0.0.0",
+    metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
 ) -> None:
     """Run the extender until stopped; ``metrics_port``: also serve /metrics there."""
