@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from admission.ippools import PoolLister
 from admission.review import Decision, mutate, response, validate
 from kube import api
 from kube.hooks import HookRegistry, default_hook_registry
@@ -26,9 +27,13 @@ def _reply(status: int, body: Any) -> Response:
 
 
 def create_app(
-    hooks: HookRegistry | None = None, *, scheduler_name: str = api.SCHEDULER_NAME
+    hooks: HookRegistry | None = None,
+    *,
+    scheduler_name: str = api.SCHEDULER_NAME,
+    pools: PoolLister | None = None,
 ) -> FastAPI:
-    """The webhooks' app; pods it routes go to ``scheduler_name``."""
+    """The webhooks' app; pods it routes go to ``scheduler_name``; ``pools`` lists the
+    cluster's IPPools, for the overlap check of a new or changed one."""
     registry = hooks if hooks is not None else default_hook_registry()
     app = FastAPI(title="Fulcrum admission", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -57,7 +62,7 @@ def create_app(
 
     @app.post("/validate")
     async def validate_endpoint(request: Request) -> Response:
-        return await review(request, lambda req: validate(req, registry))
+        return await review(request, lambda req: validate(req, registry, pools=pools))
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from admission.ippools import PoolLister, ippool_refusal
 from kube import api, eligibility
 from kube.hooks import HookRegistry, default_hook_registry, hooks_for
 from kube.resources import BIND, marked_for_bind, pod_request
@@ -181,12 +182,16 @@ def _workload_warnings(
     return warnings
 
 
-def validate(request: Obj, hooks: HookRegistry) -> Decision:
-    """Deny bad ``fulcrum.io/*`` annotations of a pod or a workload's pod template."""
+def validate(request: Obj, hooks: HookRegistry, *, pools: PoolLister | None = None) -> Decision:
+    """Deny bad ``fulcrum.io/*`` annotations of a pod or a workload's pod template, and an
+    IPPool whose addresses another namespace's pool has (``pools``: the cluster's IPPools)."""
     obj = request.get("object")
     kind = str((request.get("kind") or {}).get("kind", ""))
     if not isinstance(obj, Mapping) or request.get("operation") not in ("CREATE", "UPDATE"):
         return Decision()
+    if kind == "IPPool":
+        refusal = ippool_refusal(obj, str(request.get("namespace") or ""), pools)
+        return Decision(allowed=not refusal, message=refusal)
     if kind == "Pod":
         pod, where = obj, "metadata"
     elif kind in WORKLOADS:

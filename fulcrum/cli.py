@@ -155,6 +155,8 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
         cert=args.tls_cert,
         key=args.tls_key,
         scheduler_name=args.scheduler_name,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
     )
     return 0
 
@@ -295,6 +297,11 @@ def _add_services(sub: Subparsers) -> None:
     webhook.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
     webhook.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
     add_scheduler_name(webhook, "the scheduler the webhook routes opted-in pods to")
+    kubeconfig.add_flags(
+        webhook,
+        kubeconfig_help="list IPPools here, to refuse a pool overlapping another namespace's "
+        "(default $KUBECONFIG, then the pod's service account, else no check)",
+    )
     logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)
 

@@ -352,7 +352,7 @@ def _create_control_plane(binaries: Mapping[str, Path], name: str) -> None:
 def start_webhook(name: str, port: int) -> int:
     """Start the admission webhook of cluster ``name`` on HTTPS ``port``."""
     try:
-        return webhooks.start(state_dir(name), port)
+        return webhooks.start(state_dir(name), port, kubeconfig_path(name))
     except processes.ProcessError as exc:
         raise ClusterError(str(exc)) from exc
 

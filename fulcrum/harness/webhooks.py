@@ -18,14 +18,17 @@ class WebhookError(RuntimeError):
     """The API server would not take the webhook configurations; the message says why."""
 
 
-def start(directory: Path, port: int) -> int:
+def start(directory: Path, port: int, kubeconfig: Path | None = None) -> int:
     """Start ``fulcrum webhook`` on HTTPS ``port`` (log and certificate under ``directory``;
-    the CA and serving certificate are made once and kept across restarts)."""
+    the CA and serving certificate are made once and kept across restarts), reading IPPools
+    with ``kubeconfig``."""
     tls = directory / "webhook-tls"
     if not (tls / "tls.key").exists():
         make_serving_cert(tls, ["127.0.0.1", "localhost"])
     cmd = [sys.executable, "-m", "fulcrum.cli", "webhook", "--port", str(port)]
     cmd += ["--tls-cert", str(tls / "tls.crt"), "--tls-key", str(tls / "tls.key")]
+    if kubeconfig is not None:
+        cmd += ["--kubeconfig", str(kubeconfig)]
     return processes.start_process(directory, "webhook", cmd, f"https://127.0.0.1:{port}/healthz")
 
 

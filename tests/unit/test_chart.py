@@ -379,7 +379,7 @@ def test_service_account_annotations_reach_every_service_account(helm: Path) -> 
     role = "arn:aws:iam::111122223333:role/fulcrum"
     docs = render(helm, rf"serviceAccount.annotations.eks\.amazonaws\.com/role-arn={role}")
     accounts = find(docs, "ServiceAccount")
-    assert {a["metadata"]["name"] for a in accounts} == set(FULCRUM_CONTAINERS)
+    assert {a["metadata"]["name"] for a in accounts} == {*FULCRUM_CONTAINERS, "fulcrum-extender"}
     for account in accounts:
         assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
     assert all("annotations" not in a["metadata"] for a in find(render(helm), "ServiceAccount"))
@@ -600,9 +600,16 @@ def test_a_generated_certificate_is_signed_by_the_ca_in_the_configurations(helm:
     assert {"name": "tls", "secret": {"secretName": "fulcrum-webhook-tls"}} in webhook["volumes"]
 
 
+def _certificate_secrets(docs: list[Doc]) -> list[Doc]:
+    """The Secrets but the extender's ServiceAccount token."""
+    return [
+        s for s in find(docs, "Secret") if s.get("type") != "kubernetes.io/service-account-token"
+    ]
+
+
 def test_a_user_secret_renders_no_certificate(helm: Path) -> None:
     docs = render(helm, "webhook.certificate.source=secret", "webhook.certificate.secretName=mine")
-    assert not find(docs, "Secret") and not find(docs, "Certificate")
+    assert not _certificate_secrets(docs) and not find(docs, "Certificate")
     assert _ca_bundles(docs) == {None}
     webhook = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]["spec"]
     assert {"name": "tls", "secret": {"secretName": "mine"}} in webhook["volumes"]
@@ -623,7 +630,7 @@ def test_cert_manager_issues_the_certificate_and_injects_its_ca(helm: Path) -> N
     for kind in WEBHOOK_KINDS:
         annotations = one(docs, kind)["metadata"]["annotations"]
         assert annotations == {"cert-manager.io/inject-ca-from": "ns4/fulcrum-webhook"}
-    assert not find(docs, "Secret") and _ca_bundles(docs) == {None}
+    assert not _certificate_secrets(docs) and _ca_bundles(docs) == {None}
 
     docs = render(
         helm,
