@@ -96,6 +96,9 @@ def test_the_apiserver_accepts_every_manifest(kubectl: Kubectl) -> None:
         "role.rbac.authorization.k8s.io/fulcrum-rebuild-leader-election",
         "rolebinding.rbac.authorization.k8s.io/fulcrum-rebuild-leader-election",
         "deployment.apps/fulcrum-rebuild",
+        # the webhook: a list of IPPools, nothing else
+        "clusterrole.rbac.authorization.k8s.io/fulcrum-webhook",
+        "clusterrolebinding.rbac.authorization.k8s.io/fulcrum-webhook",
     ):
         assert kind in out, out
 
