@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from fulcrum.harness import cluster
 from fulcrum.lab import rebuild_run as rr
+from kube import api
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +46,24 @@ def test_an_overlapping_pool_of_another_namespace_is_refused(kit: rr.Kit) -> Non
     kit.kubectl("label", "ippool", "web", "-n", "team-a", "checked=yes")
     listed = kit.kubectl("get", "ippools", "-A", "-o", "jsonpath={..metadata.namespace}")
     assert sorted(listed.split()) == ["team-a", "team-b"]  # the refused pool was never made
+
+
+def test_a_pod_of_the_remaining_pool_is_bound_by_fulcrum_with_its_address(kit: rr.Kit) -> None:
+    """Fulcrum's bind (a pod with an IP pool is one only Fulcrum binds) still serves its own
+    scheduler's pods: known to its cache, schedulerName fulcrum-scheduler, names checked."""
+    rr.apply(kit, [rr.bare_pod("team-b", "member-0", "other", opted=False, pool="other")])
+
+    def pod() -> dict[str, Any]:
+        got: dict[str, Any] = json.loads(
+            kit.kubectl("get", "pod", "member-0", "-n", "team-b", "-o", "json")
+        )
+        return got
+
+    def bound() -> bool:
+        found = pod()
+        return bool(found["spec"].get("nodeName")) and api.ASSIGNED_IP in (
+            found["metadata"].get("annotations") or {}
+        )
+
+    rr.wait_for("pod member-0 bound with an address", bound, timeout=60)
+    assert pod()["metadata"]["annotations"][api.ASSIGNED_IP].startswith("10.0.1.")
