@@ -237,3 +237,23 @@ def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -
     wrong = [" ".join(a) for a in allowed if not can(*a)]
     wrong += [f"NOT {' '.join(a)}" for a in denied if can(*a)]
     assert not wrong, f"{REBUILD_ACCOUNT}: unexpected answers: {wrong}"
+
+
+def test_the_webhook_account_may_only_list_ippools(kubectl: Kubectl) -> None:
+    crds = DEPLOY / "crds"
+    kubectl.ok("apply", "-f", str(DEPLOY / "namespace.yaml"), "-f", str(crds))
+    kubectl.ok("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+    kubectl.ok("apply", "-f", str(DEPLOY / "webhook-rbac.yaml"))
+    account = "system:serviceaccount:fulcrum-system:fulcrum-webhook"
+    deadline = time.monotonic() + 30  # the RBAC authorizer learns new bindings from a watch
+    while not kubectl.can("list", "ippools.fulcrum.io", "--all-namespaces", account=account):
+        assert time.monotonic() < deadline, "the webhook's binding never took effect"
+        time.sleep(0.5)
+    denied = [
+        ("get", "ippools.fulcrum.io", "-n", "default"),
+        ("update", "ippools.fulcrum.io", "-n", "default"),
+        ("list", "pods", "--all-namespaces"),
+        ("get", "secrets", "-n", "fulcrum-system"),
+    ]
+    wrong = [" ".join(a) for a in denied if kubectl.can(*a, account=account)]
+    assert not wrong, f"{account} may: {wrong}"
