@@ -183,6 +183,9 @@ def load_settings(path: Path | None, registry: Registry, **overrides: object) ->
     except ValidationError as exc:
         first = exc.errors()[0]
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{_path(first['loc'])}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:  # a field's error; the model's own checks name their fields
+            message = f"{_path(first['loc'])}: {message}"
+        raise ConfigError(f"{where}{message}") from exc
     settings.check_policies(registry)
     return settings

@@ -27,7 +27,7 @@ def test_a_non_loopback_host_needs_a_client_ca(tmp_path: Path) -> None:
     registry = default_registry()
     for host in ("127.0.0.1", "::1", "localhost"):
         assert load_settings(None, registry, host=host).host == host
-    with pytest.raises(ConfigError, match=r"host '0\.0\.0\.0' is not a loopback address"):
+    with pytest.raises(ConfigError, match=r"^host '0\.0\.0\.0' is not a loopback address"):
         load_settings(None, registry, host="0.0.0.0")
     https_only = tmp_path / "https.yaml"
     https_only.write_text(f"tls: {{certFile: {server.cert}, keyFile: {server.key}}}\n")
