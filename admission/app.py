@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from admission.ippools import PoolLister
 from admission.review import Decision, mutate, response, validate
 from kube import api
 from kube.hooks import HookRegistry, default_hook_registry
@@ -30,9 +31,11 @@ def create_app(
     *,
     scheduler_name: str = api.SCHEDULER_NAME,
     trusted_users: Iterable[str] = (),
+    pools: PoolLister | None = None,
 ) -> FastAPI:
     """The webhooks' app; pods it routes go to ``scheduler_name``; only ``trusted_users`` may
-    write the annotations Fulcrum writes (``admission.review.validate``)."""
+    write the annotations Fulcrum writes (``admission.review.validate``); ``pools`` lists the
+    cluster's IPPools, for the overlap check of a new or changed one."""
     registry = hooks if hooks is not None else default_hook_registry()
     trusted = frozenset(trusted_users)
     app = FastAPI(title="Fulcrum admission", docs_url=None, redoc_url=None, openapi_url=None)
@@ -62,7 +65,9 @@ def create_app(
 
     @app.post("/validate")
     async def validate_endpoint(request: Request) -> Response:
-        return await review(request, lambda req: validate(req, registry, trusted=trusted))
+        return await review(
+            request, lambda req: validate(req, registry, trusted=trusted, pools=pools)
+        )
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -16,12 +16,14 @@ so an unrelated request costs Fulcrum nothing and is never blocked by it):
   created (the API server answers with the webhook's name, and a workload's controller retries),
   rather than slipping through to default-scheduler, where it would lose its node on the next
   rollout without a word;
-- validation is ``Ignore``: it is a convenience at ``kubectl apply``; the rebuild controller
-  refuses the same bad values with an Event and a status, so nothing is lost while it is down,
-  and no workload update waits for Fulcrum. It is also where the annotations only Fulcrum
-  writes are refused from anyone else (on pods, CREATE and UPDATE); while it is down, every
-  reader of those still checks them (``kube.api.written_problems``), so a forged one is
-  reported and skipped, never followed.
+- an IPPool whose addresses another namespace's pool has is refused, ``Fail`` (one address in
+  two pools could go to two pods);
+- validation of annotations is ``Ignore``: it is a convenience at ``kubectl apply``; the
+  rebuild controller refuses the same bad values with an Event and a status, so nothing is
+  lost while it is down, and no workload update waits for Fulcrum. It is also where the
+  annotations only Fulcrum writes are refused from anyone else (on pods, CREATE and UPDATE);
+  while it is down, every reader of those still checks them (``kube.api.written_problems``),
+  so a forged one is reported and skipped, never followed.
 
 A plain pod (no ``fulcrum.io/`` annotation, in an unlabelled namespace) never reaches Fulcrum.
 """
@@ -31,7 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from admission.review import DEFAULT_SCHEDULER, NAMESPACE_LABEL, PREFIX
-from kube.api import SCHEDULER_NAME
+from kube.api import GROUP, IPPOOLS, SCHEDULER_NAME, VERSION
 from kube.resources import GPU
 
 NAME = "fulcrum.io"
@@ -55,6 +57,7 @@ _FULCRUM_GPU_POD = (
     f"(has(object.spec.initContainers) && "
     f"object.spec.initContainers.exists(c, {_GPU_LIMIT.format(c='c', gpu=GPU)})))"
 )
+_SPEC_CHANGES = "request.operation == 'CREATE' || object.spec != oldObject.spec"
 _NO_SCHEDULER = (
     f"!has(object.spec.schedulerName) || object.spec.schedulerName == '{DEFAULT_SCHEDULER}'"
 )
@@ -85,10 +88,12 @@ def _webhook(
     }
 
 
-def _rule(group: str, resources: list[str], operations: list[str]) -> dict[str, Any]:
+def _rule(
+    group: str, resources: list[str], operations: list[str], version: str = "v1"
+) -> dict[str, Any]:
     return {
         "apiGroups": [group],
-        "apiVersions": ["v1"],
+        "apiVersions": [version],
         "resources": resources,
         "operations": operations,
         "scope": "Namespaced",
@@ -146,6 +151,17 @@ def webhook_configurations(client_config: dict[str, Any]) -> list[dict[str, Any]
             [workloads],
             {"uses-fulcrum": _WORKLOAD_ANNOTATED, "not-a-deployments": _NOT_OWNED_BY_DEPLOYMENT},
             "Ignore",
+        ),
+        # an IPPool whose addresses another namespace's pool has (admission.ippools): Fail, as
+        # routing, since one address in two pools could go to two pods; only when its addresses
+        # may change (not the allocations the extender and the controller write)
+        _webhook(
+            "ippools.validate.fulcrum.io",
+            client_config,
+            "/validate",
+            [_rule(GROUP, [IPPOOLS], ["CREATE", "UPDATE"], VERSION)],
+            {"addresses-may-change": _SPEC_CHANGES},
+            "Fail",
         ),
     ]
     return [

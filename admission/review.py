@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from admission.ippools import PoolLister, ippool_refusal
 from kube import api, eligibility
 from kube.hooks import HookRegistry, default_hook_registry, hooks_for
 from kube.resources import BIND, assigned_devices, marked_for_bind, pod_request
@@ -228,15 +229,23 @@ def _workload_warnings(
 
 
 def validate(
-    request: Obj, hooks: HookRegistry, *, trusted: frozenset[str] = frozenset()
+    request: Obj,
+    hooks: HookRegistry,
+    *,
+    trusted: frozenset[str] = frozenset(),
+    pools: PoolLister | None = None,
 ) -> Decision:
-    """Deny bad ``fulcrum.io/*`` annotations of a pod or a workload's pod template, and the
-    ones only Fulcrum writes unless the requester is one of ``trusted`` (usernames as the API
-    server reports them: ``system:serviceaccount:<namespace>:<name>``)."""
+    """Deny bad ``fulcrum.io/*`` annotations of a pod or a workload's pod template, the ones
+    only Fulcrum writes unless the requester is one of ``trusted`` (usernames as the API server
+    reports them: ``system:serviceaccount:<namespace>:<name>``), and an IPPool whose addresses
+    another namespace's pool has (``pools``: the cluster's IPPools)."""
     obj = request.get("object")
     kind = str((request.get("kind") or {}).get("kind", ""))
     if not isinstance(obj, Mapping) or request.get("operation") not in ("CREATE", "UPDATE"):
         return Decision()
+    if kind == "IPPool":
+        refusal = ippool_refusal(obj, str(request.get("namespace") or ""), pools)
+        return Decision(allowed=not refusal, message=refusal)
     if kind == "Pod":
         pod, where = obj, "metadata"
     elif kind in WORKLOADS:

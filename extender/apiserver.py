@@ -1,5 +1,6 @@
 """The extender's apiserver client: ``pods/binding``, IPPool allocation, Events and nominations
-(``pods/status``), over aiohttp.
+(``pods/status``), over aiohttp. Every namespace and name is checked (``kube.names``) before
+it goes into a URL path.
 
 Given the client configuration the wiring (``fulcrum.run.serve``) loaded from the kubeconfig,
 so this module never imports the ``kubernetes`` package.
@@ -17,6 +18,7 @@ import orjson
 
 from extender.bind import BindConflict, PodGone
 from kube import api, ippool
+from kube.names import check_object
 
 # Idle apiserver connections are closed before kube-apiserver's own 90 s idle timeout would, so
 # a bind never goes out on a connection the apiserver is closing.
@@ -117,6 +119,7 @@ class KubeBinder:
     async def bind(
         self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str]
     ) -> None:
+        check_object(namespace, name)
         metadata: dict[str, object] = {"name": name, "namespace": namespace, "uid": uid}
         if annotations:
             metadata["annotations"] = annotations
@@ -131,6 +134,7 @@ class KubeBinder:
 
     async def event(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
         """A Warning Event on the pod, from component fulcrum-extender."""
+        check_object(namespace, name)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
@@ -159,12 +163,14 @@ class KubeBinder:
     async def nominate(self, namespace: str, name: str, uid: str, node: str) -> None:
         """``status.nominatedNodeName``, as kube-scheduler's preemption sets it; the uid in the
         patch makes the apiserver refuse it for a newer pod of the same name."""
+        check_object(namespace, name)
         body = {"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}}
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/status"
         headers = {"Content-Type": "application/merge-patch+json"}
         self._raise_for(*await self._call("PATCH", path, body, headers))
 
     async def current(self, namespace: str, name: str) -> tuple[str, str]:
+        check_object(namespace, name)
         status, pod = await self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
         self._raise_for(status, pod)
         return str(pod["metadata"]["uid"]), str(pod["spec"].get("nodeName") or "")
@@ -172,6 +178,7 @@ class KubeBinder:
     async def allocate_ip(
         self, namespace: str, pool: str, holder: str, want: str | None, pod: Mapping[str, object]
     ) -> str:
+        check_object(namespace, pool, kind="IPPool")
         path = f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.IPPOOLS}/{pool}"
         for _ in range(8):  # compare-and-swap: the PUT carries the resourceVersion we read
             current = self._pools.pop(path, None)  # what our last write left, if anything

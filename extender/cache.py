@@ -44,6 +44,7 @@ class PendingPod:
     successor: str | None = None  # kube.api.successor_key of a pod opted in to local rebuild
     watched: bool = False  # the pod watch delivered it, so also every event before its creation
     marked: bool = False  # it carries the resource fulcrum.io/bind: kube-scheduler calls our bind
+    scheduler: str = ""  # its spec.schedulerName: bind serves only the configured one's pods
     # labels and annotations, kept only for pods that use local rebuild or an IP pool
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -58,8 +59,9 @@ def pending_pod(pod: objects.Raw, request: PodRequest) -> PendingPod:
     annotations = meta.get("annotations") or {}
     uid = meta.get("uid", "")
     marked = marked_for_bind(pod)
+    scheduler = str(objects.pod_spec(pod).get("schedulerName") or "")
     if not any(key in annotations for key in _KEEP_METADATA):
-        return PendingPod(objects.key(pod), request, uid, marked=marked)
+        return PendingPod(objects.key(pod), request, uid, marked=marked, scheduler=scheduler)
     successor = api.successor_key(pod) if api.REBUILD in annotations else None
     return PendingPod(
         objects.key(pod),
@@ -67,6 +69,7 @@ def pending_pod(pod: objects.Raw, request: PodRequest) -> PendingPod:
         uid,
         successor=successor,
         marked=marked,
+        scheduler=scheduler,
         labels=dict(objects.labels(pod)),
         annotations=dict(annotations),
     )

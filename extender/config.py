@@ -14,12 +14,21 @@ workloadPrior:              # the GPU pod to expect before any is seen (schedule
   pods: 10                  # its weight against the pods seen
   halfLifeSeconds: 3600     # how fast the memory of arrivals fades
 maxBodyBytes: 67108864
-tls: {certFile: /etc/fulcrum/tls.crt, keyFile: /etc/fulcrum/tls.key}
+schedulerName: fulcrum-scheduler   # bind serves only known pods of this scheduler
+tls:                        # HTTPS; with clientCAFile, mutual TLS (kube-scheduler's tlsConfig
+  certFile: /etc/fulcrum/tls.crt  # certFile/keyFile are its client certificate)
+  keyFile: /etc/fulcrum/tls.key
+  clientCAFile: /etc/fulcrum/client-ca.crt   # only clients with a certificate it signed
 ```
+
+``host`` is loopback unless ``tls.clientCAFile`` is set: the verbs (``/bind`` among them) take
+no other authentication, so nothing but the kube-scheduler beside the extender may reach them
+unless it proves who it is.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from kube.api import SCHEDULER_NAME
 from policies.registry import Registry, UnknownPolicyError
 from scheduler.workload_model import WorkloadPrior
 
@@ -49,13 +59,28 @@ class PolicyWeight(_Config):
 class TLS(_Config):
     cert_file: Path
     key_file: Path
+    # the CA that signs the clients' certificates: set, a client without one it signed is
+    # refused during the TLS handshake (mutual TLS)
+    client_ca_file: Path | None = Field(None, alias="clientCAFile")
 
     @model_validator(mode="after")
     def _files_exist(self) -> TLS:
-        for field in ("cert_file", "key_file"):
-            if not getattr(self, field).is_file():
-                raise ValueError(f"{to_camel(field)} {getattr(self, field)}: no such file")
+        for field in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, field)
+            if path is not None and not path.is_file():
+                alias = TLS.model_fields[field].alias or to_camel(field)
+                raise ValueError(f"{alias} {path}: no such file")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _PRIOR = WorkloadPrior()  # the defaults live there
@@ -96,6 +121,9 @@ class ExtenderSettings(_Config):
     bind_all: bool = False
     workload_prior: WorkloadPriorSettings = WorkloadPriorSettings()
     tls: TLS | None = None
+    # the kube-scheduler profile that calls this extender: bind serves only pods it knows whose
+    # spec.schedulerName is this one (the chart's schedulerName)
+    scheduler_name: str = Field(SCHEDULER_NAME, min_length=1)
 
     @model_validator(mode="after")
     def _split_needs_a_decided_filter(self) -> ExtenderSettings:
@@ -105,6 +133,17 @@ class ExtenderSettings(_Config):
                 "decideInFilter: true, so that Fulcrum knows and charges the one node it passes; "
                 "with decideInFilter: false set bindAll: true (and bindVerb on the single "
                 "extenders[] entry)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _only_loopback_without_client_certificates(self) -> ExtenderSettings:
+        if not is_loopback(self.host) and (self.tls is None or self.tls.client_ca_file is None):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address, and the verbs (bind among them) "
+                "take no authentication: listen on 127.0.0.1 beside kube-scheduler, or set "
+                "tls.certFile, tls.keyFile and tls.clientCAFile (mutual TLS; kube-scheduler's "
+                "extender tlsConfig gives its client certificate)"
             )
         return self
 
@@ -144,6 +183,9 @@ def load_settings(path: Path | None, registry: Registry, **overrides: object) ->
     except ValidationError as exc:
         first = exc.errors()[0]
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{_path(first['loc'])}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:  # a field's error; the model's own checks name their fields
+            message = f"{_path(first['loc'])}: {message}"
+        raise ConfigError(f"{where}{message}") from exc
     settings.check_policies(registry)
     return settings

@@ -31,6 +31,7 @@ from extender.wire import (
 )
 from kube import objects
 from kube.eligibility import bind_reason
+from kube.names import InvalidName, check_object
 from kube.resources import BIND, node_spec, pod_request
 from policies.registry import Registry, default_registry
 from scheduler.pod import PodRequest
@@ -272,7 +273,14 @@ class Verbs:
                 "bind needs a cluster: run the extender with --kubeconfig, or remove "
                 "bindVerb from the scheduler's extender configuration",
             )
+        try:
+            check_object(args.PodNamespace, args.PodName)
+        except InvalidName as exc:
+            return ExtenderBindingResult(Error=f"bind refused: {exc}")
         self._unassume(args.PodUID)  # charged at filter, yet sent here: bind it all the same
+        refusal = self._bind_refusal(args)
+        if refusal:
+            return ExtenderBindingResult(Error=refusal)
         # Reserve now, before the next request is served; then await the apiserver.
         ticket = self.binds.reserve(args.PodNamespace, args.PodName, args.PodUID, args.Node)
         if not ticket.error and not ticket.done:  # the record rides on the binding
@@ -282,6 +290,30 @@ class Verbs:
         if error:
             self.events.warn(args.PodNamespace, args.PodName, args.PodUID, "BindRefused", error)
         return ExtenderBindingResult(Error=error)
+
+    def _bind_refusal(self, args: ExtenderBindingArgs) -> str:
+        """Why bind will not serve this pod, or "": a pod the cache does not know (pending, or
+        already bound), or one of another scheduler."""
+        assert self.cache is not None  # self.binds needs one
+        pod = f"{args.PodNamespace}/{args.PodName}"
+        pending = self.cache.pending(args.PodUID)
+        if pending is None:
+            if self.cache.bound_node(args.PodUID) is not None:
+                return ""  # bound: reserve says whether to this node (done) or another
+            return (
+                f"bind refused: pod {pod} (uid {args.PodUID}) is not a pending pod Fulcrum's "
+                "cache knows; the scheduler will retry once the pod watch has delivered it"
+            )
+        if pending.key != pod:
+            return f"bind refused: uid {args.PodUID} is pod {pending.key}, not {pod}"
+        wanted = self.settings.scheduler_name
+        if pending.scheduler != wanted:
+            return (
+                f"bind refused: pod {pod} has schedulerName {pending.scheduler or '(none)'!r}, "
+                f"and this extender binds only pods of {wanted!r} (schedulerName in its "
+                "configuration)"
+            )
+        return ""
 
     def preempt(self, args: ExtenderPreemptionArgs) -> dict[str, Any]:
         """An ``ExtenderPreemptionResult`` body: one node and its victims (``select_victims``)."""

@@ -156,6 +156,8 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
         key=args.tls_key,
         scheduler_name=args.scheduler_name,
         trusted_users=args.trusted_user,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
     )
     return 0
 
@@ -282,7 +284,10 @@ def _add_services(sub: Subparsers) -> None:
         help="also serve /metrics on this port, for Prometheus (default: only on --port)",
     )
     serve.add_argument(
-        "--metrics-host", default="0.0.0.0", help="address of --metrics-port (default 0.0.0.0)"
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of --metrics-port (default 127.0.0.1; 0.0.0.0 for Prometheus, behind a "
+        "NetworkPolicy: docs/security.md)",
     )
     logs.add_flags(serve)
     serve.set_defaults(func=_cmd_serve)
@@ -301,6 +306,11 @@ def _add_services(sub: Subparsers) -> None:
         help="a user that may write the annotations only Fulcrum writes (fulcrum.io/gpu-devices, "
         "assigned-ip, reservation, decision, rebuild-status), as the API server names it: "
         "system:serviceaccount:NAMESPACE:NAME; repeatable; none by default, and then nobody may",
+    )
+    kubeconfig.add_flags(
+        webhook,
+        kubeconfig_help="list IPPools here, to refuse a pool overlapping another namespace's "
+        "(default $KUBECONFIG, then the pod's service account, else no check)",
     )
     logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)
@@ -323,7 +333,10 @@ def _add_services(sub: Subparsers) -> None:
         "--health-port", type=int, default=8889, help="/healthz, /readyz and /metrics (8889)"
     )
     rebuild.add_argument(
-        "--health-host", default="0.0.0.0", help="address of --health-port (default 0.0.0.0)"
+        "--health-host",
+        default="127.0.0.1",
+        help="address of --health-port (default 127.0.0.1; 0.0.0.0 for Prometheus, behind a "
+        "NetworkPolicy: docs/security.md)",
     )
     logs.add_flags(rebuild)
     rebuild.add_argument("--lease-namespace", default="kube-system", help="where its Lease lives")

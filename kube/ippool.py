@@ -292,3 +292,9 @@ def transfer(pool: Mapping[str, Any], old: str, new: str) -> dict[str, Any] | No
     allocations = _allocations(pool)
     allocations[ip] = new
     return _with(pool, allocations)
+
+
+def shared_addresses(pool: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The addresses both pools have, lowest first (``PoolError`` if either is malformed)."""
+    mine = set(pool_addresses(pool))
+    return [ip for ip in pool_addresses(other) if ip in mine]

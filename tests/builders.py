@@ -61,6 +61,7 @@ def pod(
     deleting: bool = False,
     phase: str | None = None,
     container: str = "c",
+    scheduler: str | None = None,
 ) -> Obj:
     """A Pod of one container requesting ``cpu`` and ``memory`` (plus ``requests``).
 
@@ -84,6 +85,8 @@ def pod(
         spec["volumes"] = list(volumes)
     if node_name:
         spec["nodeName"] = node_name
+    if scheduler is not None:
+        spec["schedulerName"] = scheduler
     status = phase if phase is not None else ("Running" if node_name else "")
     return {"metadata": meta, "spec": spec, "status": {"phase": status}}
 

@@ -355,7 +355,7 @@ def start_webhook(name: str, port: int) -> int:
     # no one else) with the annotations Fulcrum writes
     trusted = (webhooks.kubeconfig_user(kubeconfig_path(name)),)
     try:
-        return webhooks.start(state_dir(name), port, trusted)
+        return webhooks.start(state_dir(name), port, trusted, kubeconfig_path(name))
     except processes.ProcessError as exc:
         raise ClusterError(str(exc)) from exc
 

@@ -38,10 +38,16 @@ def kubeconfig_user(kubeconfig: Path) -> str:
     return str(names[0].value)
 
 
-def start(directory: Path, port: int, trusted_users: tuple[str, ...] = ()) -> int:
+def start(
+    directory: Path,
+    port: int,
+    trusted_users: tuple[str, ...] = (),
+    kubeconfig: Path | None = None,
+) -> int:
     """Start ``fulcrum webhook`` on HTTPS ``port`` (log and certificate under ``directory``;
     the CA and serving certificate are made once and kept across restarts); ``trusted_users``:
-    the identities Fulcrum's own processes use (``--trusted-user``)."""
+    the identities Fulcrum's own processes use (``--trusted-user``); IPPools are read with
+    ``kubeconfig``."""
     tls = directory / "webhook-tls"
     if not (tls / "tls.key").exists():
         make_serving_cert(tls, ["127.0.0.1", "localhost"])
@@ -49,6 +55,8 @@ def start(directory: Path, port: int, trusted_users: tuple[str, ...] = ()) -> in
     cmd += ["--tls-cert", str(tls / "tls.crt"), "--tls-key", str(tls / "tls.key")]
     for user in trusted_users:
         cmd += ["--trusted-user", user]
+    if kubeconfig is not None:
+        cmd += ["--kubeconfig", str(kubeconfig)]
     return processes.start_process(directory, "webhook", cmd, f"https://127.0.0.1:{port}/healthz")
 
 

@@ -9,6 +9,7 @@ failure naming what and where.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -321,15 +322,38 @@ def render(report: Inspection) -> str:
 
 
 class ClusterCollector(Collector):
-    """The inspection's cluster figures on ``/metrics``, from a copy of a snapshot at each
-    scrape (``snapshot``: the extender's cache gives one): allocation per resource, GPU
-    fragmentation, nodes with stranded resources."""
+    """The inspection's cluster figures on ``/metrics``, computed at most every ``max_age``
+    seconds from a copy of a snapshot (``snapshot``: the extender's cache gives one, copied
+    under its lock) and cached between: a scrape within ``max_age`` of the last computation
+    only reads the cached figures, so scrapes, however frequent, never hold up the filter for
+    more than one copy per ``max_age``. Allocation per resource, GPU fragmentation, nodes with
+    stranded resources."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        *,
+        max_age: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.snapshot = snapshot
+        self.max_age = max_age
+        self.clock = clock
+        self._lock = threading.Lock()  # one computation at a time; never the cache's lock
+        self._families: list[GaugeMetricFamily] = []
+        self._computed_at: float | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        snapshot = self.snapshot()
+        with self._lock:
+            now = self.clock()
+            if self._computed_at is None or now - self._computed_at >= self.max_age:
+                self._families = list(self._compute(self.snapshot()))
+                self._computed_at = now
+            families = self._families
+        yield from families
+
+    @staticmethod
+    def _compute(snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
         rows, fragmentation_pct = allocation(snapshot)
         allocated = GaugeMetricFamily(
             "fulcrum_cluster_allocated_ratio",

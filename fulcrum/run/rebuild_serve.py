@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,19 @@ class RebuildError(RuntimeError):
     """The controller cannot start; the message names the cause and the fix."""
 
 
-def _health_server(
+HEALTH_TIMEOUT_SECONDS = 5  # a client that sends nothing holds the health server this long
+
+
+def health_server(
     host: str, port: int, ready: threading.Event, registry: CollectorRegistry
-) -> ThreadingHTTPServer:
+) -> HTTPServer:
+    """/healthz, /readyz and /metrics on one thread: requests are answered one at a time (each
+    is tiny), so no number of connections starts a thread, and a client that stalls is dropped
+    after ``HEALTH_TIMEOUT_SECONDS``."""
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = HEALTH_TIMEOUT_SECONDS
+
         def do_GET(self) -> None:
             ok = self.path in ("/healthz", "/metrics") or (
                 self.path == "/readyz" and ready.is_set()
@@ -60,7 +69,7 @@ def _health_server(
             pass
 
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = HTTPServer((host, port), Handler)
     except OSError as exc:
         raise RebuildError(f"--health-port {port}: {exc.strerror}; pass another port") from exc
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
@@ -72,7 +81,7 @@ def run(
     *,
     context: str | None = None,
     health_port: int,
-    health_host: str = "0.0.0.0",
+    health_host: str = "127.0.0.1",
     lease_namespace: str = "kube-system",
     lease_name: str = LEASE_NAME,
     scheduler_name: str = SCHEDULER_NAME,
@@ -92,7 +101,7 @@ def run(
     client.Configuration.set_default(api_client.configuration)  # the Lease lock's client
     ready = threading.Event()
     controller = Controller(api_client, scheduler_name=scheduler_name)
-    _health_server(health_host, health_port, ready, controller.metrics.registry)
+    health_server(health_host, health_port, ready, controller.metrics.registry)
     log.info("health and metrics on http://%s:%d", health_host, health_port)
     if identity:
         controller.identity = identity

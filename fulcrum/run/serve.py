@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def serve(
     kubeconfig: Path | None,
     *,
     context: str | None = None,
-    metrics_host: str = "0.0.0.0",
+    metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
 ) -> None:
     """Run the extender until stopped; ``metrics_port``: also serve /metrics there."""
@@ -146,10 +147,11 @@ def serve(
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     tls = settings.tls
     log.info(
-        "extender on %s://%s:%d; policies %s; decideInFilter %s",
+        "extender on %s://%s:%d%s; policies %s; decideInFilter %s",
         "https" if tls else "http",
         settings.host,
         settings.port,
+        " (clients need a certificate of tls.clientCAFile)" if tls and tls.client_ca_file else "",
         ", ".join(f"{p.policy}:{p.weight:g}" for p in settings.prioritize),
         settings.decide_in_filter,
     )
@@ -159,6 +161,8 @@ def serve(
         port=settings.port,
         ssl_certfile=str(tls.cert_file) if tls else None,
         ssl_keyfile=str(tls.key_file) if tls else None,
+        ssl_ca_certs=str(tls.client_ca_file) if tls and tls.client_ca_file else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca_file else ssl.CERT_NONE,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level="warning",
         log_config=None,  # the process's logging (--log-format), not uvicorn's own

@@ -71,6 +71,7 @@ def _values(fulcrum_image: str, directory: Path) -> Path:
         "scheduler": {"replicas": 1, "image": {"pullPolicy": "Never"}},
         "rebuild": {"replicas": 1},
         "webhook": {"replicas": 1},
+        "metrics": {"expose": True},  # scraped below through the API server's Service proxy
         "nodeSelector": {podman_node.NODE_KEY: "true"},
         "tolerations": [
             {"key": podman_node.NODE_KEY, "operator": "Exists", "effect": "NoSchedule"}

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SERVICE_ACCOUNT = "system:serviceaccount:fulcrum-system:fulcrum-scheduler"
+EXTENDER_ACCOUNT = "system:serviceaccount:fulcrum-system:fulcrum-extender"
 REBUILD_ACCOUNT = "system:serviceaccount:fulcrum-system:fulcrum-rebuild"
 
 
@@ -82,6 +83,8 @@ def test_the_apiserver_accepts_every_manifest(kubectl: Kubectl) -> None:
         "customresourcedefinition.apiextensions.k8s.io/ippools.fulcrum.io",
         "priorityclass.scheduling.k8s.io/fulcrum-scheduler",
         "serviceaccount/fulcrum-scheduler",
+        "serviceaccount/fulcrum-extender",
+        "secret/fulcrum-extender-token",
         "clusterrole.rbac.authorization.k8s.io/fulcrum-extender",
         "configmap/fulcrum-config",
         "deployment.apps/fulcrum-scheduler",
@@ -93,6 +96,9 @@ def test_the_apiserver_accepts_every_manifest(kubectl: Kubectl) -> None:
         "role.rbac.authorization.k8s.io/fulcrum-rebuild-leader-election",
         "rolebinding.rbac.authorization.k8s.io/fulcrum-rebuild-leader-election",
         "deployment.apps/fulcrum-rebuild",
+        # the webhook: a list of IPPools, nothing else
+        "clusterrole.rbac.authorization.k8s.io/fulcrum-webhook",
+        "clusterrolebinding.rbac.authorization.k8s.io/fulcrum-webhook",
     ):
         assert kind in out, out
 
@@ -100,22 +106,37 @@ def test_the_apiserver_accepts_every_manifest(kubectl: Kubectl) -> None:
 def test_the_service_account_may_do_what_each_container_does(kubectl: Kubectl) -> None:
     kubectl.ok("apply", "-f", str(DEPLOY / "namespace.yaml"), "-f", str(DEPLOY / "rbac.yaml"))
     deadline = time.monotonic() + 30  # the RBAC authorizer learns new bindings from a watch
-    while not kubectl.can("list", "nodes") and time.monotonic() < deadline:
+    while not (
+        kubectl.can("list", "nodes") and kubectl.can("list", "nodes", account=EXTENDER_ACCOUNT)
+    ):
+        assert time.monotonic() < deadline, "the bindings never took effect"
         time.sleep(0.5)
 
-    allowed = [
-        # the extender (ClusterRole fulcrum-extender)
+    extender_allowed = [
         ("list", "nodes"),
         ("watch", "nodes"),
         ("get", "pods", "--all-namespaces"),
         ("list", "pods", "--all-namespaces"),
         ("watch", "pods", "--all-namespaces"),
         ("create", "pods", "--subresource=binding", "-n", "default"),
-        ("create", "events", "-n", "default"),
-        ("patch", "events.events.k8s.io", "-n", "default"),
-        # the extender (a nomination) and kube-scheduler (system:kube-scheduler)
         ("patch", "pods", "--subresource=status", "-n", "default"),
+        ("create", "events", "-n", "default"),
+    ]
+    extender_denied = [
+        ("get", "nodes"),
+        ("update", "pods", "-n", "default"),
+        ("patch", "pods", "-n", "default"),
+        ("patch", "events.events.k8s.io", "-n", "default"),
+        ("list", "poddisruptionbudgets.policy", "--all-namespaces"),  # kube-scheduler's
+        ("create", "leases.coordination.k8s.io", "-n", "fulcrum-system"),
+        ("create", "subjectaccessreviews.authorization.k8s.io"),
+        ("get", "secrets", "-n", "fulcrum-system"),
+    ]
+    scheduler_allowed = [
         # kube-scheduler (system:kube-scheduler, system:volume-scheduler, its Lease, auth reader)
+        ("list", "nodes"),
+        ("patch", "pods", "--subresource=status", "-n", "default"),
+        ("create", "pods", "--subresource=binding", "-n", "default"),
         ("list", "poddisruptionbudgets.policy", "--all-namespaces"),
         ("update", "persistentvolumeclaims", "-n", "default"),
         ("create", "leases.coordination.k8s.io", "-n", "fulcrum-system"),
@@ -129,16 +150,26 @@ def test_the_service_account_may_do_what_each_container_does(kubectl: Kubectl) -
         ),
         ("create", "subjectaccessreviews.authorization.k8s.io"),
     ]
-    denied = [
+    scheduler_denied = [
         ("update", "leases.coordination.k8s.io/someone-else", "-n", "fulcrum-system"),
         ("update", "pods", "-n", "default"),
         ("delete", "nodes"),
         ("get", "secrets", "-n", "kube-system"),
         ("create", "pods", "-n", "default"),
+        ("update", "ippools.fulcrum.io", "-n", "default"),  # the extender's, not kube-scheduler's
     ]
-    wrong = [" ".join(a) for a in allowed if not kubectl.can(*a)]
-    wrong += [f"NOT {' '.join(a)}" for a in denied if kubectl.can(*a)]
-    assert not wrong, f"{SERVICE_ACCOUNT}: unexpected answers: {wrong}"
+    wrong = []
+    for account, allowed, denied in (
+        (EXTENDER_ACCOUNT, extender_allowed, extender_denied),
+        (SERVICE_ACCOUNT, scheduler_allowed, scheduler_denied),
+    ):
+        wrong += [
+            f"{account} {' '.join(a)}" for a in allowed if not kubectl.can(*a, account=account)
+        ]
+        wrong += [
+            f"{account} NOT {' '.join(a)}" for a in denied if kubectl.can(*a, account=account)
+        ]
+    assert not wrong, f"unexpected answers: {wrong}"
 
 
 def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -> None:
@@ -169,7 +200,8 @@ def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -
         ("watch", "ippools.fulcrum.io", "--all-namespaces"),
         ("list", "statefulsets.apps", "--all-namespaces"),
         ("watch", "statefulsets.apps", "--all-namespaces"),
-        # finalizer and status annotation (patch); OnDelete recreate (delete)
+        # finalizer and status annotation (patch); OnDelete recreate (delete); a pod read again
+        ("get", "pods", "-n", "default"),
         ("patch", "pods", "-n", "default"),
         ("delete", "pods", "-n", "default"),
         # Reservations, and compare-and-swap updates of IPPools
@@ -194,7 +226,34 @@ def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -
         ("list", "nodes"),
         ("update", "nodes"),
         ("get", "secrets", "-n", "kube-system"),
+        # trimmed to what the controller calls
+        ("update", "pods", "-n", "default"),
+        ("get", "deployments.apps", "-n", "default"),
+        ("list", "replicasets.apps", "--all-namespaces"),
+        ("get", "statefulsets.apps", "-n", "default"),
+        ("patch", "events.events.k8s.io", "-n", "default"),
+        ("create", "ippools.fulcrum.io", "-n", "default"),
     ]
     wrong = [" ".join(a) for a in allowed if not can(*a)]
     wrong += [f"NOT {' '.join(a)}" for a in denied if can(*a)]
     assert not wrong, f"{REBUILD_ACCOUNT}: unexpected answers: {wrong}"
+
+
+def test_the_webhook_account_may_only_list_ippools(kubectl: Kubectl) -> None:
+    crds = DEPLOY / "crds"
+    kubectl.ok("apply", "-f", str(DEPLOY / "namespace.yaml"), "-f", str(crds))
+    kubectl.ok("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+    kubectl.ok("apply", "-f", str(DEPLOY / "webhook-rbac.yaml"))
+    account = "system:serviceaccount:fulcrum-system:fulcrum-webhook"
+    deadline = time.monotonic() + 30  # the RBAC authorizer learns new bindings from a watch
+    while not kubectl.can("list", "ippools.fulcrum.io", "--all-namespaces", account=account):
+        assert time.monotonic() < deadline, "the webhook's binding never took effect"
+        time.sleep(0.5)
+    denied = [
+        ("get", "ippools.fulcrum.io", "-n", "default"),
+        ("update", "ippools.fulcrum.io", "-n", "default"),
+        ("list", "pods", "--all-namespaces"),
+        ("get", "secrets", "-n", "fulcrum-system"),
+    ]
+    wrong = [" ".join(a) for a in denied if kubectl.can(*a, account=account)]
+    assert not wrong, f"{account} may: {wrong}"

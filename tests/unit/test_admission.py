@@ -280,6 +280,7 @@ def test_only_routing_fails_closed_and_every_webhook_is_narrowed() -> None:
         "namespace-pods.route.fulcrum.io": "Fail",
         "pods.validate.fulcrum.io": "Ignore",
         "workloads.validate.fulcrum.io": "Ignore",
+        "ippools.validate.fulcrum.io": "Fail",  # one address in two pools: two pods, one IP
     }
     for config in (mutating, validating):
         for webhook in config["webhooks"]:

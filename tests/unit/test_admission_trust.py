@@ -23,9 +23,9 @@ from kube.hooks import default_hook_registry
 from tests import builders
 
 HOOKS = default_hook_registry(plugins=False)
-SCHEDULER = "system:serviceaccount:fulcrum-system:fulcrum-scheduler"
+EXTENDER = "system:serviceaccount:fulcrum-system:fulcrum-extender"
 REBUILD = "system:serviceaccount:fulcrum-system:fulcrum-rebuild"
-TRUSTED = frozenset({SCHEDULER, REBUILD})
+TRUSTED = frozenset({EXTENDER, REBUILD})
 USER = "alice"
 WRITTEN = {
     api.GPU_DEVICES: "",
@@ -147,7 +147,7 @@ def test_the_chart_trusts_its_own_two_service_accounts() -> None:
     [deployment] = [o for o in rendered if o and o["kind"] == "Deployment"]
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     trusted = [c.split("=", 1)[1] for c in command if c.startswith("--trusted-user=")]
-    assert trusted == [SCHEDULER, REBUILD]
+    assert trusted == [EXTENDER, REBUILD]
 
 
 def test_the_harness_trusts_its_kubeconfig_user(tmp_path: Path) -> None:

@@ -379,7 +379,7 @@ def test_service_account_annotations_reach_every_service_account(helm: Path) -> 
     role = "arn:aws:iam::111122223333:role/fulcrum"
     docs = render(helm, rf"serviceAccount.annotations.eks\.amazonaws\.com/role-arn={role}")
     accounts = find(docs, "ServiceAccount")
-    assert {a["metadata"]["name"] for a in accounts} == set(FULCRUM_CONTAINERS)
+    assert {a["metadata"]["name"] for a in accounts} == {*FULCRUM_CONTAINERS, "fulcrum-extender"}
     for account in accounts:
         assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
     assert all("annotations" not in a["metadata"] for a in find(render(helm), "ServiceAccount"))
@@ -412,7 +412,7 @@ def _keys(docs: list[Doc]) -> set[tuple[str, str | None, str]]:
 
 
 def test_a_fullname_override_of_fulcrum_changes_nothing(helm: Path) -> None:
-    sets = ("webhook.certificate.source=secret", "podMonitor.enabled=true")
+    sets = ("webhook.certificate.source=secret", "podMonitor.enabled=true", "metrics.expose=true")
     assert chart.template(helm, set_values=sets) == chart.template(
         helm, set_values=(*sets, "fullnameOverride=fulcrum")
     )
@@ -428,6 +428,7 @@ def test_a_fullname_override_names_every_object_and_every_reference(
         *sets,
         "schedulerName=canary-scheduler",
         "podMonitor.enabled=true",
+        "metrics.expose=true",
         "namespace.create=true",
         namespace="ns5",
     )
@@ -599,9 +600,16 @@ def test_a_generated_certificate_is_signed_by_the_ca_in_the_configurations(helm:
     assert {"name": "tls", "secret": {"secretName": "fulcrum-webhook-tls"}} in webhook["volumes"]
 
 
+def _certificate_secrets(docs: list[Doc]) -> list[Doc]:
+    """The Secrets but the extender's ServiceAccount token."""
+    return [
+        s for s in find(docs, "Secret") if s.get("type") != "kubernetes.io/service-account-token"
+    ]
+
+
 def test_a_user_secret_renders_no_certificate(helm: Path) -> None:
     docs = render(helm, "webhook.certificate.source=secret", "webhook.certificate.secretName=mine")
-    assert not find(docs, "Secret") and not find(docs, "Certificate")
+    assert not _certificate_secrets(docs) and not find(docs, "Certificate")
     assert _ca_bundles(docs) == {None}
     webhook = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]["spec"]
     assert {"name": "tls", "secret": {"secretName": "mine"}} in webhook["volumes"]
@@ -622,7 +630,7 @@ def test_cert_manager_issues_the_certificate_and_injects_its_ca(helm: Path) -> N
     for kind in WEBHOOK_KINDS:
         annotations = one(docs, kind)["metadata"]["annotations"]
         assert annotations == {"cert-manager.io/inject-ca-from": "ns4/fulcrum-webhook"}
-    assert not find(docs, "Secret") and _ca_bundles(docs) == {None}
+    assert not _certificate_secrets(docs) and _ca_bundles(docs) == {None}
 
     docs = render(
         helm,
@@ -643,6 +651,7 @@ def test_the_pod_monitor_is_rendered_only_when_enabled(helm: Path) -> None:
     docs = render(
         helm,
         "podMonitor.enabled=true",
+        "metrics.expose=true",
         "podMonitor.labels.release=prometheus",
         "podMonitor.tokenSecret.name=prometheus-token",
     )
@@ -660,7 +669,11 @@ def test_the_pod_monitor_is_rendered_only_when_enabled(helm: Path) -> None:
     controller = one(docs, "Deployment", "fulcrum-rebuild")["spec"]["template"]["spec"]
     assert rebuild["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert "metrics" in {p["name"] for c in controller["containers"] for p in c.get("ports", [])}
-    without_token = one(render(helm, "podMonitor.enabled=true"), "PodMonitor", "fulcrum-scheduler")
+    without_token = one(
+        render(helm, "podMonitor.enabled=true", "metrics.expose=true"),
+        "PodMonitor",
+        "fulcrum-scheduler",
+    )
     assert "authorization" not in without_token["spec"]["podMetricsEndpoints"][0]
 
 
@@ -735,3 +748,30 @@ def test_kube_scheduler_binding_without_fulcrums_pick_is_refused(helm: Path) -> 
     with pytest.raises(chart.ChartError) as failed:
         chart.template(helm, set_values=["extender.decideInFilter=false"])
     assert "extender.bindAll: false needs extender.decideInFilter: true" in str(failed.value)
+
+
+def test_metrics_listen_on_loopback_unless_exposed_behind_a_network_policy(helm: Path) -> None:
+    def flags(docs: list[Doc]) -> tuple[list[str], list[str]]:
+        pod = one(docs, "Deployment", "fulcrum-scheduler")["spec"]["template"]["spec"]
+        [extender] = [c for c in pod["containers"] if c["name"] == "extender"]
+        rebuild = one(docs, "Deployment", "fulcrum-rebuild")["spec"]["template"]["spec"]
+        return extender["command"], rebuild["containers"][0]["command"]
+
+    hidden = render(helm)
+    assert not find(hidden, "NetworkPolicy")
+    extender, rebuild = flags(hidden)
+    assert not [f for f in extender + rebuild if f.startswith(("--metrics-host", "--health-host"))]
+    with pytest.raises(chart.ChartError, match=r"needs metrics\.expose: true"):
+        render(helm, "podMonitor.enabled=true")
+
+    exposed = render(helm, "metrics.expose=true", "metrics.from[0].podSelector.matchLabels.a=b")
+    extender, rebuild = flags(exposed)
+    assert "--metrics-host=0.0.0.0" in extender and "--health-host=0.0.0.0" in rebuild
+    for component, ports in (("scheduler", [9090, 10259]), ("rebuild", [8889])):
+        policy = one(exposed, "NetworkPolicy", f"fulcrum-{component}-metrics")["spec"]
+        assert policy["podSelector"]["matchLabels"] == {
+            "app.kubernetes.io/name": f"fulcrum-{component}"
+        }
+        [rule] = policy["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": {"a": "b"}}}]
+        assert [p["port"] for p in rule["ports"]] == ports

@@ -44,6 +44,7 @@ GROUP = "fulcrum.io"
 API_VERSIONS = {
     "Namespace": "v1",
     "ServiceAccount": "v1",
+    "Secret": "v1",  # only the extender's ServiceAccount token (rbac.yaml)
     "ConfigMap": "v1",
     "ClusterRole": "rbac.authorization.k8s.io/v1",
     "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
@@ -74,26 +75,25 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$")  # RBAC names m
 
 # (apiGroups, resources, verbs) the extender needs, and nothing else
 EXTENDER_RULES = {
-    (("",), ("nodes", "pods"), ("get", "list", "watch")),
+    (("",), ("nodes",), ("list", "watch")),
+    (("",), ("pods",), ("get", "list", "watch")),
     (("",), ("pods/binding",), ("create",)),
     (("",), ("pods/status",), ("patch",)),
-    (("", "events.k8s.io"), ("events",), ("create", "patch")),
-    ((GROUP,), ("reservations",), ("get", "list", "watch")),
+    (("",), ("events",), ("create",)),
+    ((GROUP,), ("reservations",), ("list", "watch")),
     ((GROUP,), ("ippools",), ("get", "update")),
 }
+EXTENDER_SERVICE_ACCOUNT = "fulcrum-extender"
 
 # (apiGroups, resources, verbs) of the rebuild controller's ClusterRole
 REBUILD_RULES = {
-    (("",), ("pods",), ("get", "list", "watch", "patch", "update", "delete")),
+    (("",), ("pods",), ("get", "list", "watch", "patch", "delete")),
     (("",), ("pods/resize",), ("patch",)),
-    (("", "events.k8s.io"), ("events",), ("create", "patch")),
+    (("",), ("events",), ("create",)),
     (("",), ("nodes",), ("get",)),
-    (
-        (GROUP,),
-        ("reservations", "ippools"),
-        ("get", "list", "watch", "create", "update", "patch", "delete"),
-    ),
-    (("apps",), ("deployments", "replicasets", "statefulsets"), ("get", "list", "watch")),
+    ((GROUP,), ("reservations",), ("get", "list", "watch", "create", "update", "delete")),
+    ((GROUP,), ("ippools",), ("get", "list", "watch", "update", "patch")),
+    (("apps",), ("statefulsets",), ("list", "watch")),
 }
 
 # json tags of k8s.io/kube-scheduler/config/v1 Extender, ExtenderTLSConfig, ExtenderManagedResource
@@ -262,6 +262,7 @@ def test_every_document_is_well_formed(file: str, doc: dict[str, Any]) -> None:
         "description",
         "webhooks",
         "automountServiceAccountToken",
+        "type",
     }, f"{file}: {kind} {meta['name']} has unknown top-level fields"
     for key, value in {**meta.get("labels", {}), **meta.get("annotations", {})}.items():
         assert isinstance(value, str), f"{kind} {meta['name']}: {key} must be a string"
@@ -426,7 +427,23 @@ def test_the_extender_cluster_role_is_exactly_the_minimal_rules() -> None:
         b for b in objects("ClusterRoleBinding") if b["roleRef"]["name"] == "fulcrum-extender"
     ]
     assert binding["roleRef"]["kind"] == "ClusterRole"
-    _bound_to_the_service_account(binding)
+    _bound_to_the_service_account(binding, EXTENDER_SERVICE_ACCOUNT)
+
+
+def test_the_extender_runs_as_its_own_account_in_its_container_only() -> None:
+    account = one("ServiceAccount", EXTENDER_SERVICE_ACCOUNT)
+    assert account["automountServiceAccountToken"] is False
+    (secret,) = objects("Secret")
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"] == {
+        "kubernetes.io/service-account.name": EXTENDER_SERVICE_ACCOUNT
+    }
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    mounts = {c["name"]: c.get("volumeMounts", []) for c in pod_spec()["containers"]}
+    (token,) = [m for m in mounts["extender"] if m["mountPath"] == SA_DIR]
+    assert volumes[token["name"]]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert not [m for m in mounts["kube-scheduler"] if m["name"] == token["name"]]
+    assert pod_spec()["serviceAccountName"] == SERVICE_ACCOUNT  # kube-scheduler's
 
 
 def test_the_rebuild_controller_has_its_own_account_and_exactly_its_rules() -> None:
@@ -444,7 +461,7 @@ def test_the_rebuild_controller_has_its_own_account_and_exactly_its_rules() -> N
 
 def test_fulcrum_defines_no_other_cluster_roles() -> None:
     names = [r["metadata"]["name"] for r in objects("ClusterRole")]
-    assert sorted(names) == ["fulcrum-extender", "fulcrum-rebuild"]
+    assert sorted(names) == ["fulcrum-extender", "fulcrum-rebuild", "fulcrum-webhook"]
 
 
 def test_kube_scheduler_gets_what_upstream_prescribes_for_a_second_scheduler() -> None:
@@ -889,9 +906,15 @@ def test_the_webhook_configurations_are_the_ones_admission_config_writes() -> No
     assert port["port"] == 443 and port["targetPort"] == 8443
 
 
-def test_the_webhook_serves_https_from_its_secret_without_api_access() -> None:
+def test_the_webhook_serves_https_from_its_secret_and_may_only_list_ippools() -> None:
     spec = pod_spec("fulcrum-webhook")
-    assert spec["automountServiceAccountToken"] is False
+    assert spec.get("automountServiceAccountToken", True) is True  # in-cluster: IPPools
+    role = one("ClusterRole", "fulcrum-webhook")
+    assert _rules(role) == {((GROUP,), ("ippools",), ("list",))}
+    (binding,) = [
+        b for b in objects("ClusterRoleBinding") if b["roleRef"]["name"] == "fulcrum-webhook"
+    ]
+    _bound_to_the_service_account(binding, "fulcrum-webhook")
     assert "schedulerName" not in spec  # Fulcrum being down never blocks its own pods
     (c,) = spec["containers"]
     args = build_parser().parse_args(c["command"][1:])

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.verbs import Verbs
 from extender.wire import ExtenderBindingArgs
-from tests.builders import node, pod
+from kube.api import SCHEDULER_NAME
+from tests import builders
+from tests.builders import node
+
+# the pods of the scheduler that calls the extender: bind serves no other
+pod = functools.partial(builders.pod, scheduler=SCHEDULER_NAME)
 
 
 class Apiserver:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -13,8 +14,12 @@ from extender.cache import ClusterCache
 from extender.config import ExtenderSettings, PolicyWeight
 from extender.verbs import Verbs
 from extender.wire import ExtenderArgs, ExtenderBindingArgs
-from kube.api import DECISION
-from tests.builders import node, pod
+from kube.api import DECISION, SCHEDULER_NAME
+from tests import builders
+from tests.builders import node
+
+# the pods of the scheduler that calls the extender: bind serves no other
+pod = functools.partial(builders.pod, scheduler=SCHEDULER_NAME)
 
 
 class RecordingBinder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -14,9 +15,14 @@ from extender.config import ExtenderSettings, PolicyWeight
 from extender.rebuild_gate import RebuildGate
 from extender.verbs import BadRequest, Verbs
 from extender.wire import ExtenderArgs, ExtenderBindingArgs, ExtenderPreemptionArgs
+from kube.api import SCHEDULER_NAME
 from kube.hooks import default_hook_registry
 from kube.resources import BIND
-from tests.builders import node, pod
+from tests import builders
+from tests.builders import node
+
+# the pods of the scheduler that calls the extender: bind serves no other
+pod = functools.partial(builders.pod, scheduler=SCHEDULER_NAME)
 
 SETTINGS = ExtenderSettings(prioritize=(PolicyWeight(policy="MostAllocated", weight=1),))
 
@@ -143,6 +149,47 @@ def test_a_pod_charged_at_filter_and_still_sent_to_bind_is_bound() -> None:
     binder = Binder()
     verbs = Verbs(SETTINGS, cache, binder)
     assert filtered(verbs, pod("a"), ["n1"]) == ["n1"]
+    bind = ExtenderBindingArgs(PodName="a", PodNamespace="ns", PodUID="a", Node="n1")
+    assert asyncio.run(verbs.bind(bind)).Error == ""
+    assert binder.bound == {"a": "n1"}
+
+
+@pytest.mark.parametrize(
+    ("namespace", "name", "uid", "refusal"),
+    [
+        ("ns", "stranger", "stranger", "is not a pending pod Fulcrum's cache knows"),
+        ("ns", "other", "other", "schedulerName 'default-scheduler'"),
+        ("ns", "none", "none", "schedulerName '(none)'"),
+        ("ns", "someone-else", "a", "uid a is pod ns/a, not ns/someone-else"),
+        ("ns", "a/../../secrets/x", "a", "pod name 'a/../../secrets/x' is not a DNS subdomain"),
+        ("kube-system/pods", "a", "a", "pod namespace 'kube-system/pods' is not a DNS label"),
+        ("ns", "A", "a", "pod name 'A' is not a DNS subdomain"),
+    ],
+)
+def test_bind_serves_only_known_pods_of_its_scheduler(
+    namespace: str, name: str, uid: str, refusal: str
+) -> None:
+    cache = cache_of(node("n1"))
+    cache.apply("pods", "ADDED", pod("a"))
+    cache.apply("pods", "ADDED", builders.pod("other", scheduler="default-scheduler"))
+    cache.apply("pods", "ADDED", builders.pod("none"))
+    binder = Binder()
+    verbs = Verbs(SETTINGS, cache, binder)
+    bind = ExtenderBindingArgs(PodName=name, PodNamespace=namespace, PodUID=uid, Node="n1")
+    error = asyncio.run(verbs.bind(bind)).Error
+    assert error.startswith("bind refused: ") and refusal in error, error
+    assert binder.bound == {}
+    assert cache.bound_node(uid) is None
+    ok = ExtenderBindingArgs(PodName="a", PodNamespace="ns", PodUID="a", Node="n1")
+    assert asyncio.run(verbs.bind(ok)).Error == ""  # the pod refused under another name: intact
+    assert binder.bound == {"a": "n1"}
+
+
+def test_bind_serves_the_scheduler_named_in_the_configuration() -> None:
+    cache = cache_of(node("n1"))
+    cache.apply("pods", "ADDED", builders.pod("a", scheduler="canary-scheduler"))
+    binder = Binder()
+    verbs = Verbs(SETTINGS.model_copy(update={"scheduler_name": "canary-scheduler"}), cache, binder)
     bind = ExtenderBindingArgs(PodName="a", PodNamespace="ns", PodUID="a", Node="n1")
     assert asyncio.run(verbs.bind(bind)).Error == ""
     assert binder.bound == {"a": "n1"}
