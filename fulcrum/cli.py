@@ -145,6 +145,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return int(text)
+
+
 def _cmd_webhook(args: argparse.Namespace) -> int:
     from fulcrum.run.webhook_serve import serve_webhook
 
@@ -155,6 +161,8 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
         cert=args.tls_cert,
         key=args.tls_key,
         scheduler_name=args.scheduler_name,
+        max_in_flight=args.max_in_flight,
+        max_connections=args.max_connections,
     )
     return 0
 
@@ -292,6 +300,18 @@ def _add_services(sub: Subparsers) -> None:
     webhook.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
     webhook.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
     add_scheduler_name(webhook, "the scheduler the webhook routes opted-in pods to")
+    webhook.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        default=8,
+        help="reviews read or decided at once; one more is answered 429 (default 8)",
+    )
+    webhook.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=128,
+        help="connections at once; a request past them is answered 503 (default 128)",
+    )
     logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)
 
