@@ -578,6 +578,20 @@ def test_the_webhook_configurations_are_the_ones_admission_config_writes(
         assert _without_metadata_extras(got) == want, f"{got['kind']}: edit the chart's template"
 
 
+@pytest.mark.parametrize(
+    ("namespace", "exempt"),
+    [("ns4", ["kube-system", "ns4"]), ("kube-system", ["kube-system"])],
+)
+def test_no_webhook_sees_kube_system_or_the_release_namespace(
+    helm: Path, namespace: str, exempt: list[str]
+) -> None:
+    docs = render(helm, namespace=namespace)
+    rule = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": exempt}
+    for kind in WEBHOOK_KINDS:
+        for hook in one(docs, kind)["webhooks"]:
+            assert hook["namespaceSelector"]["matchExpressions"] == [rule], hook["name"]
+
+
 def test_a_generated_certificate_is_signed_by_the_ca_in_the_configurations(helm: Path) -> None:
     docs = render(helm, "webhook.certificate.validityDays=30", namespace="ns3")
     secret = one(docs, "Secret", "fulcrum-webhook-tls")
