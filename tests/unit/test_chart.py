@@ -259,10 +259,50 @@ def test_a_new_configuration_rolls_the_scheduler_pods(helm: Path) -> None:
 
 
 def test_the_disruption_budget_can_be_turned_off(helm: Path) -> None:
-    assert one(render(helm), "PodDisruptionBudget")["spec"]["minAvailable"] == 1
-    assert not find(
-        render(helm, "scheduler.podDisruptionBudget.enabled=false"), "PodDisruptionBudget"
+    assert (
+        one(render(helm), "PodDisruptionBudget", "fulcrum-scheduler")["spec"]["minAvailable"] == 1
     )
+    assert not find(
+        render(helm, "scheduler.podDisruptionBudget.enabled=false"),
+        "PodDisruptionBudget",
+        "fulcrum-scheduler",
+    )
+
+
+def test_the_webhook_keeps_a_replica_through_drains_unless_turned_off(helm: Path) -> None:
+    pdb = one(render(helm), "PodDisruptionBudget", "fulcrum-webhook")
+    deployment = one(render(helm), "Deployment", "fulcrum-webhook")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    off = render(helm, "webhook.podDisruptionBudget.enabled=false")
+    assert not find(off, "PodDisruptionBudget", "fulcrum-webhook")
+    assert find(off, "PodDisruptionBudget", "fulcrum-scheduler")
+
+
+def test_the_webhook_network_policy_admits_only_its_peers_on_its_port(
+    helm: Path, tmp_path: Path
+) -> None:
+    assert not find(render(helm), "NetworkPolicy")  # off by default: the peer is the cluster's
+    values = tmp_path / "values.yaml"
+    peers = [{"ipBlock": {"cidr": "10.0.0.0/24"}}, {"namespaceSelector": {}}]
+    values.write_text(
+        yaml.safe_dump({"webhook": {"networkPolicy": {"enabled": True, "from": peers}}})
+    )
+    docs = render(helm, values_files=[values])
+    policy = one(docs, "NetworkPolicy", "fulcrum-webhook")
+    pod = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == peers
+    [port] = pod["spec"]["containers"][0]["ports"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port["containerPort"]}]
+
+
+def test_a_network_policy_without_peers_is_refused_naming_the_value(helm: Path) -> None:
+    with pytest.raises(chart.ChartError, match=r"webhook\.networkPolicy\.from: empty"):
+        render(helm, "webhook.networkPolicy.enabled=true")
 
 
 def test_image_pull_secrets_reach_every_pod(helm: Path) -> None:
