@@ -667,12 +667,15 @@ def test_cert_manager_issues_the_certificate_and_injects_its_ca(helm: Path) -> N
     assert certificate["apiVersion"] == "cert-manager.io/v1"
     assert certificate["spec"]["secretName"] == "fulcrum-webhook-tls"
     assert certificate["spec"]["dnsNames"] == ["fulcrum-webhook.ns4.svc"]
-    issuer = one(docs, "Issuer")
-    assert issuer["spec"] == {"selfSigned": {}}
-    assert certificate["spec"]["issuerRef"] == {
-        "name": issuer["metadata"]["name"],
-        "kind": "Issuer",
-    }
+    # the chart's own CA signs it, so a renewal of it leaves the injected caBundle (the CA) as is
+    issuer = one(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert certificate["spec"]["issuerRef"]["kind"] == "Issuer"
+    ca = one(docs, "Certificate", "fulcrum-webhook-ca")
+    assert issuer["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    assert ca["spec"]["isCA"] is True and ca["spec"]["duration"] == f"{3650 * 24}h"
+    assert certificate["spec"]["duration"] == f"{365 * 24}h"
+    self_signed = one(docs, "Issuer", ca["spec"]["issuerRef"]["name"])
+    assert self_signed["spec"] == {"selfSigned": {}}
     for kind in WEBHOOK_KINDS:
         annotations = one(docs, kind)["metadata"]["annotations"]
         assert annotations == {"cert-manager.io/inject-ca-from": "ns4/fulcrum-webhook"}
