@@ -1,5 +1,6 @@
 """No Fulcrum webhook sees ``kube-system``: with the webhook down, an opted-in pod created
-there is admitted, while the same pod elsewhere waits for the webhook (``admission.config``).
+there is admitted, while the same pod elsewhere waits for the webhook (``admission.config``);
+back up, the webhook answers the API server again.
 
 A real control plane with two kwok nodes; the pods are server-side dry runs (the API server
 calls the webhooks and stores nothing).
@@ -8,6 +9,7 @@ calls the webhooks and stores nothing).
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ import yaml
 
 from fulcrum.harness import cluster, processes
 from fulcrum.lab import rebuild_run as rr
+from kube import api
 from tests.integration.conftest import _start
 
 pytestmark = pytest.mark.integration
@@ -61,3 +64,11 @@ def test_with_the_webhook_down_kube_system_pods_are_still_admitted(kit: rr.Kit) 
         assert any(k.startswith("fulcrum.io/") for k in admitted["metadata"]["annotations"])
     finally:
         cluster.restart_webhook(kit.name)
+    # up again (serving TLS from its reloading context): the API server's calls are answered
+    opted = rr.bare_pod("it-plain", "opted", "opted", opted=True)
+    del opted["spec"]["schedulerName"]
+    deadline = time.monotonic() + 30
+    while (result := dry_run(kit, opted)).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.5)
+    assert yaml.safe_load(result.stdout)["spec"]["schedulerName"] == api.SCHEDULER_NAME
