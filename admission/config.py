@@ -26,6 +26,12 @@ so an unrelated request costs Fulcrum nothing and is never blocked by it):
   so a forged one is reported and skipped, never followed.
 
 A plain pod (no ``fulcrum.io/`` annotation, in an unlabelled namespace) never reaches Fulcrum.
+
+No webhook sees ``kube-system`` or the namespace Fulcrum's webhook runs in (the Service's), by
+every webhook's ``namespaceSelector`` on ``kubernetes.io/metadata.name``: the control plane's
+own pods never wait for Fulcrum, and Fulcrum's own pods are created while its webhook is down,
+even if someone labels or annotates them (otherwise the webhook's replacement pods would need
+the webhook that is down: a deadlock).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from kube.api import GROUP, IPPOOLS, SCHEDULER_NAME, VERSION
 from kube.resources import GPU
 
 NAME = "fulcrum.io"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
+ALWAYS_EXEMPT = ("kube-system",)
 TIMEOUT_SECONDS = 5
 _ANNOTATED = (
     "has({o}.metadata.annotations) && {o}.metadata.annotations.exists(k, k.startsWith('{p}'))"
@@ -164,18 +172,34 @@ def webhook_configurations(client_config: dict[str, Any]) -> list[dict[str, Any]
             "Fail",
         ),
     ]
+    exempt = exempt_namespaces(client_config)
     return [
         _configuration(
-            "MutatingWebhookConfiguration", [{**w, "reinvocationPolicy": "Never"} for w in mutating]
+            "MutatingWebhookConfiguration",
+            [{**w, "reinvocationPolicy": "Never"} for w in mutating],
+            exempt,
         ),
-        _configuration("ValidatingWebhookConfiguration", validating),
+        _configuration("ValidatingWebhookConfiguration", validating, exempt),
     ]
 
 
-def _configuration(kind: str, webhooks: list[dict[str, Any]]) -> dict[str, Any]:
+def exempt_namespaces(client_config: dict[str, Any]) -> list[str]:
+    """The namespaces no webhook sees: ``kube-system`` and the webhook Service's, if any."""
+    own = client_config.get("service", {}).get("namespace")
+    return [*ALWAYS_EXEMPT, *([own] if own and own not in ALWAYS_EXEMPT else [])]
+
+
+def _exempt(webhook: dict[str, Any], namespaces: list[str]) -> dict[str, Any]:
+    selector = dict(webhook.get("namespaceSelector", {}))
+    rule = {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": namespaces}
+    selector["matchExpressions"] = [*selector.get("matchExpressions", []), rule]
+    return {**webhook, "namespaceSelector": selector}
+
+
+def _configuration(kind: str, webhooks: list[dict[str, Any]], exempt: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": kind,
         "metadata": {"name": NAME},
-        "webhooks": webhooks,
+        "webhooks": [_exempt(w, exempt) for w in webhooks],
     }

@@ -36,6 +36,7 @@ from extender.wire import (
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
 )
+from kube.asgi import BodyError, read_body
 from kube.metrics import standard_registry
 from policies.registry import Registry
 
@@ -116,21 +117,10 @@ def _encode(result: BaseModel | list[tuple[str, int]] | dict[str, Any]) -> bytes
 
 
 async def _read_args(scope: Scope, receive: Receive, limit: int, model: type[Args]) -> Args:
-    declared = dict(scope["headers"]).get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > limit:
-        raise BadRequest(
-            413, f"request body of {declared.decode()} bytes exceeds the {limit}-byte limit"
-        )
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest(400, "the client went away before sending the whole body")
-        body += message.get("body", b"")
-        if len(body) > limit:
-            raise BadRequest(413, f"request body exceeds the {limit}-byte limit")
-        if not message.get("more_body"):
-            break
+    try:
+        body = await read_body(scope, receive, limit)
+    except BodyError as exc:
+        raise BadRequest(exc.status, exc.message) from exc
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -145,6 +145,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return int(text)
+
+
 def _cmd_webhook(args: argparse.Namespace) -> int:
     from fulcrum.run.webhook_serve import serve_webhook
 
@@ -158,6 +164,8 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
         trusted_users=args.trusted_user,
         kubeconfig=args.kubeconfig,
         context=args.context,
+        max_in_flight=args.max_in_flight,
+        max_connections=args.max_connections,
     )
     return 0
 
@@ -311,6 +319,18 @@ def _add_services(sub: Subparsers) -> None:
         webhook,
         kubeconfig_help="list IPPools here, to refuse a pool overlapping another namespace's "
         "(default $KUBECONFIG, then the pod's service account, else no check)",
+    )
+    webhook.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        default=8,
+        help="reviews read or decided at once; one more is answered 429 (default 8)",
+    )
+    webhook.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=128,
+        help="connections at once; a request past them is answered 503 (default 128)",
     )
     logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)

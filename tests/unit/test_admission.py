@@ -286,9 +286,28 @@ def test_only_routing_fails_closed_and_every_webhook_is_narrowed() -> None:
         for webhook in config["webhooks"]:
             assert webhook["matchConditions"], webhook["name"]
             assert webhook["clientConfig"]["url"].startswith("https://127.0.0.1:9443/")
-    assert mutating["webhooks"][1]["namespaceSelector"] == {
-        "matchLabels": {"fulcrum.io/scheduling": "enabled"}
+    assert mutating["webhooks"][1]["namespaceSelector"]["matchLabels"] == {
+        "fulcrum.io/scheduling": "enabled"
     }
+
+
+@pytest.mark.parametrize(
+    ("client_config", "exempt"),
+    [
+        ({"url": "https://127.0.0.1:9443"}, ["kube-system"]),
+        ({"service": {"namespace": "fulcrum-system", "name": "fulcrum-webhook"}}, None),
+        ({"service": {"namespace": "kube-system", "name": "fulcrum-webhook"}}, ["kube-system"]),
+    ],
+    ids=["local", "release-namespace", "release-in-kube-system"],
+)
+def test_no_webhook_sees_kube_system_or_its_own_namespace(
+    client_config: dict[str, Any], exempt: list[str] | None
+) -> None:
+    want = exempt or ["kube-system", "fulcrum-system"]
+    for config in webhook_configurations(client_config):
+        for webhook in config["webhooks"]:
+            rule = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": want}
+            assert rule in webhook["namespaceSelector"]["matchExpressions"], webhook["name"]
 
 
 def test_the_webhook_serves_https_that_its_ca_vouches_for(tmp_path: Path) -> None:

@@ -259,10 +259,50 @@ def test_a_new_configuration_rolls_the_scheduler_pods(helm: Path) -> None:
 
 
 def test_the_disruption_budget_can_be_turned_off(helm: Path) -> None:
-    assert one(render(helm), "PodDisruptionBudget")["spec"]["minAvailable"] == 1
-    assert not find(
-        render(helm, "scheduler.podDisruptionBudget.enabled=false"), "PodDisruptionBudget"
+    assert (
+        one(render(helm), "PodDisruptionBudget", "fulcrum-scheduler")["spec"]["minAvailable"] == 1
     )
+    assert not find(
+        render(helm, "scheduler.podDisruptionBudget.enabled=false"),
+        "PodDisruptionBudget",
+        "fulcrum-scheduler",
+    )
+
+
+def test_the_webhook_keeps_a_replica_through_drains_unless_turned_off(helm: Path) -> None:
+    pdb = one(render(helm), "PodDisruptionBudget", "fulcrum-webhook")
+    deployment = one(render(helm), "Deployment", "fulcrum-webhook")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    off = render(helm, "webhook.podDisruptionBudget.enabled=false")
+    assert not find(off, "PodDisruptionBudget", "fulcrum-webhook")
+    assert find(off, "PodDisruptionBudget", "fulcrum-scheduler")
+
+
+def test_the_webhook_network_policy_admits_only_its_peers_on_its_port(
+    helm: Path, tmp_path: Path
+) -> None:
+    assert not find(render(helm), "NetworkPolicy")  # off by default: the peer is the cluster's
+    values = tmp_path / "values.yaml"
+    peers = [{"ipBlock": {"cidr": "10.0.0.0/24"}}, {"namespaceSelector": {}}]
+    values.write_text(
+        yaml.safe_dump({"webhook": {"networkPolicy": {"enabled": True, "from": peers}}})
+    )
+    docs = render(helm, values_files=[values])
+    policy = one(docs, "NetworkPolicy", "fulcrum-webhook")
+    pod = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == peers
+    [port] = pod["spec"]["containers"][0]["ports"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port["containerPort"]}]
+
+
+def test_a_network_policy_without_peers_is_refused_naming_the_value(helm: Path) -> None:
+    with pytest.raises(chart.ChartError, match=r"webhook\.networkPolicy\.from: empty"):
+        render(helm, "webhook.networkPolicy.enabled=true")
 
 
 def test_image_pull_secrets_reach_every_pod(helm: Path) -> None:
@@ -579,6 +619,20 @@ def test_the_webhook_configurations_are_the_ones_admission_config_writes(
         assert _without_metadata_extras(got) == want, f"{got['kind']}: edit the chart's template"
 
 
+@pytest.mark.parametrize(
+    ("namespace", "exempt"),
+    [("ns4", ["kube-system", "ns4"]), ("kube-system", ["kube-system"])],
+)
+def test_no_webhook_sees_kube_system_or_the_release_namespace(
+    helm: Path, namespace: str, exempt: list[str]
+) -> None:
+    docs = render(helm, namespace=namespace)
+    rule = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": exempt}
+    for kind in WEBHOOK_KINDS:
+        for hook in one(docs, kind)["webhooks"]:
+            assert hook["namespaceSelector"]["matchExpressions"] == [rule], hook["name"]
+
+
 def test_a_generated_certificate_is_signed_by_the_ca_in_the_configurations(helm: Path) -> None:
     docs = render(helm, "webhook.certificate.validityDays=30", namespace="ns3")
     secret = one(docs, "Secret", "fulcrum-webhook-tls")
@@ -621,12 +675,15 @@ def test_cert_manager_issues_the_certificate_and_injects_its_ca(helm: Path) -> N
     assert certificate["apiVersion"] == "cert-manager.io/v1"
     assert certificate["spec"]["secretName"] == "fulcrum-webhook-tls"
     assert certificate["spec"]["dnsNames"] == ["fulcrum-webhook.ns4.svc"]
-    issuer = one(docs, "Issuer")
-    assert issuer["spec"] == {"selfSigned": {}}
-    assert certificate["spec"]["issuerRef"] == {
-        "name": issuer["metadata"]["name"],
-        "kind": "Issuer",
-    }
+    # the chart's own CA signs it, so a renewal of it leaves the injected caBundle (the CA) as is
+    issuer = one(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert certificate["spec"]["issuerRef"]["kind"] == "Issuer"
+    ca = one(docs, "Certificate", "fulcrum-webhook-ca")
+    assert issuer["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    assert ca["spec"]["isCA"] is True and ca["spec"]["duration"] == f"{3650 * 24}h"
+    assert certificate["spec"]["duration"] == f"{365 * 24}h"
+    self_signed = one(docs, "Issuer", ca["spec"]["issuerRef"]["name"])
+    assert self_signed["spec"] == {"selfSigned": {}}
     for kind in WEBHOOK_KINDS:
         annotations = one(docs, kind)["metadata"]["annotations"]
         assert annotations == {"cert-manager.io/inject-ca-from": "ns4/fulcrum-webhook"}

@@ -651,7 +651,7 @@ def test_the_deployment_runs_two_replicas_on_different_nodes() -> None:
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"].items() <= labels.items()
     assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 0
-    pdb = one("PodDisruptionBudget")["spec"]
+    pdb = one("PodDisruptionBudget", "fulcrum-scheduler")["spec"]
     assert pdb["minAvailable"] == 1
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
 
