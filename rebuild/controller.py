@@ -80,6 +80,7 @@ class Controller:
         self.sweep = Sweep(self.store, self.writes, self.expire)
         self.metrics = ControllerMetrics(self.store, self.queue)
         self.hooks = default_hook_registry()
+        self.pacing = inplace.Pacing()  # OnDelete StatefulSets: one pod at a time
         self.workers = workers
         self.scheduler_name = scheduler_name  # the kube-scheduler profile of Fulcrum's extender
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
@@ -220,7 +221,16 @@ class Controller:
                 return
         sts = inplace.statefulset_key(meta)
         if sts is not None:
-            inplace.update(pod, meta, self.store.get("statefulsets", sts), self.hooks, self.writes)
+            namespace = objects.namespace(pod)
+            inplace.update(
+                pod,
+                meta,
+                self.store.get("statefulsets", sts),
+                self.hooks,
+                self.writes,
+                sibling=lambda name: self.store.get("pods", f"{namespace}/{name}"),
+                pacing=self.pacing,
+            )
 
     def reserve(self, pod: Pod, options: api.RebuildOptions) -> None:
         """Hold the deleted pod's node room, IP and volumes for its successor."""

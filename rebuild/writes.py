@@ -359,6 +359,34 @@ class Writes:
         except (NotFound, Conflict):
             pass
 
+    def evict_pod(self, meta: ObjectMeta) -> bool:
+        """Evict this very pod through ``pods/eviction``, so PodDisruptionBudgets are honoured;
+        False if one forbids it now (429). Gone or replaced already is done."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "deleteOptions": {"preconditions": {"uid": meta["uid"]}},
+        }
+        try:
+            with _translated():
+                self.core.create_namespaced_pod_eviction(meta["name"], meta["namespace"], body)
+        except (NotFound, Conflict):
+            pass
+        except ApiError as exc:
+            if exc.status == 429:
+                return False
+            raise
+        return True
+
+    def release(self, pod: Raw, why: str) -> bool:
+        """Remove ``fulcrum.io/rebuild`` from ``pod`` without a Reservation, with a Warning
+        Event saying ``why``; whether this call removed it."""
+        if not self.remove_finalizer(objects.meta(pod)):
+            return False
+        self.event(pod, "RebuildReleased", why, warning=True)
+        return True
+
     # --- what people see -----------------------------------------------------------------------
     def report(
         self, pod: Raw, action: str, reason: str, *, warning: bool = False, event: bool = True

@@ -94,7 +94,9 @@ class FakeApiserver:
         self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in Store.KINDS}
         self.nodes: dict[str, SimpleNamespace] = {NODE: node()}
         self.events: list[Obj] = []
-        self.deleted_pods: list[str] = []
+        self.deleted_pods: list[str] = []  # deleted or evicted
+        self.evicted: list[str] = []
+        self.eviction_refusal = 0  # an HTTP status to refuse evictions with (429: a PDB)
         self._versions = itertools.count(1)
 
     # --- what other clients (users, controllers, kubelets) write ----------------------------
@@ -197,6 +199,13 @@ class FakeApiserver:
         self.deleted_pods.append(f"{namespace}/{name}")
         pod["metadata"].setdefault("deletionTimestamp", "2026-11-27T08:00:00Z")
         return self._save_pod(pod)
+
+    def create_namespaced_pod_eviction(self, name: str, namespace: str, body: Obj) -> Obj:
+        assert body["kind"] == "Eviction" and body["metadata"]["name"] == name
+        if self.eviction_refusal:
+            raise ApiException(status=self.eviction_refusal, reason="disruption budget")
+        self.evicted.append(f"{namespace}/{name}")
+        return self.delete_namespaced_pod(name, namespace, body["deleteOptions"])
 
     def read_node(self, name: str) -> SimpleNamespace:
         if name not in self.nodes:

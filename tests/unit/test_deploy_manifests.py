@@ -85,6 +85,7 @@ EXTENDER_RULES = {
 # (apiGroups, resources, verbs) of the rebuild controller's ClusterRole
 REBUILD_RULES = {
     (("",), ("pods",), ("get", "list", "watch", "patch", "update", "delete")),
+    (("",), ("pods/eviction",), ("create",)),
     (("",), ("pods/resize",), ("patch",)),
     (("", "events.k8s.io"), ("events",), ("create", "patch")),
     (("",), ("nodes",), ("get",)),
