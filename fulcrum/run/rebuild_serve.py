@@ -25,8 +25,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from fulcrum.run.kubeconfig import CredentialsError
 from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
 from kube.api import SCHEDULER_NAME
+from rebuild import release
 from rebuild.controller import WORKERS, Controller
+from rebuild.errors import ApiError
 from rebuild.store import Store
+from rebuild.writes import Writes
 
 log = logging.getLogger(__name__)
 logging.getLogger("leaderelection").setLevel(logging.WARNING)  # it logs every renewal at INFO
@@ -65,6 +68,31 @@ def _health_server(
         raise RebuildError(f"--health-port {port}: {exc.strerror}; pass another port") from exc
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server
+
+
+def release_all(
+    kubeconfig: Path | None,
+    *,
+    context: str | None = None,
+    lease_namespace: str = "kube-system",
+    lease_name: str = LEASE_NAME,
+    lease_seconds: int = 15,
+) -> int:
+    """``fulcrum rebuild --release-all``: take the controllers' Lease (so none runs), then no
+    pod keeps ``fulcrum.io/rebuild``; how many had it."""
+    try:
+        api_client = kubeconfig_api_client(kubeconfig, log=log.info, context=context)
+    except CredentialsError as exc:
+        raise RebuildError(str(exc)) from exc
+    try:
+        return release.release_all(
+            Writes(api_client), lease=(lease_namespace, lease_name, lease_seconds)
+        )
+    except ApiError as exc:
+        raise RebuildError(
+            f"releasing pods: {exc}; this identity needs list and patch on pods, and create "
+            "on events, get and update on its Lease (the rebuild controller's roles have them)"
+        ) from exc
 
 
 def run(

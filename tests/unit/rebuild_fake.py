@@ -97,6 +97,7 @@ class FakeApiserver:
         self.deleted_pods: list[str] = []  # deleted or evicted
         self.evicted: list[str] = []
         self.eviction_refusal = 0  # an HTTP status to refuse evictions with (429: a PDB)
+        self.leases: dict[str, Obj] = {}  # namespace/name -> Lease
         self._versions = itertools.count(1)
 
     # --- what other clients (users, controllers, kubelets) write ----------------------------
@@ -207,6 +208,35 @@ class FakeApiserver:
         self.evicted.append(f"{namespace}/{name}")
         return self.delete_namespaced_pod(name, namespace, body["deleteOptions"])
 
+    def list_pod_for_all_namespaces(
+        self, *, limit: int, _continue: str | None, _preload_content: bool
+    ) -> SimpleNamespace:
+        """Pages of ``limit`` pods in key order; the token: the last key listed."""
+        assert not _preload_content
+        pods = [
+            (k, obj) for k, obj in sorted(self.objects["pods"].items()) if k > (_continue or "")
+        ]
+        page = [copy.deepcopy(obj) for _, obj in pods[:limit]]
+        more = pods[limit - 1][0] if len(pods) > limit else None
+        return SimpleNamespace(data=orjson.dumps({"metadata": {"continue": more}, "items": page}))
+
+    def read_namespaced_lease(
+        self, name: str, namespace: str, _preload_content: bool
+    ) -> SimpleNamespace:
+        found = self.leases.get(f"{namespace}/{name}")
+        if found is None:
+            raise _not_found(f"lease {namespace}/{name}")
+        return SimpleNamespace(data=orjson.dumps(found))
+
+    def create_namespaced_lease(self, namespace: str, body: Obj) -> Obj:
+        self.leases[f"{namespace}/{body['metadata']['name']}"] = copy.deepcopy(body)
+        return body
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Obj) -> Obj:
+        assert f"{namespace}/{name}" in self.leases
+        self.leases[f"{namespace}/{name}"] = copy.deepcopy(body)
+        return body
+
     def read_node(self, name: str) -> SimpleNamespace:
         if name not in self.nodes:
             raise _not_found(f"node {name}")
@@ -284,7 +314,7 @@ class Rig:
     def _start(self) -> Controller:
         controller = Controller(ApiClient())
         loose: Any = controller.writes  # the fake stands in for CoreV1Api, CustomObjectsApi, ...
-        loose.core = loose.custom = loose.apps = self.apiserver
+        loose.core = loose.custom = loose.apps = loose.coordination = self.apiserver
         self.controller = controller
         self.sync()  # an empty store: the informers' first list
         return controller

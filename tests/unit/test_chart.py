@@ -735,3 +735,30 @@ def test_kube_scheduler_binding_without_fulcrums_pick_is_refused(helm: Path) -> 
     with pytest.raises(chart.ChartError) as failed:
         chart.template(helm, set_values=["extender.decideInFilter=false"])
     assert "extender.bindAll: false needs extender.decideInFilter: true" in str(failed.value)
+
+
+def test_uninstalling_releases_every_finalizer_before_anything_goes(helm: Path) -> None:
+    """A pre-delete hook Job runs `fulcrum rebuild --release-all` as the controller's account,
+    on the controller's Lease; the extender is told that Lease and the bound (docs/rebuild.md)."""
+    docs = render(helm, "rebuild.releaseAfterSeconds=30")
+    job = one(docs, "Job", "fulcrum-rebuild-release-all")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-delete"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "fulcrum-rebuild"
+    assert pod["restartPolicy"] == "Never"
+    [container] = pod["containers"]
+    assert container["command"][:3] == ["fulcrum", "rebuild", "--release-all"]
+    controller = containers(docs, "fulcrum-rebuild")["rebuild"]
+    for name in ("lease-namespace", "lease-name"):
+        assert flag(container, name) == flag(controller, name)
+    extender = containers(docs, "fulcrum-scheduler")["extender"]
+    assert flag(extender, "rebuild-lease-namespace") == flag(controller, "lease-namespace")
+    assert flag(extender, "rebuild-lease-name") == flag(controller, "lease-name")
+    assert flag(extender, "release-after") == "30"
+    rules = one(docs, "ClusterRole", "fulcrum-extender")["rules"]
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "resourceNames": ["fulcrum-rebuild"], "verbs": ["get"]} in rules  # fmt: skip
+
+    assert not find(render(helm, "rebuild.releaseOnUninstall=false"), "Job")

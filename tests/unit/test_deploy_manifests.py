@@ -80,6 +80,8 @@ EXTENDER_RULES = {
     (("", "events.k8s.io"), ("events",), ("create", "patch")),
     ((GROUP,), ("reservations",), ("get", "list", "watch")),
     ((GROUP,), ("ippools",), ("get", "update")),
+    (("",), ("pods",), ("patch",)),  # the finalizers of a stopped controller (rebuild.release)
+    (("coordination.k8s.io",), ("leases",), ("get",)),  # that controller's Lease, by name
 }
 
 # (apiGroups, resources, verbs) of the rebuild controller's ClusterRole
@@ -422,7 +424,8 @@ def _bound_to_the_service_account(binding: dict[str, Any], account: str = SERVIC
 def test_the_extender_cluster_role_is_exactly_the_minimal_rules() -> None:
     role = one("ClusterRole", "fulcrum-extender")
     assert _rules(role) == EXTENDER_RULES
-    assert all("resourceNames" not in rule for rule in role["rules"])
+    named = [rule for rule in role["rules"] if "resourceNames" in rule]
+    assert [rule["resourceNames"] for rule in named] == [["fulcrum-rebuild"]]  # one Lease only
     (binding,) = [
         b for b in objects("ClusterRoleBinding") if b["roleRef"]["name"] == "fulcrum-extender"
     ]
