@@ -195,6 +195,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
         scheduler_name=args.scheduler_name,
         identity=args.identity,
         lease_seconds=args.lease_seconds,
+        not_ready_seconds=args.node_not_ready_seconds,
     )
     return 0
 
@@ -355,6 +356,14 @@ def _add_services(sub: Subparsers) -> None:
     add_scheduler_name(rebuild, "the scheduler whose pods the controller keeps in place")
     rebuild.add_argument("--identity", default=None, help="leader-election identity")
     rebuild.add_argument("--lease-seconds", type=int, default=15, help="Lease duration")
+    rebuild.add_argument(
+        "--node-not-ready-seconds",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a hold on a node not Ready for this long ends as on a deleted node: its successor "
+        "is placed normally (default %(default)g)",
+    )
     rebuild.add_argument(
         "--release-all",
         action="store_true",

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "fulcrum-rebuild"
 NODE_GONE = "node is gone"
+NOT_READY = "node is not Ready"
 MAX_REASON = 1024  # characters of a status reason or Event message: bounded, so it always fits
 RESIZE_REFUSED = (400, 403, 404, 405, 422)  # unsupported, forbidden or infeasible
 Change = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -474,14 +475,22 @@ class Writes:
         }
         self.events.send(str(meta["namespace"]), body)
 
-    def node_exists(self, node: str) -> bool:
+    def node_lost(self, node: str, not_ready_seconds: float) -> str:
+        """Why a hold on ``node`` can never end well (NODE_GONE, or NOT_READY: its Ready
+        condition not True for over ``not_ready_seconds``), or "" while it may yet."""
         try:
-            self.core.read_node(node)
+            obj = self.core.read_node(node)
         except client.ApiException as exc:
             if exc.status == 404:
-                return False
+                return NODE_GONE
             raise
-        return True
+        ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)
+        if ready is None or ready.status == "True":
+            return ""
+        since = ready.last_transition_time
+        if since is not None and (datetime.now(UTC) - since).total_seconds() < not_ready_seconds:
+            return ""
+        return NOT_READY
 
     def node_trouble(self, node: str) -> str:
         """Why ``node`` may not have taken a pod back, as an Event says it."""
@@ -493,5 +502,5 @@ class Writes:
             return "node is cordoned"
         ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)
         if ready is None or ready.status != "True":
-            return "node is not Ready"
+            return NOT_READY
         return "node is full or kube-scheduler rejected it"

@@ -29,6 +29,7 @@ from rebuild import release
 from rebuild.controller import WORKERS, Controller
 from rebuild.errors import ApiError
 from rebuild.store import Store
+from rebuild.sweep import NOT_READY_SECONDS
 from rebuild.writes import Writes
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def run(
     scheduler_name: str = SCHEDULER_NAME,
     identity: str | None = None,
     lease_seconds: int = 15,
+    not_ready_seconds: float = NOT_READY_SECONDS,
 ) -> None:
     """Block forever: campaign for the Lease, and run the controller while leading."""
     try:
@@ -119,7 +121,13 @@ def run(
         raise RebuildError(str(exc)) from exc
     client.Configuration.set_default(api_client.configuration)  # the Lease lock's client
     ready = threading.Event()
-    controller = Controller(api_client, scheduler_name=scheduler_name)
+    if not_ready_seconds <= 0:
+        raise RebuildError(
+            f"--node-not-ready-seconds {not_ready_seconds:g}: give a positive number of seconds"
+        )
+    controller = Controller(
+        api_client, scheduler_name=scheduler_name, not_ready_seconds=not_ready_seconds
+    )
     _health_server(health_host, health_port, ready, controller.metrics.registry)
     log.info("health and metrics on http://%s:%d", health_host, health_port)
     if identity:

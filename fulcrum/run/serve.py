@@ -130,6 +130,8 @@ def serve(
     ``rebuild_lease`` (namespace, name): the rebuild controller's Lease; while no controller
     has renewed it for ``release_after`` seconds (0: never), deleted pods are let go of
     (``rebuild.release``)."""
+    if release_after < 0:
+        raise ServeError(f"--release-after {release_after:g}: give seconds, or 0 for never")
     check_port_free(settings.host, settings.port)
     cache = gate = binder = None
     if not configured(kubeconfig, context):

@@ -352,9 +352,16 @@ class Rig:
 # --- objects --------------------------------------------------------------------------------
 
 
-def node(*, cordoned: bool = False, ready: bool = True) -> SimpleNamespace:
-    """A V1Node as the client returns it: only the fields the controller reads."""
-    condition = SimpleNamespace(type="Ready", status="True" if ready else "False")
+def node(
+    *, cordoned: bool = False, ready: bool = True, since: timedelta = timedelta(0)
+) -> SimpleNamespace:
+    """A V1Node as the client returns it: only the fields the controller reads (``since``: how
+    long ago its Ready condition last changed)."""
+    condition = SimpleNamespace(
+        type="Ready",
+        status="True" if ready else "False",
+        last_transition_time=datetime.now(UTC) - since,
+    )
     return SimpleNamespace(
         spec=SimpleNamespace(unschedulable=cordoned or None),
         status=SimpleNamespace(conditions=[condition]),
