@@ -55,7 +55,7 @@ class LeaseWatch:
     def stale(self) -> bool:
         try:
             seen = self.read()
-        except ApiError as exc:
+        except Exception as exc:  # refused, or no answer: an outage of ours is not the controller's
             log.warning("cannot read the rebuild Lease (%s): releasing nothing", exc)
             return False
         now = self.clock()
@@ -92,18 +92,24 @@ class Releaser:
             return []
         released = []
         for pod in self.writes.finalized_pods(deleting_only=True):
-            if self.writes.release(pod, self.why):
+            try:
+                done = self.writes.release(pod, self.why)
+            except ApiError as exc:  # its finalizers changed meanwhile: the next look retries
+                log.info("%s: not released this time: %s", objects.key(pod), exc)
+                continue
+            if done:
                 log.warning("%s: %s", objects.key(pod), self.why)
                 released.append(objects.uid(pod))
                 self.on_release(objects.uid(pod))
         return released
 
     def run(self, stop: threading.Event, period: float) -> None:
-        """``check`` every ``period`` seconds until ``stop``; a failed look is retried."""
+        """``check`` every ``period`` seconds until ``stop``; a failed look (the apiserver
+        refusing or unreachable) is logged and retried, and never ends the thread."""
         while not stop.wait(period):
             try:
                 self.check()
-            except ApiError as exc:
+            except Exception as exc:
                 log.warning("releasing pods of a stopped rebuild controller: %s", exc)
 
     def start(self, period: float | None = None) -> threading.Event:
