@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from kube import objects
-from rebuild.errors import ApiError
+from rebuild.errors import ApiError, Conflict
 from rebuild.writes import Writes
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,13 @@ def release_all(
     """
     if lease is not None:
         namespace, name, seconds = lease
-        writes.hold_lease(namespace, name, RELEASE_ALL_HOLDER, HOLD_SECONDS)
+        for attempt in range(5):  # the leader may renew between our read and our write
+            try:
+                writes.hold_lease(namespace, name, RELEASE_ALL_HOLDER, HOLD_SECONDS)
+                break
+            except Conflict:
+                if attempt == 4:
+                    raise
         log.info(
             "holding Lease %s/%s; waiting %d s for its leader to stop", namespace, name, seconds
         )

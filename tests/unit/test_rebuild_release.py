@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from kubernetes.client import ApiException
 
 from kube import api
 from rebuild import release
@@ -150,3 +151,23 @@ def test_release_all_first_takes_the_lease_from_the_controllers(existing: bool) 
     assert spec["holderIdentity"] == release.RELEASE_ALL_HOLDER
     assert spec["leaseDurationSeconds"] == release.HOLD_SECONDS
     assert finalizers(rig, "web-1") == []
+
+
+def test_release_all_takes_the_lease_even_when_the_leader_renews_meanwhile() -> None:
+    rig = cluster(("pods", pod(NEW, name="web-1")))
+    renew(rig.apiserver, "2026-12-07T03:00:00.000000Z")
+    replace = rig.apiserver.replace_namespaced_lease
+    conflicts = [1]
+
+    def racing(name: str, namespace: str, body: dict[str, object]) -> object:
+        if conflicts:
+            conflicts.pop()
+            raise ApiException(status=409, reason="the object has been modified")
+        return replace(name, namespace, body)
+
+    rig.apiserver.replace_namespaced_lease = racing  # type: ignore[method-assign]
+
+    assert release.release_all(rig.controller.writes, lease=(*LEASE, 0), sleep=lambda s: None)
+    assert rig.apiserver.leases["/".join(LEASE)]["spec"]["holderIdentity"] == (
+        release.RELEASE_ALL_HOLDER
+    )
