@@ -123,9 +123,10 @@ def update(
         template = sts["spec"]["template"]["spec"]
         claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates") or []}
         change = in_place_change(pod["spec"], template, claims)
-        if change is not None and writes.resize(meta, change.resources):
+        if isinstance(change, InPlace) and writes.resize(meta, change.resources):
             _apply(pod, meta, change, revision, writes)
         else:
+            what = change if isinstance(change, str) else "cpu/memory (resize refused)"
             if not writes.evict_pod(meta):
                 reason = (
                     f"revision {revision} waits: a PodDisruptionBudget forbids evicting "
@@ -133,7 +134,9 @@ def update(
                 )
                 writes.report(pod, "waiting", reason)
                 raise TemporaryError(EVICTION_RETRY_SECONDS, reason)
-            writes.report(pod, "recreating", f"local recreate for revision {revision}")
+            writes.report(
+                pod, "recreating", f"local recreate for revision {revision}: {what} differs"
+            )
         pacing.started[sts_key] = (meta["uid"], time.monotonic())
 
 
@@ -194,39 +197,47 @@ def _own(items: Any) -> list[Any]:
     ]
 
 
-def in_place_change(pod_spec: Raw, template: Raw, claim_templates: set[str]) -> InPlace | None:
-    """How to take ``template``'s change in place, or None if anything but images and
-    cpu/memory differs: every field of the pod spec and of each container is compared.
+def in_place_change(pod_spec: Raw, template: Raw, claim_templates: set[str]) -> InPlace | str:
+    """How to take ``template``'s change in place, or, when anything but images and cpu/memory
+    differs, what does (a field path, for the recreate's reason): every field of the pod spec
+    and of each container is compared.
 
     The StatefulSet controller adds a volume per claim template (``claim_templates``) to its
     pods, and admission a token volume, default tolerations, the service account ``default``
     and the fields of ``_WRITTEN_AT_CREATION``: none of these is a difference.
     """
     have, want = pod_spec.get("containers") or [], template.get("containers") or []
+    if len(have) != len(want):
+        return "spec.containers"
     inits = [_as_admitted(c) for c in pod_spec.get("initContainers") or []]
-    if (
-        len(have) != len(want)
-        or inits != [_as_admitted(c) for c in template.get("initContainers") or []]
-        or [v for v in _own(pod_spec.get("volumes")) if v.get("name") not in claim_templates]
-        != _own(template.get("volumes"))
-        or _pod_fields(pod_spec) != _pod_fields(template)
-        or _account(pod_spec) != _account(template)
-        or _tolerations(pod_spec) != _tolerations(template)
-    ):
-        return None
+    if inits != [_as_admitted(c) for c in template.get("initContainers") or []]:
+        return "spec.initContainers"
+    volumes = [v for v in _own(pod_spec.get("volumes")) if v.get("name") not in claim_templates]
+    if volumes != _own(template.get("volumes")):
+        return "spec.volumes"
+    fields, wanted = _pod_fields(pod_spec), _pod_fields(template)
+    for key in sorted(fields.keys() | wanted.keys()):
+        if fields.get(key) != wanted.get(key):
+            return f"spec.{key}"
+    if _account(pod_spec) != _account(template):
+        return "spec.serviceAccountName"
+    if _tolerations(pod_spec) != _tolerations(template):
+        return "spec.tolerations"
     change = InPlace({}, {})
     for i, (a, b) in enumerate(zip(have, want, strict=True)):
         a, b = _as_admitted(a), _as_admitted(b)
-        keys = (a.keys() | b.keys()) - {"image", "resources"}
-        if any(a.get(k) != b.get(k) for k in keys):
-            return None
+        for key in sorted((a.keys() | b.keys()) - {"image", "resources"}):
+            if a.get(key) != b.get(key):
+                return f"spec.containers[{i}].{key}"
         if a.get("image") != b.get("image"):
             change.images[i] = str(b.get("image"))
         if a.get("resources") != b.get("resources"):
             if _without_cpu_memory(a.get("resources")) != _without_cpu_memory(b.get("resources")):
-                return None
+                return f"spec.containers[{i}].resources (beyond cpu/memory)"
             change.resources[str(b["name"])] = b.get("resources") or {}
-    return change if change.images or change.resources else None
+    if not change.images and not change.resources:
+        return "the pod template's metadata"  # the spec is the same: labels or annotations
+    return change
 
 
 def _pod_fields(spec: Raw) -> dict[str, Any]:

@@ -112,7 +112,8 @@ def test_an_on_delete_statefulset_behind_a_budget_loses_one_replica_at_a_time(
         timeout=120,
     )
     before = rr.members(kit, NS, "quorum")
-    assert {k: m.uid for k, m in before.items()} == {k: m.uid for k, m in first.items()}
+    recreated = [e for i in range(3) for e in _events(kit, f"quorum-{i}") if "recreat" in e[1]]
+    assert {k: m.uid for k, m in before.items()} == {k: m.uid for k, m in first.items()}, recreated
     watcher = DownWatch(kit, "quorum", 3)
     try:
         started = time.monotonic()

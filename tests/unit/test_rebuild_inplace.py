@@ -222,6 +222,9 @@ def test_an_image_change_with_any_other_container_change_is_a_recreate(
 
     assert rig.apiserver.evicted == ["ns/db-0"]
     assert rig.apiserver.status("db-0")["action"] == "recreating"
+    assert rig.apiserver.status("db-0")["reason"] == (
+        f"local recreate for revision db-2: spec.containers[0].{field} differs"
+    )
     assert rig.apiserver.pod("db-0")["spec"]["containers"][0]["image"] == "db:1"
 
 
@@ -244,6 +247,7 @@ def test_an_image_change_with_a_pod_level_change_is_a_recreate(field: str, value
 
     assert rig.apiserver.evicted == ["ns/db-0"]
     assert rig.apiserver.status("db-0")["action"] == "recreating"
+    assert f": spec.{field} differs" in rig.apiserver.status("db-0")["reason"]
 
 
 def test_what_admission_adds_to_a_pod_is_no_difference() -> None:
