@@ -54,6 +54,8 @@ _WRITTEN_AT_CREATION = frozenset(
         "serviceAccount",
     }
 )
+# what the apiserver's defaulting sets on pods only (SetDefaults_Pod), not on templates
+_POD_DEFAULTS: Mapping[str, Any] = {"enableServiceLinks": True}
 # the tolerations the DefaultTolerationSeconds admission plugin adds to every pod
 _DEFAULT_TOLERATIONS = frozenset({"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"})
 
@@ -241,9 +243,12 @@ def in_place_change(pod_spec: Raw, template: Raw, claim_templates: set[str]) -> 
 
 
 def _pod_fields(spec: Raw) -> dict[str, Any]:
-    """The pod-level fields a template decides, unset ones left out."""
+    """The pod-level fields a template decides, unset ones left out, with the defaults the
+    apiserver gives pods but not templates filled in."""
     return {
-        k: v for k, v in spec.items() if k not in _WRITTEN_AT_CREATION and v not in (None, {}, [])
+        k: v
+        for k, v in {**_POD_DEFAULTS, **spec}.items()
+        if k not in _WRITTEN_AT_CREATION and v not in (None, {}, [])
     }
 
 

@@ -235,6 +235,7 @@ def test_an_image_change_with_any_other_container_change_is_a_recreate(
         ("securityContext", {"runAsUser": 1000}),
         ("nodeSelector", {"disk": "ssd"}),
         ("tolerations", [{"key": "dedicated", "operator": "Exists"}]),
+        ("enableServiceLinks", False),
     ],
 )
 def test_an_image_change_with_a_pod_level_change_is_a_recreate(field: str, value: object) -> None:
@@ -256,6 +257,7 @@ def test_what_admission_adds_to_a_pod_is_no_difference() -> None:
     before = statefulset()
     admitted = statefulset_pod(before)
     admitted["spec"].update(
+        enableServiceLinks=True,  # defaulted on pods, not on templates (seen on a real cluster)
         serviceAccountName="default",
         serviceAccount="default",
         priority=0,
