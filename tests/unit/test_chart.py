@@ -740,7 +740,7 @@ def test_kube_scheduler_binding_without_fulcrums_pick_is_refused(helm: Path) -> 
 def test_uninstalling_releases_every_finalizer_before_anything_goes(helm: Path) -> None:
     """A pre-delete hook Job runs `fulcrum rebuild --release-all` as the controller's account,
     on the controller's Lease; the extender is told that Lease and the bound (docs/rebuild.md)."""
-    docs = render(helm, "rebuild.releaseAfterSeconds=30")
+    docs = render(helm, "rebuild.releaseAfterSeconds=30", "rebuild.nodeNotReadySeconds=60")
     job = one(docs, "Job", "fulcrum-rebuild-release-all")
     annotations = job["metadata"]["annotations"]
     assert annotations["helm.sh/hook"] == "pre-delete"
@@ -751,6 +751,7 @@ def test_uninstalling_releases_every_finalizer_before_anything_goes(helm: Path) 
     [container] = pod["containers"]
     assert container["command"][:3] == ["fulcrum", "rebuild", "--release-all"]
     controller = containers(docs, "fulcrum-rebuild")["rebuild"]
+    assert flag(controller, "node-not-ready-seconds") == "60"
     for name in ("lease-namespace", "lease-name"):
         assert flag(container, name) == flag(controller, name)
     extender = containers(docs, "fulcrum-scheduler")["extender"]
