@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 LEAVING_GRACE = 30.0
 SETTLE_WINDOW = 2.0  # a Reservation normally follows its predecessor's deletion within this
 PROMISE_SECONDS = 30.0
+RELEASED_REMEMBERED = 10_000  # pods let go without a Reservation, remembered
 
 
 @dataclass
@@ -119,6 +120,7 @@ class RebuildGate:
         self._promised: dict[str, tuple[str, float]] = {}  # reservation -> (pod uid, until)
         self._leaving: dict[str, Leaving] = {}  # opted-in pod uid ->
         self._opted_in: dict[str, tuple[str, str, str]] = {}  # bound uid -> (key, node, revision)
+        self._released: dict[str, None] = {}  # uids let go without a Reservation (``released``)
         cache.observe(self)
 
     # --- the Reservation informer's sink -----------------------------------------------------
@@ -219,7 +221,7 @@ class RebuildGate:
         """Also called with the pod's last state when it leaves, in case the watch never showed
         it terminating: pods the controller will not reserve for are skipped."""
         annotations = objects.annotations(pod)
-        if uid in self._leaving or api.REBUILD not in annotations:
+        if uid in self._leaving or uid in self._released or api.REBUILD not in annotations:
             return
         if not reserved_on_delete(pod, api.read_options(annotations), self.hooks):
             return
@@ -280,6 +282,16 @@ class RebuildGate:
                 and uid not in self._by_predecessor
                 and now - (p.seen if p.gone is None else p.gone) <= within
             ]
+
+    def released(self, uid: str) -> None:
+        """Pod ``uid`` was let go without a Reservation (no rebuild controller ran,
+        ``rebuild.release``): its successor waits for none."""
+        with self.lock:
+            self._released[uid] = None
+            while len(self._released) > RELEASED_REMEMBERED:
+                del self._released[next(iter(self._released))]
+            if self._leaving.pop(uid, None) is not None:
+                self.cache.release_placeholder(_leaving_placeholder(uid))
 
     def forget_stale_leaving(self, now: float) -> None:
         """Stop waiting for the Reservations of pods gone more than LEAVING_GRACE ago (their

@@ -141,6 +141,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         context=args.context,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        rebuild_lease=(args.rebuild_lease_namespace, args.rebuild_lease_name),
+        release_after=args.release_after,
     )
     return 0
 
@@ -181,9 +183,19 @@ def _cmd_webhook_cert(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    from fulcrum.run.rebuild_serve import run
+    from fulcrum.run.rebuild_serve import release_all, run
 
     logs.configure(args.log_level, args.log_format)
+    if args.release_all:
+        count = release_all(
+            args.kubeconfig,
+            context=args.context,
+            lease_namespace=args.lease_namespace,
+            lease_name=args.lease_name,
+            lease_seconds=args.lease_seconds,
+        )
+        print(f"released {count} pod(s) from the fulcrum.io/rebuild finalizer")
+        return 0
     run(
         args.kubeconfig,
         context=args.context,
@@ -194,6 +206,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
         scheduler_name=args.scheduler_name,
         identity=args.identity,
         lease_seconds=args.lease_seconds,
+        not_ready_seconds=args.node_not_ready_seconds,
     )
     return 0
 
@@ -297,6 +310,24 @@ def _add_services(sub: Subparsers) -> None:
         help="address of --metrics-port (default 127.0.0.1; 0.0.0.0 for Prometheus, behind a "
         "NetworkPolicy: docs/security.md)",
     )
+    serve.add_argument(
+        "--rebuild-lease-namespace",
+        default="kube-system",
+        help="namespace of the rebuild controller's Lease (its --lease-namespace)",
+    )
+    serve.add_argument(
+        "--rebuild-lease-name",
+        default="fulcrum-rebuild",
+        help="the rebuild controller's Lease (its --lease-name; default %(default)s)",
+    )
+    serve.add_argument(
+        "--release-after",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="no rebuild controller renewed its Lease for this long: let deleted pods go "
+        "without a Reservation (default %(default)g; 0: never)",
+    )
     logs.add_flags(serve)
     serve.set_defaults(func=_cmd_serve)
 
@@ -368,6 +399,21 @@ def _add_services(sub: Subparsers) -> None:
     add_scheduler_name(rebuild, "the scheduler whose pods the controller keeps in place")
     rebuild.add_argument("--identity", default=None, help="leader-election identity")
     rebuild.add_argument("--lease-seconds", type=int, default=15, help="Lease duration")
+    rebuild.add_argument(
+        "--node-not-ready-seconds",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a hold on a node not Ready for this long ends as on a deleted node: its successor "
+        "is placed normally (default %(default)g)",
+    )
+    rebuild.add_argument(
+        "--release-all",
+        action="store_true",
+        help="take the Lease from the controllers (--lease-namespace, --lease-name) for 60 s, "
+        "wait --lease-seconds for the leader to stop, remove the fulcrum.io/rebuild finalizer "
+        "from every pod (an Event each), then exit: the chart's pre-delete hook runs this",
+    )
     rebuild.set_defaults(func=_cmd_rebuild)
 
 

@@ -43,9 +43,9 @@ from rebuild import inplace
 from rebuild.errors import NotFound, TemporaryError
 from rebuild.metrics import ControllerMetrics
 from rebuild.store import Store
-from rebuild.sweep import SWEEP_SECONDS, Sweep
+from rebuild.sweep import NOT_READY_SECONDS, SWEEP_SECONDS, Sweep
 from rebuild.workqueue import WorkQueue
-from rebuild.writes import COMPONENT, NODE_GONE, Writes, status
+from rebuild.writes import COMPONENT, NODE_GONE, NOT_READY, Writes, status
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,30 @@ class Controller:
     """Reconciles pods, reservations and pools; see the module docstring for the protocol."""
 
     def __init__(
-        self, api_client: Any, *, workers: int = WORKERS, scheduler_name: str = api.SCHEDULER_NAME
+        self,
+        api_client: Any,
+        *,
+        workers: int = WORKERS,
+        scheduler_name: str = api.SCHEDULER_NAME,
+        not_ready_seconds: float = NOT_READY_SECONDS,
     ) -> None:
         self.writes = Writes(api_client)
         self.queue = WorkQueue()
         self.store = Store(self.queue)
-        self.sweep = Sweep(self.store, self.writes, self.expire, self.bad_object)
+        # a hold on a node deleted, or NotReady over not_ready_seconds, ends (``expire``)
+        self.not_ready_seconds = not_ready_seconds
+        self.sweep = Sweep(
+            self.store,
+            self.writes,
+            self.expire,
+            self.bad_object,
+            not_ready_seconds=not_ready_seconds,
+        )
         # "kind/namespace/name" -> why it was read in part or skipped (the last BAD_REMEMBERED)
         self.bad_objects: dict[str, str] = {}
         self.metrics = ControllerMetrics(self.store, self.queue)
         self.hooks = default_hook_registry()
+        self.pacing = inplace.Pacing()  # OnDelete StatefulSets: one pod at a time
         self.workers = workers
         self.scheduler_name = scheduler_name  # the kube-scheduler profile of Fulcrum's extender
         self.identity = f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
@@ -223,7 +237,16 @@ class Controller:
                 return
         sts = inplace.statefulset_key(meta)
         if sts is not None:
-            inplace.update(pod, meta, self.store.get("statefulsets", sts), self.hooks, self.writes)
+            namespace = objects.namespace(pod)
+            inplace.update(
+                pod,
+                meta,
+                self.store.get("statefulsets", sts),
+                self.hooks,
+                self.writes,
+                sibling=lambda name: self.store.get("pods", f"{namespace}/{name}"),
+                pacing=self.pacing,
+            )
 
     def bad_object(self, obj: Raw, kind: str, why: str) -> None:
         """``obj`` has a value Fulcrum does not write: counted, logged and (once per reason)
@@ -417,8 +440,9 @@ class Controller:
             self.writes.delete_reservation(r.namespace, r.name)
 
     def expire(self, r: api.Reservation) -> None:
-        """End the hold: on time (``reschedule``), or at once when its node was deleted (any
-        fallback). The IP stays the Reservation's for EXPIRED_GRACE, for the successor to take."""
+        """End the hold: on time (``reschedule``), or at once when its node was deleted or has
+        been NotReady over ``not_ready_seconds`` (any fallback; the sweep finds those). The IP
+        stays the Reservation's for EXPIRED_GRACE, for the successor to take."""
         now = datetime.now(UTC)
 
         def mark(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -437,11 +461,12 @@ class Controller:
         """The RebuildFallback Event and status; ``placed_on``: the node it already went to."""
         outcome = f"placed on node {placed_on} instead" if placed_on else "placing it normally"
         trouble = self.writes.node_trouble(r.node)
-        why = (
-            "is gone"
-            if trouble == NODE_GONE
-            else f"could not take the pod back within the wait ({trouble})"
-        )
+        if trouble == NODE_GONE:
+            why = "is gone"
+        elif trouble == NOT_READY and r.expires_at is None:  # a wait ended by the sweep
+            why = f"has not been Ready for over {self.not_ready_seconds:g} s"
+        else:
+            why = f"could not take the pod back within the wait ({trouble})"
         self.writes.report(
             pod,
             "fallback",

@@ -5,8 +5,9 @@ Both are left behind by what the controller cannot see as a rebuild: a scale-dow
 from the store only, and waits before it acts, so a pod that is just being created, or a
 successor its workload controller is slow to make, is never mistaken for a missing one.
 
-It also ends waits that can never end: a Reservation held on a node that was deleted, while
-its successor waits for it, is handed to ``node_gone`` (the controller expires it).
+It also ends waits that can never end: a Reservation held on a node that was deleted, or that
+has not been Ready for over ``not_ready_seconds``, while its successor waits for it, is handed
+to ``node_gone`` (the controller expires it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rebuild.writes import Writes
 
 SWEEP_SECONDS = 30.0
 ABANDON_SECONDS = 120.0  # a reservation nothing came for is dropped after this
+NOT_READY_SECONDS = 300.0  # a hold on a node NotReady this long ends as on a deleted node
 
 
 class Sweep:
@@ -32,7 +34,10 @@ class Sweep:
         writes: Writes,
         node_gone: Callable[[api.Reservation], None],
         bad_object: Callable[[Raw, str, str], None] | None = None,
+        *,
+        not_ready_seconds: float = NOT_READY_SECONDS,
     ) -> None:
+        self.not_ready_seconds = not_ready_seconds
         self.store = store
         self.writes = writes
         self.node_gone = node_gone
@@ -66,7 +71,7 @@ class Sweep:
                 claimed.add(f"{meta.get('namespace')}/{annotations[api.RESERVATION]}")
             if unplaced(pod):
                 waiting.add((meta.get("namespace"), api.successor_key(pod)))
-        nodes: dict[str, bool] = {}  # node -> exists, read once per sweep
+        nodes: dict[str, str] = {}  # node -> why it is lost ("": it is not), read once a sweep
         for obj in self.store.all("reservations"):
             try:
                 r = api.Reservation.from_object(obj)
@@ -77,7 +82,9 @@ class Sweep:
             if r.phase != "Held" or r.predecessor_uid in live or rid in claimed:
                 continue
             if (r.namespace, r.key) in waiting:
-                if not nodes.setdefault(r.node, self.writes.node_exists(r.node)):
+                if r.node not in nodes:
+                    nodes[r.node] = self.writes.node_lost(r.node, self.not_ready_seconds)
+                if nodes[r.node]:
                     self.node_gone(r)
                 continue
             idle[rid] = self._idle.get(rid, clock)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "fulcrum-rebuild"
 NODE_GONE = "node is gone"
+NOT_READY = "node is not Ready"
 MAX_REASON = 1024  # characters of a status reason or Event message: bounded, so it always fits
 RESIZE_REFUSED = (400, 403, 404, 405, 422)  # unsupported, forbidden or infeasible
 Change = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -174,6 +175,7 @@ class Writes:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
         self.pool_patches = PoolPatches(self._patch_pool)
         self.events = EventSender(lambda ns, body: self.core.create_namespaced_event(ns, body))
 
@@ -349,15 +351,90 @@ class Writes:
             raise
         return True
 
-    def delete_pod(self, meta: ObjectMeta) -> None:
-        """Delete this very pod, not a successor of the same name; gone already is fine."""
+    def finalized_pods(self, *, deleting_only: bool) -> Iterator[Raw]:
+        """Every pod of the cluster under ``fulcrum.io/rebuild`` (only those being deleted, with
+        ``deleting_only``), listed a page at a time."""
+        token = None
+        while True:
+            with _translated():
+                page = self.core.list_pod_for_all_namespaces(
+                    limit=500, _continue=token, _preload_content=False
+                )
+            found = orjson.loads(page.data)
+            for pod in found.get("items") or []:
+                if api.FINALIZER in objects.finalizers(pod) and (
+                    objects.deleting(pod) or not deleting_only
+                ):
+                    yield pod
+            token = (found.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    def lease_renewal(self, namespace: str, name: str) -> str | None:
+        """What changes each time a controller renews Lease ``name`` (its holder and renew
+        time), or None if there is no such Lease."""
         try:
             with _translated():
-                self.core.delete_namespaced_pod(
-                    meta["name"], meta["namespace"], body={"preconditions": {"uid": meta["uid"]}}
+                lease = self.coordination.read_namespaced_lease(
+                    name, namespace, _preload_content=False
                 )
+        except NotFound:
+            return None
+        spec = orjson.loads(lease.data).get("spec") or {}
+        return f"{spec.get('holderIdentity')}@{spec.get('renewTime')}"
+
+    def hold_lease(self, namespace: str, name: str, holder: str, seconds: int) -> None:
+        """Make ``holder`` the holder of Lease ``name`` for ``seconds`` (created if missing):
+        the controller that held it fails to renew and exits, and none takes it meanwhile."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        spec = {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": seconds,
+            "acquireTime": now,
+            "renewTime": now,
+        }
+        with _translated():
+            try:
+                found = self.coordination.read_namespaced_lease(
+                    name, namespace, _preload_content=False
+                )
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+                body = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+                self.coordination.create_namespaced_lease(namespace, body)
+                return
+            lease = orjson.loads(found.data)
+            lease["spec"] = {**(lease.get("spec") or {}), **spec}
+            self.coordination.replace_namespaced_lease(name, namespace, lease)
+
+    def evict_pod(self, meta: ObjectMeta) -> bool:
+        """Evict this very pod through ``pods/eviction``, so PodDisruptionBudgets are honoured;
+        False if one forbids it now (429). Gone or replaced already is done."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "deleteOptions": {"preconditions": {"uid": meta["uid"]}},
+        }
+        try:
+            with _translated():
+                self.core.create_namespaced_pod_eviction(meta["name"], meta["namespace"], body)
         except (NotFound, Conflict):
             pass
+        except ApiError as exc:
+            if exc.status == 429:
+                return False
+            raise
+        return True
+
+    def release(self, pod: Raw, why: str, *, warning: bool = True) -> bool:
+        """Remove ``fulcrum.io/rebuild`` from ``pod`` without a Reservation, with an Event
+        ``RebuildReleased`` saying ``why``; whether this call removed it."""
+        if not self.remove_finalizer(objects.meta(pod)):
+            return False
+        self.event(pod, "RebuildReleased", why, warning=warning)
+        return True
 
     # --- what people see -----------------------------------------------------------------------
     def report(
@@ -398,14 +475,22 @@ class Writes:
         }
         self.events.send(str(meta["namespace"]), body)
 
-    def node_exists(self, node: str) -> bool:
+    def node_lost(self, node: str, not_ready_seconds: float) -> str:
+        """Why a hold on ``node`` can never end well (NODE_GONE, or NOT_READY: its Ready
+        condition not True for over ``not_ready_seconds``), or "" while it may yet."""
         try:
-            self.core.read_node(node)
+            obj = self.core.read_node(node)
         except client.ApiException as exc:
             if exc.status == 404:
-                return False
+                return NODE_GONE
             raise
-        return True
+        ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)
+        if ready is None or ready.status == "True":
+            return ""
+        since = ready.last_transition_time
+        if since is not None and (datetime.now(UTC) - since).total_seconds() < not_ready_seconds:
+            return ""
+        return NOT_READY
 
     def node_trouble(self, node: str) -> str:
         """Why ``node`` may not have taken a pod back, as an Event says it."""
@@ -417,5 +502,5 @@ class Writes:
             return "node is cordoned"
         ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)
         if ready is None or ready.status != "True":
-            return "node is not Ready"
+            return NOT_READY
         return "node is full or kube-scheduler rejected it"

@@ -26,8 +26,13 @@ RELEASE = "fulcrum"
 NAMESPACE = "fulcrum-system"
 # deploy/ is for `kubectl apply -k`: it creates the namespace itself, and its webhook
 # certificate comes from the Secret the user makes (`fulcrum webhook-cert`), since a certificate
-# generated at render time would change with every rendering.
-DEPLOY_VALUES = ("namespace.create=true", "webhook.certificate.source=secret")
+# generated at render time would change with every rendering. kubectl runs no helm hooks, so
+# deploy/ has no pre-delete Job: run `fulcrum rebuild --release-all` before deleting it.
+DEPLOY_VALUES = (
+    "namespace.create=true",
+    "webhook.certificate.source=secret",
+    "rebuild.releaseOnUninstall=false",
+)
 HEADER = (
     "# Generated from charts/fulcrum by `make manifests` (python -m fulcrum.harness.chart):\n"
     "# edit the chart, not this file. tests/unit/test_chart.py fails when they differ.\n"

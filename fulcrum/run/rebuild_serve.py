@@ -25,8 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from fulcrum.run.kubeconfig import CredentialsError
 from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
 from kube.api import SCHEDULER_NAME
+from rebuild import release
 from rebuild.controller import WORKERS, Controller
+from rebuild.errors import ApiError
 from rebuild.store import Store
+from rebuild.sweep import NOT_READY_SECONDS
+from rebuild.writes import Writes
 
 log = logging.getLogger(__name__)
 logging.getLogger("leaderelection").setLevel(logging.WARNING)  # it logs every renewal at INFO
@@ -76,6 +80,31 @@ def health_server(
     return server
 
 
+def release_all(
+    kubeconfig: Path | None,
+    *,
+    context: str | None = None,
+    lease_namespace: str = "kube-system",
+    lease_name: str = LEASE_NAME,
+    lease_seconds: int = 15,
+) -> int:
+    """``fulcrum rebuild --release-all``: take the controllers' Lease (so none runs), then no
+    pod keeps ``fulcrum.io/rebuild``; how many had it."""
+    try:
+        api_client = kubeconfig_api_client(kubeconfig, log=log.info, context=context)
+    except CredentialsError as exc:
+        raise RebuildError(str(exc)) from exc
+    try:
+        return release.release_all(
+            Writes(api_client), lease=(lease_namespace, lease_name, lease_seconds)
+        )
+    except ApiError as exc:
+        raise RebuildError(
+            f"releasing pods: {exc}; this identity needs list and patch on pods, and create "
+            "on events, get and update on its Lease (the rebuild controller's roles have them)"
+        ) from exc
+
+
 def run(
     kubeconfig: Path | None,
     *,
@@ -87,6 +116,7 @@ def run(
     scheduler_name: str = SCHEDULER_NAME,
     identity: str | None = None,
     lease_seconds: int = 15,
+    not_ready_seconds: float = NOT_READY_SECONDS,
 ) -> None:
     """Block forever: campaign for the Lease, and run the controller while leading."""
     try:
@@ -100,7 +130,13 @@ def run(
         raise RebuildError(str(exc)) from exc
     client.Configuration.set_default(api_client.configuration)  # the Lease lock's client
     ready = threading.Event()
-    controller = Controller(api_client, scheduler_name=scheduler_name)
+    if not_ready_seconds <= 0:
+        raise RebuildError(
+            f"--node-not-ready-seconds {not_ready_seconds:g}: give a positive number of seconds"
+        )
+    controller = Controller(
+        api_client, scheduler_name=scheduler_name, not_ready_seconds=not_ready_seconds
+    )
     health_server(health_host, health_port, ready, controller.metrics.registry)
     log.info("health and metrics on http://%s:%d", health_host, health_port)
     if identity:

@@ -31,6 +31,8 @@ from fulcrum.run.kubeconfig import configured
 from kube.api import GROUP, RESERVATIONS, VERSION
 from kube.hooks import HookRegistry
 from kube.informer import ACTIVE_PODS, Informer
+from rebuild.release import RELEASE_AFTER_SECONDS, Releaser
+from rebuild.writes import Writes
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,16 @@ def serve(
     context: str | None = None,
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
+    rebuild_lease: tuple[str, str] = ("kube-system", "fulcrum-rebuild"),
+    release_after: float = RELEASE_AFTER_SECONDS,
 ) -> None:
-    """Run the extender until stopped; ``metrics_port``: also serve /metrics there."""
+    """Run the extender until stopped; ``metrics_port``: also serve /metrics there.
+
+    ``rebuild_lease`` (namespace, name): the rebuild controller's Lease; while no controller
+    has renewed it for ``release_after`` seconds (0: never), deleted pods are let go of
+    (``rebuild.release``)."""
+    if release_after < 0:
+        raise ServeError(f"--release-after {release_after:g}: give seconds, or 0 for never")
     check_port_free(settings.host, settings.port)
     cache = gate = binder = None
     if not configured(kubeconfig, context):
@@ -134,6 +144,21 @@ def serve(
         api = core_api(kubeconfig, context)
         cache, gate, _ = start_cache(api)
         binder = KubeBinder(api.api_client.configuration)
+        if release_after > 0:
+            namespace, name = rebuild_lease
+            Releaser(
+                Writes(api.api_client),
+                namespace=namespace,
+                name=name,
+                after=release_after,
+                on_release=gate.released,
+            ).start()
+            log.info(
+                "deleted pods are released if no rebuild controller renews Lease %s/%s for %g s",
+                namespace,
+                name,
+                release_after,
+            )
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )

@@ -94,7 +94,10 @@ class FakeApiserver:
         self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in Store.KINDS}
         self.nodes: dict[str, SimpleNamespace] = {NODE: node()}
         self.events: list[Obj] = []
-        self.deleted_pods: list[str] = []
+        self.deleted_pods: list[str] = []  # deleted or evicted
+        self.evicted: list[str] = []
+        self.eviction_refusal = 0  # an HTTP status to refuse evictions with (429: a PDB)
+        self.leases: dict[str, Obj] = {}  # namespace/name -> Lease
         self._versions = itertools.count(1)
 
     # --- what other clients (users, controllers, kubelets) write ----------------------------
@@ -198,6 +201,42 @@ class FakeApiserver:
         pod["metadata"].setdefault("deletionTimestamp", "2026-11-27T08:00:00Z")
         return self._save_pod(pod)
 
+    def create_namespaced_pod_eviction(self, name: str, namespace: str, body: Obj) -> Obj:
+        assert body["kind"] == "Eviction" and body["metadata"]["name"] == name
+        if self.eviction_refusal:
+            raise ApiException(status=self.eviction_refusal, reason="disruption budget")
+        self.evicted.append(f"{namespace}/{name}")
+        return self.delete_namespaced_pod(name, namespace, body["deleteOptions"])
+
+    def list_pod_for_all_namespaces(
+        self, *, limit: int, _continue: str | None, _preload_content: bool
+    ) -> SimpleNamespace:
+        """Pages of ``limit`` pods in key order; the token: the last key listed."""
+        assert not _preload_content
+        pods = [
+            (k, obj) for k, obj in sorted(self.objects["pods"].items()) if k > (_continue or "")
+        ]
+        page = [copy.deepcopy(obj) for _, obj in pods[:limit]]
+        more = pods[limit - 1][0] if len(pods) > limit else None
+        return SimpleNamespace(data=orjson.dumps({"metadata": {"continue": more}, "items": page}))
+
+    def read_namespaced_lease(
+        self, name: str, namespace: str, _preload_content: bool
+    ) -> SimpleNamespace:
+        found = self.leases.get(f"{namespace}/{name}")
+        if found is None:
+            raise _not_found(f"lease {namespace}/{name}")
+        return SimpleNamespace(data=orjson.dumps(found))
+
+    def create_namespaced_lease(self, namespace: str, body: Obj) -> Obj:
+        self.leases[f"{namespace}/{body['metadata']['name']}"] = copy.deepcopy(body)
+        return body
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Obj) -> Obj:
+        assert f"{namespace}/{name}" in self.leases
+        self.leases[f"{namespace}/{name}"] = copy.deepcopy(body)
+        return body
+
     def read_node(self, name: str) -> SimpleNamespace:
         if name not in self.nodes:
             raise _not_found(f"node {name}")
@@ -275,7 +314,7 @@ class Rig:
     def _start(self) -> Controller:
         controller = Controller(ApiClient())
         loose: Any = controller.writes  # the fake stands in for CoreV1Api, CustomObjectsApi, ...
-        loose.core = loose.custom = loose.apps = self.apiserver
+        loose.core = loose.custom = loose.apps = loose.coordination = self.apiserver
         self.controller = controller
         self.sync()  # an empty store: the informers' first list
         return controller
@@ -313,9 +352,16 @@ class Rig:
 # --- objects --------------------------------------------------------------------------------
 
 
-def node(*, cordoned: bool = False, ready: bool = True) -> SimpleNamespace:
-    """A V1Node as the client returns it: only the fields the controller reads."""
-    condition = SimpleNamespace(type="Ready", status="True" if ready else "False")
+def node(
+    *, cordoned: bool = False, ready: bool = True, since: timedelta = timedelta(0)
+) -> SimpleNamespace:
+    """A V1Node as the client returns it: only the fields the controller reads (``since``: how
+    long ago its Ready condition last changed)."""
+    condition = SimpleNamespace(
+        type="Ready",
+        status="True" if ready else "False",
+        last_transition_time=datetime.now(UTC) - since,
+    )
     return SimpleNamespace(
         spec=SimpleNamespace(unschedulable=cordoned or None),
         status=SimpleNamespace(conditions=[condition]),

@@ -832,3 +832,31 @@ def test_metrics_listen_on_loopback_unless_exposed_behind_a_network_policy(helm:
         [rule] = policy["ingress"]
         assert rule["from"] == [{"podSelector": {"matchLabels": {"a": "b"}}}]
         assert [p["port"] for p in rule["ports"]] == ports
+
+
+def test_uninstalling_releases_every_finalizer_before_anything_goes(helm: Path) -> None:
+    """A pre-delete hook Job runs `fulcrum rebuild --release-all` as the controller's account,
+    on the controller's Lease; the extender is told that Lease and the bound (docs/rebuild.md)."""
+    docs = render(helm, "rebuild.releaseAfterSeconds=30", "rebuild.nodeNotReadySeconds=60")
+    job = one(docs, "Job", "fulcrum-rebuild-release-all")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-delete"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "fulcrum-rebuild"
+    assert pod["restartPolicy"] == "Never"
+    [container] = pod["containers"]
+    assert container["command"][:3] == ["fulcrum", "rebuild", "--release-all"]
+    controller = containers(docs, "fulcrum-rebuild")["rebuild"]
+    assert flag(controller, "node-not-ready-seconds") == "60"
+    for name in ("lease-namespace", "lease-name"):
+        assert flag(container, name) == flag(controller, name)
+    extender = containers(docs, "fulcrum-scheduler")["extender"]
+    assert flag(extender, "rebuild-lease-namespace") == flag(controller, "lease-namespace")
+    assert flag(extender, "rebuild-lease-name") == flag(controller, "lease-name")
+    assert flag(extender, "release-after") == "30"
+    rules = one(docs, "ClusterRole", "fulcrum-extender")["rules"]
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "resourceNames": ["fulcrum-rebuild"], "verbs": ["get"]} in rules  # fmt: skip
+
+    assert not find(render(helm, "rebuild.releaseOnUninstall=false"), "Job")

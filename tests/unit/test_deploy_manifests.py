@@ -82,12 +82,15 @@ EXTENDER_RULES = {
     (("",), ("events",), ("create",)),
     ((GROUP,), ("reservations",), ("list", "watch")),
     ((GROUP,), ("ippools",), ("get", "update")),
+    (("",), ("pods",), ("patch",)),  # the finalizers of a stopped controller (rebuild.release)
+    (("coordination.k8s.io",), ("leases",), ("get",)),  # that controller's Lease, by name
 }
 EXTENDER_SERVICE_ACCOUNT = "fulcrum-extender"
 
 # (apiGroups, resources, verbs) of the rebuild controller's ClusterRole
 REBUILD_RULES = {
-    (("",), ("pods",), ("get", "list", "watch", "patch", "delete")),
+    (("",), ("pods",), ("get", "list", "watch", "patch")),
+    (("",), ("pods/eviction",), ("create",)),
     (("",), ("pods/resize",), ("patch",)),
     (("",), ("events",), ("create",)),
     (("",), ("nodes",), ("get",)),
@@ -422,7 +425,8 @@ def _bound_to_the_service_account(binding: dict[str, Any], account: str = SERVIC
 def test_the_extender_cluster_role_is_exactly_the_minimal_rules() -> None:
     role = one("ClusterRole", "fulcrum-extender")
     assert _rules(role) == EXTENDER_RULES
-    assert all("resourceNames" not in rule for rule in role["rules"])
+    named = [rule for rule in role["rules"] if "resourceNames" in rule]
+    assert [rule["resourceNames"] for rule in named] == [["fulcrum-rebuild"]]  # one Lease only
     (binding,) = [
         b for b in objects("ClusterRoleBinding") if b["roleRef"]["name"] == "fulcrum-extender"
     ]

@@ -498,3 +498,18 @@ def test_a_held_node_kube_scheduler_did_not_send_is_nominated_and_promised() -> 
         reply = app.post("/filter", json={"Pod": nominated, "NodeNames": ["n2"]}).json()
         assert reply["NodeNames"] == ["n2"]
     assert len(apiserver.nominated) == 1
+
+
+def test_a_predecessor_released_without_a_reservation_makes_no_successor_wait() -> None:
+    """No rebuild controller ran: the pod was let go (rebuild.release); none will come."""
+    cache, gate, decider, _, _ = cluster()
+    old = terminating(cache)
+    successor = pod("new", name="web-0", annotations=OPTED)
+    assert gate.leaving(noted(cache, successor)) == ["n1"]
+
+    gate.released("old")
+    cache.apply("pods", "DELETED", old)  # its last state arrives after the release
+
+    assert gate.leaving(noted(cache, successor)) == []
+    passed, _ = decide(gate, decider, successor)
+    assert "n1" in passed

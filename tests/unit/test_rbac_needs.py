@@ -64,6 +64,12 @@ NEEDS: dict[Need, tuple[str, str]] = {
         "extender/apiserver.py",
         'status, written = await self._call("PUT", path, changed)',
     ),
+    # no pod is trapped: with no rebuild controller renewing its Lease, the extender lets go
+    ("fulcrum-extender", "", "pods", "patch"): ("rebuild/release.py", "self.writes.release(pod"),
+    ("fulcrum-extender", "coordination.k8s.io", "leases", "get"): (
+        "rebuild/writes.py",
+        "self.coordination.read_namespaced_lease(",
+    ),
     # --- the webhook (fulcrum webhook) ----------------------------------------------------------
     ("fulcrum-webhook", "fulcrum.io", "ippools", "list"): (
         "fulcrum/run/webhook_serve.py",
@@ -83,7 +89,10 @@ NEEDS: dict[Need, tuple[str, str]] = {
     ("fulcrum-rebuild", "", "pods", "watch"): INFORMER_WATCH,
     ("fulcrum-rebuild", "", "pods", "get"): ("rebuild/writes.py", "self.core.read_namespaced_pod("),
     ("fulcrum-rebuild", "", "pods", "patch"): ("rebuild/writes.py", "patch_namespaced_pod(meta"),
-    ("fulcrum-rebuild", "", "pods", "delete"): ("rebuild/writes.py", "delete_namespaced_pod("),
+    ("fulcrum-rebuild", "", "pods/eviction", "create"): (
+        "rebuild/writes.py",
+        "create_namespaced_pod_eviction(",
+    ),
     ("fulcrum-rebuild", "", "pods/resize", "patch"): (
         "rebuild/writes.py",
         "patch_namespaced_pod_resize(",

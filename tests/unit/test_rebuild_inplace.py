@@ -12,6 +12,8 @@ from kube import api
 from kube.hooks import ANNOTATION as HOOKS
 from kube.hooks import LEADER, LEADER_RETRY_SECONDS, ROLE_LABEL
 from kube.resources import BIND
+from rebuild import inplace
+from rebuild.errors import TemporaryError
 from tests.unit.rebuild_fake import HELD, NODE, NS, OLD, OPTED, Obj, cluster
 
 
@@ -196,3 +198,164 @@ def test_a_locally_rebuilt_pod_still_gets_later_image_changes() -> None:
 
     after = rig.apiserver.pod("db-0")
     assert after["spec"]["containers"][0]["image"] == "db:2"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("securityContext", {"runAsNonRoot": True}),
+        ("readinessProbe", {"tcpSocket": {"port": 5432}}),
+        ("livenessProbe", {"exec": {"command": ["true"]}}),
+        ("imagePullPolicy", "Always"),
+    ],
+)
+def test_an_image_change_with_any_other_container_change_is_a_recreate(
+    field: str, value: object
+) -> None:
+    """The whole difference must be images and cpu/memory; the rest is not silently dropped."""
+    before = statefulset()
+    after = rolled(before, image="db:2")
+    after["spec"]["template"]["spec"]["containers"][0][field] = value
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", after))
+
+    rig.reconcile("pods/ns/db-0")
+
+    assert rig.apiserver.evicted == ["ns/db-0"]
+    assert rig.apiserver.status("db-0")["action"] == "recreating"
+    assert rig.apiserver.status("db-0")["reason"] == (
+        f"local recreate for revision db-2: spec.containers[0].{field} differs"
+    )
+    assert rig.apiserver.pod("db-0")["spec"]["containers"][0]["image"] == "db:1"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("serviceAccountName", "db-admin"),
+        ("securityContext", {"runAsUser": 1000}),
+        ("nodeSelector", {"disk": "ssd"}),
+        ("tolerations", [{"key": "dedicated", "operator": "Exists"}]),
+        ("enableServiceLinks", False),
+    ],
+)
+def test_an_image_change_with_a_pod_level_change_is_a_recreate(field: str, value: object) -> None:
+    before = statefulset()
+    after = rolled(before, image="db:2")
+    after["spec"]["template"]["spec"][field] = value
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", after))
+
+    rig.reconcile("pods/ns/db-0")
+
+    assert rig.apiserver.evicted == ["ns/db-0"]
+    assert rig.apiserver.status("db-0")["action"] == "recreating"
+    assert f": spec.{field} differs" in rig.apiserver.status("db-0")["reason"]
+
+
+def test_what_admission_adds_to_a_pod_is_no_difference() -> None:
+    """The service account ``default``, default tolerations, priority and the ordinal's
+    hostname are written into the pod, not its template: an image change stays in place."""
+    before = statefulset()
+    admitted = statefulset_pod(before)
+    admitted["spec"].update(
+        enableServiceLinks=True,  # defaulted on pods, not on templates (seen on a real cluster)
+        serviceAccountName="default",
+        serviceAccount="default",
+        priority=0,
+        preemptionPolicy="PreemptLowerPriority",
+        hostname="db-0",
+        subdomain="db",
+        tolerations=[
+            {
+                "key": f"node.kubernetes.io/{taint}",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            }
+            for taint in ("not-ready", "unreachable")
+        ],
+    )
+    rig = cluster(("pods", admitted), ("statefulsets", rolled(before, image="db:2")))
+
+    rig.reconcile("pods/ns/db-0")
+
+    assert rig.apiserver.deleted_pods == []
+    assert rig.apiserver.status("db-0")["action"] == "in-place"
+
+
+def replicas(sts: Obj, n: int) -> list[Obj]:
+    """Pods db-0 .. db-<n-1> of ``sts`` (n replicas), all Ready."""
+    sts["spec"]["replicas"] = n
+    out = []
+    for i in range(n):
+        member = statefulset_pod(sts)
+        member["metadata"].update(name=f"db-{i}", uid=f"uid-{i}")
+        member["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+        out.append(member)
+    return out
+
+
+def test_an_on_delete_statefulset_is_recreated_one_pod_at_a_time() -> None:
+    before = statefulset()
+    members = replicas(before, 3)
+    after = rolled(before, env="b")
+    after["spec"]["replicas"] = 3
+    rig = cluster(*[("pods", m) for m in members], ("statefulsets", after))
+
+    assert rig.reconcile("pods/ns/db-0") is None
+    # db-0 is terminating now: db-1 and db-2 wait until its successor is Ready
+    assert rig.reconcile("pods/ns/db-1") == inplace.PACE_RETRY_SECONDS
+    assert rig.reconcile("pods/ns/db-2") == inplace.PACE_RETRY_SECONDS
+    assert rig.apiserver.evicted == ["ns/db-0"]
+    assert rig.apiserver.status("db-1") == {
+        **rig.apiserver.status("db-1"),
+        "action": "waiting",
+        "reason": "revision db-2 waits: replica db-0 is being replaced",
+    }
+
+    # its successor, at the new revision but not Ready yet: still one down
+    rig.apiserver.delete_pod("db-0")
+    successor = copy.deepcopy(members[0])
+    successor["metadata"].update(uid="uid-0b", finalizers=[])
+    successor["metadata"]["labels"]["controller-revision-hash"] = "db-2"
+    successor["status"] = {"conditions": [{"type": "Ready", "status": "False"}]}
+    rig.apiserver.put("pods", successor)
+    assert rig.reconcile("pods/ns/db-1") == inplace.PACE_RETRY_SECONDS
+    assert "replica db-0 is not Ready" in rig.apiserver.status("db-1")["reason"]
+
+    successor["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    rig.apiserver.put("pods", successor)
+    assert rig.reconcile("pods/ns/db-1") is None
+    assert rig.apiserver.evicted == ["ns/db-0", "ns/db-1"]
+
+
+def test_an_update_just_made_counts_before_the_watch_shows_it() -> None:
+    """Two workers, one StatefulSet: the second sees db-0 as it was before its eviction."""
+    before = statefulset()
+    members = replicas(before, 2)
+    after = rolled(before, env="b")
+    after["spec"]["replicas"] = 2
+    rig = cluster(*[("pods", m) for m in members], ("statefulsets", after))
+    rig.reconcile("pods/ns/db-0")
+    stale = copy.deepcopy(members[0])
+    rig.controller.store.apply("pods", "MODIFIED", stale)  # the watch lags the eviction
+
+    with pytest.raises(TemporaryError):
+        rig.controller.reconcile("pods/ns/db-1")
+    assert rig.apiserver.evicted == ["ns/db-0"]
+
+
+def test_an_eviction_a_disruption_budget_refuses_is_retried_later() -> None:
+    before = statefulset()
+    rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", rolled(before, env="b")))
+    rig.apiserver.eviction_refusal = 429
+
+    assert rig.reconcile("pods/ns/db-0") == inplace.EVICTION_RETRY_SECONDS
+
+    assert rig.apiserver.deleted_pods == []
+    assert not rig.apiserver.pod("db-0")["metadata"].get("deletionTimestamp")
+    assert rig.apiserver.status("db-0")["action"] == "waiting"
+    assert "PodDisruptionBudget" in rig.apiserver.status("db-0")["reason"]
+
+    rig.apiserver.eviction_refusal = 0
+    assert rig.reconcile("pods/ns/db-0") is None
+    assert rig.apiserver.evicted == ["ns/db-0"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import orjson
 import pytest
 
 from kube import api, ippool
 from rebuild import sweep as sweep_module
-from tests.unit.rebuild_fake import HELD, IP, NEW, NODE, OLD, OPTED, cluster, held, pod
+from tests.unit.rebuild_fake import HELD, IP, NEW, NODE, OLD, OPTED, cluster, held, node, pod
 
 
 def test_an_address_of_a_missing_pod_is_released_on_the_second_sweep() -> None:
@@ -103,3 +105,50 @@ def test_a_wait_on_a_deleted_node_ends_at_the_next_sweep() -> None:
     assert status["action"] == "fallback"
     assert status["reason"] == f"node {NODE} is gone: placing it normally, keeping IP {IP}"
     assert rig.apiserver.reasons() == ["RebuildFallback"]
+
+
+@pytest.mark.parametrize(
+    ("ready", "since", "ends"),
+    [
+        (False, timedelta(seconds=sweep_module.NOT_READY_SECONDS + 1), True),
+        (False, timedelta(seconds=sweep_module.NOT_READY_SECONDS - 10), False),
+        (True, timedelta(hours=1), False),
+    ],
+)
+def test_a_wait_on_a_node_not_ready_past_the_bound_ends_as_on_a_deleted_node(
+    ready: bool, since: timedelta, ends: bool
+) -> None:
+    """fallback: wait on a node that is NotReady but never deleted would hold forever."""
+    waiting = pod(NEW, node_name=None, annotations=OPTED, finalized=False)
+    rig = cluster(
+        ("reservations", held()), ("pods", waiting), allocations={IP: f"reservation:{HELD}"}
+    )
+    rig.apiserver.nodes[NODE] = node(ready=ready, since=since)
+
+    rig.reconcile("sweep")
+
+    [obj] = rig.apiserver.reservations()
+    if not ends:
+        assert obj["status"]["phase"] == "Held"
+        assert rig.apiserver.events == []
+        return
+    assert obj["status"]["phase"] == "Expired"
+    assert rig.apiserver.pool()["status"]["allocations"] == {IP: f"reservation:{HELD}"}
+    status = orjson.loads(rig.apiserver.pod("web-0")["metadata"]["annotations"][api.STATUS])
+    assert status["action"] == "fallback"
+    assert status["reason"] == (
+        f"node {NODE} has not been Ready for over 300 s: placing it normally, keeping IP {IP}"
+    )
+    assert rig.apiserver.reasons() == ["RebuildFallback"]
+
+
+def test_the_not_ready_bound_is_a_setting() -> None:
+    waiting = pod(NEW, node_name=None, annotations=OPTED, finalized=False)
+    rig = cluster(("reservations", held()), ("pods", waiting))
+    rig.controller.sweep.not_ready_seconds = 30
+    rig.apiserver.nodes[NODE] = node(ready=False, since=timedelta(seconds=31))
+
+    rig.reconcile("sweep")
+
+    [obj] = rig.apiserver.reservations()
+    assert obj["status"]["phase"] == "Expired"
