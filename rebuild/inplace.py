@@ -151,8 +151,10 @@ def _busy_sibling(
     """Why another replica of ``sts`` is not up now (missing, terminating, not Ready, or
     updated moments ago and not yet seen so), or "" if every other one is."""
     name = str(sts["metadata"]["name"])
-    replicas = int((sts.get("spec") or {}).get("replicas", 1))
-    for ordinal in range(replicas):
+    spec = sts.get("spec") or {}
+    replicas = int(spec.get("replicas", 1))
+    first = int((spec.get("ordinals") or {}).get("start", 0))  # spec.ordinals.start, 1.31+
+    for ordinal in range(first, first + replicas):
         other = f"{name}-{ordinal}"
         if other == meta["name"]:
             continue

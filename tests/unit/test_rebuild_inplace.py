@@ -328,6 +328,22 @@ def test_an_on_delete_statefulset_is_recreated_one_pod_at_a_time() -> None:
     assert rig.apiserver.evicted == ["ns/db-0", "ns/db-1"]
 
 
+def test_replicas_numbered_from_ordinals_start_are_paced_too() -> None:
+    """spec.ordinals.start: 5 names the replicas db-5 and db-6; none is missing."""
+    before = statefulset()
+    members = replicas(before, 2)
+    for i, member in enumerate(members):
+        member["metadata"].update(name=f"db-{5 + i}", uid=f"uid-{5 + i}")
+    after = rolled(before, env="b")
+    after["spec"].update(replicas=2, ordinals={"start": 5})
+    rig = cluster(*[("pods", m) for m in members], ("statefulsets", after))
+
+    assert rig.reconcile("pods/ns/db-5") is None
+    assert rig.apiserver.evicted == ["ns/db-5"]
+    assert rig.reconcile("pods/ns/db-6") == inplace.PACE_RETRY_SECONDS
+    assert "replica db-5 is being replaced" in rig.apiserver.status("db-6")["reason"]
+
+
 def test_an_update_just_made_counts_before_the_watch_shows_it() -> None:
     """Two workers, one StatefulSet: the second sees db-0 as it was before its eviction."""
     before = statefulset()
