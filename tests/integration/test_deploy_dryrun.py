@@ -121,11 +121,15 @@ def test_the_service_account_may_do_what_each_container_does(kubectl: Kubectl) -
         ("create", "pods", "--subresource=binding", "-n", "default"),
         ("patch", "pods", "--subresource=status", "-n", "default"),
         ("create", "events", "-n", "default"),
+        # no pod is trapped: a stopped controller's finalizers let go (rebuild/release.py)
+        ("patch", "pods", "-n", "default"),
+        ("get", "leases.coordination.k8s.io/fulcrum-rebuild", "-n", "fulcrum-system"),
     ]
     extender_denied = [
         ("get", "nodes"),
         ("update", "pods", "-n", "default"),
-        ("patch", "pods", "-n", "default"),
+        ("delete", "pods", "-n", "default"),
+        ("get", "leases.coordination.k8s.io/someone-else", "-n", "fulcrum-system"),
         ("patch", "events.events.k8s.io", "-n", "default"),
         ("list", "poddisruptionbudgets.policy", "--all-namespaces"),  # kube-scheduler's
         ("create", "leases.coordination.k8s.io", "-n", "fulcrum-system"),
@@ -200,10 +204,10 @@ def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -
         ("watch", "ippools.fulcrum.io", "--all-namespaces"),
         ("list", "statefulsets.apps", "--all-namespaces"),
         ("watch", "statefulsets.apps", "--all-namespaces"),
-        # finalizer and status annotation (patch); OnDelete recreate (delete); a pod read again
+        # finalizer and status annotation (patch); OnDelete recreate (eviction); a pod read again
         ("get", "pods", "-n", "default"),
         ("patch", "pods", "-n", "default"),
-        ("delete", "pods", "-n", "default"),
+        ("create", "pods", "--subresource=eviction", "-n", "default"),
         # Reservations, and compare-and-swap updates of IPPools
         ("create", "reservations.fulcrum.io", "-n", "default"),
         ("update", "reservations.fulcrum.io", "-n", "default"),
@@ -218,6 +222,7 @@ def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -
         ("update", lease, "-n", "fulcrum-system"),
     ]
     denied = [
+        ("delete", "pods", "-n", "default"),  # an eviction honours PodDisruptionBudgets
         ("get", lease, "-n", "kube-system"),
         ("create", "leases.coordination.k8s.io", "-n", "kube-system"),
         ("update", "leases.coordination.k8s.io/fulcrum-scheduler", "-n", "fulcrum-system"),
