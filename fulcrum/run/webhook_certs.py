@@ -43,6 +43,7 @@ RETRY_SECONDS = 60.0
 RENEW_BEFORE_DAYS = 30
 KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 ATTEMPTS = 3  # Secret writes per check, each after reading it again on a conflict
+REQUEST_TIMEOUT = 10  # seconds per API call: a hung connection must not stall the checks
 
 
 class Conflict(Exception):
@@ -288,7 +289,9 @@ class KubeCluster:
 
     def read_secret(self, namespace: str, name: str) -> Secret | None:
         try:
-            raw = self.core.read_namespaced_secret(name, namespace)
+            raw = self.core.read_namespaced_secret(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -307,11 +310,15 @@ class KubeCluster:
                     type="kubernetes.io/tls",
                     data=encoded,
                 )
-                self.core.create_namespaced_secret(namespace, body)
+                self.core.create_namespaced_secret(
+                    namespace, body, _request_timeout=REQUEST_TIMEOUT
+                )
             else:
                 raw = read.raw
                 raw.data = {**(raw.data or {}), **encoded}  # resourceVersion: as read
-                self.core.replace_namespaced_secret(name, namespace, raw)
+                self.core.replace_namespaced_secret(
+                    name, namespace, raw, _request_timeout=REQUEST_TIMEOUT
+                )
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(str(exc.reason)) from exc
@@ -324,7 +331,7 @@ class KubeCluster:
             else self.admission.read_validating_webhook_configuration
         )
         try:
-            raw = read(name)
+            raw = read(name, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -349,7 +356,12 @@ class KubeCluster:
             else self.admission.patch_validating_webhook_configuration
         )
         try:
-            write(name, patch, _content_type="application/json-patch+json")
+            write(
+                name,
+                patch,
+                _content_type="application/json-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(str(exc.reason)) from exc

@@ -82,11 +82,11 @@ NEEDS: dict[Need, tuple[str, str]] = {
     # with webhook.certificate.source: generate (not deploy/'s source), it renews its certificate
     ("fulcrum-webhook", "", "secrets", "get"): (
         "fulcrum/run/webhook_certs.py",
-        "self.core.read_namespaced_secret(name, namespace)",
+        "self.core.read_namespaced_secret(",
     ),
     ("fulcrum-webhook", "", "secrets", "update"): (
         "fulcrum/run/webhook_certs.py",
-        "self.core.replace_namespaced_secret(name, namespace, raw)",
+        "self.core.replace_namespaced_secret(",
     ),
     ("fulcrum-webhook", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"): (
         "fulcrum/run/webhook_certs.py",

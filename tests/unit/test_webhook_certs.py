@@ -5,13 +5,17 @@ one expires, a conflict on the Secret read again and never overwritten."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from fulcrum.run.serve import ServeError
 from fulcrum.run.webhook_certs import (
@@ -19,6 +23,7 @@ from fulcrum.run.webhook_certs import (
     CertificateManager,
     Configuration,
     Conflict,
+    KubeCluster,
     ManagedCertificate,
     Secret,
     managed_certificate,
@@ -332,3 +337,83 @@ def test_a_window_as_long_as_the_lifetime_is_refused() -> None:
         managed_certificate(
             "a/b", service="fulcrum-webhook", renew_before_days=365, validity_days=365
         )
+
+
+# --- the Kubernetes calls, against fake API objects -------------------------------------------
+
+
+class FakeApi:
+    """The client methods KubeCluster calls, recording them; ``status`` makes them fail."""
+
+    def __init__(self, status: int | None = None) -> None:
+        self.status, self.calls = status, []
+
+    def __getattr__(self, method: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((method, args, kwargs))
+            if self.status is not None:
+                raise ApiException(status=self.status, reason="fake")
+            if method == "read_namespaced_secret":
+                return client.V1Secret.from_dict(
+                    {
+                        "metadata": {"name": "s", "resourceVersion": "7", "labels": {"a": "b"}},
+                        "data": {"tls.crt": base64.b64encode(b"x").decode()},
+                    }
+                )
+            if method.startswith("read_"):
+                hook = {
+                    "name": "a.fulcrum.io",
+                    "clientConfig": {"caBundle": base64.b64encode(b"PEM").decode()},
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                }
+                return client.V1MutatingWebhookConfiguration.from_dict(
+                    {"metadata": {"name": "c", "resourceVersion": "3"}, "webhooks": [hook, hook]}
+                )
+            return None
+
+        return call
+
+
+def kube_with(core: FakeApi, admission: FakeApi) -> KubeCluster:
+    kube = KubeCluster(client.ApiClient())
+    kube.core, kube.admission = core, admission  # type: ignore[assignment]
+    return kube
+
+
+def test_the_secret_is_replaced_as_read_and_a_409_is_a_conflict() -> None:
+    core = FakeApi()
+    kube = kube_with(core, FakeApi())
+    read = kube.read_secret("ns", "s")
+    assert read is not None and read.data == {"tls.crt": b"x"} and read.resource_version == "7"
+    kube.write_secret("ns", "s", {"tls.crt": b"y", "ca.key": b"k"}, read)
+    method, args, kwargs = core.calls[-1]
+    assert method == "replace_namespaced_secret" and args[:2] == ("s", "ns")
+    body = args[2]
+    assert body.metadata.resource_version == "7" and body.metadata.labels == {"a": "b"}
+    assert body.data == {"tls.crt": "eQ==", "ca.key": "aw=="}
+    assert kwargs["_request_timeout"] > 0
+    assert kube_with(FakeApi(404), FakeApi()).read_secret("ns", "s") is None
+    with pytest.raises(Conflict):
+        kube_with(FakeApi(409), FakeApi()).write_secret("ns", "s", {}, read)
+    with pytest.raises(ApiException):  # RBAC's 403 is not a conflict: reported, retried later
+        kube_with(FakeApi(403), FakeApi()).write_secret("ns", "s", {}, read)
+
+
+def test_the_ca_bundles_are_patched_at_the_resource_version_read() -> None:
+    admission = FakeApi()
+    kube = kube_with(FakeApi(), admission)
+    read = kube.read_configuration(KINDS[0], "c")
+    assert read == Configuration("3", [b"PEM", b"PEM"])
+    kube.write_ca_bundles(KINDS[1], "c", read, [b"A", b"B"])
+    method, args, kwargs = admission.calls[-1]
+    assert method == "patch_validating_webhook_configuration" and args[0] == "c"
+    assert args[1] == [
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": "3"},
+        {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "QQ=="},
+        {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": "Qg=="},
+    ]
+    assert kwargs["_content_type"] == "application/json-patch+json"
+    with pytest.raises(Conflict):
+        kube_with(FakeApi(), FakeApi(409)).write_ca_bundles(KINDS[0], "c", read, [b"A"])
+    assert kube_with(FakeApi(), FakeApi(404)).read_configuration(KINDS[0], "c") is None
