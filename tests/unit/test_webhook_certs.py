@@ -9,6 +9,7 @@ import base64
 import datetime
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from fulcrum.harness.certs import make_serving_cert
 from fulcrum.run.serve import ServeError
 from fulcrum.run.webhook_certs import (
     KINDS,
@@ -28,6 +30,7 @@ from fulcrum.run.webhook_certs import (
     Secret,
     managed_certificate,
 )
+from fulcrum.run.webhook_serve import serve_webhook
 from kube import certs
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -417,3 +420,13 @@ def test_the_ca_bundles_are_patched_at_the_resource_version_read() -> None:
     with pytest.raises(Conflict):
         kube_with(FakeApi(), FakeApi(409)).write_ca_bundles(KINDS[0], "c", read, [b"A"])
     assert kube_with(FakeApi(), FakeApi(404)).read_configuration(KINDS[0], "c") is None
+
+
+def test_managing_a_certificate_without_a_cluster_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    files = make_serving_cert(tmp_path, ["127.0.0.1"])
+    with pytest.raises(ServeError, match=r"--manage-certificate: no cluster"):
+        serve_webhook(host="127.0.0.1", port=0, cert=files.cert, key=files.key, managed=TARGET)
