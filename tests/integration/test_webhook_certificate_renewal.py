@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from cryptography import x509
 from kubernetes import client, config
 
 from fulcrum.harness import cluster
+from fulcrum.harness.certs import make_serving_cert
 from fulcrum.run.webhook_certs import (
     KINDS,
     CertificateManager,
@@ -31,6 +36,7 @@ from tests.integration.conftest import _start
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).parents[2]
 NAME = "it-webhook-certs"
 NAMESPACE = "it-certs"
 TARGET = ManagedCertificate(NAMESPACE, "it-webhook-tls", "it-webhook", "it.fulcrum.io")
@@ -152,3 +158,58 @@ def test_a_write_after_another_is_a_conflict_not_an_overwrite(
         kube.write_ca_bundles(KINDS[0], TARGET.configuration, stale, [b"", b""])
     now = kube.read_configuration(KINDS[0], TARGET.configuration)
     assert now is not None and now.ca_bundles == stale.ca_bundles
+
+
+def test_the_webhook_process_renews_at_start(
+    api: client.ApiClient, old: dict[str, bytes], tmp_path: Path
+) -> None:
+    """``fulcrum webhook --manage-certificate``, as the chart runs it, renews a Secret whose CA
+    expires in 20 days within moments of its start (it checks at once, then hourly)."""
+    name, service = "it-webhook-2-tls", "it-webhook-2"
+    core = client.CoreV1Api(api)
+    ca = certs.new_ca("old-ca-2", now=NOW - datetime.timedelta(days=345))
+    data = certs.secret_data(ca, certs.new_serving(ca, [f"{service}.{NAMESPACE}.svc"], now=NOW))
+    core.create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": name},
+            "type": "kubernetes.io/tls",
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        },
+    )
+    files = make_serving_cert(tmp_path, ["127.0.0.1"])
+    cmd = [
+        sys.executable,
+        "-m",
+        "fulcrum.cli",
+        "webhook",
+        f"--port={cluster.free_port()}",
+        f"--tls-cert={files.cert}",
+        f"--tls-key={files.key}",
+        f"--kubeconfig={cluster.kubeconfig_path(NAME)}",
+        f"--manage-certificate={NAMESPACE}/{name}",
+        f"--service={service}",
+        f"--webhook-configuration={TARGET.configuration}",
+    ]
+    process = subprocess.Popen(cmd, cwd=ROOT)
+    kube = KubeCluster(api)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            secret = kube.read_secret(NAMESPACE, name)
+            assert secret is not None
+            if secret.data["ca.crt"] != data["ca.crt"]:
+                break
+            assert process.poll() is None, "the webhook exited"
+            assert time.monotonic() < deadline, "the webhook did not renew its certificate"
+            time.sleep(0.5)
+        new_ca = x509.load_pem_x509_certificate(secret.data["ca.crt"])
+        for kind in KINDS:
+            read = kube.read_configuration(kind, TARGET.configuration)
+            assert read is not None
+            for bundle in read.ca_bundles:
+                found = certs.load_bundle(bundle)  # the new CA first, the previous one kept
+                assert found[0] == new_ca and len(found) > 1, kind
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
