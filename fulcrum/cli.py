@@ -400,6 +400,7 @@ def _add_services(sub: Subparsers) -> None:
     managed.add_argument(
         "--renew-before-days",
         type=_positive_int,
+        metavar="DAYS",
         default=30,
         help="renew the CA or the serving certificate this many days before it expires "
         "(default 30)",
@@ -407,6 +408,7 @@ def _add_services(sub: Subparsers) -> None:
     managed.add_argument(
         "--certificate-validity-days",
         type=_positive_int,
+        metavar="DAYS",
         default=365,
         help="how long a renewed CA and serving certificate last (default 365)",
     )

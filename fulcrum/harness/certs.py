@@ -1,8 +1,10 @@
-"""A private CA and a serving certificate for the admission webhook (the ``cryptography`` package).
+"""A private CA and a serving certificate for the admission webhook, written to files.
 
 The API server calls admission webhooks over HTTPS only, and checks the server's certificate
-against the webhook configuration's ``caBundle``. ``fulcrum cluster up`` makes both here; on a
-real cluster, supply your own (or cert-manager's) as ``deploy/README.md`` says.
+against the webhook configuration's ``caBundle``. ``fulcrum cluster up`` and ``fulcrum
+webhook-cert`` make both here (``kube.certs`` makes them, the webhook's own renewal too); on a
+real cluster, supply your own (or cert-manager's) as ``deploy/README.md`` says, or let the
+chart generate them and the webhook renew them.
 """
 
 from __future__ import annotations
