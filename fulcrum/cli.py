@@ -157,6 +157,17 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
     from fulcrum.run.webhook_serve import serve_webhook
 
     logs.configure(args.log_level, args.log_format)
+    managed = None
+    if args.manage_certificate:
+        from fulcrum.run.webhook_certs import managed_certificate
+
+        managed = managed_certificate(
+            args.manage_certificate,
+            service=args.service,
+            configuration=args.webhook_configuration,
+            renew_before_days=args.renew_before_days,
+            validity_days=args.certificate_validity_days,
+        )
     serve_webhook(
         host=args.host,
         port=args.port,
@@ -168,6 +179,7 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
         context=args.context,
         max_in_flight=args.max_in_flight,
         max_connections=args.max_connections,
+        managed=managed,
     )
     return 0
 
@@ -362,6 +374,43 @@ def _add_services(sub: Subparsers) -> None:
         type=_positive_int,
         default=128,
         help="connections at once; a request past them is answered 503 (default 128)",
+    )
+    managed = webhook.add_argument_group(
+        "a certificate the webhook renews itself (the chart's webhook.certificate.source: generate)"
+    )
+    managed.add_argument(
+        "--manage-certificate",
+        metavar="NAMESPACE/SECRET",
+        help="at start and hourly, renew the CA and serving certificate in this Secret (ca.crt, "
+        "ca.key, tls.crt, tls.key) when they expire within --renew-before-days, and put the CA "
+        "in the caBundle of both --webhook-configuration configurations; needs a cluster",
+    )
+    managed.add_argument(
+        "--service",
+        default="fulcrum-webhook",
+        help="the webhook's Service in NAMESPACE: the certificate is for <service>.<namespace>.svc "
+        "(default fulcrum-webhook)",
+    )
+    managed.add_argument(
+        "--webhook-configuration",
+        metavar="NAME",
+        help="the Mutating- and ValidatingWebhookConfiguration whose caBundle to write (default "
+        "the chart's name for --service: fulcrum.io for fulcrum-webhook)",
+    )
+    managed.add_argument(
+        "--renew-before-days",
+        type=_positive_int,
+        metavar="DAYS",
+        default=30,
+        help="renew the CA or the serving certificate this many days before it expires "
+        "(default 30)",
+    )
+    managed.add_argument(
+        "--certificate-validity-days",
+        type=_positive_int,
+        metavar="DAYS",
+        default=365,
+        help="how long a renewed CA and serving certificate last (default 365)",
     )
     logs.add_flags(webhook)
     webhook.set_defaults(func=_cmd_webhook)

@@ -1,25 +1,21 @@
-"""A private CA and a serving certificate for the admission webhook (the ``cryptography`` package).
+"""A private CA and a serving certificate for the admission webhook, written to files.
 
 The API server calls admission webhooks over HTTPS only, and checks the server's certificate
-against the webhook configuration's ``caBundle``. ``fulcrum cluster up`` makes both here; on a
-real cluster, supply your own (or cert-manager's) as ``deploy/README.md`` says.
+against the webhook configuration's ``caBundle``. ``fulcrum cluster up`` and ``fulcrum
+webhook-cert`` make both here (``kube.certs`` makes them, the webhook's own renewal too); on a
+real cluster, supply your own (or cert-manager's) as ``deploy/README.md`` says, or let the
+chart generate them and the webhook renew them.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
-import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-VALID_DAYS = 365
+from kube.certs import configuration_name, new_ca, new_serving
 
 
 @dataclass(frozen=True)
@@ -29,69 +25,18 @@ class ServingCert:
     key: Path  # PEM: its private key (mode 0600)
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _alt_names(hosts: list[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(names)
-
-
 def make_serving_cert(directory: Path, hosts: list[str]) -> ServingCert:
     """A new CA and a certificate for ``hosts`` (IP addresses or DNS names) in ``directory``."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("fulcrum-webhook-ca"))
-        .issuer_name(_name("fulcrum-webhook-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(_alt_names(hosts), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = new_ca("fulcrum-webhook-ca", now=now)
+    serving = new_serving(ca, hosts, now=now)
     directory.mkdir(parents=True, exist_ok=True)
     out = ServingCert(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
-    out.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out.ca.write_bytes(ca.cert_pem())
+    out.cert.write_bytes(serving.cert_pem())
     out.key.touch(mode=0o600)
-    out.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    out.key.write_bytes(serving.key_pem())
     return out
-
-
-def configuration_name(service: str) -> str:
-    """The chart's name for both webhook configurations of the release whose webhook Service is
-    ``service``: ``fulcrum.io`` for ``fulcrum-webhook``, ``<prefix>.fulcrum.io`` for
-    ``<prefix>-webhook`` (a release with ``fullnameOverride: <prefix>``)."""
-    prefix = service.removesuffix("-webhook")
-    return "fulcrum.io" if prefix in ("fulcrum", service) else f"{prefix}.fulcrum.io"
 
 
 def install_commands(certs: ServingCert, *, namespace: str, service: str) -> str:

@@ -6,7 +6,9 @@ refuse one whose addresses another namespace's pool has (``admission.ippools``).
 The serving certificate is reloaded when its files change (cert-manager renewing it, or a
 Secret updated by hand: the kubelet swaps the mounted files), without a restart: every TLS
 handshake is handed the newest good context (``ServingCertificate``). Its remaining lifetime is
-``fulcrum_webhook_certificate_expiry_seconds`` on ``/metrics``.
+``fulcrum_webhook_certificate_expiry_seconds`` on ``/metrics``. With ``managed`` (``fulcrum
+webhook --manage-certificate``), a thread renews the certificate in its Secret and the CA in the
+configurations' caBundle before they expire (``fulcrum.run.webhook_certs``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +32,7 @@ from admission.app import MAX_IN_FLIGHT, create_app
 from admission.ippools import PoolLister
 from fulcrum.run.kubeconfig import api_client, configured
 from fulcrum.run.serve import ServeError, check_port_free
+from fulcrum.run.webhook_certs import CertificateManager, KubeCluster, ManagedCertificate
 from kube.api import GROUP, IPPOOLS, SCHEDULER_NAME, VERSION
 from kube.metrics import standard_registry
 
@@ -153,7 +157,13 @@ def serve_webhook(
     context: str | None = None,
     max_in_flight: int = MAX_IN_FLIGHT,
     max_connections: int = MAX_CONNECTIONS,
+    managed: ManagedCertificate | None = None,
 ) -> None:
+    if managed is not None and not configured(kubeconfig, context):
+        raise ServeError(
+            "--manage-certificate: no cluster (no --kubeconfig, $KUBECONFIG or in-cluster "
+            "account) to read the Secret from; give one, or leave the flag out"
+        )
     for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
         if not path.is_file():
             raise ServeError(
@@ -186,4 +196,14 @@ def serve_webhook(
     )
     config.load()
     config.ssl = serving.context  # uvicorn would load the files once; this context reloads them
-    uvicorn.Server(config).run()
+    stop = threading.Event()
+    if managed is not None:
+        api = api_client(kubeconfig, log=log.info, context=context)
+        manager = CertificateManager(KubeCluster(api), managed, registry)
+        threading.Thread(
+            target=manager.run, args=(stop,), name="webhook-certificate", daemon=True
+        ).start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        stop.set()

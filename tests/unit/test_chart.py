@@ -28,8 +28,11 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from admission.config import webhook_configurations
 from extender.config import load_settings
+from fulcrum.cli import build_parser
 from fulcrum.harness import chart
 from fulcrum.harness.binaries import HELM, cache_dir
+from fulcrum.run.webhook_certs import managed_certificate
+from kube import certs
 from kube.api import SCHEDULER_NAME
 from policies.registry import default_registry
 
@@ -634,7 +637,8 @@ def test_no_webhook_sees_kube_system_or_the_release_namespace(
 
 
 def test_a_generated_certificate_is_signed_by_the_ca_in_the_configurations(helm: Path) -> None:
-    docs = render(helm, "webhook.certificate.validityDays=30", namespace="ns3")
+    sets = ("webhook.certificate.validityDays=30", "webhook.certificate.renewBeforeDays=10")
+    docs = render(helm, *sets, namespace="ns3")
     secret = one(docs, "Secret", "fulcrum-webhook-tls")
     assert secret["type"] == "kubernetes.io/tls"
     pem = {key: base64.b64decode(value) for key, value in secret["data"].items()}
@@ -651,7 +655,92 @@ def test_a_generated_certificate_is_signed_by_the_ca_in_the_configurations(helm:
     assert key.public_key().public_numbers() == public.public_numbers()
     assert _ca_bundles(docs) == {secret["data"]["ca.crt"]}
     webhook = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]["spec"]
-    assert {"name": "tls", "secret": {"secretName": "fulcrum-webhook-tls"}} in webhook["volumes"]
+    volumes = {v["name"]: v["secret"] for v in webhook["volumes"] if "secret" in v}
+    assert volumes["tls"]["secretName"] == "fulcrum-webhook-tls"
+    assert [i["key"] for i in volumes["tls"]["items"]] == ["tls.crt", "tls.key"]  # no ca.key
+
+
+def _rules(doc: Doc) -> list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    return [
+        (
+            ",".join(r["apiGroups"]),
+            tuple(r["resources"]),
+            tuple(r.get("resourceNames", ())),
+            tuple(r["verbs"]),
+        )
+        for r in doc["rules"]
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["fulcrum", "canary"])
+def test_a_generated_certificate_is_renewed_by_the_webhook_with_rights_to_it_alone(
+    helm: Path, prefix: str
+) -> None:
+    sets = [] if prefix == "fulcrum" else [f"fullnameOverride={prefix}"]
+    docs = render(helm, *sets, "webhook.certificate.renewBeforeDays=20", namespace="ns6")
+    name, config, secret = f"{prefix}-webhook", webhook_config_name(prefix), f"{prefix}-webhook-tls"
+    (container,) = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["command"][1:])
+    managed = managed_certificate(
+        args.manage_certificate,
+        service=args.service,
+        configuration=args.webhook_configuration,
+        renew_before_days=args.renew_before_days,
+        validity_days=args.certificate_validity_days,
+    )
+    assert (managed.namespace, managed.secret, managed.configuration) == ("ns6", secret, config)
+    assert managed.host == f"{name}.ns6.svc"
+    assert managed.renew_before == datetime.timedelta(days=20)
+    for kind in WEBHOOK_KINDS:
+        one(docs, kind, config)
+    # the chart's Secret is what the webhook would keep: no renewal at its first start
+    data = {k: base64.b64decode(v) for k, v in one(docs, "Secret", secret)["data"].items()}
+    stored = certs.parse_stored(data)
+    assert stored.ca is not None and stored.serving is not None
+    now = datetime.datetime.now(datetime.UTC)
+    decision = certs.renewal(stored, host=managed.host, now=now, renew_before=managed.renew_before)
+    assert not decision.needed, decision.reason
+    # RBAC: get/update of that one Secret (no create: the chart makes it), get/patch of the two
+    # configurations by name
+    role = one(docs, "Role", name)
+    assert role["metadata"]["namespace"] == "ns6"
+    assert _rules(role) == [("", ("secrets",), (secret,), ("get", "update"))]
+    binding = one(docs, "RoleBinding", name)
+    assert binding["roleRef"]["name"] == name
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "ns6"}]
+    assert _rules(one(docs, "ClusterRole", name))[1:] == [
+        (
+            "admissionregistration.k8s.io",
+            ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"),
+            (config,),
+            ("get", "patch"),
+        )
+    ]
+
+
+@pytest.mark.parametrize("source", ["secret", "cert-manager"])
+def test_a_certificate_from_elsewhere_is_not_the_webhooks_to_manage(
+    helm: Path, source: str
+) -> None:
+    docs = render(helm, f"webhook.certificate.source={source}")
+    (container,) = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert build_parser().parse_args(container["command"][1:]).manage_certificate is None
+    assert not find(docs, "Role", "fulcrum-webhook")
+    assert _rules(one(docs, "ClusterRole", "fulcrum-webhook")) == [
+        ("fulcrum.io", ("ippools",), (), ("list",))
+    ]
+
+
+def test_a_renewal_window_as_long_as_the_lifetime_is_refused(helm: Path) -> None:
+    sets = ("webhook.certificate.validityDays=30", "webhook.certificate.renewBeforeDays=30")
+    with pytest.raises(chart.ChartError, match=r"renewBeforeDays 30 is not less than"):
+        render(helm, *sets)
+
+
+def webhook_config_name(prefix: str) -> str:
+    return "fulcrum.io" if prefix == "fulcrum" else f"{prefix}.fulcrum.io"
 
 
 def _certificate_secrets(docs: list[Doc]) -> list[Doc]:
@@ -666,7 +755,8 @@ def test_a_user_secret_renders_no_certificate(helm: Path) -> None:
     assert not _certificate_secrets(docs) and not find(docs, "Certificate")
     assert _ca_bundles(docs) == {None}
     webhook = one(docs, "Deployment", "fulcrum-webhook")["spec"]["template"]["spec"]
-    assert {"name": "tls", "secret": {"secretName": "mine"}} in webhook["volumes"]
+    (tls,) = [v["secret"] for v in webhook["volumes"] if v["name"] == "tls"]
+    assert tls["secretName"] == "mine"
 
 
 def test_cert_manager_issues_the_certificate_and_injects_its_ca(helm: Path) -> None:

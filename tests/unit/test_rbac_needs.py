@@ -10,11 +10,15 @@ reader) are upstream's, as "Configure Multiple Schedulers" prescribes, and not l
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from fulcrum.harness import chart
+from fulcrum.harness.binaries import HELM, cache_dir
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
@@ -75,6 +79,37 @@ NEEDS: dict[Need, tuple[str, str]] = {
         "fulcrum/run/webhook_serve.py",
         "custom.list_cluster_custom_object(",
     ),
+    # with webhook.certificate.source: generate (not deploy/'s source), it renews its certificate
+    ("fulcrum-webhook", "", "secrets", "get"): (
+        "fulcrum/run/webhook_certs.py",
+        "self.core.read_namespaced_secret(",
+    ),
+    ("fulcrum-webhook", "", "secrets", "update"): (
+        "fulcrum/run/webhook_certs.py",
+        "self.core.replace_namespaced_secret(",
+    ),
+    ("fulcrum-webhook", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"): (
+        "fulcrum/run/webhook_certs.py",
+        "self.admission.read_mutating_webhook_configuration",
+    ),
+    (
+        "fulcrum-webhook",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "patch",
+    ): ("fulcrum/run/webhook_certs.py", "self.admission.patch_mutating_webhook_configuration"),
+    (
+        "fulcrum-webhook",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "get",
+    ): ("fulcrum/run/webhook_certs.py", "self.admission.read_validating_webhook_configuration"),
+    (
+        "fulcrum-webhook",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "patch",
+    ): ("fulcrum/run/webhook_certs.py", "self.admission.patch_validating_webhook_configuration"),
     # --- kube-scheduler's own Lease (fulcrum-scheduler) ----------------------------------------
     ("fulcrum-scheduler", "coordination.k8s.io", "leases", "create"): KUBE_SCHEDULER,
     ("fulcrum-scheduler", "coordination.k8s.io", "leases", "get"): KUBE_SCHEDULER,
@@ -148,6 +183,11 @@ NEEDS: dict[Need, tuple[str, str]] = {
 }
 
 
+# Rules only the chart's default webhook.certificate.source, generate, grants: deploy/ renders
+# with source: secret (its certificate is the user's), so they are checked on a rendering.
+GENERATE_ONLY = {need for need in NEEDS if need[0] == "fulcrum-webhook" and need[2] != "ippools"}
+
+
 def _docs() -> list[dict[str, Any]]:
     out = []
     for path in sorted(DEPLOY.glob("*.yaml")):
@@ -155,9 +195,24 @@ def _docs() -> list[dict[str, Any]]:
     return out
 
 
-def granted() -> set[Need]:
+def _rendered(*sets: str) -> list[dict[str, Any]]:
+    supplied = os.environ.get("FULCRUM_BIN_DIR")
+    for helm in ([Path(supplied) / "helm"] if supplied else []) + [
+        cache_dir() / "bin" / HELM.cache_key() / "helm"
+    ]:
+        if helm.is_file():
+            break
+    else:
+        if not os.environ.get("CI"):
+            pytest.skip(f"helm {HELM.version()} not built: run `fulcrum build` (make setup)")
+        helm = chart.helm()
+    text = chart.template(helm, set_values=sets)
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+
+
+def granted(docs: list[dict[str, Any]] | None = None) -> set[Need]:
     """(account, apiGroup, resource, verb) of every rule of Fulcrum's own roles, by binding."""
-    docs = _docs()
+    docs = _docs() if docs is None else docs
     roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"].endswith("Role")}
     out: set[Need] = set()
     for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
@@ -179,8 +234,13 @@ def test_every_granted_rule_is_needed_and_every_need_granted() -> None:
     rules = granted()
     unneeded = sorted(rules - NEEDS.keys())
     assert not unneeded, f"rules no code path needs (remove them, or name the code): {unneeded}"
-    missing = sorted(NEEDS.keys() - rules)
+    missing = sorted(NEEDS.keys() - GENERATE_ONLY - rules)
     assert not missing, f"code paths without their rule: {missing}"
+
+
+def test_a_generated_certificate_adds_exactly_the_rules_of_its_renewal() -> None:
+    generate = granted(_rendered("namespace.create=true", "webhook.certificate.source=generate"))
+    assert generate - granted() == GENERATE_ONLY, "rules of source: generate without a NEEDS row"
 
 
 @pytest.mark.parametrize(("need", "code"), sorted(NEEDS.items()), ids=lambda v: "/".join(v))
