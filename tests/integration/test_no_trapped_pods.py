@@ -64,26 +64,33 @@ class DownWatch:
         found = orjson.loads(listed.data)
         self.pods = {p["metadata"]["name"]: p for p in found["items"]}
         self.version = found["metadata"]["resourceVersion"]
+        self.stopped = False
+        self.broken: Exception | None = None  # the watch ended before stop(): it saw not all
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        for event in self.stream.stream(
-            self.kit.core.list_namespaced_pod,
-            NS,
-            label_selector=f"{rr.APP_LABEL}={self.app}",
-            resource_version=self.version,
-            timeout_seconds=600,
-        ):
-            pod = self.kit.core.api_client.sanitize_for_serialization(event["object"])
-            name = pod["metadata"]["name"]
-            if event["type"] == "DELETED":
-                self.pods.pop(name, None)
-            else:
-                self.pods[name] = pod
-            self.most = max(self.most, _down(self.pods, self.replicas))
+        try:
+            for event in self.stream.stream(
+                self.kit.core.list_namespaced_pod,
+                NS,
+                label_selector=f"{rr.APP_LABEL}={self.app}",
+                resource_version=self.version,
+                timeout_seconds=600,
+            ):
+                pod = self.kit.core.api_client.sanitize_for_serialization(event["object"])
+                name = pod["metadata"]["name"]
+                if event["type"] == "DELETED":
+                    self.pods.pop(name, None)
+                else:
+                    self.pods[name] = pod
+                self.most = max(self.most, _down(self.pods, self.replicas))
+        except Exception as exc:  # after stop(), the cluster's teardown may cut it: no matter
+            if not self.stopped:
+                self.broken = exc
 
     def stop(self) -> None:
+        self.stopped = True
         self.stream.stop()
 
 
@@ -128,6 +135,7 @@ def test_an_on_delete_statefulset_behind_a_budget_loses_one_replica_at_a_time(
         watcher.stop()
     after = rr.members(kit, NS, "quorum")
     print(f"\n3 replicas rebuilt one at a time in {took:.1f} s; most down at once: {watcher.most}")
+    assert watcher.broken is None, f"the pods' watch broke while counting: {watcher.broken}"
     assert watcher.most == 1
     assert all(after[k].uid != m.uid for k, m in before.items())  # each one recreated
     assert {k: m.node for k, m in after.items()} == {k: m.node for k, m in before.items()}
