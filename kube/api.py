@@ -19,6 +19,7 @@ from typing import Any, Literal, cast
 import orjson
 
 from kube import objects
+from kube.names import is_subdomain
 from kube.resources import QuantityError, parse_devices
 
 GROUP = "fulcrum.io"
@@ -62,7 +63,6 @@ Order = Literal["delete-first", "create-first"]
 _GPU_ANNOTATION_PREFIX = "fulcrum.io/gpu"
 _POD_TEMPLATE_HASH = "pod-template-hash"
 _POD_INDEX = "apps.kubernetes.io/pod-index"
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DURATION = re.compile(r"(?:[0-9]+(?:ms|h|m|s))+")
 _DURATION_PART = re.compile(r"([0-9]+)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -143,7 +143,7 @@ def _wait_seconds(a: Mapping[str, str], errors: list[OptionError]) -> float:
 
 def _pool(a: Mapping[str, str], errors: list[OptionError]) -> str | None:
     pool = a.get(IP_POOL)
-    if pool is None or (len(pool) <= 253 and _DNS_SUBDOMAIN.fullmatch(pool)):
+    if pool is None or is_subdomain(pool):
         return pool
     if "/" in pool:
         hint = (
@@ -238,7 +238,7 @@ def written_problems(annotations: Mapping[str, str] | None) -> list[OptionError]
             hint = f"expected an IPv4 or IPv6 address without a zone; {only}"
             errors.append(OptionError(ASSIGNED_IP, a[ASSIGNED_IP], hint=hint))
     claimed = a.get(RESERVATION)
-    if claimed is not None and not (len(claimed) <= 253 and _DNS_SUBDOMAIN.fullmatch(claimed)):
+    if claimed is not None and not is_subdomain(claimed):
         errors.append(
             OptionError(RESERVATION, claimed, hint=f"expected a Reservation's name; {only}")
         )

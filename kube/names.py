@@ -29,10 +29,15 @@ def check_label(what: str, value: str) -> str:
     return value
 
 
+def is_subdomain(value: str) -> bool:
+    """Whether ``value`` is a DNS subdomain: a pod's or a custom object's name."""
+    return len(value) <= 253 and DNS_SUBDOMAIN.fullmatch(value) is not None
+
+
 def check_subdomain(what: str, value: str) -> str:
     """``value`` if it is a DNS subdomain (a pod's or custom object's name), else
     ``InvalidName``."""
-    if len(value) > 253 or not DNS_SUBDOMAIN.fullmatch(value):
+    if not is_subdomain(value):
         raise InvalidName(
             f"{what} {value[:80]!r} is not a DNS subdomain (at most 253 characters of a-z, 0-9, "
             "'-' and '.', each '.'-separated part starting and ending with a letter or digit)"
