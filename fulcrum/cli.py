@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from fulcrum.harness.binaries import ensure_binaries
+    from fulcrum.harness.binaries import COMPONENTS, NODE_COMPONENTS, ensure_binaries
 
-    paths = {name: str(path) for name, path in ensure_binaries().items()}
+    built = ensure_binaries(components=(*COMPONENTS, *NODE_COMPONENTS))
+    paths = {name: str(path) for name, path in built.items()}
     text = "\n".join(f"{name:25} {path}" for name, path in paths.items())
     output.emit(paths, args.output, text=text, file=args.output_file)
     return 0
@@ -324,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_output(policies, text="a line per policy")
     policies.set_defaults(func=_cmd_policies)
     add_inspect(sub)
-    build = sub.add_parser("build", help="build (or find cached) control-plane binaries")
+    build = sub.add_parser(
+        "build", help="build (or find cached) the control plane's and the real nodes' binaries"
+    )
     output.add_output(build, text="a line per binary")
     build.set_defaults(func=_cmd_build)
     _add_cluster(sub)

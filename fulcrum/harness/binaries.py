@@ -37,6 +37,7 @@ class Component:
     module_dir: str  # relative to controlplane/
     pinned_module: str  # the module whose version the go.mod pins
     commands: dict[str, str]  # binary name -> Go package path
+    tags: str = ""  # Go build tags
 
     def go_mod(self) -> Path:
         return controlplane_dir() / self.module_dir / "go.mod"
@@ -53,7 +54,7 @@ class Component:
 
     def ldflags(self) -> str:
         version = self.version()
-        if self.name == "kubernetes":
+        if self.name in ("kubernetes", "node"):
             major, minor = version.lstrip("v").split(".")[:2]
             pkg = "k8s.io/component-base/version"
             return (
@@ -67,13 +68,16 @@ class Component:
             return f"-s -w -X {pkg}.Version={version.lstrip('v')} -X {pkg}.KubeVersion={kube}"
         if self.name == "helm":
             return _helm_ldflags(self, version)
+        if self.name == "containerd":
+            pkg = "github.com/containerd/containerd/v2/version"
+            return f"-s -w -X {pkg}.Version={version} -X {pkg}.Revision=fulcrum"
         return "-s -w"
 
     def cache_key(self) -> str:
         digest = hashlib.sha256()
         for name in ("go.mod", "go.sum"):
             digest.update((controlplane_dir() / self.module_dir / name).read_bytes())
-        digest.update(self.ldflags().encode())
+        digest.update(self.ldflags().encode() + self.tags.encode())
         return f"{self.name}-{self.version()}-{digest.hexdigest()[:10]}"
 
 
@@ -110,7 +114,30 @@ KWOK = Component(
 )
 HELM = Component("helm", "helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"})
 COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM)
-ALL_BINARIES = tuple(name for c in COMPONENTS for name in c.commands)
+# a real node's (``fulcrum cluster up --real-nodes N``): the kubelet, kube-proxy and the
+# sandbox's pause; containerd 2 (NRI on), its runc shim and ctr. runc and the CNI plugins are
+# Debian's (``fulcrum.harness.realnodes.PACKAGES``).
+NODE = Component(
+    "node",
+    "node",
+    "k8s.io/kubernetes",
+    {
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+        "pause": "fulcrum.dev/controlplane/node/pause",
+    },
+)
+CONTAINERD = Component(
+    "containerd",
+    "containerd",
+    "github.com/containerd/containerd/v2",
+    {
+        name: f"github.com/containerd/containerd/v2/cmd/{name}"
+        for name in ("containerd", "containerd-shim-runc-v2", "ctr")
+    },
+    tags="no_btrfs no_devmapper no_zfs no_aufs",
+)
+NODE_COMPONENTS = (NODE, CONTAINERD)
 
 
 def controlplane_dir() -> Path:
@@ -124,8 +151,11 @@ def cache_dir() -> Path:
     return Path(base) / "fulcrum"
 
 
-def expected_version(binary: str) -> str:
-    for component in COMPONENTS:
+def expected_version(binary: str) -> str | None:
+    """The version ``binary`` must report, or None for the one that reports none (pause)."""
+    if binary == "pause":
+        return None
+    for component in (*COMPONENTS, *NODE_COMPONENTS):
         if binary in component.commands:
             return component.version().lstrip("v")
     raise KeyError(binary)
@@ -139,9 +169,11 @@ def check_binary(path: Path, *, want_version: str | None = None) -> str:
         )
     if not os.access(path, os.X_OK):
         raise BinaryError(f"{path}: not executable; run `chmod +x {path}`")
-    args = {"kubectl": ["version", "--client"], "helm": ["version", "--short"]}.get(
-        path.name, ["--version"]
-    )
+    args = {
+        "kubectl": ["version", "--client"],
+        "helm": ["version", "--short"],
+        "containerd-shim-runc-v2": ["-v"],
+    }.get(path.name, ["--version"])
     try:
         result = subprocess.run(
             [str(path), *args], capture_output=True, text=True, timeout=30, check=False
@@ -185,6 +217,8 @@ def _go_build(component: Component, binary: str, out_dir: Path) -> None:
     env = dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false")
     env.setdefault("GOTOOLCHAIN", "local")
     cmd = [go, "build", "-v", "-trimpath", "-ldflags", component.ldflags()]
+    if component.tags:
+        cmd += ["-tags", component.tags]
     cmd += ["-o", str(out_dir / binary), component.commands[binary]]
     started = time.monotonic()
     done = threading.Event()
@@ -247,8 +281,11 @@ def _component_dir(component: Component, log: Callable[[str], None]) -> Path:
     return target
 
 
-def ensure_binaries(log: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """A path for every control-plane binary, building what is neither cached nor supplied."""
+def ensure_binaries(
+    log: Callable[[str], None] | None = None, *, components: tuple[Component, ...] = COMPONENTS
+) -> dict[str, Path]:
+    """A path for every binary of ``components`` (the control plane's by default), building
+    what is neither cached nor supplied."""
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     supplied = os.environ.get("FULCRUM_BIN_DIR")
     found: dict[str, Path] = {}
@@ -256,12 +293,13 @@ def ensure_binaries(log: Callable[[str], None] | None = None) -> dict[str, Path]
         bin_dir = Path(supplied)
         if not bin_dir.is_dir():
             raise BinaryError(f"FULCRUM_BIN_DIR={supplied} is not a directory; fix or unset it")
-        for name in ALL_BINARIES:
-            path = bin_dir / name
-            if path.exists():
-                check_binary(path, want_version=expected_version(name))
-                found[name] = path
-    for component in COMPONENTS:
+        for component in components:
+            for name in component.commands:
+                path = bin_dir / name
+                if path.exists():
+                    check_binary(path, want_version=expected_version(name))
+                    found[name] = path
+    for component in components:
         missing = [name for name in component.commands if name not in found]
         if not missing:
             continue
