@@ -25,15 +25,14 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
-from fulcrum.harness import processes, webhooks
-from fulcrum.harness.binaries import BinaryError, cache_dir, ensure_binaries
-from fulcrum.harness.kwok_stages import STAGES_PATH
+from fulcrum.harness import controlplane, processes, realnodes, webhooks
+from fulcrum.harness.binaries import NODE_COMPONENTS, BinaryError, cache_dir, ensure_binaries
+from fulcrum.harness.controlplane import FAKE_NODE_ANNOTATION as FAKE_NODE_ANNOTATION
 from fulcrum.harness.registration import FULCRUM_SCHEDULER as FULCRUM_SCHEDULER
 from fulcrum.harness.registration import SCHEDULER_GC
 from fulcrum.harness.registration import ExtenderRegistration as ExtenderRegistration
 from fulcrum.harness.registration import scheduler_config as scheduler_config
 
-FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 NODE_LABEL = "fulcrum.io/kwok-node"
 
 
@@ -76,6 +75,8 @@ class ClusterState:
     webhook_port: int | None = None
     kubectl: str = ""
     binaries: dict[str, str] = field(default_factory=dict)
+    real_nodes: list[str] = field(default_factory=list)
+    registry_port: int | None = None
 
 
 def state_dir(name: str) -> Path:
@@ -89,12 +90,7 @@ def cluster_names() -> list[str]:
 
 
 def _kwok_workdir(name: str) -> Path:
-    return state_dir(name) / "kwok"
-
-
-def _contexts_file(name: str) -> Path:
-    """Where kwokctl may add and remove its context, instead of the user's ~/.kube/config."""
-    return state_dir(name) / "kwokctl-contexts.yaml"
+    return controlplane.workdir(state_dir(name))
 
 
 def kubeconfig_path(name: str) -> Path:
@@ -128,24 +124,6 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
         return False
-
-
-def _kwokctl(binaries: dict[str, Path], name: str, *args: str, timeout: float = 300) -> str:
-    env = dict(os.environ, KWOK_WORKDIR=str(_kwok_workdir(name)))
-    cmd = [str(binaries["kwokctl"]), *args, "--name", name]
-    try:
-        result = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"`kwokctl {' '.join(args)}` did not finish in {timeout:.0f} s") from exc
-    if result.returncode != 0:
-        out = (result.stdout + result.stderr).strip().splitlines()
-        raise ClusterError(
-            f"`kwokctl {' '.join(args)}` failed (exit {result.returncode}):\n  "
-            + "\n  ".join(out[-15:])
-        )
-    return result.stdout
 
 
 def node_manifest(name: str, shape: NodeShape) -> dict[str, Any]:
@@ -191,23 +169,29 @@ def _schedulable(node: Any) -> bool:
 
 
 def wait_nodes_ready(
-    name: str, count: int, *, timeout: float = 600, log: Callable[[str], None]
+    name: str,
+    count: int,
+    *,
+    timeout: float = 600,
+    selector: str = f"{NODE_LABEL}=true",
+    log: Callable[[str], None],
 ) -> None:
     api = core_api(name)
     deadline = time.monotonic() + timeout
     last = -1
     while True:
-        nodes = api.list_node(label_selector=f"{NODE_LABEL}=true").items
+        nodes = api.list_node(label_selector=selector).items
         ready = sum(1 for n in nodes if _schedulable(n))
         if ready != last:
-            log(f"  {ready}/{count} nodes Ready and untainted")
+            log(f"  {ready}/{count} nodes ({selector}) Ready and untainted")
             last = ready
         if ready >= count:
             return
         if time.monotonic() > deadline:
             raise ClusterError(
-                f"only {ready}/{count} nodes Ready after {timeout:.0f} s: is the kwok controller "
-                f"running? See the logs under {_kwok_workdir(name)}/clusters/{name}/logs"
+                f"only {ready}/{count} nodes ({selector}) Ready after {timeout:.0f} s; see the "
+                f"logs under {_kwok_workdir(name)}/clusters/{name}/logs (kwok's controller) "
+                f"and {state_dir(name)}/real (real nodes' kubelets and containerd)"
             )
         time.sleep(0.5)
 
@@ -283,70 +267,6 @@ def _check_new(name: str, port: int | None, extender: bool) -> None:
             f"extender port {port} is already in use: stop what listens there "
             f"(`ss -ltnp 'sport = :{port}'`) or choose another --extender-port"
         )
-
-
-# kwok's controller fakes only the nodes annotated kwok.x-k8s.io/node=fake (every node the
-# harness registers), not all nodes as kwokctl's binary runtime has it: a test may register a
-# node whose pods really run (tests/podman_node.py), which kwok must leave alone. The API
-# server reaches a Service's webhook or proxy at its endpoints' pod IPs, as where no kube-proxy
-# runs beside it: no ClusterIP is routable here.
-KWOKCTL_CONFIG = {
-    "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
-    "kind": "KwokctlConfiguration",
-    "componentsPatches": [
-        {
-            "name": "kube-apiserver",
-            "extraArgs": [{"key": "enable-aggregator-routing", "value": "true", "override": False}],
-        },
-        {
-            "name": "kwok-controller",
-            "extraArgs": [
-                {"key": "manage-all-nodes", "value": "false", "override": True},
-                {
-                    "key": "manage-nodes-with-annotation-selector",
-                    "value": f"{FAKE_NODE_ANNOTATION}=fake",
-                    "override": False,
-                },
-            ],
-        },
-    ],
-}
-
-
-def _create_control_plane(binaries: Mapping[str, Path], name: str) -> None:
-    """kwokctl's binary runtime with our binaries: apiserver, etcd, controller-manager,
-    default-scheduler and kwok's controller (``KWOKCTL_CONFIG``)."""
-    kwokctl_config = state_dir(name) / "kwokctl-config.yaml"
-    kwokctl_config.write_text(yaml.safe_dump(KWOKCTL_CONFIG))
-    flags = [
-        f"--{component}-binary={binaries[binary]}"
-        for component, binary in (
-            ("kube-apiserver", "kube-apiserver"),
-            ("kube-controller-manager", "kube-controller-manager"),
-            ("kube-scheduler", "kube-scheduler"),
-            ("kwok-controller", "kwok"),
-            ("etcd", "etcd"),
-        )
-    ]
-    _kwokctl(
-        dict(binaries),
-        name,
-        "--config",
-        str(STAGES_PATH),
-        "--config",
-        str(kwokctl_config),
-        "create",
-        "cluster",
-        "--runtime",
-        "binary",
-        "--kubeconfig",
-        str(_contexts_file(name)),
-        "--wait",
-        "3m",
-        "--disable-qps-limits",
-        *flags,
-        timeout=400,
-    )
 
 
 def start_webhook(name: str, port: int) -> int:
@@ -459,6 +379,7 @@ def up(
     extender_config: Path | None = None,
     fulcrum_scheduler: bool = True,
     nodes_to_score: int = 100,
+    real_nodes: int = 0,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> ClusterState:
     """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails.
@@ -471,10 +392,13 @@ def up(
     the admission webhook. Pods opt in with any ``fulcrum.io/``
     annotation (the webhook sets their ``schedulerName: fulcrum-scheduler``) or by naming it.
     Without ``fulcrum_scheduler``, no fulcrum-scheduler runs on the host either (a test that
-    installs the chart's, say).
+    installs the chart's, say). ``real_nodes`` real nodes (``realnodes``) join the kwok nodes,
+    with a registry on loopback they pull from.
     """
     port = registration.port if registration else extender_port
     _check_new(name, port, extender)
+    if real_nodes:
+        _check_real_nodes(name, real_nodes)
     try:
         binaries = ensure_binaries(log)
     except BinaryError as exc:
@@ -491,7 +415,10 @@ def up(
             f"creating kwok cluster {name!r} (real kube-apiserver, etcd, controller-manager, "
             "kube-scheduler)"
         )
-        _create_control_plane(binaries, name)
+        try:
+            controlplane.create(binaries, state_dir(name), name)
+        except controlplane.ControlPlaneError as exc:
+            raise ClusterError(str(exc)) from exc
         install_crds(name, binaries["kubectl"])
         _start_fulcrum(
             state, reg.port, config_path, extender=extender, scheduler=fulcrum_scheduler, log=log
@@ -502,6 +429,8 @@ def up(
             wait_nodes_ready(name, nodes, log=log)
             state.nodes = nodes
             _save_state(state)
+        if real_nodes:
+            _start_real_nodes(state, real_nodes, log=log)
     except BaseException:
         down(name, log=lambda _: None)
         raise
@@ -524,6 +453,10 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
         return
     state_file = directory / "cluster.json"
     state = ClusterState(**json.loads(state_file.read_text())) if state_file.exists() else None
+    try:
+        realnodes.stop(name, directory / "real", log=log)
+    except realnodes.RealNodeError as exc:
+        log(f"stopping the real nodes: {exc}")
     if state:
         processes.stop_process(state.scheduler_pid)
         processes.stop_process(state.extender_pid)
@@ -539,31 +472,75 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
         )
     if state and state.binaries.get("kwokctl") and kubeconfig_path(name).parent.exists():
         try:
-            _kwokctl(
-                {k: Path(v) for k, v in state.binaries.items()},
-                name,
-                "delete",
-                "cluster",
-                "--kubeconfig",
-                str(_contexts_file(name)),
-                timeout=120,
-            )
-        except ClusterError as exc:
+            controlplane.delete(Path(state.binaries["kwokctl"]), directory, name)
+        except controlplane.ControlPlaneError as exc:
             log(f"kwokctl delete failed, stopping processes directly: {exc}")
     leftovers = list(processes.processes_under(directory))
     if leftovers:
         processes.terminate(leftovers)
+    realnodes.unmount_under(directory)  # never remove a volume's data through its mount
     shutil.rmtree(directory, ignore_errors=True)
     log(f"cluster {name!r} removed")
 
 
 def env_exports(name: str) -> str:
     state = load_state(name)
-    return (
-        f"export KUBECONFIG={kubeconfig_path(name)}\n"
-        f"export PATH={Path(state.kubectl).parent}:$PATH\n"
-        f"# cluster {name!r}: {state.nodes} kwok nodes; extender on "
-        f"{'127.0.0.1:' + str(state.extender_port) if state.extender_port else 'none'}\n"
+    lines = [
+        f"export KUBECONFIG={kubeconfig_path(name)}",
+        f"export PATH={Path(state.kubectl).parent}:$PATH",
+    ]
+    if state.real_nodes:
+        lines += [
+            f"export FULCRUM_REGISTRY=127.0.0.1:{state.registry_port}",
+            f"export FULCRUM_POD_CIDR={realnodes.POD_CIDR}",
+            f"export FULCRUM_POOL_CIDR={realnodes.POOL_CIDR}",
+        ]
+    extender = f"127.0.0.1:{state.extender_port}" if state.extender_port else "none"
+    lines.append(
+        f"# cluster {name!r}: {state.nodes} kwok nodes, {len(state.real_nodes)} real nodes; "
+        f"extender on {extender}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _check_real_nodes(name: str, count: int) -> None:
+    if not 0 < count <= realnodes.MAX_NODES:
+        raise ClusterError(f"--real-nodes {count}: give 1 to {realnodes.MAX_NODES}")
+    try:
+        realnodes.check_host(name)
+    except realnodes.RealNodeError as exc:
+        raise ClusterError(str(exc)) from exc
+
+
+def _start_real_nodes(state: ClusterState, count: int, *, log: Callable[[str], None]) -> None:
+    """The registry and ``count`` real nodes (``realnodes``), Ready."""
+    name = state.name
+    try:
+        binaries = ensure_binaries(log, components=NODE_COMPONENTS)
+    except BinaryError as exc:
+        raise ClusterError(str(exc)) from exc
+    state.registry_port = free_port()
+    _save_state(state)
+    log(
+        f"starting {count} real nodes (kubelet, containerd, CNI) and a registry on "
+        f"127.0.0.1:{state.registry_port}"
+    )
+    try:
+        state.real_nodes = realnodes.start(
+            name,
+            state_dir(name) / "real",
+            count,
+            binaries=binaries,
+            kubeconfig=kubeconfig_path(name),
+            ca=controlplane.pki(state_dir(name), name) / "ca.crt",
+            registry_port=state.registry_port,
+            log=log,
+        )
+    except realnodes.RealNodeError as exc:
+        raise ClusterError(str(exc)) from exc
+    _save_state(state)
+    wait_nodes_ready(
+        name, count, selector=f"{realnodes.NODE_LABEL}={realnodes.NODE_VALUE}", log=log
     )
 
 
