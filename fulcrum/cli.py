@@ -67,6 +67,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
         extender=not args.no_extender,
         extender_port=args.extender_port,
         extender_config=args.extender_config,
+        real_nodes=args.real_nodes,
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -94,23 +95,34 @@ def _cmd_cluster_status(args: argparse.Namespace) -> int:
     """Nodes, pods, and the cluster's processes with their resident memory."""
     from fulcrum.harness import cluster, processes
 
-    cluster.load_state(args.name)
+    state = cluster.load_state(args.name)
     api = cluster.core_api(args.name)
     nodes = api.list_node().items
-    ready = sum(
-        1
+    up = {
+        n.metadata.name
         for n in nodes
         if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
-    )
+    }
+    ready = len(up)
     phases: dict[str, int] = {}
+    on_node: dict[str, int] = {}
     for pod in api.list_pod_for_all_namespaces().items:
         phases[pod.status.phase] = phases.get(pod.status.phase, 0) + 1
+        on_node[pod.spec.node_name or ""] = on_node.get(pod.spec.node_name or "", 0) + 1
+    real = [{"name": n, "ready": n in up, "pods": on_node.get(n, 0)} for n in state.real_nodes]
     pids = sorted(set(processes.processes_under(cluster.state_dir(args.name))))
     rss = {pid: round(processes.rss_mib(pid)) for pid in pids}
     procs = [{"pid": pid, "name": processes.process_name(pid), "rss_mib": rss[pid]} for pid in pids]
     total = sum(rss.values())
     status = {"name": args.name, "nodes": len(nodes), "ready": ready, "pods": phases}
     lines = [f"cluster {args.name!r}: {len(nodes)} nodes ({ready} Ready); pods {phases or 'none'}"]
+    if real:
+        status |= {"real_nodes": real, "registry": f"127.0.0.1:{state.registry_port}"}
+        lines += [
+            f"  real node {r['name']}: {'Ready' if r['ready'] else 'NOT Ready'}, {r['pods']} pods"
+            for r in real
+        ]
+        lines.append(f"  registry: 127.0.0.1:{state.registry_port}")
     lines += [f"  {p['pid']:>8} {p['name']:25} {p['rss_mib']:8} MiB" for p in procs]
     lines.append(f"  total resident memory: {total} MiB across {len(pids)} processes")
     document = {**status, "processes": procs, "rss_mib": total}
@@ -172,6 +184,13 @@ def _add_cluster(sub: Subparsers) -> None:
     up.add_argument("--node-ephemeral-storage", default="1Ti", help="per node (default 1Ti)")
     up.add_argument("--node-gpu", type=int, default=0, help="nvidia.com/gpu per node")
     up.add_argument("--node-gpu-model", default="", help="nvidia.com/gpu.product of the nodes")
+    up.add_argument(
+        "--real-nodes",
+        type=int,
+        default=0,
+        help="real nodes beside the kwok nodes: a kubelet with containerd, runc and CNI each, "
+        "labelled fulcrum.io/node=real; needs root (default %(default)s)",
+    )
     up.add_argument(
         "--no-extender",
         action="store_true",

@@ -1,0 +1,211 @@
+"""Local rebuild on real nodes: workloads whose pods really run, what they kept, how long it took.
+
+kwok fakes a pod's start, so there local rebuild can only be measured for where the successor
+went. Here (``fulcrum cluster up --real-nodes N``) each pod is a busybox container pulled from
+the cluster's registry: it writes ``/data/born`` once (its first incarnation's name), serves
+``/data`` over HTTP on port 8080 and is Ready when ``/born`` answers. A successor that kept its
+predecessor's volume serves the same ``born``; one that kept its address answers on it.
+
+Used by the integration tests (``tests/integration/test_real_nodes.py``) and by
+``fulcrum bench-real`` (local rebuild against a plain rollout of the same workload, same run).
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fulcrum.harness import images, realnodes
+from fulcrum.lab import rebuild_run as rr
+from kube import api
+
+PORT = 8080
+REPOSITORY = "fulcrum/app"
+# Ready fast, gone fast: sh waits for SIGTERM (a trapped signal interrupts `wait`), so a deleted
+# pod leaves at once instead of after its grace period, as a well-behaved server does.
+SCRIPT = (
+    '[ -s /data/born ] || echo "$POD_NAME" > /data/born; '
+    "cat /etc/fulcrum-image > /data/image; "
+    'echo "$REVISION" > /data/revision; '
+    f"httpd -p {PORT} -h /data; "
+    "trap 'exit 0' TERM; "
+    "while :; do sleep 3600 & wait $!; done"
+)
+
+
+def app_image(tag: str, *, pad_mb: int = 0) -> images.Image:
+    """busybox with ``/etc/fulcrum-image`` naming ``tag`` (and ``pad_mb`` MiB of padding, so
+    that pulling it takes visible time): two tags are two images that must both be pulled."""
+    base = images.busybox_image()
+    marker = images.Layer((images.File("/etc/fulcrum-image", f"{tag}\n".encode()),))
+    image = images.Image((*base.layers, marker), cmd=base.cmd)
+    return images.padded_image(image, pad_mb, seed=tag) if pad_mb else image
+
+
+def push_app_images(
+    registry: str, tags: tuple[str, ...], *, pad_mb: int = 0, say: Callable[[str], None]
+) -> dict[str, str]:
+    """Build and push ``REPOSITORY:<tag>`` for each tag: tag -> image reference."""
+    refs = {}
+    for tag in tags:
+        with images.build(app_image(tag, pad_mb=pad_mb)) as built:
+            images.push(built, registry, REPOSITORY, tag)
+            size = sum(b.size for b in built.blobs()) / 2**20
+        refs[tag] = f"{registry}/{REPOSITORY}:{tag}"
+        say(f"  pushed {refs[tag]} ({size:.0f} MiB)")
+    return refs
+
+
+def pod_spec(image: str, *, revision: str = "1", claim: str | None = None) -> dict[str, Any]:
+    """The app's pod on a real node: ``/data`` is the claim's volume, else an emptyDir."""
+    volume: dict[str, Any] = (
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
+        if claim
+        else {"name": "data", "emptyDir": {}}
+    )
+    return {
+        "nodeSelector": {realnodes.NODE_LABEL: realnodes.NODE_VALUE},
+        "terminationGracePeriodSeconds": 10,
+        "enableServiceLinks": False,
+        "containers": [
+            {
+                "name": "main",
+                "image": image,
+                "command": ["sh", "-c", SCRIPT],
+                "env": [
+                    {"name": "REVISION", "value": revision},
+                    {
+                        "name": "POD_NAME",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                    },
+                ],
+                "ports": [{"containerPort": PORT}],
+                "readinessProbe": {
+                    "httpGet": {"path": "/born", "port": PORT},
+                    "periodSeconds": 1,
+                    "failureThreshold": 1,
+                },
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }
+        ],
+        "volumes": [] if claim else [volume],
+    }
+
+
+def deployment(
+    namespace: str, app: str, replicas: int, image: str, *, opted: bool, pool: str | None
+) -> dict[str, Any]:
+    """``rr.deployment`` with the app's pod: delete-first (``maxSurge: 0``), opted in by the
+    annotation alone (no schedulerName: the webhook routes it)."""
+    obj = rr.deployment(namespace, app, replicas, opted=opted, pool=pool, scheduler=None)
+    obj["spec"]["template"]["spec"] = pod_spec(image)
+    return obj
+
+
+def statefulset(
+    namespace: str, app: str, replicas: int, image: str, *, pool: str | None
+) -> dict[str, Any]:
+    """``rr.statefulset`` with the app's pod, its ``data`` claim from ``local_volumes``."""
+    obj = rr.statefulset(namespace, app, replicas, pool=pool, scheduler=None)
+    spec = pod_spec(image)
+    spec["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    obj["spec"]["template"]["spec"] = spec
+    obj["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = "fulcrum-local"
+    return obj
+
+
+def local_volumes(
+    namespace: str, app: str, nodes: list[str], root: Path
+) -> list[dict[str, Any]]:
+    """A local PersistentVolume per StatefulSet ordinal, on ``nodes[i % len(nodes)]``, pre-bound
+    to the ordinal's claim: its directory under ``root`` (made here) is the ordinal's disk."""
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "fulcrum-local"},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }
+    ]
+    for i, node in enumerate(nodes):
+        path = root / f"{namespace}-{app}-{i}"
+        path.mkdir(parents=True, exist_ok=True)
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{namespace}-{app}-{i}"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "fulcrum-local",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "claimRef": {"namespace": namespace, "name": f"data-{app}-{i}"},
+                    "local": {"path": str(path)},
+                    "nodeAffinity": {
+                        "required": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/hostname",
+                                            "operator": "In",
+                                            "values": [node],
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    },
+                },
+            }
+        )
+    return objects
+
+
+def fetch(ip: str, name: str, timeout: float = 3) -> str:
+    """``/data/<name>`` from the pod answering on ``ip``."""
+    with urllib.request.urlopen(f"http://{ip}:{PORT}/{name}", timeout=timeout) as reply:
+        return str(reply.read().decode().strip())
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one pod serves: its address, its node, and its files."""
+
+    name: str
+    node: str
+    ip: str
+    born: str
+    image: str
+    revision: str
+
+
+def served(kit: rr.Kit, namespace: str, app: str) -> dict[str, Served]:
+    """Each live pod of ``app``, by successor key, as read over HTTP at its pod IP."""
+    out = {}
+    for pod in rr.live_pods(kit, namespace, app):
+        ip = (pod.get("status") or {}).get("podIP") or ""
+        key = api.successor_key(pod) or pod["metadata"]["name"]
+        out[key if not key.startswith("Deployment/") else ip] = Served(
+            pod["metadata"]["name"],
+            pod["spec"].get("nodeName") or "",
+            ip,
+            fetch(ip, "born"),
+            fetch(ip, "image"),
+            fetch(ip, "revision"),
+        )
+    return out
+
+
+def changed_image(tag: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda pod: pod["spec"]["containers"][0]["image"].endswith(f":{tag}")
+
+
+def counts(apps: Mapping[str, int]) -> str:
+    return ", ".join(f"{app} {n}" for app, n in apps.items())
