@@ -1,0 +1,3 @@
+module fulcrum.dev/node/ipam
+
+go 1.24
