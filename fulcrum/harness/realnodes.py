@@ -44,7 +44,7 @@ from pathlib import Path
 
 import yaml
 
-from fulcrum.harness import processes
+from fulcrum.harness import cni, images, processes
 
 POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 POOL_CIDR = ipaddress.ip_network("10.244.128.0/17")  # kept for IP pools: no node's IPAM uses it
@@ -124,45 +124,6 @@ def _make_bridge(cluster: str) -> None:
     _run(["ip", "link", "add", bridge, "type", "bridge"])
     _run(["ip", "addr", "add", f"{GATEWAY}/{POD_CIDR.prefixlen}", "dev", bridge])
     _run(["ip", "link", "set", bridge, "up"])
-
-
-def _ipam_conflist(cluster: str, node: RealNode, directory: Path) -> dict[str, object]:
-    cidr = node.pod_cidr()
-    hosts = list(cidr.hosts())
-    return {
-        "cniVersion": "1.0.0",
-        "name": "fulcrum",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge_name(cluster),
-                "isGateway": True,
-                "ipMasq": False,
-                "hairpinMode": True,
-                "capabilities": {"io.kubernetes.cri.pod-annotations": True},
-                "ipam": {
-                    "type": "fulcrum-ipam",
-                    "poolCIDRs": [str(POOL_CIDR)],
-                    "dataDir": str(directory / "ipam" / "fulcrum"),
-                    "delegate": {
-                        "type": "host-local",
-                        "ranges": [
-                            [
-                                {
-                                    "subnet": str(POD_CIDR),
-                                    "rangeStart": str(hosts[1]),
-                                    "rangeEnd": str(hosts[-1]),
-                                    "gateway": GATEWAY,
-                                }
-                            ]
-                        ],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": str(directory / "ipam" / "host-local"),
-                    },
-                },
-            }
-        ],
-    }
 
 
 def _containerd_config(directory: Path, registry: str, cni_bin: Path) -> str:
@@ -306,9 +267,17 @@ def start_node(
     for sub in ("cni-bin", "net.d", "pod-logs", "kubelet", f"certs.d/{registry}"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(ipam_plugin, directory / "cni-bin" / "fulcrum-ipam")
-    (directory / "net.d" / "10-fulcrum.conflist").write_text(
-        json.dumps(_ipam_conflist(cluster, node, directory), indent=2)
+    hosts = list(node.pod_cidr().hosts())
+    conflist = cni.node_conflist(
+        bridge=bridge_name(cluster),
+        subnet=str(POD_CIDR),
+        gateway=GATEWAY,
+        range_start=str(hosts[1]),
+        range_end=str(hosts[-1]),
+        pool_cidr=str(POOL_CIDR),
+        data_dir=str(directory / "ipam"),
     )
+    (directory / "net.d" / "10-fulcrum.conflist").write_text(json.dumps(conflist, indent=2))
     (directory / "certs.d" / registry / "hosts.toml").write_text(
         f"server = 'http://{registry}'\n\n[host.'http://{registry}']\n"
         "  capabilities = ['pull', 'resolve']\n  skip_verify = true\n"
@@ -353,13 +322,15 @@ def start(
 ) -> list[str]:
     """The registry on ``registry_port`` and ``count`` real nodes of ``cluster`` under
     ``root``: their names. On failure, what started is left for ``stop``."""
-    from fulcrum.harness import cni, images
-
     root.mkdir(parents=True, exist_ok=True)
     registry = f"127.0.0.1:{registry_port}"
-    images.start_registry(root / "registry", registry_port)
+    start_registry(root, registry_port)
     pause = root / "pause.tar"
-    images.oci_archive(images.build(images.pause_image(binaries["pause"])), PAUSE_IMAGE, pause)
+    try:
+        with images.build(images.pause_image(binaries["pause"])) as built:
+            images.oci_archive(built, PAUSE_IMAGE, pause)
+    except images.ImageError as exc:
+        raise RealNodeError(str(exc)) from exc
     ipam = cni.ensure_ipam_plugin(log)
     if not (root / "iptables-before.json").exists():
         record_iptables(root / "iptables-before.json")
@@ -383,6 +354,19 @@ def start(
     return names
 
 
+def start_registry(root: Path, port: int) -> None:
+    """The cluster's registry (Debian's docker-registry) on ``127.0.0.1:port``, its data under
+    ``root``; started again on the same data after ``stop_registry``."""
+    try:
+        images.start_registry(root / "registry", port)
+    except images.RegistryError as exc:
+        raise RealNodeError(str(exc)) from exc
+
+
+def stop_registry(root: Path) -> None:
+    processes.terminate(list(processes.processes_under(root / "registry")))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -395,7 +379,7 @@ def _free_port() -> int:
 def stop(cluster: str, root: Path, *, log: Callable[[str], None] = print) -> None:
     """Stop every real node of ``cluster`` under ``root`` and remove what they made; safe to
     repeat, and on a half-made node."""
-    nodes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    nodes = sorted(root.glob("real-*")) if root.is_dir() else []
     kubelets = [pid for d in nodes for pid in processes.processes_under(d / "kubelet.yaml")]
     processes.terminate(kubelets)
     for directory in nodes:

@@ -27,10 +27,11 @@ REPOSITORY = "fulcrum/app"
 # Ready fast, gone fast: sh waits for SIGTERM (a trapped signal interrupts `wait`), so a deleted
 # pod leaves at once instead of after its grace period, as a well-behaved server does.
 SCRIPT = (
-    '[ -s /data/born ] || echo "$POD_NAME" > /data/born; '
-    "cat /etc/fulcrum-image > /data/image; "
-    'echo "$REVISION" > /data/revision; '
-    f"httpd -p {PORT} -h /data; "
+    'mkdir -p "$DATA"; '
+    '[ -s "$DATA/born" ] || echo "$POD_NAME" > "$DATA/born"; '
+    'cat /etc/fulcrum-image > "$DATA/image"; '
+    'echo "$REVISION" > "$DATA/revision"; '
+    f'httpd -p {PORT} -h "$DATA"; '
     "trap 'exit 0' TERM; "
     "while :; do sleep 3600 & wait $!; done"
 )
@@ -59,13 +60,11 @@ def push_app_images(
     return refs
 
 
-def pod_spec(image: str, *, revision: str = "1", claim: str | None = None) -> dict[str, Any]:
-    """The app's pod on a real node: ``/data`` is the claim's volume, else an emptyDir."""
-    volume: dict[str, Any] = (
-        {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
-        if claim
-        else {"name": "data", "emptyDir": {}}
-    )
+def pod_spec(image: str, *, revision: str = "1", claim: bool = False) -> dict[str, Any]:
+    """The app's pod on a real node. Its data is in ``/data``, a claim's volume (a
+    StatefulSet's ``data``), or else in the container's own filesystem: an emptyDir's loss on
+    a rebuild would have to be accepted by annotation (``kube.eligibility``)."""
+    mounts = [{"name": "data", "mountPath": "/data"}] if claim else []
     return {
         "nodeSelector": {realnodes.NODE_LABEL: realnodes.NODE_VALUE},
         "terminationGracePeriodSeconds": 10,
@@ -77,6 +76,7 @@ def pod_spec(image: str, *, revision: str = "1", claim: str | None = None) -> di
                 "command": ["sh", "-c", SCRIPT],
                 "env": [
                     {"name": "REVISION", "value": revision},
+                    {"name": "DATA", "value": "/data" if claim else "/srv"},
                     {
                         "name": "POD_NAME",
                         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
@@ -89,10 +89,9 @@ def pod_spec(image: str, *, revision: str = "1", claim: str | None = None) -> di
                     "failureThreshold": 1,
                 },
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                "volumeMounts": mounts,
             }
         ],
-        "volumes": [] if claim else [volume],
     }
 
 
@@ -111,18 +110,14 @@ def statefulset(
 ) -> dict[str, Any]:
     """``rr.statefulset`` with the app's pod, its ``data`` claim from ``local_volumes``."""
     obj = rr.statefulset(namespace, app, replicas, pool=pool, scheduler=None)
-    spec = pod_spec(image)
-    spec["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
-    obj["spec"]["template"]["spec"] = spec
+    obj["spec"]["template"]["spec"] = pod_spec(image, claim=True)
     obj["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = "fulcrum-local"
     return obj
 
 
-def local_volumes(
-    namespace: str, app: str, nodes: list[str], root: Path
-) -> list[dict[str, Any]]:
-    """A local PersistentVolume per StatefulSet ordinal, on ``nodes[i % len(nodes)]``, pre-bound
-    to the ordinal's claim: its directory under ``root`` (made here) is the ordinal's disk."""
+def local_volumes(namespace: str, app: str, nodes: list[str], root: Path) -> list[dict[str, Any]]:
+    """A local PersistentVolume for StatefulSet ordinal i on ``nodes[i]``, pre-bound to the
+    ordinal's claim: its directory under ``root`` (made here) is the ordinal's disk."""
     objects: list[dict[str, Any]] = [
         {
             "apiVersion": "storage.k8s.io/v1",
