@@ -214,6 +214,54 @@ def add_bench(sub: Subparsers) -> None:
     )
 
 
+def add_bench_rebuild(sub: Subparsers) -> None:
+    """The ``bench-rebuild`` subcommand: local rebuild against a plain rollout, real nodes."""
+    bench = sub.add_parser(
+        "bench-rebuild",
+        help="local rebuild against a plain rollout of the same Deployment on real nodes, same "
+        "run: change->Ready for an image change and an env change, and where the time goes",
+    )
+    bench.add_argument(
+        "--real-nodes", type=at_least(1), default=2, help="real nodes (default %(default)s)"
+    )
+    bench.add_argument(
+        "--replicas", type=at_least(1), default=4, help="pods per Deployment (default %(default)s)"
+    )
+    bench.add_argument(
+        "--image-mb",
+        type=at_least(1),
+        default=200,
+        help="size of each new image, MiB, served by the cluster's registry (default %(default)s)",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=at_least(1),
+        default=3,
+        help="rounds, order alternated (default %(default)s)",
+    )
+    bench.add_argument(
+        "--name", default="fulcrum-bench-real", help="cluster name (default %(default)s)"
+    )
+    output.add_output(bench, text="a table", progress=True)
+    bench.set_defaults(func=_cmd_bench_rebuild)
+
+
+def _cmd_bench_rebuild(args: argparse.Namespace) -> int:
+    from fulcrum.lab import real_bench
+
+    config = real_bench.Config(
+        name=args.name,
+        real_nodes=args.real_nodes,
+        replicas=args.replicas,
+        image_mb=args.image_mb,
+        rounds=args.rounds,
+    )
+    result = real_bench.run(config, say=output.progress(args.output, args.output_file))
+    text = real_bench.format_table(result)
+    output.emit(result.to_json(), args.output, text=text, file=args.output_file)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from fulcrum.lab import bench
 

@@ -16,6 +16,7 @@ from fulcrum import output
 from fulcrum.bench_cli import (
     Subparsers,
     add_bench,
+    add_bench_rebuild,
     add_floors,
     add_nodes_to_score,
     at_least,
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_services(sub)
     _add_runs(sub)
     add_bench(sub)
+    add_bench_rebuild(sub)
     sub.add_parser(
         "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
     )

@@ -86,6 +86,7 @@ def node_conflist(
     range_end: str,
     pool_cidr: str,
     data_dir: str,
+    handover_seconds: float = 30,
 ) -> dict[str, Any]:
     """The conflist of a real node: Debian's bridge on the shared ``bridge``, whose IPAM is
     ``fulcrum-ipam`` over host-local.
@@ -94,7 +95,9 @@ def node_conflist(
     L2 segment and gateway; host-local hands out only this node's ``range_start``..``range_end``,
     and ``pool_cidr`` (``FULCRUM_POOL_CIDR``, kept out of every node's range) is where IP pools'
     addresses come from. ``data_dir`` holds both plugins' state, ``<data_dir>/fulcrum-ipam`` and
-    ``<data_dir>/host-local``.
+    ``<data_dir>/host-local``. A pool address still held by a predecessor's sandbox is waited
+    for up to ``handover_seconds``. The plugin is listed a second time, chained after bridge,
+    to announce a pool address on the new interface (gratuitous ARP).
     """
     delegate = {
         "type": "host-local",
@@ -127,8 +130,10 @@ def node_conflist(
                     "type": PLUGIN,
                     "poolCIDRs": [pool_cidr],
                     "dataDir": f"{data_dir}/{PLUGIN}",
+                    "handoverSeconds": handover_seconds,
                     "delegate": delegate,
                 },
-            }
+            },
+            {"type": PLUGIN, "poolCIDRs": [pool_cidr]},
         ],
     }

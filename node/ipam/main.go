@@ -9,9 +9,17 @@
 //
 // A pool address must lie in poolCIDRs (which the delegate never hands out) and in a subnet of
 // the delegate's ranges. Who holds which pool address on this node is a file per address under
-// dataDir, written under a flock; another container asking for a held address gets CNI error 11
-// (try again later) until the holder's DEL. It is a static Go binary because the runtime runs it
-// on the host for every sandbox, where no interpreter can be assumed (docs/networking.md).
+// dataDir, written under a flock. A successor asking for an address its predecessor still holds
+// (a local rebuild's successor can be bound while its predecessor's sandbox goes) waits up to
+// ipam.handoverSeconds (default 30) for the holder's DEL, then gets CNI error 11 (try again later).
+//
+// The same binary, listed again after the main plugin in the conflist ({"type": "fulcrum-ipam",
+// "poolCIDRs": [...]}: a chained plugin, given prevResult), announces each pool address of the
+// new interface with a gratuitous ARP (announce.go): the address may have been another
+// interface's a moment ago, and the neighbours' caches must learn its new MAC at once.
+//
+// It is a static Go binary because the runtime runs it on the host for every sandbox, where no
+// interpreter can be assumed (docs/networking.md).
 package main
 
 import (
@@ -27,6 +35,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 const (
@@ -58,12 +67,16 @@ type delegate struct {
 }
 
 type netConf struct {
-	CNIVersion string `json:"cniVersion"`
-	Name       string `json:"name"`
+	CNIVersion string          `json:"cniVersion"`
+	Name       string          `json:"name"`
+	Type       string          `json:"type"`       // "fulcrum-ipam" when chained; else the main plugin's
+	PrevResult json.RawMessage `json:"prevResult"` // the chained entry's input (a DEL's main plugin gets one too)
+	PoolCIDRs  []string        `json:"poolCIDRs"`  // the chained entry's
 	IPAM       struct {
-		PoolCIDRs []string        `json:"poolCIDRs"`
-		DataDir   string          `json:"dataDir"`
-		Delegate  json.RawMessage `json:"delegate"`
+		PoolCIDRs       []string        `json:"poolCIDRs"`
+		DataDir         string          `json:"dataDir"`
+		HandoverSeconds *float64        `json:"handoverSeconds"`
+		Delegate        json.RawMessage `json:"delegate"`
 	} `json:"ipam"`
 	RuntimeConfig struct {
 		Annotations map[string]string `json:"io.kubernetes.cri.pod-annotations"`
@@ -102,6 +115,11 @@ func run(command string, stdin []byte, conf *netConf, decodeErr error) (int, err
 		return 0, fail(6, decodeErr.Error(), "cannot decode the network config on stdin")
 	case !slices.Contains(versions, conf.CNIVersion):
 		return 0, fail(1, "", "cniVersion %q is not supported; use one of %v", conf.CNIVersion, versions)
+	case conf.Type == "fulcrum-ipam": // chained: announce the pool addresses, pass the result on
+		if command != "ADD" || len(conf.PrevResult) == 0 {
+			return 0, nil
+		}
+		return 0, announcePool(conf, os.Getenv("CNI_NETNS"), ifname)
 	}
 	var del delegate
 	if err := json.Unmarshal(conf.IPAM.Delegate, &del); err != nil || del.Type == "" {
@@ -116,7 +134,11 @@ func run(command string, stdin []byte, conf *netConf, decodeErr error) (int, err
 	raw, hasAddr := conf.RuntimeConfig.Annotations[annotation]
 	switch {
 	case command == "ADD" && hasAddr:
-		return 0, add(st, conf, &del, raw, id+"\n"+ifname, held)
+		wait := 30 * time.Second
+		if s := conf.IPAM.HandoverSeconds; s != nil {
+			wait = time.Duration(*s * float64(time.Second))
+		}
+		return 0, add(st, conf, &del, raw, id+"\n"+ifname, held, time.Now().Add(wait))
 	case command == "DEL" && held != "":
 		return 0, st.release(held)
 	case command == "CHECK" && (hasAddr || held != ""):
@@ -129,8 +151,9 @@ func run(command string, stdin []byte, conf *netConf, decodeErr error) (int, err
 	return delegateTo(&del, conf.IPAM.Delegate, stdin)
 }
 
-// add records the pool address raw for holder ("containerID\nifname") and prints the result.
-func add(st *state, conf *netConf, del *delegate, raw, holder, held string) error {
+// add records the pool address raw for holder ("containerID\nifname") and prints the result;
+// an address another container holds is waited for until deadline, the lock let go meanwhile.
+func add(st *state, conf *netConf, del *delegate, raw, holder, held string, deadline time.Time) error {
 	addr, err := netip.ParseAddr(raw)
 	if err != nil || addr.Zone() != "" {
 		return fail(7, "", "pod annotation %s=%q is not an IP address", annotation, raw)
@@ -141,6 +164,14 @@ func add(st *state, conf *netConf, del *delegate, raw, holder, held string) erro
 	subnet, gateway, err := del.rangeOf(addr)
 	if err != nil {
 		return err
+	}
+	for other := st.holder(addr); other != "" && other != holder && time.Now().Before(deadline); {
+		st.unlock()
+		time.Sleep(50 * time.Millisecond)
+		if err := st.relock(); err != nil {
+			return err
+		}
+		other = st.holder(addr)
 	}
 	if other := st.holder(addr); other != "" && other != holder {
 		return fail(11, "", "pool address %s is held on this node by container %s; retry after"+

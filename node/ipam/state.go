@@ -32,6 +32,15 @@ func lockState(dir string) (*state, error) {
 
 func (s *state) unlock() { _ = s.lock.Close() } // releases the flock; a second call is a no-op
 
+// relock takes the flock again after unlock.
+func (s *state) relock() error {
+	again, err := lockState(s.dir)
+	if err == nil {
+		s.lock = again.lock
+	}
+	return err
+}
+
 func (s *state) path(addr string) string { return filepath.Join(s.dir, addr) }
 func (s *state) holder(addr netip.Addr) string {
 	data, _ := os.ReadFile(s.path(addr.String()))

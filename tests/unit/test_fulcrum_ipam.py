@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,12 @@ def plugin() -> Path:
         raise
 
 
-def conf(tmp_path: Path, ip: str | None = None, version: str = "1.0.0") -> dict[str, Any]:
+def conf(
+    tmp_path: Path, ip: str | None = None, version: str = "1.0.0", handover: float = 0
+) -> dict[str, Any]:
     """What bridge hands its IPAM plugin: the node's conflist entry, with the runtimeConfig
-    libcni adds for the pod-annotations capability."""
+    libcni adds for the pod-annotations capability (a held address waited for ``handover``
+    seconds)."""
     conflist = cni.node_conflist(
         bridge="fulcrum0",
         subnet="10.244.0.0/16",
@@ -51,6 +55,7 @@ def conf(tmp_path: Path, ip: str | None = None, version: str = "1.0.0") -> dict[
         range_end="10.244.1.254",
         pool_cidr="10.244.128.0/17",
         data_dir=str(tmp_path),
+        handover_seconds=handover,
     )
     plugin = dict(conflist["plugins"][0], cniVersion=version, name=conflist["name"])
     annotations = {"fulcrum.io/ip-pool": "db"} | ({"fulcrum.io/assigned-ip": ip} if ip else {})
@@ -116,6 +121,18 @@ def test_del_frees_both_kinds_of_address_and_twice_is_fine(plugin: Path, tmp_pat
     assert call(plugin, "ADD", conf(tmp_path, POOL_IP), "next")[0] == 0  # free again
 
 
+def test_del_releases_the_address_when_the_runtime_passes_the_cached_result(
+    plugin: Path, tmp_path: Path
+) -> None:
+    """On DEL libcni gives every plugin of the chain the cached result as prevResult, bridge
+    too, and bridge passes its stdin on to its IPAM plugin: that is still IPAM, not the
+    chained announcement, and must release the address."""
+    code, result = call(plugin, "ADD", conf(tmp_path, POOL_IP))
+    assert code == 0
+    assert call(plugin, "DEL", conf(tmp_path, POOL_IP) | {"prevResult": result})[0] == 0
+    assert not (tmp_path / "fulcrum-ipam" / POOL_IP).exists()
+
+
 def test_held_pool_address_is_try_again_later_naming_the_holder(
     plugin: Path, tmp_path: Path
 ) -> None:
@@ -125,6 +142,29 @@ def test_held_pool_address_is_try_again_later_naming_the_holder(
     assert error["code"] == 11
     assert "first" in error["msg"] and POOL_IP in error["msg"]
     assert call(plugin, "ADD", conf(tmp_path, POOL_IP), "first")[0] == 0  # a retried ADD
+
+
+def test_a_held_address_is_handed_over_when_its_holder_lets_go(
+    plugin: Path, tmp_path: Path
+) -> None:
+    """A rebuilt pod's sandbox may ask for the address while its predecessor's still holds it:
+    the ADD waits for the predecessor's DEL (within handoverSeconds) instead of failing."""
+    assert call(plugin, "ADD", conf(tmp_path, POOL_IP), "old")[0] == 0
+    env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="new", CNI_NETNS="/dev/null")
+    env |= {"CNI_IFNAME": "eth0", "CNI_PATH": f"{plugin.parent}:{HOST_LOCAL.parent}"}
+    waiting = subprocess.Popen(
+        [str(plugin)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert waiting.stdin is not None
+    waiting.stdin.write(json.dumps(conf(tmp_path, POOL_IP, handover=20)))
+    waiting.stdin.close()
+    time.sleep(0.5)
+    assert waiting.poll() is None  # still waiting for "old"
+    assert call(plugin, "DEL", conf(tmp_path, POOL_IP), "old")[0] == 0
+    assert waiting.wait(timeout=10) == 0
+    assert waiting.stdout is not None
+    assert json.loads(waiting.stdout.read())["ips"][0]["address"] == f"{POOL_IP}/16"
+    assert (tmp_path / "fulcrum-ipam" / POOL_IP).read_text().split()[0] == "new"
 
 
 def test_racing_adds_of_one_address_give_it_to_exactly_one(plugin: Path, tmp_path: Path) -> None:
@@ -181,7 +221,15 @@ cd "$1"
 touch pool-ns plain-ns
 unshare --net=pool-ns true
 unshare --net=plain-ns true
-CNI_COMMAND=ADD CNI_CONTAINERID=pooled CNI_NETNS=pool-ns /usr/lib/cni/bridge < pool.json >/dev/null
+CNI_COMMAND=ADD CNI_CONTAINERID=pooled CNI_NETNS=pool-ns /usr/lib/cni/bridge < pool.json > pool-out.json
+# a neighbour cache still holding the address's previous MAC, then the chained announcement
+ip neigh replace 10.244.128.7 lladdr 02:00:00:00:00:01 dev fulcrum0 nud stale
+python3 -c 'import json; c = json.load(open("chained.json"));
+c["prevResult"] = json.load(open("pool-out.json")); print(json.dumps(c))' > chained-in.json
+CNI_COMMAND=ADD CNI_CONTAINERID=pooled CNI_NETNS=pool-ns "$PLUGIN" < chained-in.json >/dev/null
+sleep 0.2
+echo "neighbour $(ip neigh show 10.244.128.7 dev fulcrum0)"
+echo "container $(nsenter --net=pool-ns ip -o link show eth0)"
 CNI_COMMAND=ADD CNI_CONTAINERID=plain CNI_NETNS=plain-ns /usr/lib/cni/bridge < plain.json >/dev/null
 nsenter --net=pool-ns ip -o -4 addr show eth0
 nsenter --net=plain-ns python3 -c '
@@ -202,7 +250,20 @@ def test_bridge_puts_the_pool_address_on_the_pods_interface(plugin: Path, tmp_pa
         pytest.skip("needs root, unshare and nsenter to make network namespaces")
     for name, ip in (("pool", POOL_IP), ("plain", None)):
         (tmp_path / f"{name}.json").write_text(json.dumps(conf(tmp_path, ip)))
+    chained = cni.node_conflist(
+        bridge="fulcrum0",
+        subnet="10.244.0.0/16",
+        gateway=GATEWAY,
+        range_start="10.244.1.2",
+        range_end="10.244.1.254",
+        pool_cidr="10.244.128.0/17",
+        data_dir=str(tmp_path),
+    )
+    (tmp_path / "chained.json").write_text(
+        json.dumps(dict(chained["plugins"][1], cniVersion="1.0.0", name="fulcrum"))
+    )
     env = dict(os.environ, CNI_IFNAME="eth0", CNI_PATH=f"{plugin.parent}:{HOST_LOCAL.parent}")
+    env["PLUGIN"] = str(plugin)
     isolated = ["unshare", "--net", "--mount", "--propagation", "private"]
     done = subprocess.run(
         [*isolated, "bash", "-c", BRIDGE_SCRIPT, "bridge-test", str(tmp_path)],
@@ -214,4 +275,7 @@ def test_bridge_puts_the_pool_address_on_the_pods_interface(plugin: Path, tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"inet {POOL_IP}/16" in done.stdout
     assert f"accepted from {POOL_IP}" in done.stdout
+    mac = done.stdout.split("link/ether ")[1].split()[0]
+    neighbour = done.stdout.split("neighbour ")[1].splitlines()[0]
+    assert f"lladdr {mac}" in neighbour, done.stdout  # the stale MAC replaced by the announcement
     assert not (tmp_path / "fulcrum-ipam" / POOL_IP).exists()
