@@ -221,11 +221,11 @@ cd "$1"
 touch pool-ns plain-ns
 unshare --net=pool-ns true
 unshare --net=plain-ns true
-CNI_COMMAND=ADD CNI_CONTAINERID=pooled CNI_NETNS=pool-ns /usr/lib/cni/bridge < pool.json > pool-out.json
+CNI_COMMAND=ADD CNI_CONTAINERID=pooled CNI_NETNS=pool-ns /usr/lib/cni/bridge < pool.json > out.json
 # a neighbour cache still holding the address's previous MAC, then the chained announcement
 ip neigh replace 10.244.128.7 lladdr 02:00:00:00:00:01 dev fulcrum0 nud stale
 python3 -c 'import json; c = json.load(open("chained.json"));
-c["prevResult"] = json.load(open("pool-out.json")); print(json.dumps(c))' > chained-in.json
+c["prevResult"] = json.load(open("out.json")); print(json.dumps(c))' > chained-in.json
 CNI_COMMAND=ADD CNI_CONTAINERID=pooled CNI_NETNS=pool-ns "$PLUGIN" < chained-in.json >/dev/null
 sleep 0.2
 echo "neighbour $(ip neigh show 10.244.128.7 dev fulcrum0)"
