@@ -58,6 +58,8 @@ PACKAGES = {
     "runc": "/usr/sbin/runc",
     "containernetworking-plugins": "/usr/lib/cni/bridge",
     "iptables": "/usr/sbin/iptables",
+    "docker-registry": "/usr/bin/docker-registry",  # the registry the nodes pull from
+    "busybox-static": "/bin/busybox",  # the workloads' image (``images.busybox_image``)
 }
 CNI_BIN = "/usr/lib/cni"
 CGROUPS = Path("/sys/fs/cgroup")

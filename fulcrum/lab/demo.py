@@ -2,8 +2,11 @@
 
 The same pods are placed by the plain default-scheduler and then by fulcrum-scheduler (the
 real kube-scheduler calling Fulcrum's extender), on the same nodes in the same run, and the
-nodes each one used are shown against the lower bound. Then two Deployments, one opted in to
-local rebuild and one not, get the same env change: where their successors went is shown.
+nodes each one used are shown against the lower bound. Then, on two real nodes where the host
+can run them (root, the Debian packages), Deployments opted in to local rebuild and not, and an
+opted-in StatefulSet with local volumes, get the same image change: where their successors
+went, the address each answers on, the data each read back, and the time against the plain
+rollout (``real_rebuild.demo``); elsewhere two Deployments on the kwok nodes get an env change.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from fulcrum.harness import cluster
+from fulcrum.harness import cluster, realnodes
+from fulcrum.lab import real_rebuild
 from fulcrum.lab import rebuild_run as rr
 from fulcrum.lab.workload import (
     DEFAULT_SHAPES,
@@ -116,8 +120,19 @@ def _rebuild(name: str, replicas: int) -> None:
         _say(f"  {result}")
 
 
+def _real_nodes(name: str) -> int:
+    """2 real nodes for the local-rebuild part where this host can run them, else 0 (said)."""
+    try:
+        realnodes.check_host(name)
+    except realnodes.RealNodeError as exc:
+        _say(f"no real nodes here ({exc}); local rebuild is shown on kwok nodes")
+        return 0
+    return 2
+
+
 def run_demo(*, name: str, nodes: int, pods: int, keep: bool) -> int:
-    state = cluster.up(name, nodes=nodes, shape=NODE, log=_say)
+    real = _real_nodes(name)
+    state = cluster.up(name, nodes=nodes, shape=NODE, real_nodes=real, log=_say)
     try:
         api = cluster.core_api(name)
         shapes = ", ".join(f"{s.cpu} cpu/{s.memory}" for s in DEFAULT_SHAPES)
@@ -139,7 +154,10 @@ def run_demo(*, name: str, nodes: int, pods: int, keep: bool) -> int:
             "Fulcrum's extender was called: "
             + ", ".join(f"{verb} {count:.0f}" for verb, count in sorted(calls.items()))
         )
-        _rebuild(name, replicas=20)
+        if real:
+            real_rebuild.demo(rr.Kit.of(name), f"127.0.0.1:{state.registry_port}", say=_say)
+        else:
+            _rebuild(name, replicas=20)
     finally:
         if keep:
             _say(
