@@ -55,7 +55,7 @@ func TestStateRecordsAndReleases(t *testing.T) {
 	}
 	defer st.unlock()
 	addr := netip.MustParseAddr("10.244.128.7")
-	if err := st.record(addr.String(), "c1\neth0"); err != nil {
+	if err := st.record(addr.String(), "c1\neth0", "/var/run/netns/x"); err != nil {
 		t.Fatal(err)
 	}
 	if st.holder(addr) != "c1\neth0" || st.heldBy("c1\neth0") != addr.String() || st.heldBy("c2\neth0") != "" {

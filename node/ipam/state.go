@@ -8,7 +8,8 @@ import (
 	"syscall"
 )
 
-// state is this node's record of pool addresses: dataDir/<address> holds "containerID\nifname",
+// state is this node's record of pool addresses: dataDir/<address> holds "containerID\nifname"
+// and, on a third line, the container's network namespace,
 // read and written under a flock on dataDir/lock, each write a temporary file renamed into place.
 type state struct {
 	dir  string
@@ -43,8 +44,18 @@ func (s *state) relock() error {
 
 func (s *state) path(addr string) string { return filepath.Join(s.dir, addr) }
 func (s *state) holder(addr netip.Addr) string {
+	id, ifname, _ := s.read(addr)
+	if id == "" {
+		return ""
+	}
+	return id + "\n" + ifname
+}
+
+// read is addr's holder: container ID, interface and network namespace ("" when free).
+func (s *state) read(addr netip.Addr) (id, ifname, netns string) {
 	data, _ := os.ReadFile(s.path(addr.String()))
-	return strings.TrimSpace(string(data))
+	fields := append(strings.Split(strings.TrimSpace(string(data)), "\n"), "", "", "")
+	return fields[0], fields[1], fields[2]
 }
 
 // heldBy is the pool address holder holds here, or "".
@@ -59,9 +70,9 @@ func (s *state) heldBy(holder string) string {
 }
 
 // record writes holder's file for addr atomically: a temporary file, then a rename.
-func (s *state) record(addr, holder string) error {
+func (s *state) record(addr, holder, netns string) error {
 	tmp := s.path(".tmp-" + addr)
-	err := os.WriteFile(tmp, []byte(holder+"\n"), 0o644)
+	err := os.WriteFile(tmp, []byte(holder+"\n"+netns+"\n"), 0o644)
 	if err == nil {
 		err = os.Rename(tmp, s.path(addr))
 	}

@@ -8,10 +8,12 @@ takes the cluster down and checks the host for leftovers.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from fulcrum.harness import cluster, images, realnodes
+from fulcrum.harness import cluster, images, processes, realnodes
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
+from kube import api
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +93,11 @@ def kit(real: tuple[str, dict[str, set[str]]]) -> rr.Kit:
 def refs(real: tuple[str, dict[str, set[str]]]) -> dict[str, str]:
     state = cluster.load_state(real[0])
     return rb.push_app_images(f"127.0.0.1:{state.registry_port}", ("v1", "v2"), say=print)
+
+
+def _gone(kit: rr.Kit, app: str) -> bool:
+    """No pod of ``app`` at all, terminating ones included."""
+    return not kit.core.list_namespaced_pod(NS, label_selector=f"{rr.APP_LABEL}={app}").items
 
 
 def _events(kit: rr.Kit, pod: str) -> list[str]:
@@ -236,6 +244,66 @@ def test_a_registry_that_is_down_is_named_in_the_pods_events(
     finally:
         realnodes.start_registry(root, state.registry_port or 0)
         kit.kubectl("delete", "pod", "-n", NS, "pull", "--wait=true")
+
+
+def test_a_node_whose_kubelet_dies_is_reported_and_its_rebuilds_wait_or_fall_back(
+    real: tuple[str, dict[str, set[str]]], kit: rr.Kit, refs: dict[str, str]
+) -> None:
+    """real-2's kubelet is killed: the node turns NotReady and `fulcrum cluster status` reports
+    it with its pods. Two opted-in bare pods on it are replaced (force-deleted, as an operator
+    does on a dead node): the one with `fulcrum.io/rebuild-fallback: wait` waits, saying why;
+    the one with `reschedule` (after `fulcrum.io/rebuild-wait: 5s`) is placed on real-1 and
+    keeps its address."""
+    kit.kubectl("cordon", "real-1")
+    pods = []
+    for fallback in ("wait", "reschedule"):
+        pod = rr.bare_pod(NS, f"dead-{fallback}", f"dead-{fallback}", opted=True, pool="web")
+        pod["metadata"]["annotations"] |= {
+            api.FALLBACK: fallback,
+            api.WAIT: "5s",
+        }
+        pod["spec"] = rb.pod_spec(refs["v1"])
+        pods.append(pod)
+    rr.apply(kit, pods)
+    rr.wait_running(kit, NS, {"dead-wait": 1, "dead-reschedule": 1}, timeout=120)
+    rr.wait_guarded(kit, NS, {"dead-wait": 1, "dead-reschedule": 1})
+    kit.kubectl("uncordon", "real-1")
+    ip = {
+        p["metadata"]["name"]: p["status"]["podIP"]
+        for p in rr.live_pods(kit, NS, "dead-reschedule")
+    }
+    assert all(p["spec"]["nodeName"] == "real-2" for p in rr.live_pods(kit, NS, "dead-wait"))
+
+    root = cluster.state_dir(real[0]) / "real" / "real-2"
+    processes.terminate(list(processes.processes_under(root / "kubelet.yaml")), grace=0)
+
+    def not_ready() -> bool:
+        node = kit.core.read_node("real-2")
+        return any(c.type == "Ready" and c.status != "True" for c in node.status.conditions)
+
+    rr.wait_for("real-2 NotReady", not_ready, timeout=120, interval=2)
+    status = subprocess.run(
+        [sys.executable, "-m", "fulcrum.cli", "cluster", "status", "--name", real[0]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"real node real-2: NOT Ready, [1-9]\d* pods", status), status
+
+    for pod in pods:  # a dead kubelet confirms no deletion: the operator forces it
+        name = pod["metadata"]["name"]
+        kit.kubectl("delete", "pod", "-n", NS, name, "--grace-period=0", "--force")
+        rr.wait_for(f"{name} gone", functools.partial(_gone, kit, name), timeout=60)
+    rr.apply(kit, pods)
+    rr.wait_running(kit, NS, {"dead-reschedule": 1}, timeout=120)
+    (moved,) = rr.live_pods(kit, NS, "dead-reschedule")
+    assert moved["spec"]["nodeName"] == "real-1"
+    assert moved["status"]["podIP"] == ip["dead-reschedule"]
+    assert rb.fetch(moved["status"]["podIP"], "born") == "dead-reschedule"
+    (waiting,) = rr.live_pods(kit, NS, "dead-wait")
+    assert not waiting["spec"].get("nodeName")
+    reason = waiting["metadata"]["annotations"].get(api.STATUS, "")
+    assert "real-2" in reason and "wait" in reason, reason
 
 
 def test_cluster_down_leaves_no_process_mount_link_cgroup_or_iptables_rule(

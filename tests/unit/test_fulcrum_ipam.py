@@ -88,7 +88,7 @@ def test_pool_address_gets_the_pod_subnets_prefix_and_gateway(plugin: Path, tmp_
     assert result["cniVersion"] == "1.0.0"
     assert result["ips"] == [{"address": f"{POOL_IP}/16", "gateway": GATEWAY}]
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": GATEWAY}]
-    assert (tmp_path / "fulcrum-ipam" / POOL_IP).read_text() == "c1\neth0\n"
+    assert (tmp_path / "fulcrum-ipam" / POOL_IP).read_text() == "c1\neth0\n/dev/null\n"
     assert call(plugin, "CHECK", conf(tmp_path, POOL_IP))[0] == 0
 
 
