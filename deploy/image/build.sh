@@ -10,7 +10,8 @@
 #    from DEBIAN_MIRROR, brought up to date from bookworm-updates and bookworm-security;
 # 3. a venv at /opt/fulcrum with the wheel and its dependencies at the versions pinned in
 #    deploy/image/constraints.txt;
-# 4. then out go what only installing needs (python3-venv, pip, setuptools, apt's lists and
+# 4. fulcrum-ipam, the CNI plugin (node/ipam, static Go), at /opt/fulcrum/bin/fulcrum-ipam;
+# 5. then out go what only installing needs (python3-venv, pip, setuptools, apt's lists and
 #    caches) and docs; no compiler is ever installed. It runs as the numeric user 65532
 #    (runAsNonRoot).
 #
@@ -82,6 +83,12 @@ run python3 -m venv "$VENV"
 buildah run --isolation chroot "${pip_env[@]}" "$ctr" -- "$VENV/bin/pip" install --quiet \
   --only-binary=:all: -c /tmp/fulcrum/constraints.txt "/tmp/fulcrum/$(basename "$wheel")"
 run "$VENV/bin/fulcrum" --version
+
+step "fulcrum-ipam (node/ipam): the CNI plugin the chart's cni DaemonSet installs on nodes"
+command -v go >/dev/null || { echo "build.sh: needs Go (>= 1.24) to build node/ipam" >&2; exit 1; }
+mkdir -p "$root/opt/fulcrum/bin"
+(cd node/ipam && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false \
+  go build -trimpath -ldflags "-s -w" -o "$root/opt/fulcrum/bin/fulcrum-ipam" .)
 
 step "strip what only installing needs"
 run "$VENV/bin/python" -m pip uninstall --quiet -y setuptools pip

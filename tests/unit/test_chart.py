@@ -950,3 +950,23 @@ def test_uninstalling_releases_every_finalizer_before_anything_goes(helm: Path) 
             "resourceNames": ["fulcrum-rebuild"], "verbs": ["get"]} in rules  # fmt: skip
 
     assert not find(render(helm, "rebuild.releaseOnUninstall=false"), "Job")
+
+
+def test_the_cni_plugin_is_installed_on_every_node_only_when_asked(helm: Path) -> None:
+    """cni.install: a DaemonSet copies fulcrum-ipam from the Fulcrum image into each node's CNI
+    binary directory, atomically (a temporary name, then a rename), tolerating every taint."""
+    assert not find(render(helm), "DaemonSet")
+    docs = render(helm, "cni.install=true", "cni.binDir=/var/lib/cni/bin", "image.tag=9.9")
+    daemonset = one(docs, "DaemonSet", "fulcrum-cni")
+    spec = daemonset["spec"]["template"]["spec"]
+    (install,) = spec["initContainers"]
+    assert install["image"] == "fulcrum:9.9"
+    script = install["command"][-1]
+    assert "cp /opt/fulcrum/bin/fulcrum-ipam /host/cni-bin/.fulcrum-ipam.tmp" in script
+    assert "mv /host/cni-bin/.fulcrum-ipam.tmp /host/cni-bin/fulcrum-ipam" in script
+    assert spec["volumes"] == [
+        {"name": "cni-bin", "hostPath": {"path": "/var/lib/cni/bin", "type": "DirectoryOrCreate"}}
+    ]
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    with pytest.raises(chart.ChartError, match="binDir"):
+        render(helm, "cni.install=true", "cni.binDir=opt/cni/bin")
