@@ -121,6 +121,8 @@ class Informer:
                 if resource_version is None:
                     log.info("watch %s expired (410 Gone): re-listing", self.kind)
             except Exception as exc:
+                if self._stop.is_set():  # stopped while its watch was open: nothing to report
+                    return
                 log.warning("informer %s: %s; re-listing in 1 s", self.kind, exc)
                 resource_version = None
                 self._stop.wait(1)
