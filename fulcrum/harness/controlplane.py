@@ -66,10 +66,10 @@ def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
     harness registers), not all nodes as kwokctl's binary runtime has it: the real nodes
     (``realnodes``) run their own pods, and kwok must leave them alone. The API server reaches
     a Service's webhook or proxy at its endpoints' pod IPs, as where no kube-proxy runs beside
-    it (no ClusterIP is routable here), and a kubelet (logs, exec) with the admin certificate,
-    which the real nodes' kubelets authenticate against the cluster CA, at their InternalIP (no
-    DNS knows the nodes' names). Its serving certificate also carries the ``kubernetes``
-    Service's ClusterIP, where in-cluster clients on real nodes connect (through kube-proxy)."""
+    it (only real nodes bring one, ``kubeproxy``), and a kubelet (logs, exec) with the admin
+    certificate, which the real nodes' kubelets authenticate against the cluster CA, at their
+    InternalIP (no DNS knows the nodes' names). Its serving certificate also carries the
+    ``kubernetes`` Service's ClusterIP, where in-cluster clients on real nodes connect."""
     certs = pki(directory, name)
     apiserver_args = {
         "service-cluster-ip-range": SERVICE_CIDR,
