@@ -16,9 +16,9 @@
 #    (runAsNonRoot).
 #
 # Result: the image $IMAGE (default fulcrum:<project version>, what charts/fulcrum runs by
-# default; podman lists it as localhost/fulcrum). Push it where your nodes pull from:
-#   podman push fulcrum:0.1.0 REGISTRY/fulcrum:0.1.0
-# Needs: buildah, debootstrap (apt-get install buildah podman debootstrap), and PYTHON (default
+# default; buildah lists it as localhost/fulcrum). Push it where your nodes pull from:
+#   buildah push fulcrum:0.1.0 docker://REGISTRY/fulcrum:0.1.0
+# Needs: buildah, debootstrap (apt-get install buildah debootstrap), and PYTHON (default
 # python3) with pip, to build the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

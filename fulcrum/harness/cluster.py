@@ -467,7 +467,7 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
         shutil.copytree(
             directory,
             Path(keep) / name,
-            ignore=lambda _, names: [n for n in names if n in ("bin", "etcd", "pki")],
+            ignore=_not_logs,
             dirs_exist_ok=True,
         )
     if state and state.binaries.get("kwokctl") and kubeconfig_path(name).parent.exists():
@@ -481,6 +481,13 @@ def down(name: str = "fulcrum", *, log: Callable[[str], None] = print) -> None:
     realnodes.unmount_under(directory)  # never remove a volume's data through its mount
     shutil.rmtree(directory, ignore_errors=True)
     log(f"cluster {name!r} removed")
+
+
+def _not_logs(directory: str, names: list[str]) -> list[str]:
+    """What ``FULCRUM_KEEP_LOGS`` leaves behind: binaries, data (etcd's, the registry's, the
+    real nodes' containerd and kubelet roots), keys, and sockets, which cannot be copied."""
+    heavy = ("bin", "etcd", "pki", "data", "containerd", "kubelet", "ipam", "netns")
+    return [n for n in names if n in heavy or Path(directory, n).is_socket()]
 
 
 def env_exports(name: str) -> str:

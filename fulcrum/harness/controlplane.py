@@ -18,6 +18,8 @@ import yaml
 from fulcrum.harness.kwok_stages import STAGES_PATH
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+SERVICE_CIDR = "10.0.0.0/24"  # kube-apiserver's default, pinned: the kubernetes Service's below
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR
 
 
 class ControlPlaneError(RuntimeError):
@@ -64,11 +66,13 @@ def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
     harness registers), not all nodes as kwokctl's binary runtime has it: the real nodes
     (``realnodes``) run their own pods, and kwok must leave them alone. The API server reaches
     a Service's webhook or proxy at its endpoints' pod IPs, as where no kube-proxy runs beside
-    it (no ClusterIP is routable here), and a kubelet (logs, exec) with the admin certificate,
-    which the real nodes' kubelets authenticate against the cluster CA, at their InternalIP (no
-    DNS knows the nodes' names)."""
+    it (only real nodes bring one, ``kubeproxy``), and a kubelet (logs, exec) with the admin
+    certificate, which the real nodes' kubelets authenticate against the cluster CA, at their
+    InternalIP (no DNS knows the nodes' names). Its serving certificate also carries the
+    ``kubernetes`` Service's ClusterIP, where in-cluster clients on real nodes connect."""
     certs = pki(directory, name)
     apiserver_args = {
+        "service-cluster-ip-range": SERVICE_CIDR,
         "enable-aggregator-routing": "true",
         "kubelet-client-certificate": str(certs / "admin.crt"),
         "kubelet-client-key": str(certs / "admin.key"),
@@ -77,6 +81,7 @@ def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
+        "options": {"kubeApiserverCertSANs": [KUBERNETES_SERVICE_IP]},
         "componentsPatches": [
             {
                 "name": "kube-apiserver",

@@ -19,10 +19,14 @@ here is what a machine of a real cluster runs, all on this host:
 Pods pull from the cluster's registry on loopback (plain HTTP, ``hosts.toml``). The API server
 reaches each kubelet at ``GATEWAY:<port>`` with its admin client certificate (logs, exec), and
 each kubelet authenticates that certificate against the cluster CA and authorizes by webhook.
+Pods reach the API server as in-cluster clients do, through the ``kubernetes`` Service: one
+kube-proxy on the host routes ClusterIPs, and a DNS server on ``GATEWAY`` (the kubelets'
+``clusterDNS``) names the Service (``kubeproxy``).
 
-``stop`` undoes it all: kubelets; the pods' processes (found by the nodes' cgroups); the
-sandboxes' network namespaces and every mount under the nodes' directories; containerd and its
-shims; the bridge; the cgroups; the iptables chains and rules the kubelets added. Needs root.
+``stop`` undoes it all: kubelets, kube-proxy and the DNS server; the pods' processes (found by
+the nodes' cgroups); the sandboxes' network namespaces and every mount under the nodes'
+directories; containerd and its shims; the bridge; the cgroups; the iptables chains and rules
+the kubelets and kube-proxy added. Needs root.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from pathlib import Path
 
 import yaml
 
-from fulcrum.harness import cni, images, processes
+from fulcrum.harness import cni, images, kubeproxy, processes
 
 POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 POOL_CIDR = ipaddress.ip_network("10.244.128.0/17")  # kept for IP pools: no node's IPAM uses it
@@ -60,6 +64,7 @@ PACKAGES = {
     "iptables": "/usr/sbin/iptables",
     "docker-registry": "/usr/bin/docker-registry",  # the registry the nodes pull from
     "busybox-static": "/bin/busybox",  # the workloads' image (``images.busybox_image``)
+    "dnsmasq-base": str(kubeproxy.DNSMASQ),  # the cluster DNS (``kubeproxy``)
 }
 CNI_BIN = "/usr/lib/cni"
 CGROUPS = Path("/sys/fs/cgroup")
@@ -189,6 +194,8 @@ def _kubelet_config(cluster: str, node: RealNode, directory: Path, ca: Path) -> 
         "containerRuntimeEndpoint": sock,
         "imageServiceEndpoint": sock,
         "resolvConf": "",
+        "clusterDNS": [GATEWAY],  # kubeproxy's DNS server: the kubernetes Service's name
+        "clusterDomain": kubeproxy.DNS_DOMAIN,
         "podLogsDir": str(directory / "pod-logs"),
         "serializeImagePulls": False,
         # a shared, busy test host: no eviction or image GC unless it is really full
@@ -354,6 +361,18 @@ def start(
         )
         names.append(node.name)
         log(f"  {node.name}: kubelet on {GATEWAY}:{node.kubelet_port}, pods {node.pod_cidr()}")
+    try:
+        cluster_ip = kubeproxy.start(
+            root,
+            binaries["kube-proxy"],
+            kubeconfig,
+            node=names[0],
+            cluster_cidr=str(POD_CIDR),
+            dns=GATEWAY,
+        )
+    except kubeproxy.ServiceNetworkError as exc:
+        raise RealNodeError(str(exc)) from exc
+    log(f"  kube-proxy routes ClusterIPs; DNS on {GATEWAY} names kubernetes ({cluster_ip})")
     return names
 
 
@@ -385,6 +404,7 @@ def stop(cluster: str, root: Path, *, log: Callable[[str], None] = print) -> Non
     nodes = sorted(root.glob("real-*")) if root.is_dir() else []
     kubelets = [pid for d in nodes for pid in processes.processes_under(d / "kubelet.yaml")]
     processes.terminate(kubelets)
+    kubeproxy.stop(root)  # before its iptables rules are removed below
     for directory in nodes:
         _kill_cgroup(cgroup_root(cluster, directory.name))
     unmount_under(root)  # the sandboxes' netns (so their veths go) and the kubelets' volumes

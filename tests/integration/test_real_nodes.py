@@ -44,7 +44,16 @@ def _host() -> dict[str, set[str]]:
         "processes": {
             p
             for p in procs.split()
-            if p in ("kubelet", "containerd", "containerd-shim", "pause", "httpd")
+            if p
+            in (
+                "kubelet",
+                "containerd",
+                "containerd-shim",
+                "pause",
+                "httpd",
+                "kube-proxy",
+                "dnsmasq",
+            )
         },
         "mounts": mounts,
         "links": {line.split(": ")[1].split("@")[0] for line in links.splitlines()},
