@@ -416,7 +416,7 @@ def up(
             "kube-scheduler)"
         )
         try:
-            controlplane.create(binaries, state_dir(name), name)
+            controlplane.create(binaries, state_dir(name), name, real_nodes=real_nodes > 0)
         except controlplane.ControlPlaneError as exc:
             raise ClusterError(str(exc)) from exc
         install_crds(name, binaries["kubectl"])

@@ -61,7 +61,7 @@ def kwokctl(kwokctl_bin: Path, directory: Path, name: str, *args: str, timeout: 
     return result.stdout
 
 
-def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
+def kwokctl_config(directory: Path, name: str, *, real_nodes: bool = False) -> dict[str, Any]:
     """kwok's controller fakes only the nodes annotated kwok.x-k8s.io/node=fake (every node the
     harness registers), not all nodes as kwokctl's binary runtime has it: the real nodes
     (``realnodes``) run their own pods, and kwok must leave them alone. The API server reaches
@@ -69,7 +69,11 @@ def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
     it (only real nodes bring one, ``kubeproxy``), and a kubelet (logs, exec) with the admin
     certificate, which the real nodes' kubelets authenticate against the cluster CA, at their
     InternalIP (no DNS knows the nodes' names). Its serving certificate also carries the
-    ``kubernetes`` Service's ClusterIP, where in-cluster clients on real nodes connect."""
+    ``kubernetes`` Service's ClusterIP, where in-cluster clients on real nodes connect.
+
+    kwokctl has the node lifecycle controller wait 3m20s before it marks a silent node NotReady
+    (kwok's heartbeats for thousands of nodes may lag); with ``real_nodes``, whose kubelets do
+    die, it waits what a cluster's controller-manager does by default: 50 s, checked every 5 s."""
     certs = pki(directory, name)
     apiserver_args = {
         "service-cluster-ip-range": SERVICE_CIDR,
@@ -78,6 +82,7 @@ def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
         "kubelet-client-key": str(certs / "admin.key"),
         "kubelet-preferred-address-types": "InternalIP,Hostname",
     }
+    monitor = {"node-monitor-grace-period": "50s", "node-monitor-period": "5s"}
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
@@ -88,6 +93,13 @@ def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
                 "extraArgs": [
                     {"key": key, "value": value, "override": False}
                     for key, value in apiserver_args.items()
+                ],
+            },
+            {
+                "name": "kube-controller-manager",
+                "extraArgs": [
+                    {"key": key, "value": value, "override": True}
+                    for key, value in (monitor.items() if real_nodes else ())
                 ],
             },
             {
@@ -105,11 +117,13 @@ def kwokctl_config(directory: Path, name: str) -> dict[str, Any]:
     }
 
 
-def create(binaries: Mapping[str, Path], directory: Path, name: str) -> None:
+def create(
+    binaries: Mapping[str, Path], directory: Path, name: str, *, real_nodes: bool = False
+) -> None:
     """kwokctl's binary runtime with our binaries: apiserver, etcd, controller-manager,
     default-scheduler and kwok's controller (``kwokctl_config``)."""
     config = directory / "kwokctl-config.yaml"
-    config.write_text(yaml.safe_dump(kwokctl_config(directory, name)))
+    config.write_text(yaml.safe_dump(kwokctl_config(directory, name, real_nodes=real_nodes)))
     flags = [
         f"--{component}-binary={binaries[binary]}"
         for component, binary in (
