@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from fulcrum.harness import cni
     from fulcrum.harness.binaries import COMPONENTS, NODE_COMPONENTS, ensure_binaries
 
     built = ensure_binaries(components=(*COMPONENTS, *NODE_COMPONENTS))
+    built["fulcrum-ipam"] = cni.ensure_ipam_plugin(lambda msg: print(msg, file=sys.stderr))
     paths = {name: str(path) for name, path in built.items()}
     text = "\n".join(f"{name:25} {path}" for name, path in paths.items())
     output.emit(paths, args.output, text=text, file=args.output_file)
