@@ -87,7 +87,6 @@ def node_conflist(
     pool_cidr: str,
     data_dir: str,
     handover_seconds: float = 30,
-    take_over: bool = False,
 ) -> dict[str, Any]:
     """The conflist of a real node: Debian's bridge on the shared ``bridge``, whose IPAM is
     ``fulcrum-ipam`` over host-local.
@@ -132,7 +131,6 @@ def node_conflist(
                     "poolCIDRs": [pool_cidr],
                     "dataDir": f"{data_dir}/{PLUGIN}",
                     "handoverSeconds": handover_seconds,
-                    "takeOver": take_over,
                     "delegate": delegate,
                 },
             },

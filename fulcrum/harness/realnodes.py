@@ -285,7 +285,6 @@ def start_node(
         range_end=str(hosts[-1]),
         pool_cidr=str(POOL_CIDR),
         data_dir=str(directory / "ipam"),
-        take_over=os.environ.get("FULCRUM_IPAM_TAKEOVER") == "1",
     )
     (directory / "net.d" / "10-fulcrum.conflist").write_text(json.dumps(conflist, indent=2))
     (directory / "certs.d" / registry / "hosts.toml").write_text(

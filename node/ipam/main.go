@@ -40,7 +40,6 @@ import (
 
 const (
 	annotation     = "fulcrum.io/assigned-ip"
-	reservation    = "fulcrum.io/reservation" // on a local rebuild's successor, from its bind
 	defaultDataDir = "/var/lib/cni/fulcrum-ipam"
 )
 
@@ -77,7 +76,6 @@ type netConf struct {
 		PoolCIDRs       []string        `json:"poolCIDRs"`
 		DataDir         string          `json:"dataDir"`
 		HandoverSeconds *float64        `json:"handoverSeconds"`
-		TakeOver        bool            `json:"takeOver"`
 		Delegate        json.RawMessage `json:"delegate"`
 	} `json:"ipam"`
 	RuntimeConfig struct {
@@ -167,10 +165,6 @@ func add(st *state, conf *netConf, del *delegate, raw, holder, held string, dead
 	if err != nil {
 		return err
 	}
-	_, claimed := conf.RuntimeConfig.Annotations[reservation]
-	if other := st.holder(addr); other != "" && other != holder && claimed && conf.IPAM.TakeOver {
-		takeOver(st, addr, subnet)
-	}
 	for other := st.holder(addr); other != "" && other != holder && time.Now().Before(deadline); {
 		st.unlock()
 		time.Sleep(50 * time.Millisecond)
@@ -206,24 +200,6 @@ func add(st *state, conf *netConf, del *delegate, raw, holder, held string, dead
 	return emit(map[string]any{
 		"cniVersion": conf.CNIVersion, "ips": []any{ip}, "routes": routes, "dns": struct{}{},
 	})
-}
-
-// takeOver removes addr from the interface of the container holding it and frees its record:
-// with ipam.takeOver, a local rebuild's successor (its pod names the Reservation it claimed,
-// so its predecessor is being deleted) need not wait for the predecessor's sandbox to go.
-// Whatever fails here (the namespace gone already), the wait for the holder's DEL still follows.
-func takeOver(st *state, addr netip.Addr, subnet netip.Prefix) {
-	_, ifname, netns := st.read(addr)
-	if netns == "" || ifname == "" {
-		return
-	}
-	prefix := netip.PrefixFrom(addr, subnet.Bits()).String()
-	cmd := exec.Command("nsenter", "--net="+netns, "ip", "addr", "del", prefix, "dev", ifname)
-	out, err := cmd.CombinedOutput()
-	_, stat := os.Stat(netns)
-	if err == nil || bytes.Contains(out, []byte("Cannot assign")) || stat != nil {
-		_ = st.release(addr.String()) // off that interface (or it has gone): this one's now
-	}
 }
 
 func checkPools(addr netip.Addr, cidrs []string) error {
