@@ -257,20 +257,15 @@ def _go_build(component: Component, binary: str, out_dir: Path) -> None:
     )
 
 
-def _component_dir(component: Component, log: Callable[[str], None]) -> Path:
-    target = cache_dir() / "bin" / component.cache_key()
+def cached_build(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, built once: ``build(staging)`` fills a directory beside it that is renamed
+    into place when done, so a half-finished build never counts."""
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{component.name}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        for i, binary in enumerate(component.commands, 1):
-            log(
-                f"[{component.name} {component.version()}] building {binary} "
-                f"({i}/{len(component.commands)}) from the Go module proxy"
-            )
-            _go_build(component, binary, staging)
-            check_binary(staging / binary, want_version=expected_version(binary))
+        build(staging)
         (staging / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         if target.exists():
             shutil.rmtree(target)
@@ -279,6 +274,19 @@ def _component_dir(component: Component, log: Callable[[str], None]) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _component_dir(component: Component, log: Callable[[str], None]) -> Path:
+    def build(staging: Path) -> None:
+        for i, binary in enumerate(component.commands, 1):
+            log(
+                f"[{component.name} {component.version()}] building {binary} "
+                f"({i}/{len(component.commands)}) from the Go module proxy"
+            )
+            _go_build(component, binary, staging)
+            check_binary(staging / binary, want_version=expected_version(binary))
+
+    return cached_build(cache_dir() / "bin" / component.cache_key(), build)
 
 
 def ensure_binaries(

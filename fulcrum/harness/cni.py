@@ -14,12 +14,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fulcrum.harness.binaries import REPO_ROOT, BinaryError, cache_dir
+from fulcrum.harness.binaries import REPO_ROOT, BinaryError, cache_dir, cached_build
 
 PLUGIN = "fulcrum-ipam"
 ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
@@ -43,18 +42,13 @@ def source_hash() -> str:
 def ensure_ipam_plugin(log: Callable[[str], None]) -> Path:
     """The path of a ``fulcrum-ipam`` built from this tree's ``node/ipam``, building it once
     (static: ``CGO_ENABLED=0``) into the cache."""
-    target = cache_dir() / "bin" / f"{PLUGIN}-{source_hash()}"
-    binary = target / PLUGIN
-    if binary.is_file():
-        return binary
     go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
-    if go is None:
-        raise BinaryError(
-            f"`go` is not on PATH: install Go >= 1.24 to build {PLUGIN} from {module_dir()}"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{PLUGIN}-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
+        if go is None:
+            raise BinaryError(
+                f"`go` is not on PATH: install Go >= 1.24 to build {PLUGIN} from {module_dir()}"
+            )
         log(f"[{PLUGIN}] building from {module_dir()}")
         env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod -buildvcs=false")
         env.setdefault("GOTOOLCHAIN", "local")
@@ -68,13 +62,8 @@ def ensure_ipam_plugin(log: Callable[[str], None]) -> Path:
                 f"{(result.stdout + result.stderr).strip()[-2000:]}\n"
                 f"Fix: `cd {module_dir()} && go vet .` shows the problem; Go >= 1.24 is needed"
             )
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return binary
+
+    return cached_build(cache_dir() / "bin" / f"{PLUGIN}-{source_hash()}", build) / PLUGIN
 
 
 def node_conflist(
