@@ -68,7 +68,6 @@ PACKAGES = {
 }
 CNI_BIN = "/usr/lib/cni"
 CGROUPS = Path("/sys/fs/cgroup")
-NETNS_DIR = "netns"  # under each node's directory: containerd pins the sandboxes' netns here
 
 
 class RealNodeError(RuntimeError):
@@ -103,7 +102,7 @@ def check_host(cluster: str) -> None:
     if missing:
         raise RealNodeError(
             f"real nodes need Debian's {', '.join(missing)}: "
-            f"apt-get install {' '.join(missing)} (`.ci/run` installs them)"
+            f"apt-get install {' '.join(missing)} (as root, `make node-packages` does)"
         )
     routes = _run(["ip", "-o", "route", "show", "to", "match", GATEWAY]).splitlines()
     taken = [r for r in routes if "/" in r.split()[0] and bridge_name(cluster) not in r]
@@ -114,8 +113,8 @@ def check_host(cluster: str) -> None:
         )
 
 
-def _run(cmd: list[str], *, check: bool = True, stdin: bytes | None = None) -> str:
-    result = subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, check=False)
+def _run(cmd: list[str], *, check: bool = True) -> str:
+    result = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
     if check and result.returncode != 0:
         raise RealNodeError(
             f"`{' '.join(cmd)}` failed (exit {result.returncode}): "
