@@ -183,13 +183,15 @@ def _roll(
     command: list[str],
     want: Any,
     round_: int,
+    replicas: int,
     say: Callable[[str], None],
 ) -> Rollout:
+    """One workload's rollout after ``command``: its time, and its successors' phases."""
     before = {m.uid for m in rr.members(kit, NS, workload).values()}
     rolled = rr.roll(
         kit,
         NS,
-        {workload: kit_replicas(kit, workload)},
+        {workload: replicas},
         lambda: kit.kubectl(*command),
         want,
         timeout=600,
@@ -204,11 +206,6 @@ def _roll(
         + f"  ({rolled.kept})"
     )
     return result
-
-
-def kit_replicas(kit: rr.Kit, workload: str) -> int:
-    found = kit.apps.read_namespaced_deployment(workload, NS)
-    return int(found.spec.replicas)
 
 
 def run(config: Config, *, say: Callable[[str], None] = print) -> Result:
@@ -251,13 +248,33 @@ def _measure(config: Config, say: Callable[[str], None]) -> Result:
                 image = refs[f"r{r}-{workload}"]
                 command = ["set", "image", f"deployment/{workload}", f"main={image}", "-n", NS]
                 result.rollouts.append(
-                    _roll(kit, phases, workload, "image", command, rr.has_image(image), r, say)
+                    _roll(
+                        kit,
+                        phases,
+                        workload,
+                        "image",
+                        command,
+                        rr.has_image(image),
+                        r,
+                        config.replicas,
+                        say,
+                    )
                 )
             for workload in order:
                 value = f"r{r}"
                 command = ["set", "env", f"deployment/{workload}", f"REVISION={value}", "-n", NS]
                 result.rollouts.append(
-                    _roll(kit, phases, workload, "env", command, rr.has_env(value), r, say)
+                    _roll(
+                        kit,
+                        phases,
+                        workload,
+                        "env",
+                        command,
+                        rr.has_env(value),
+                        r,
+                        config.replicas,
+                        say,
+                    )
                 )
     finally:
         phases.informer.stop()
