@@ -261,6 +261,14 @@ def test_pause_keeps_both_versions_in_place_and_resume_and_undo_rebuild_locally(
     first = rr.members(kit, NS, "roll")
 
     kit.kubectl("set", "env", "deployment/roll", "REVISION=2", "-n", NS)
+    # pause once the first batch has begun: a pause that reaches the Deployment controller
+    # before the new revision does stops the rollout before it starts (seen in CI)
+    rr.wait_for(
+        "the first batch begins",
+        lambda: any(rr.has_env("2")(pod) for pod in rr.live_pods(kit, NS, "roll")),
+        timeout=60,
+        interval=0.05,
+    )
     kit.kubectl("rollout", "pause", "deployment/roll", "-n", NS)
     rr.wait_for("paused batch settles", lambda: rr.running(kit, NS, "roll", lambda _: True) == 10)
     time.sleep(2)  # a paused Deployment starts no further batch
