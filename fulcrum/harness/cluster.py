@@ -28,6 +28,7 @@ from kubernetes import client, config
 from fulcrum.harness import controlplane, processes, realnodes, webhooks
 from fulcrum.harness.binaries import NODE_COMPONENTS, BinaryError, cache_dir, ensure_binaries
 from fulcrum.harness.controlplane import FAKE_NODE_ANNOTATION as FAKE_NODE_ANNOTATION
+from fulcrum.harness.processes import free_port as free_port
 from fulcrum.harness.registration import FULCRUM_SCHEDULER as FULCRUM_SCHEDULER
 from fulcrum.harness.registration import SCHEDULER_GC
 from fulcrum.harness.registration import ExtenderRegistration as ExtenderRegistration
@@ -108,12 +109,6 @@ def load_state(name: str) -> ClusterState:
 
 def _save_state(state: ClusterState) -> None:
     (state_dir(state.name) / "cluster.json").write_text(json.dumps(asdict(state), indent=2))
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_in_use(port: int) -> bool:

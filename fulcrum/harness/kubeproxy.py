@@ -48,12 +48,6 @@ class ServiceNetworkError(RuntimeError):
     """kube-proxy or the DNS server did not start; the message names the cause and the fix."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- kube-proxy --------------------------------------------------------------------------------
 
 
@@ -89,12 +83,12 @@ def start_kube_proxy(
     """kube-proxy as ``node``, its config and log in ``directory``; returns once its healthz
     answers (its first sync of the rules is done)."""
     directory.mkdir(parents=True, exist_ok=True)
-    healthz = _free_port()
+    healthz = processes.free_port()
     settings = kube_proxy_config(
         kubeconfig,
         node=node,
         cluster_cidr=cluster_cidr,
-        metrics_port=_free_port(),
+        metrics_port=processes.free_port(),
         healthz_port=healthz,
     )
     path = directory / "kube-proxy.yaml"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -45,6 +46,13 @@ def processes_under(path: Path) -> Iterator[int]:
                 yield int(entry.name)
         except OSError:
             continue
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def pid_alive(pid: int) -> bool:

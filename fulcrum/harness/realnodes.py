@@ -38,7 +38,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -226,9 +225,15 @@ def _hierarchies() -> list[Path]:
     return [p for p in CGROUPS.iterdir() if p.is_dir() and not p.is_symlink()]
 
 
+def _shim_path(binaries: Mapping[str, Path]) -> str:
+    """PATH with containerd's own directory first: containerd and the kubelet look the runc
+    shim up there."""
+    return f"{binaries['containerd'].parent}:{os.environ.get('PATH', '')}"
+
+
 def _start_containerd(directory: Path, binaries: Mapping[str, Path]) -> int:
     log = directory / "containerd.log"
-    env = dict(os.environ, PATH=f"{binaries['containerd'].parent}:{os.environ.get('PATH', '')}")
+    env = dict(os.environ, PATH=_shim_path(binaries))
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [str(binaries["containerd"]), "--config", str(directory / "containerd.toml")],
@@ -308,7 +313,7 @@ def start_node(
         f"--node-labels={NODE_LABEL}={NODE_VALUE}",
         "--v=1",
     ]
-    env = {"PATH": f"{binaries['containerd'].parent}:{os.environ.get('PATH', '')}"}
+    env = {"PATH": _shim_path(binaries)}
     try:
         processes.start_process(
             directory, "kubelet", cmd, f"http://127.0.0.1:{node.healthz_port}/healthz", env
@@ -345,7 +350,7 @@ def start(
     _make_bridge(cluster)
     names = []
     for index in range(1, count + 1):
-        node = RealNode(f"real-{index}", index, _free_port(), _free_port())
+        node = RealNode(f"real-{index}", index, processes.free_port(), processes.free_port())
         start_node(
             cluster,
             node,
@@ -385,12 +390,6 @@ def start_registry(root: Path, port: int) -> None:
 
 def stop_registry(root: Path) -> None:
     processes.terminate(list(processes.processes_under(root / "registry")))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- tear-down -------------------------------------------------------------------------------

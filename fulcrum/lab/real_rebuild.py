@@ -7,13 +7,13 @@ the cluster's registry: it writes ``/data/born`` once (its first incarnation's n
 predecessor's volume serves the same ``born``; one that kept its address answers on it.
 
 Used by the integration tests (``tests/integration/test_real_nodes.py``) and by
-``fulcrum bench-real`` (local rebuild against a plain rollout of the same workload, same run).
+``fulcrum bench-rebuild`` (local rebuild against a plain rollout of the same workload, same run).
 """
 
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,14 +198,6 @@ def served(kit: rr.Kit, namespace: str, app: str) -> dict[str, Served]:
     return out
 
 
-def changed_image(tag: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda pod: pod["spec"]["containers"][0]["image"].endswith(f":{tag}")
-
-
-def counts(apps: Mapping[str, int]) -> str:
-    return ", ".join(f"{app} {n}" for app, n in apps.items())
-
-
 def demo(kit: rr.Kit, registry: str, *, say: Callable[[str], None]) -> dict[str, rr.Rollout]:
     """The demo's local rebuild on the real nodes: Deployments 'local' (opted in, IP pool) and
     'plain', and StatefulSet 'db' (opted in, IP pool, a local PersistentVolume per pod), two
@@ -220,7 +212,7 @@ def demo(kit: rr.Kit, registry: str, *, say: Callable[[str], None]) -> dict[str,
         ).items
     )[:2]
     kit.kubectl("create", "namespace", namespace)
-    root = Path(cluster.state_dir(kit.name)) / "volumes"
+    root = cluster.state_dir(kit.name) / "volumes"
     rr.apply(
         kit,
         [

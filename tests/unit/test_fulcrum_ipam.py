@@ -41,13 +41,9 @@ def plugin() -> Path:
         raise
 
 
-def conf(
-    tmp_path: Path, ip: str | None = None, version: str = "1.0.0", handover: float = 0
-) -> dict[str, Any]:
-    """What bridge hands its IPAM plugin: the node's conflist entry, with the runtimeConfig
-    libcni adds for the pod-annotations capability (a held address waited for ``handover``
-    seconds)."""
-    conflist = cni.node_conflist(
+def node_conflist(tmp_path: Path, handover: float = 30) -> dict[str, Any]:
+    """The harness's conflist for node 1, its state in ``tmp_path``."""
+    return cni.node_conflist(
         bridge="fulcrum0",
         subnet="10.244.0.0/16",
         gateway=GATEWAY,
@@ -57,6 +53,15 @@ def conf(
         data_dir=str(tmp_path),
         handover_seconds=handover,
     )
+
+
+def conf(
+    tmp_path: Path, ip: str | None = None, version: str = "1.0.0", handover: float = 0
+) -> dict[str, Any]:
+    """What bridge hands its IPAM plugin: the node's conflist entry, with the runtimeConfig
+    libcni adds for the pod-annotations capability (a held address waited for ``handover``
+    seconds)."""
+    conflist = node_conflist(tmp_path, handover)
     plugin = dict(conflist["plugins"][0], cniVersion=version, name=conflist["name"])
     annotations = {"fulcrum.io/ip-pool": "db"} | ({"fulcrum.io/assigned-ip": ip} if ip else {})
     plugin["runtimeConfig"] = {cni.ANNOTATIONS_CAPABILITY: annotations}
@@ -250,15 +255,7 @@ def test_bridge_puts_the_pool_address_on_the_pods_interface(plugin: Path, tmp_pa
         pytest.skip("needs root, unshare and nsenter to make network namespaces")
     for name, ip in (("pool", POOL_IP), ("plain", None)):
         (tmp_path / f"{name}.json").write_text(json.dumps(conf(tmp_path, ip)))
-    chained = cni.node_conflist(
-        bridge="fulcrum0",
-        subnet="10.244.0.0/16",
-        gateway=GATEWAY,
-        range_start="10.244.1.2",
-        range_end="10.244.1.254",
-        pool_cidr="10.244.128.0/17",
-        data_dir=str(tmp_path),
-    )
+    chained = node_conflist(tmp_path)
     (tmp_path / "chained.json").write_text(
         json.dumps(dict(chained["plugins"][1], cniVersion="1.0.0", name="fulcrum"))
     )
