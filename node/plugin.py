@@ -25,13 +25,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol
 
 from kube import api
 from kube.resources import GPU_MILLI_ANNOTATION, parse_devices
-
-if TYPE_CHECKING:
-    from node.agent import AgentContext
 
 
 class Severity(enum.IntEnum):
@@ -56,7 +54,7 @@ class CheckResult:
     threshold: float | str | None = None
 
 
-class Refuse(Exception):  # noqa: N818 - a verdict, not a failure of the plugin
+class Refuse(Exception):
     """Raised by ``create_container`` to refuse a container; the message names the conflict."""
 
 
@@ -131,6 +129,30 @@ class DeviceSet:
     healthy: frozenset[str] | None = None  # None: all healthy
 
 
+class AgentContext(Protocol):
+    """What the agent offers its plugins (``node.agent`` implements it)."""
+
+    node: str  # this node's name
+    kubelet_root: Path  # the kubelet's --root-dir
+    kubelet_healthz: str  # "http://127.0.0.1:10248/healthz"
+    runtime_socket: Path  # the CRI socket (containerd's)
+    options: Mapping[str, str]  # --plugin-option NAME.KEY=VALUE, per plugin name
+
+    def pull_image(self, image: str, timeout: float) -> float:
+        """Pull through the CRI image service; the seconds it took. Raises on failure."""
+        ...
+
+    def image_present(self, image: str) -> bool: ...
+
+    def annotate_pod(self, pod: PodView, annotations: Mapping[str, str | None]) -> None:
+        """Merge-patch the pod's annotations (None removes one)."""
+        ...
+
+    def event(self, pod: PodView | None, reason: str, message: str, *, warning: bool) -> None:
+        """An Event on the pod, or on the node when ``pod`` is None."""
+        ...
+
+
 FailurePolicy = Literal["ignore", "fail"]
 HOOKS = (
     "create_container",
@@ -182,8 +204,4 @@ class NodePlugin:
 
 def hooks_of(plugin: NodePlugin) -> list[str]:
     """The hooks ``plugin`` overrides (``allocate`` counts with ``devices``)."""
-    return [
-        hook
-        for hook in HOOKS
-        if getattr(type(plugin), hook) is not getattr(NodePlugin, hook)
-    ]
+    return [hook for hook in HOOKS if getattr(type(plugin), hook) is not getattr(NodePlugin, hook)]
