@@ -25,6 +25,7 @@ from fulcrum.bench_cli import (
 )
 from fulcrum.harness.binaries import BinaryError
 from fulcrum.inspect_cli import add_inspect
+from fulcrum.node_cli import add_node
 from fulcrum.services_cli import add_services
 
 if TYPE_CHECKING:
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_cmd_build)
     _add_cluster(sub)
     add_services(sub)
+    add_node(sub)
     _add_runs(sub)
     add_bench(sub)
     add_bench_rebuild(sub)
