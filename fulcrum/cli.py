@@ -61,9 +61,15 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     import resource
     import time
 
-    from fulcrum.harness import cluster
+    from fulcrum.harness import cluster, nodeagent
 
     started = time.monotonic()
+    agent = nodeagent.AgentOptions(
+        gpus=args.node_gpu,
+        gpu_model=args.node_gpu_model,
+        plugins=args.node_plugins,
+        plugin_options=tuple(args.node_plugin_option),
+    )
     cluster.up(
         args.name,
         nodes=args.nodes,
@@ -72,6 +78,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
         extender_port=args.extender_port,
         extender_config=args.extender_config,
         real_nodes=args.real_nodes,
+        node_agent=agent,
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -186,8 +193,25 @@ def _add_cluster(sub: Subparsers) -> None:
     up.add_argument("--node-memory", default="256Gi", help="memory per node (default %(default)s)")
     up.add_argument("--node-pods", type=int, default=110, help="pods per node (default 110)")
     up.add_argument("--node-ephemeral-storage", default="1Ti", help="per node (default 1Ti)")
-    up.add_argument("--node-gpu", type=int, default=0, help="nvidia.com/gpu per node")
+    up.add_argument(
+        "--node-gpu",
+        type=int,
+        default=0,
+        help="nvidia.com/gpu per node; on real nodes, fake GPUs their fulcrum node advertises",
+    )
     up.add_argument("--node-gpu-model", default="", help="nvidia.com/gpu.product of the nodes")
+    up.add_argument(
+        "--node-plugins",
+        default=None,
+        help="the real nodes' fulcrum node --plugins (default: the agent's default)",
+    )
+    up.add_argument(
+        "--node-plugin-option",
+        action="append",
+        default=[],
+        metavar="PLUGIN.KEY=VALUE",
+        help="a --plugin-option for the real nodes' fulcrum node (repeat for more)",
+    )
     up.add_argument(
         "--real-nodes",
         type=int,

@@ -20,7 +20,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         rows = registry.describe()
         width = max(len(str(r["name"])) for r in rows)
         text = "\n".join(
-            f"{r['name']:<{width}}  {','.join(map(str, r['hooks'])) or '-'}  "  # type: ignore[arg-type]
+            f"{r['name']:<{width}}  {','.join(r['hooks']) or '-'}  "
             f"order {r['order']}, timeout {r['timeout']} s, on failure {r['failure_policy']}  "
             f"{r['source']}"
             for r in rows

@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ def check_node_plugin(
             what = f"{cls.name}.create_container({pod.annotations}, {container.name})"
             if "create_container" in hooks:
                 try:
-                    got = _timed(plugin, what, lambda: plugin.create_container(pod, container))
+                    got = _timed(plugin, what, partial(plugin.create_container, pod, container))
                 except Refuse as verdict:
                     if not str(verdict):
                         raise ConformanceError(f"{what}: Refuse without a message") from None
@@ -169,11 +170,12 @@ def check_node_plugin(
                 _check_adjustment(got, what)
             for hook in ("container_started", "container_stopped"):
                 if hook in hooks:
-                    _timed(plugin, f"{cls.name}.{hook}", lambda h=hook: getattr(plugin, h)(pod, container))  # type: ignore[misc]
+                    call = partial(getattr(plugin, hook), pod, container)
+                    _timed(plugin, f"{cls.name}.{hook}", call)
         if "pod_changed" in hooks:
-            _timed(plugin, f"{cls.name}.pod_changed", lambda: plugin.pod_changed(pod, context))
+            _timed(plugin, f"{cls.name}.pod_changed", partial(plugin.pod_changed, pod, context))
         if "pod_removed" in hooks:
-            _timed(plugin, f"{cls.name}.pod_removed", lambda: plugin.pod_removed(pod))
+            _timed(plugin, f"{cls.name}.pod_removed", partial(plugin.pod_removed, pod))
     if "check" in hooks:
         results = list(_timed(plugin, f"{cls.name}.check", lambda: list(plugin.check(context))))
         for result in results:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from typing import TypedDict
 
 from node.gpu import GpuDevices
 from node.plugin import NodePlugin, hooks_of
@@ -24,6 +25,16 @@ BUILTINS: dict[str, type[NodePlugin]] = {
     GpuDevices.name: GpuDevices,
 }
 DEFAULT_PLUGINS = (GpuDevices.name,)
+
+
+class PluginRow(TypedDict):
+    name: str
+    hooks: list[str]
+    order: int
+    timeout: float
+    failure_policy: str
+    source: str
+    description: str
 
 
 @dataclass(frozen=True)
@@ -73,9 +84,9 @@ def create(names: Sequence[str], points: Iterable[EntryPoint] | None = None) -> 
     return plugins
 
 
-def describe(points: Iterable[EntryPoint] | None = None) -> list[dict[str, object]]:
+def describe(points: Iterable[EntryPoint] | None = None) -> list[PluginRow]:
     """``fulcrum node --list-plugins``: name, hooks, order, timeout, failure policy, source."""
-    rows = []
+    rows: list[PluginRow] = []
     for name, a in sorted(available(points).items(), key=lambda item: item[0].lower()):
         rows.append(
             {

@@ -129,3 +129,74 @@ class PodSink:
         self.context.pods = {v.uid: v for v in views}
         for view in views:
             self.agent.notify("pod_changed", view, self.context)
+
+
+def _report_checks(agent: Agent, context: NodeContext, prom: CollectorRegistry) -> None:
+    from node import check_report
+
+    results = agent.checks()
+    check_report.publish(results, context.core, context.node, prom)
+
+
+def run(
+    *,
+    node: str,
+    plugins: list[str],
+    options: Mapping[str, str],
+    kubeconfig_path: Path | None,
+    context: str | None,
+    nri_socket: Path,
+    kubelet_root: Path,
+    kubelet_healthz: str,
+    runtime_socket: Path,
+    metrics_host: str,
+    metrics_port: int,
+    check_interval: float,
+) -> None:
+    """Run the agent for ``node`` until SIGTERM or SIGINT."""
+    from fulcrum.run import kubeconfig
+    from kube.informer import Informer
+
+    cfg, source = kubeconfig.load(kubeconfig_path, context=context)
+    core = client.CoreV1Api(client.ApiClient(cfg))
+    node_uid = str(core.read_node(node).metadata.uid)
+    events = EventSender(lambda ns, body: core.create_namespaced_event(ns, body))
+    ctx = NodeContext(
+        node, kubelet_root, kubelet_healthz, runtime_socket, options, core, events, node_uid
+    )
+    prom = CollectorRegistry()
+    agent = Agent(node_registry.create(plugins), ctx, registry=prom)
+    log.info("node %s: plugins %s; cluster from %s", node, ", ".join(agent.hooks), source)
+    labels = agent.node_labels()
+    if labels:
+        core.patch_node(node, {"metadata": {"labels": labels}})
+    start_http_server(metrics_port, metrics_host, registry=prom)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sink = PodSink(agent, ctx)
+    informer = None
+    if sink.wants:
+        informer = Informer(
+            "pods",
+            core.list_pod_for_all_namespaces,
+            sink,
+            field_selector=f"spec.nodeName={node}",
+        )
+        informer.start()
+    transports = _start_transports(agent, ctx, nri_socket, stop)
+    try:
+        while not stop.is_set():
+            if agent.uses("check"):
+                try:
+                    _report_checks(agent, ctx, prom)
+                except Exception as exc:  # the API down for a while: try again next round
+                    log.warning("could not publish the checks: %s", exc)
+            stop.wait(check_interval)
+    finally:
+        for transport in transports:
+            transport.stop()
+        if informer is not None:
+            informer.stop()
+        agent.close()
+        events.flush()

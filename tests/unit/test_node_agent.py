@@ -131,8 +131,9 @@ def test_the_budget_bounds_all_plugins_together() -> None:
     started = time.monotonic()
     a.create_container(POD, CONTAINER)
     assert time.monotonic() - started < 0.3
-    assert "plugin 'hangs-2': skipped create_container, the agent's 0.1 s budget" in (
-        context.events[1][2]
+    assert (
+        "plugin 'hangs-2': skipped create_container, the agent's 0.1 s budget"
+        in (context.events[1][2])
     )
     first.release.set()
     second.release.set()
@@ -158,5 +159,5 @@ def test_parse_options() -> None:
         "gpu.model": "A100",
         "x.y": "",
     }
-    with pytest.raises(ValueError, match="expected PLUGIN.KEY=VALUE"):
+    with pytest.raises(ValueError, match=r"expected PLUGIN\.KEY=VALUE"):
         parse_options(["fake=4"])
