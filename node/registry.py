@@ -17,14 +17,16 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import TypedDict
 
 from node.gpu import GpuDevices
+from node.ipam_check import IpamAgreement
 from node.plugin import NodePlugin, hooks_of
 from policies.plugins import PluginError, PluginRegistry, UnknownPluginError
 
 ENTRY_POINT_GROUP = "fulcrum.node_plugins"
 BUILTINS: dict[str, type[NodePlugin]] = {
     GpuDevices.name: GpuDevices,
+    IpamAgreement.name: IpamAgreement,
 }
-DEFAULT_PLUGINS = (GpuDevices.name,)
+DEFAULT_PLUGINS = (GpuDevices.name, IpamAgreement.name)
 
 
 class PluginRow(TypedDict):

@@ -54,6 +54,7 @@ def command(
         f"--metrics-port={metrics_port}",
         f"--check-interval={options.check_interval:g}",
         f"--plugin-option=node-checks.runtime-root={directory / 'containerd' / 'root'}",
+        f"--plugin-option=ipam.data-dir={directory / 'ipam'}",
     ]
     if options.gpus:
         cmd += [f"--fake-gpus={options.gpus}"]

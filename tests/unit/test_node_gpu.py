@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from node.conformance import FakeContext, check_node_plugin
@@ -96,3 +98,20 @@ def test_the_check_finds_an_over_shared_device() -> None:
 def test_the_gpu_plugin_conforms() -> None:
     check_node_plugin(GpuDevices, options={"gpu.fake": "4", "gpu.model": "T4"})
     check_node_plugin(GpuDevices)
+
+
+def test_the_ipam_check_names_addresses_no_pod_claims(tmp_path: Path) -> None:
+    from node.ipam_check import IpamAgreement
+
+    context = FakeContext(options={"ipam.data-dir": str(tmp_path)})
+    ipam = IpamAgreement()
+    ipam.configure(context)
+    for name in ("10.244.128.5", "10.244.128.6", "lock"):
+        (tmp_path / name).write_text("c1\neth0\n/netns\n")
+    ipam.pod_changed(pod("a", **{"fulcrum.io/assigned-ip": "10.244.128.5"}), context)
+    [result] = ipam.check(context)
+    assert result.severity is Severity.WARN and "10.244.128.6" in result.message
+    ipam.pod_changed(pod("b", **{"fulcrum.io/assigned-ip": "10.244.128.6"}), context)
+    [result] = ipam.check(context)
+    assert result.severity is Severity.INFO and result.value == 2
+    check_node_plugin(IpamAgreement, options={"ipam.data-dir": str(tmp_path)})
