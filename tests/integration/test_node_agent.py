@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from fulcrum.harness import cluster, images, nodeagent, realnodes
+from fulcrum.harness import cluster, nodeagent, realnodes
+from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from kube import api
 
@@ -107,10 +108,8 @@ def kit(plugins_dir: Path, scratch: Path) -> Iterator[rr.Kit]:
 @pytest.fixture(scope="module")
 def busybox(kit: rr.Kit) -> str:
     state = cluster.load_state(kit.name)
-    ref = f"127.0.0.1:{state.registry_port}/busybox:node"
-    with images.build(images.busybox_image()) as built:
-        images.push(built, ref)
-    return ref
+    refs = rb.push_app_images(f"127.0.0.1:{state.registry_port}", ("node",), say=print)
+    return refs["node"]
 
 
 def _pod(
