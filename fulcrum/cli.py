@@ -16,6 +16,7 @@ from fulcrum import output
 from fulcrum.bench_cli import (
     Subparsers,
     add_bench,
+    add_bench_node,
     add_bench_rebuild,
     add_floors,
     add_nodes_to_score,
@@ -383,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(sub)
     add_bench(sub)
     add_bench_rebuild(sub)
+    add_bench_node(sub)
     sub.add_parser(
         "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
     )
