@@ -334,7 +334,7 @@ class NRIConnection:
             try:
                 await self.serve_once()
                 log.warning("nri: %s: the runtime closed the connection", self.plugin)
-            except (OSError, TimeoutError, ttrpc.ProtocolError, ttrpc.TTRPCError) as exc:
+            except Exception as exc:  # refused, timed out, broken: all mean "try again later"
                 log.warning("nri: %s: %s (%s)", self.plugin, exc, type(exc).__name__)
             if self.connections != before:
                 delay = BACKOFF[0]

@@ -14,10 +14,16 @@ plugin is the ttrpc server), connection 2 the runtime's (the plugin calls Regist
 plugin is the client). A logical connection is a byte stream: one ttrpc message may span
 frames and a frame may hold several messages, so the reader reassembles per connection.
 
-What we send is cut into frames of at most :data:`MAX_FRAME` (4096) bytes. Go's side reads a
-logical connection through a 4096-byte ``bufio.Reader`` and its mux hands one whole frame per
-``Read``, failing with ENOMEM when the frame does not fit the reader's free space; frames of at
-most 4096 bytes always fit (the Go peers' own writes happen to keep that invariant too).
+What we send must suit Go's reader (multiplex.mux + ttrpc's channel): the mux hands a
+logical connection one whole frame per ``Read`` and fails with ENOMEM when the frame does not
+fit the caller's buffer, and ttrpc reads through a 4096-byte ``bufio.Reader``, which reads a
+frame into its own empty buffer (so at most 4096 bytes) unless the caller asks for 4096 bytes
+or more, in which case it reads straight into the caller's slice. So each ttrpc message goes in
+two frames at most, as Go's own ``bufio.Writer`` sends it: its first 4096 bytes, then the rest
+(read straight into the payload's slice, exactly its size, or into the empty buffer when under
+4096 bytes). Cutting every message into 4096-byte frames would be read correctly too, but a
+1 MiB message would then overflow the runtime's queue of 256 frames per connection, which
+closes the whole socket.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct(">IIBB")  # length, stream id, type, flags
 MUX_HEADER = struct.Struct(">II")  # connection id, length
 MAX_MESSAGE = 4 << 20  # ttrpc's messageLengthMax
-MAX_FRAME = 4096  # see the module docstring: what Go's bufio reader takes in one read
+MAX_FRAME = 4096  # Go ttrpc's bufio.Reader size: see the module docstring
 MAX_MUX_PAYLOAD = HEADER.size + MAX_MESSAGE  # the most a peer may put in one mux frame
 
 REQUEST, RESPONSE, DATA = 1, 2, 3
@@ -112,11 +118,15 @@ class MessageReader:
         return out
 
 
-def mux_frames(conn: int, data: bytes, limit: int = MAX_FRAME) -> bytes:
-    """``data`` for logical connection ``conn``, as mux frames of at most ``limit`` bytes."""
+def mux_frames(conn: int, message: bytes, first: int = MAX_FRAME) -> bytes:
+    """One ttrpc ``message`` for logical connection ``conn`` as mux frames: its first
+    ``first`` bytes, then the rest (see the module docstring for why)."""
     out = bytearray()
-    for start in range(0, len(data), limit):
-        chunk = data[start : start + limit]
+    chunks = [message[:first]]
+    chunks += [
+        message[i : i + MAX_MUX_PAYLOAD] for i in range(first, len(message), MAX_MUX_PAYLOAD)
+    ]
+    for chunk in chunks:
         out += MUX_HEADER.pack(conn, len(chunk)) + chunk
     return bytes(out)
 
@@ -163,9 +173,14 @@ class Mux:
                 conn, length = MUX_HEADER.unpack(header)
                 if length > MAX_MUX_PAYLOAD:
                     raise ProtocolError(f"mux frame of {length} bytes exceeds {MAX_MUX_PAYLOAD}")
-                payload = await self._reader.readexactly(length)
+                try:
+                    payload = await self._reader.readexactly(length)
+                except asyncio.IncompleteReadError as exc:
+                    raise ConnectionError(
+                        f"the NRI connection closed inside a frame: {exc}"
+                    ) from exc
                 self._route(conn, payload)
-        except (ProtocolError, asyncio.IncompleteReadError, OSError) as exc:
+        except (ProtocolError, OSError) as exc:
             reason = exc
             raise
         finally:
