@@ -4,7 +4,7 @@ NRI (github.com/containerd/nri) lets a process on the node connect to the runtim
 (``[plugins.'io.containerd.nri.v1.nri'] socket_path``), register as ``<index>-<name>``, and be
 called on pod and container lifecycle events; for ``CreateContainer`` it may adjust the
 container (environment, annotations, device nodes, CDI devices) or fail its creation. The
-messages below follow ``pkg/api/api.proto`` of NRI v0.12.x, the version containerd 2.4 vendors
+messages below follow ``pkg/api/api.proto`` of NRI v0.12.3, the version containerd 2.4.2 vendors
 (field numbers are the wire contract; only what we read or write is declared, unknown fields
 are skipped). The transport is :mod:`node.ttrpc`.
 
@@ -54,7 +54,7 @@ from node.proto import Field, Message
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-NRI_VERSION = "v0.12.2"  # the pkg/api this module speaks (containerd 2.4.2's go.mod)
+NRI_VERSION = "v0.12.3"  # containerd 2.4.2 vendors it (go.mod); its api.proto = v0.12.2's
 PLUGIN_SERVICE = "nri.pkg.api.v1alpha1.Plugin"
 RUNTIME_SERVICE = "nri.pkg.api.v1alpha1.Runtime"
 GUARD = 0.3  # seconds of the runtime's request timeout kept for the answer's way back

@@ -250,7 +250,7 @@ def test_a_plugin_registers_is_configured_synchronised_and_adjusts(tmp_path: Pat
             assert registered == {
                 "plugin_name": "fulcrum",
                 "plugin_idx": "50",
-                "nri_version": "v0.12.2",
+                "nri_version": "v0.12.3",
             }
             client, _ = await runtime.sessions.get()
             assert await configure(client, 1500) == nri.event_mask(events)
