@@ -208,6 +208,7 @@ class DevicePlugin:
         self._version = 0
         self._streams = 0
         self._registration: Registration | None = None
+        self.registrations = 0  # successful registrations: one more after each kubelet restart
         self._registered = threading.Event()
         self._stopping = threading.Event()
         self._server: Any = None
@@ -390,6 +391,7 @@ class DevicePlugin:
             bool(request.get("plugin_registered")), request.get("error", "")
         )
         if self._registration.registered:
+            self.registrations += 1
             log.info("device plugin %s: registered with the kubelet", self.resource)
         else:
             log.error(

@@ -118,6 +118,7 @@ def test_the_socket_is_in_the_kubelets_plugin_registry_and_answers_get_info(root
             {"plugin_registered": True},
         )
         assert plugin.wait_registered(1) == dp.Registration(True)
+        assert plugin.registrations == 1
     assert not plugin.socket.exists()  # stopped: the watcher deregisters it
 
 
