@@ -24,6 +24,7 @@ metrics): ``fulcrum.inspect`` imports this module.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,10 +58,17 @@ def _entry(result: CheckResult, chars: int) -> dict[str, Any]:
     return {
         "check": result.check,
         "severity": result.severity.label,
-        "value": result.value,
-        "threshold": result.threshold,
+        "value": _finite(result.value),
+        "threshold": _finite(result.threshold),
         "message": message,
     }
+
+
+def _finite(value: float | str | None) -> float | str | None:
+    """JSON has no NaN or infinity: such a value goes as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _dump(document: Mapping[str, Any]) -> str:

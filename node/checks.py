@@ -41,8 +41,10 @@ Warn saying so: the agent's view is broken, not necessarily the node.
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -386,6 +388,21 @@ def http_date_offset(date_header: str, sent: float, received: float) -> float:
     return low if low > 0 else high
 
 
+def date_reference(
+    date_header: Callable[[], str], clock: Callable[[], float] = time.time
+) -> Callable[[], float]:
+    """A ``clock_offset`` source from a call answering a server's ``Date`` header (the agent's
+    request to the API server, say): times the call and bounds the offset as
+    :func:`http_date_offset` does."""
+
+    def offset() -> float:
+        sent = clock()
+        header = date_header()
+        return http_date_offset(header, sent, clock())
+
+    return offset
+
+
 def clock_offset(source: Callable[[], float] | None, thresholds: Thresholds) -> CheckResult:
     """This node's clock minus the reference's, in seconds (positive: ahead), judged either way."""
     check = "clock.offset"
@@ -395,6 +412,8 @@ def clock_offset(source: Callable[[], float] | None, thresholds: Thresholds) -> 
         offset = float(source())
     except Exception as exc:
         return CheckResult(check, Severity.WARN, f"cannot measure the clock offset: {exc}")
+    if not math.isfinite(offset):
+        return CheckResult(check, Severity.WARN, f"the reference gave no offset ({offset})")
     way = "ahead of" if offset >= 0 else "behind"
     result = judged(thresholds, check, abs(offset), f"{abs(offset):.3f} s {way} the reference")
     return CheckResult(check, result.severity, result.message, round(offset, 3), result.threshold)
@@ -423,8 +442,8 @@ class NodeChecks(NodePlugin):
     defaults: ``node/check_thresholds.py``), ``runtime_root`` (default /var/lib/containerd),
     ``root`` (where the node's / is mounted, default /), ``kubelet_root`` (overrides the
     agent's). What is not a file comes as a callable, wired by the agent: ``runtime_version``
-    (the CRI Version), ``kubelet_version``, ``clock_offset`` (seconds; ``http_date_offset``
-    makes one from the API server's Date header)."""
+    (the CRI Version), ``kubelet_version``, ``clock_offset`` (seconds;
+    ``date_reference(call answering the API server's Date header)`` makes one)."""
 
     name: ClassVar[str] = "node-checks"
     description: ClassVar[str] = "node inspection: kubelet, runtime, disks, memory, kernel limits"

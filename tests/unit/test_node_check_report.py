@@ -52,6 +52,12 @@ def test_the_annotation_is_compact_json_that_reads_back() -> None:
     assert list(patch["metadata"]["annotations"]) == [ANNOTATION]
 
 
+def test_a_value_json_cannot_hold_goes_as_text() -> None:
+    odd = CheckResult("load.per_cpu", Severity.WARN, "?", float("nan"), float("inf"))
+    (read,) = read_annotation(annotation_value([odd], agent="0.1.0", now=NOW)).results
+    assert (read.value, read.threshold) == ("nan", "inf")
+
+
 def test_the_annotation_stays_under_32_kib_keeping_the_worst() -> None:
     many = [CheckResult(f"disk.x{i}", Severity.INFO, "i" * 2000, float(i)) for i in range(400)] + [
         CheckResult(f"err.{i}", Severity.ERROR, "e" * 2000, i) for i in range(100)

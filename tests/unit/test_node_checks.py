@@ -225,6 +225,11 @@ def test_the_http_date_header_bounds_the_offset() -> None:
     assert checks.http_date_offset(date, server - 2.0, server - 1.9) == pytest.approx(-1.9)
     with pytest.raises(ValueError):
         checks.http_date_offset("yesterday", 0, 1)
+    ticks = iter([server + 5.2, server + 5.4])  # the call, timed by the node's clock
+    source = checks.date_reference(lambda: date, clock=lambda: next(ticks))
+    result = checks.clock_offset(source, DEFAULTS)
+    assert (result.severity, result.value) == (ERROR, 4.2)
+    assert checks.clock_offset(lambda: float("nan"), DEFAULTS).severity is WARN
 
 
 @pytest.mark.parametrize(
