@@ -39,6 +39,7 @@ ANNOTATION = "fulcrum.io/node-checks"
 CONDITION = "FulcrumNodeChecks"
 MAX_BYTES = 32 * 1024
 MESSAGE_CHARS = 300  # per result in the annotation
+VALUE_CHARS = 200
 CONDITION_CHARS = 1024
 SEVERITIES = {s.label: s for s in Severity}  # "Error" -> Severity.ERROR
 
@@ -56,7 +57,7 @@ def _entry(result: CheckResult, chars: int) -> dict[str, Any]:
         result.message if len(result.message) <= chars else result.message[: chars - 1] + "\u2026"
     )
     return {
-        "check": result.check,
+        "check": result.check[:100],
         "severity": result.severity.label,
         "value": _finite(result.value),
         "threshold": _finite(result.threshold),
@@ -65,9 +66,11 @@ def _entry(result: CheckResult, chars: int) -> dict[str, Any]:
 
 
 def _finite(value: float | str | None) -> float | str | None:
-    """JSON has no NaN or infinity: such a value goes as its text."""
+    """JSON has no NaN or infinity: such a value goes as its text; a long text is cut."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str) and len(value) > VALUE_CHARS:
+        return value[: VALUE_CHARS - 1] + "\u2026"
     return value
 
 

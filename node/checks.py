@@ -186,7 +186,7 @@ def kubelet_health(url: str, get: HttpGet = http_get, timeout: float = 2.0) -> C
     check = "kubelet.health"
     try:
         status, body = get(url, timeout)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # refused, timed out, or not HTTP (http.client's BadStatusLine)
         return CheckResult(check, Severity.ERROR, f"kubelet healthz {url} does not answer: {exc}")
     text = " ".join(body.split())[:200]
     if status == 200 and text == "ok":
@@ -322,6 +322,12 @@ def memory(root: Path, thresholds: Thresholds) -> list[CheckResult]:
     ]
 
 
+def _pct(used: int, limit: int, what: str) -> float:
+    if limit <= 0:
+        raise ValueError(f"{what} is {limit}")
+    return 100 * used / limit
+
+
 def _int(root: Path, absolute: str) -> int:
     return int(_read(root, absolute).split()[0])
 
@@ -333,7 +339,7 @@ def pids(root: Path, thresholds: Thresholds) -> CheckResult:
     if threads_max.exists():
         limit = min(limit, _int(root, "/proc/sys/kernel/threads-max"))
     tasks = int(_read(root, "/proc/loadavg").split()[3].split("/")[1])
-    pct = 100 * tasks / limit
+    pct = _pct(tasks, limit, "the PID limit")
     return judged(thresholds, "pids.pct", pct, f"{tasks} tasks of {limit} PIDs ({pct:.1f}%)")
 
 
@@ -343,7 +349,7 @@ def file_handles(root: Path, thresholds: Thresholds) -> CheckResult:
     file_max = _path(root, "/proc/sys/fs/file-max")
     limit = _int(root, "/proc/sys/fs/file-max") if file_max.exists() else nr_max
     in_use = allocated - unused
-    pct = 100 * in_use / limit
+    pct = _pct(in_use, limit, "fs.file-max")
     what = f"{in_use} file handles of {limit} ({pct:.2f}%)"
     return judged(thresholds, "filehandles.pct", pct, what)
 
@@ -355,7 +361,7 @@ def conntrack(root: Path, thresholds: Thresholds) -> CheckResult:
         return CheckResult("conntrack.pct", Severity.INFO, "conntrack not loaded")
     entries = _int(root, "/proc/sys/net/netfilter/nf_conntrack_count")
     limit = _int(root, "/proc/sys/net/netfilter/nf_conntrack_max")
-    pct = 100 * entries / limit
+    pct = _pct(entries, limit, "nf_conntrack_max")
     what = f"{entries} conntrack entries of {limit} ({pct:.1f}%)"
     return judged(thresholds, "conntrack.pct", pct, what)
 
@@ -426,8 +432,8 @@ def _guarded(names: tuple[str, ...], run: Callable[[], Iterable[CheckResult]]) -
     """A check's results, or a Warn per check saying what could not be read."""
     try:
         return list(run())
-    except (OSError, ValueError, IndexError) as exc:
-        return [CheckResult(name, Severity.WARN, f"cannot check: {exc}") for name in names]
+    except (OSError, ValueError, IndexError, ArithmeticError) as exc:  # a limit of 0 too
+        return [CheckResult(name, Severity.WARN, f"cannot check: {exc!s}") for name in names]
 
 
 def _option(options: Mapping[str, str], key: str) -> str | None:

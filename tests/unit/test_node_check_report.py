@@ -56,6 +56,9 @@ def test_a_value_json_cannot_hold_goes_as_text() -> None:
     odd = CheckResult("load.per_cpu", Severity.WARN, "?", float("nan"), float("inf"))
     (read,) = read_annotation(annotation_value([odd], agent="0.1.0", now=NOW)).results
     assert (read.value, read.threshold) == ("nan", "inf")
+    chatty = CheckResult("runtime.version", Severity.INFO, "x", "v" * 5000)
+    (read,) = read_annotation(annotation_value([chatty], agent="0.1.0", now=NOW)).results
+    assert isinstance(read.value, str) and len(read.value) == 200
 
 
 def test_the_annotation_stays_under_32_kib_keeping_the_worst() -> None:

@@ -369,6 +369,8 @@ def test_what_cannot_be_read_is_a_warn_naming_it(tmp_path: Path) -> None:
     assert all(severity_of(results, c) is WARN for c in unreadable)
     assert severity_of(results, "conntrack.pct") is INFO  # not loaded
     assert severity_of(results, "disk.kubelet") is WARN  # no such directory
+    zero = fake_node(tmp_path / "zero", conntrack=(5, 0))  # a limit of 0: said, not raised
+    assert severity_of(plugin(zero).check(FakeAgent()), "conntrack.pct") is WARN
 
 
 def test_the_plugin_hooks_only_check() -> None:
