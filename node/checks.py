@@ -484,6 +484,10 @@ class NodeChecks(NodePlugin):
         self.runtime_root = _option(options, "runtime_root") or self.runtime_root
         self.root = Path(_option(options, "root") or self.root)
         self.kubelet_root = _option(options, "kubelet_root")
+        # what only the agent can measure, unless given at construction
+        self.runtime_version = self.runtime_version or agent.runtime_version
+        self.kubelet_version = self.kubelet_version or agent.kubelet_version
+        self.clock_offset = self.clock_offset or date_reference(agent.api_date)
 
     def check(self, agent: AgentContext) -> list[CheckResult]:
         if self.thresholds is None:

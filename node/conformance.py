@@ -82,6 +82,15 @@ class FakeContext:
     def event(self, pod: PodView | None, reason: str, message: str, *, warning: bool) -> None:
         self.events.append((pod.key if pod else self.node, reason, message))
 
+    def runtime_version(self) -> Mapping[str, str]:
+        return {"runtime_name": "containerd", "runtime_version": "v2.4.2"}
+
+    def kubelet_version(self) -> str | None:
+        return "v1.34.4"
+
+    def api_date(self) -> str:
+        return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+
 
 def sample_pods() -> list[PodView]:
     """Pods a node sees, including ones whose Fulcrum annotations are malformed."""

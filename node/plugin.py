@@ -154,6 +154,19 @@ class AgentContext(Protocol):
         """An Event on the pod, or on the node when ``pod`` is None."""
         ...
 
+    def runtime_version(self) -> Mapping[str, str]:
+        """The runtime's CRI ``Version`` (runtime_name, runtime_version...). Raises when the
+        runtime does not answer."""
+        ...
+
+    def kubelet_version(self) -> str | None:
+        """The kubelet's version, as its Node reports it."""
+        ...
+
+    def api_date(self) -> str:
+        """The API server's HTTP ``Date`` header now: a reference clock."""
+        ...
+
 
 FailurePolicy = Literal["ignore", "fail"]
 HOOKS = (

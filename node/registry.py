@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypedDict
 
+from node.checks import NodeChecks
 from node.gpu import GpuDevices
 from node.ipam_check import IpamAgreement
 from node.plugin import NodePlugin, hooks_of
@@ -25,8 +26,9 @@ ENTRY_POINT_GROUP = "fulcrum.node_plugins"
 BUILTINS: dict[str, type[NodePlugin]] = {
     GpuDevices.name: GpuDevices,
     IpamAgreement.name: IpamAgreement,
+    NodeChecks.name: NodeChecks,
 }
-DEFAULT_PLUGINS = (GpuDevices.name, IpamAgreement.name)
+DEFAULT_PLUGINS = (GpuDevices.name, IpamAgreement.name, NodeChecks.name)
 
 
 class PluginRow(TypedDict):

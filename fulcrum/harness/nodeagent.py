@@ -53,7 +53,7 @@ def command(
         f"--runtime-socket={directory / 'containerd.sock'}",
         f"--metrics-port={metrics_port}",
         f"--check-interval={options.check_interval:g}",
-        f"--plugin-option=node-checks.runtime-root={directory / 'containerd' / 'root'}",
+        f"--plugin-option=node-checks.runtime_root={directory / 'containerd' / 'root'}",
         f"--plugin-option=ipam.data-dir={directory / 'ipam'}",
     ]
     if options.gpus:
