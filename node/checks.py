@@ -485,9 +485,12 @@ class NodeChecks(NodePlugin):
         self.root = Path(_option(options, "root") or self.root)
         self.kubelet_root = _option(options, "kubelet_root")
         # what only the agent can measure, unless given at construction
-        self.runtime_version = self.runtime_version or agent.runtime_version
-        self.kubelet_version = self.kubelet_version or agent.kubelet_version
-        self.clock_offset = self.clock_offset or date_reference(agent.api_date)
+        # (a context without them, a test's, leaves those checks without a source)
+        self.runtime_version = self.runtime_version or getattr(agent, "runtime_version", None)
+        self.kubelet_version = self.kubelet_version or getattr(agent, "kubelet_version", None)
+        api_date = getattr(agent, "api_date", None)
+        if self.clock_offset is None and api_date is not None:
+            self.clock_offset = date_reference(api_date)
 
     def check(self, agent: AgentContext) -> list[CheckResult]:
         if self.thresholds is None:
