@@ -258,7 +258,7 @@ def _report_checks(
     now = datetime.now(UTC)
     metrics.update(results)
     ctx.core.patch_node(ctx.node, check_report.annotation_patch(results, agent=AGENT, now=now))
-    node = ctx.core.read_node_status(ctx.node)
+    node = ctx.core.read_node(ctx.node)
     conditions = [
         {"type": c.type, "status": c.status, "lastTransitionTime": c.last_transition_time}
         for c in node.status.conditions or []

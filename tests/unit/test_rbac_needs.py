@@ -187,11 +187,8 @@ NEEDS: dict[Need, tuple[str, str]] = {
     ("fulcrum-node", "", "pods", "patch"): (NODE_SERVE, "self.core.patch_namespaced_pod("),
     ("fulcrum-node", "", "nodes", "get"): (NODE_SERVE, "core.read_node(node)"),
     ("fulcrum-node", "", "nodes", "patch"): (NODE_SERVE, "core.patch_node(node,"),
-    # the FulcrumNodeChecks condition: node/check_report.py's publish patches nodes/status
-    ("fulcrum-node", "", "nodes/status", "patch"): (
-        NODE_SERVE,
-        "check_report.publish(results, context.core",
-    ),
+    # the FulcrumNodeChecks condition (node/check_report.py's strategic merge patch)
+    ("fulcrum-node", "", "nodes/status", "patch"): (NODE_SERVE, "ctx.core.patch_node_status("),
     ("fulcrum-node", "", "events", "create"): (NODE_SERVE, "core.create_namespaced_event("),
 }
 
