@@ -23,9 +23,11 @@ The runtime's side (``pkg/adaptation``), which decides how the agent must behave
   :class:`NRIConnection` answers a CreateContainer whose handler has not finished within
   ``request_timeout - GUARD`` with no adjustment (logged), and stays connected.
 - Errors: any other error status from a handler (our refusals) fails the runtime's operation:
-  for CreateContainer, the CRI CreateContainer call fails with our message in it, which the
-  kubelet reports as the container's ``CreateContainerError`` waiting reason and a ``Failed``
-  Event. The plugin stays connected.
+  for CreateContainer, the kubelet shows the container waiting with reason
+  ``CreateContainerError`` and a ``Failed`` Event, both with the message (seen with containerd
+  2.4.2): ``failed to create containerd container: failed to get NRI adjustment for container:
+  rpc error: code = FailedPrecondition desc = 50-fulcrum: <the exception's text>``; the kubelet
+  retries with backoff. The plugin stays connected.
 - Serialisation: the runtime holds one lock while it calls the plugins for an event, so each
   round trip through the agent adds to every container creation on the node, one at a time.
 - Events: a mask of ``1 << (event - 1)`` bits; a zero mask means *all* events, so an empty
