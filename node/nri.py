@@ -207,19 +207,29 @@ def event_mask(events: set[str]) -> int:
     return mask
 
 
-KUBELET_LABELS = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid")
+# What the kubelet and containerd add to a pod's labels and annotations in the sandbox (seen
+# with kubelet 1.34 and containerd 2.4.2): dropped from the view, which then matches the pod's.
+ADDED_LABELS = frozenset(
+    {
+        "io.kubernetes.pod.name",
+        "io.kubernetes.pod.namespace",
+        "io.kubernetes.pod.uid",
+        "io.cri-containerd.kind",
+        "oci_runtime_type",
+    }
+)
+ADDED_ANNOTATIONS = frozenset({"kubernetes.io/config.seen", "kubernetes.io/config.source"})
 RUNTIME_ANNOTATION_PREFIX = "io.kubernetes.cri."  # containerd's own sandbox/container annotations
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:
     """The plugin API's view of an NRI PodSandbox. The kubelet copies the pod's labels and
-    annotations into the sandbox config; it adds the ``io.kubernetes.pod.*`` labels and
-    containerd its ``io.kubernetes.cri.*`` annotations, which are dropped here."""
-    labels = {k: v for k, v in pod.get("labels", {}).items() if k not in KUBELET_LABELS}
+    annotations into the sandbox config; what it and containerd add there is dropped."""
+    labels = {k: v for k, v in pod.get("labels", {}).items() if k not in ADDED_LABELS}
     annotations = {
         k: v
         for k, v in pod.get("annotations", {}).items()
-        if not k.startswith(RUNTIME_ANNOTATION_PREFIX)
+        if not k.startswith(RUNTIME_ANNOTATION_PREFIX) and k not in ADDED_ANNOTATIONS
     }
     return PodView(
         namespace=pod.get("namespace", ""),
