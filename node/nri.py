@@ -31,7 +31,7 @@ The runtime's side (``pkg/adaptation``), which decides how the agent must behave
 - Serialisation: the runtime holds one lock while it calls the plugins for an event, so each
   round trip through the agent adds to every container creation on the node, one at a time.
 - Events: a mask of ``1 << (event - 1)`` bits; a zero mask means *all* events, so an empty
-  subscription is refused here. Since v0.10, every event has its own RPC; older runtimes send
+  subscription is refused here. Since v0.12, every event has its own RPC; older runtimes send
   non-adjusting events (start, stop, remove...) as ``StateChange``; both are handled.
 - Restarts: when containerd stops, the socket closes (``Shutdown`` is not sent by v0.12's
   runtime); containerd removes and re-creates the socket when it starts. :meth:`run`
