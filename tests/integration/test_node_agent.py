@@ -181,18 +181,19 @@ def test_containers_see_exactly_the_gpus_fulcrum_chose(kit: rr.Kit, busybox: str
         [
             _pod("share-a", busybox, annotations=share),
             _pod("share-b", busybox, annotations=share),
-            _pod("whole", busybox, gpus=1),
+            _pod("whole", busybox, annotations={"fulcrum.io/gpu-model": "T4"}, gpus=1),
         ],
     )
     chosen: dict[str, str] = {}
     for name in ("share-a", "share-b", "whole"):
         seen = _seen(kit, name)
         pod = kit.core.read_namespaced_pod(name, NS)
-        assert pod.spec.scheduler_name == "fulcrum-scheduler"
+        assert pod.spec.scheduler_name == "fulcrum-scheduler", name
         chosen[name] = pod.metadata.annotations[api.GPU_DEVICES]
         assert seen["GPUS"] == chosen[name], (name, seen)
         assert seen["SM"] == ("40" if name.startswith("share") else "none")
     assert chosen["whole"] not in (chosen["share-a"], chosen["share-b"])
+    kit.kubectl("delete", "pod", "-n", NS, "share-a", "share-b", "whole", "--wait=true")
 
 
 def test_a_container_asking_for_other_gpus_is_refused_with_an_event(
@@ -213,7 +214,7 @@ def test_a_container_asking_for_other_gpus_is_refused_with_an_event(
     while not any(e.startswith("FulcrumRefused") for e in _events(kit, "greedy")):
         assert time.monotonic() < deadline, _events(kit, "greedy")
         time.sleep(1)
-    [refused] = [e for e in _events(kit, "greedy") if e.startswith("FulcrumRefused")]
+    refused = next(e for e in _events(kit, "greedy") if e.startswith("FulcrumRefused"))
     assert "asks for GPU all in NVIDIA_VISIBLE_DEVICES; Fulcrum chose" in refused
     status = kit.core.read_namespaced_pod("greedy", NS).status
     waiting = status.container_statuses[0].state.waiting
