@@ -31,7 +31,7 @@ GPU = "nvidia.com/gpu"
 ENV = "FULCRUM_FAKE_GPUS"
 # the env Allocate gave, and the service account token the kubelet mounted (its volumes reach
 # the container)
-TOKEN_DIR = "/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SCRIPT = f'echo "{ENV}=${ENV}"; echo "namespace=$(cat {TOKEN_DIR}/namespace)"'
 
 
@@ -119,17 +119,23 @@ class FakeGPUs:
 
 
 def _restart_kubelet(directory: Path) -> None:
-    """Stop real-1's kubelet and start it again with the same command line (a kubelet
-    upgrade or crash): its plugin watcher must find the plugin's socket again."""
+    """Stop real-1's kubelet and start it again with the same command line, in the same mount
+    namespace (kept open here meanwhile), as after a kubelet upgrade or crash: its plugin
+    watcher must find the plugin's socket again."""
     (pid,) = processes.processes_under(directory / "kubelet.yaml")
     cmd = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     path = next(e.decode()[5:] for e in environ if e.startswith(b"PATH="))
-    processes.terminate([pid])
     port = yaml.safe_load((directory / "kubelet.yaml").read_text())["healthzPort"]
-    processes.start_process(
-        directory, "kubelet", cmd, f"http://127.0.0.1:{port}/healthz", {"PATH": path}
-    )
+    namespace = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    try:
+        processes.terminate([pid])
+        enter = ["nsenter", f"--mount=/proc/{os.getpid()}/fd/{namespace}", *cmd]
+        processes.start_process(
+            directory, "kubelet", enter, f"http://127.0.0.1:{port}/healthz", {"PATH": path}
+        )
+    finally:
+        os.close(namespace)
 
 
 def test_device_plugin_advertises_allocates_and_goes_unhealthy(name: str, kit: rr.Kit) -> None:
