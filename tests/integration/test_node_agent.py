@@ -25,6 +25,7 @@ from fulcrum.harness import cluster, nodeagent, realnodes
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from kube import api
+from tests.realhost import require_real_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +35,6 @@ ENV_SCRIPT = (
     'echo "GPUS=${NVIDIA_VISIBLE_DEVICES:-none} SM=${CUDA_DEVICE_SM_LIMIT:-none} '
     'TEAM=${TEAM:-none}"; exec sleep 3600'
 )
-
-
-def _require_host() -> None:
-    missing = [p for p, path in realnodes.PACKAGES.items() if not Path(path).exists()]
-    reason = "real nodes need root" if os.geteuid() != 0 else ""
-    if missing:
-        reason = f"real nodes need apt-get install {' '.join(missing)}"
-    if reason and os.environ.get("CI"):
-        pytest.fail(reason)
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +71,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def kit(plugins_dir: Path, scratch: Path) -> Iterator[rr.Kit]:
-    _require_host()
+    require_real_nodes()
     name = f"it-node-{os.getpid()}"
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(plugins_dir), old) if p)

@@ -22,6 +22,7 @@ from fulcrum.lab import rebuild_run as rr
 from node import cri
 from node import deviceplugin as dp
 from node.plugin import Adjustment
+from tests.realhost import require_real_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +36,9 @@ TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SCRIPT = f'echo "{ENV}=${ENV}"; echo "namespace=$(cat {TOKEN_DIR}/namespace)"'
 
 
-def _require_host() -> None:
-    missing = [p for p, path in realnodes.PACKAGES.items() if not Path(path).exists()]
-    reason = "real nodes need root" if os.geteuid() != 0 else ""
-    if missing:
-        reason = f"real nodes need apt-get install {' '.join(missing)}"
-    if reason and os.environ.get("CI"):
-        pytest.fail(reason)
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def name() -> Iterator[str]:
-    _require_host()
+    require_real_nodes()
     name = f"it-dev-{os.getpid()}"
     cluster.up(name, nodes=1, real_nodes=1, log=print)
     try:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_real_nodes import _require_host
 
 from fulcrum.harness import binaries as binaries_module
 from fulcrum.harness import cluster, processes, realnodes
@@ -29,6 +28,7 @@ from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from node import nri
 from node.plugin import Adjustment, Refuse
+from tests.realhost import require_real_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ class PluginThread:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[rr.Kit, Path, str]]:
-    _require_host()
+    require_real_nodes()
     name = f"it-nri-{os.getpid()}"
     with pytest.MonkeyPatch.context() as patch:
         # No fulcrum node agent on the node: this test's plugin is the only one on its NRI.
