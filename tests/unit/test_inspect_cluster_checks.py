@@ -113,6 +113,9 @@ def test_without_an_etcd_endpoint_the_section_says_so_as_info() -> None:
     etcd = [r for r in results if r.section == "etcd"]
     assert [(r.check, r.severity) for r in etcd] == [("etcd.metrics", Severity.INFO)]
     assert etcd[0].message == "not inspected: give --etcd-endpoint"
+    text = brief.render(brief.sections(etcd), window="over 10 s")
+    assert "  etcd: errors: none, alarms: none, warnings: none" in text
+    assert "  etcd: not inspected: give --etcd-endpoint" in text  # said, though Info
 
 
 def test_an_unhealthy_etcd_and_apiserver_are_errors() -> None:
