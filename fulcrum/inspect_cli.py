@@ -2,10 +2,11 @@
 ``fulcrum.inspect``; this module finds the cluster (``--kubeconfig``, ``--context``, a local
 ``--name``) and reads its objects once.
 
-``inspect`` exits 0 when every invariant holds, 1 when one is broken or a node's checks report an
-Error or an Alarm (``fulcrum.inspect.node_checks``), and 2 when the inspection
-itself failed (the cluster unreachable, RBAC, bad arguments): ``fulcrum.cli.main`` maps every
-failure of these commands to 2.
+``inspect`` exits 0 when every invariant holds, 1 when one is broken, a node's checks report an
+Error or an Alarm (``fulcrum.inspect.node_checks``) or a cluster check does (etcd, the control
+plane, the nodes: ``fulcrum.inspect.cluster_checks``), and 2 when the inspection itself failed
+(the cluster unreachable, RBAC, bad arguments or thresholds): ``fulcrum.cli.main`` maps every
+failure of these commands to 2. ``inspect --api`` analyses the apiserver's requests instead.
 """
 
 from __future__ import annotations
@@ -64,10 +65,83 @@ def objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], 
     )
 
 
+def endpoints(args: argparse.Namespace) -> dict[str, Any]:
+    """etcd's, kube-scheduler's and kube-controller-manager's addresses: the flags, else, for a
+    local cluster (--name), what kwokctl wrote in its kwok.yaml."""
+    from fulcrum.inspect.probe import Endpoint
+
+    found: dict[str, Any] = {"etcd": None, "scheduler": None, "controller_manager": None}
+    if args.name is not None:
+        from fulcrum.harness import cluster, controlplane
+
+        known = controlplane.metric_endpoints(cluster.state_dir(args.name), args.name)
+        for key, component in (
+            ("etcd", "etcd"),
+            ("scheduler", "kube-scheduler"),
+            ("controller_manager", "kube-controller-manager"),
+        ):
+            metric = known.get(component)
+            if metric:
+                found[key] = Endpoint(
+                    f"{metric.get('scheme', 'https')}://{metric['host']}",
+                    verify=not metric.get("insecureSkipVerify", False),
+                )
+    if args.etcd_endpoint:
+        found["etcd"] = Endpoint(
+            args.etcd_endpoint, args.etcd_cacert, args.etcd_cert, args.etcd_key, verify=True
+        )
+    for key, flag in (("scheduler", "scheduler_url"), ("controller_manager", "cm_url")):
+        if getattr(args, flag):
+            found[key] = Endpoint(getattr(args, flag), verify=not args.insecure_components)
+    return found
+
+
+def cluster_view(args: argparse.Namespace) -> Any:
+    """What the cluster checks judge (``fulcrum.inspect.probe.ClusterView``), read over
+    --window; None: no components inspected (the unit tests of the invariants)."""
+    from fulcrum.inspect import probe
+
+    return probe.read(api_client(args), window=args.window, **endpoints(args))
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import time
+
+    from fulcrum.inspect import api_requests, metrics, probe
+
+    get = probe.apiserver_getter(api_client(args))
+
+    def scrape() -> metrics.Scrape:
+        status, text = get("/metrics")
+        if status != 200:
+            raise RuntimeError(f"the apiserver's /metrics answered {status}: {text[:200]}")
+        return metrics.parse(text)
+
+    first = scrape()
+    if args.window > 0:
+        time.sleep(args.window)
+        window = metrics.delta(first, scrape(), args.window)
+    else:
+        window = first
+    document = api_requests.document(window)
+    output.emit(document, args.output, text=api_requests.render(document), file=args.output_file)
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    from fulcrum.inspect import brief, cluster_checks, probe
     from fulcrum.inspect.inspection import inspect, render
+    from fulcrum.inspect.thresholds import ClusterThresholds, ThresholdError
+
+    if args.api:
+        return _cmd_api(args)
+    try:
+        thresholds = ClusterThresholds.load(args.thresholds)
+    except ThresholdError as exc:
+        print(f"fulcrum inspect: error: --thresholds: {exc}", file=sys.stderr)
+        return 2
 
     if args.html is not None:
         from fulcrum.inspect import report as html_report
@@ -77,17 +151,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         except html_report.ReportError as exc:
             print(f"fulcrum inspect: error: {exc}", file=sys.stderr)
             return 2
+    nodes, pods, reservations, pools = objects(args)  # an unreachable apiserver: exit 2 here
+    view = cluster_view(args)
     now = datetime.now(UTC)
-    report = inspect(*objects(args), now, plan_seconds=args.plan_seconds)
+    report = inspect(nodes, pods, reservations, pools, now, plan_seconds=args.plan_seconds)
+    results = [
+        *cluster_checks.component_checks(view, nodes, pods, now, thresholds),
+        *cluster_checks.fulcrum_checks(report.violations, report.skipped),
+    ]
+    sections = brief.sections(results)
+    window = f"rates and percentiles {probe.since(args.window)}"
     if args.html is not None:
         where = str(args.kubeconfig or args.name or "the current kubeconfig context")
         if args.context is not None:
             where += f", context {args.context}"
-        page = html_report.inspection_html(report, source=where, now=now)
+        extra = [brief.to_html(sections, window=window)]
+        page = html_report.inspection_html(report, source=where, now=now, extra=extra)
         html_report.write_html(args.html, page)
         print(f"wrote {args.html}", file=sys.stderr)
-    output.emit(report.to_json(), args.output, text=render(report), file=args.output_file)
-    return 1 if report.broken else 0
+    document = report.to_json()
+    document["window_s"] = args.window
+    document["sections"] = [s.to_json() for s in sections]
+    document["checks"] = [r.to_json() for r in results]
+    text = "\n".join([render(report), *brief.render(sections, window=window)])
+    output.emit(document, args.output, text=text, file=args.output_file)
+    return 1 if report.broken or any(s.failing for s in sections) else 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -117,13 +205,68 @@ def _add_cluster_flags(parser: argparse.ArgumentParser, *, what: str) -> None:
     where.add_argument("--name", default=None, help="a local cluster (fulcrum cluster up)")
 
 
+def _add_check_flags(inspect: argparse.ArgumentParser) -> None:
+    """The cluster checks' flags: the window, the thresholds, the components' addresses."""
+    inspect.add_argument(
+        "--window",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="rates and percentiles from two scrapes this far apart (default 10; 0: one "
+        "scrape, figures since each process started)",
+    )
+    inspect.add_argument(
+        "--thresholds",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML levels over the defaults (fulcrum/inspect/thresholds.yaml; docs/inspect.md)",
+    )
+    inspect.add_argument(
+        "--api",
+        action="store_true",
+        help="only the apiserver's requests by resource and verb over --window: count, rate, "
+        "p50/p99 latency, return codes",
+    )
+    inspect.add_argument(
+        "--etcd-endpoint",
+        default=None,
+        metavar="URL",
+        help="etcd's client URL, e.g. https://10.0.0.5:2379 (a local --name cluster: found)",
+    )
+    inspect.add_argument("--etcd-cacert", default=None, metavar="FILE", help="etcd's CA")
+    inspect.add_argument("--etcd-cert", default=None, metavar="FILE", help="a client certificate")
+    inspect.add_argument("--etcd-key", default=None, metavar="FILE", help="its key")
+    inspect.add_argument(
+        "--scheduler-url",
+        default=None,
+        metavar="URL",
+        help="kube-scheduler's secure port, e.g. https://127.0.0.1:10259, for /healthz and "
+        "/metrics (its scheduling attempt latency)",
+    )
+    inspect.add_argument(
+        "--controller-manager-url",
+        dest="cm_url",
+        default=None,
+        metavar="URL",
+        help="kube-controller-manager's secure port, e.g. https://127.0.0.1:10257",
+    )
+    inspect.add_argument(
+        "--insecure-components",
+        action="store_true",
+        help="do not verify the scheduler's and controller-manager's serving certificates "
+        "(they are self-signed by default)",
+    )
+
+
 def add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``inspect`` and ``explain`` subcommands."""
     inspect = sub.add_parser(
         "inspect",
         help="allocation, stranded resources, fragmentation, Reservations, pools, the "
-        "invariants of a cluster and its nodes' checks; exit status 1 if an invariant is broken "
-        "or a node check is in Error or Alarm, 2 if the inspection failed",
+        "invariants of a cluster, its nodes' checks and checks of etcd, the control plane and "
+        "the nodes; exit status 1 if an invariant is broken or a check is in Error or Alarm, 2 "
+        "if the inspection failed",
     )
     _add_cluster_flags(inspect, what="the cluster to inspect")
     output.add_output(inspect, text="a report")
@@ -136,6 +279,7 @@ def add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     inspect.add_argument(
         "--html", type=Path, default=None, help="also write the report as one HTML file here"
     )
+    _add_check_flags(inspect)
     inspect.set_defaults(func=_cmd_inspect, error_status=2)
     explain = sub.add_parser(
         "explain", help="why a pod is on its node, or why it is Pending and what would help"

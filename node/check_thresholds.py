@@ -112,9 +112,9 @@ class Levels:
         return Severity.INFO, mildest
 
 
-def _levels(source: str, check: str, raw: Any) -> Levels:
+def _levels(source: str, check: str, raw: Any, specs: Mapping[str, Spec] | None = None) -> Levels:
     """One entry of a threshold file, checked."""
-    spec = SPECS[check]
+    spec = (SPECS if specs is None else specs)[check]
     if raw is None:
         return Levels(check, spec, {})
     if not isinstance(raw, Mapping):
@@ -170,8 +170,17 @@ def _check_order(source: str, levels: Levels) -> None:
             )
 
 
-def parse(text: str, source: str) -> dict[str, Levels]:
-    """A threshold file's text -> the levels of the checks it names."""
+def parse(
+    text: str,
+    source: str,
+    specs: Mapping[str, Spec] | None = None,
+    fixed: tuple[str, ...] | None = None,
+) -> dict[str, Levels]:
+    """A threshold file's text -> the levels of the checks it names. ``specs`` and ``fixed``
+    are the node checks' unless given: ``fulcrum inspect``'s cluster checks
+    (``fulcrum.inspect.thresholds``) read their own file with the same rules."""
+    specs = SPECS if specs is None else specs
+    fixed = FIXED if fixed is None else fixed
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -185,16 +194,16 @@ def parse(text: str, source: str) -> dict[str, Levels]:
         )
     found = {}
     for check, raw in document.items():
-        if check in FIXED:
+        if check in fixed:
             raise ThresholdError(
                 f"{source}: {check}: this check has no levels (its severity is what it finds); "
                 "remove the key"
             )
-        if check not in SPECS:
+        if check not in specs:
             raise ThresholdError(
-                f"{source}: {check}: unknown check; the checks with levels are {', '.join(SPECS)}"
+                f"{source}: {check}: unknown check; the checks with levels are {', '.join(specs)}"
             )
-        found[str(check)] = _levels(source, str(check), raw)
+        found[str(check)] = _levels(source, str(check), raw, specs)
     return found
 
 

@@ -167,3 +167,19 @@ def delete(kwokctl_bin: Path, directory: Path, name: str) -> None:
         str(contexts_file(directory)),
         timeout=120,
     )
+
+
+def metric_endpoints(directory: Path, name: str) -> dict[str, dict[str, Any]]:
+    """Each component's metrics address as kwokctl wrote it in its ``kwok.yaml``: component name
+    (``etcd``, ``kube-apiserver``, ``kube-scheduler``...) -> ``{host, scheme, path, certPath,
+    keyPath, insecureSkipVerify}``. etcd serves plain HTTP on loopback; the others HTTPS, their
+    /healthz and /metrics open to anyone (``--authorization-always-allow-paths``)."""
+    path = workdir(directory) / "clusters" / name / "kwok.yaml"
+    for document in yaml.safe_load_all(path.read_text()):
+        if isinstance(document, dict) and isinstance(document.get("components"), list):
+            return {
+                str(c["name"]): dict(c["metric"])
+                for c in document["components"]
+                if isinstance(c, dict) and isinstance(c.get("metric"), dict)
+            }
+    return {}

@@ -254,10 +254,13 @@ def _node_checks(section: NodeChecksSection) -> str:
     )
 
 
-def inspection_html(report: Inspection, *, source: str, now: datetime) -> str:
+def inspection_html(
+    report: Inspection, *, source: str, now: datetime, extra: Sequence[str] = ()
+) -> str:
     """The inspection as a page: summary, invariants, heatmap, histograms, fragmentation,
-    Reservations and IP pools, then the nodes and pods behind them."""
-    body = [_cards(report), _invariants(report.violations, report.skipped)]
+    Reservations and IP pools, then the nodes and pods behind them; ``extra`` sections (the
+    cluster checks' brief, ``fulcrum.inspect.brief.to_html``) after the invariants."""
+    body = [_cards(report), _invariants(report.violations, report.skipped), *extra]
     if report.nodes:
         fractions = figures.fractions(report.nodes)
         body += [

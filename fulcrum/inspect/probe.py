@@ -1,0 +1,189 @@
+"""What ``fulcrum inspect``'s cluster checks read, read: etcd's ``/health`` and ``/metrics``,
+the apiserver's ``/livez``, ``/readyz`` and ``/metrics``, kube-scheduler's and
+kube-controller-manager's ``/healthz`` and ``/metrics`` when their address is known, and the
+Leases. Every figure that is a rate or a percentile comes from two scrapes ``window`` seconds
+apart (``metrics.delta``); with a window of 0, from one scrape, since each process started.
+
+A component that does not answer is recorded as such (its checks say so); only the apiserver
+not answering fails the inspection, and that is raised to the caller (exit status 2).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fulcrum.inspect import metrics
+from fulcrum.inspect.metrics import Scrape
+
+TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A component's base URL and how to reach it (TLS files; ``verify`` False: the certificate
+    is not checked, as for a local cluster's self-signed components)."""
+
+    url: str
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+    def get(self, path: str) -> tuple[int, str]:
+        """(status, body) of GET ``path``; OSError (URLError) when it does not answer."""
+        context = None
+        if self.url.startswith("https"):
+            context = ssl.create_default_context(cafile=self.cacert)
+            if not self.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if self.cert:
+                context.load_cert_chain(self.cert, self.key)
+        try:
+            with urllib.request.urlopen(
+                self.url.rstrip("/") + path, timeout=TIMEOUT, context=context
+            ) as response:
+                return int(response.status), response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode("utf-8", "replace")
+
+
+@dataclass
+class Component:
+    """One component as read: its health answer, its metrics over the window and its gauges
+    at the end, or why it could not be read."""
+
+    endpoint: str | None = None  # None: no address given
+    health: dict[str, tuple[int, str]] = field(default_factory=dict)  # path -> (status, body)
+    window: Scrape | None = None
+    last: Scrape | None = None
+    error: str | None = None
+
+
+@dataclass
+class ClusterView:
+    """Everything the cluster checks judge, read at one time."""
+
+    window: float
+    etcd: Component
+    apiserver: Component
+    scheduler: Component
+    controller_manager: Component
+    leases: dict[str, dict[str, Any]]  # kube-system Leases by name
+    node_leases: dict[str, dict[str, Any]]  # kube-node-lease Leases by node
+    server_version: str  # the apiserver's gitVersion
+    etcd_hint: str = "give --etcd-endpoint"
+
+
+def since(window: float) -> str:
+    return f"over {window:g} s" if window > 0 else "since each process started"
+
+
+Getter = Callable[[str], tuple[int, str]]
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc)
+
+
+def _read(getter: Getter | None, paths: tuple[str, ...], component: Component) -> Scrape | None:
+    """Health paths into ``component``, then one scrape of /metrics; errors recorded."""
+    if getter is None:
+        return None
+    try:
+        for path in paths:
+            component.health[path] = getter(path)
+        status, text = getter("/metrics")
+        if status != 200:
+            component.error = f"/metrics answered {status}: {text.strip()[:200]}"
+            return None
+        return metrics.parse(text)
+    except (OSError, ssl.SSLError, metrics.MetricsError) as exc:
+        component.error = _why(exc)
+        return None
+
+
+def apiserver_getter(api_client: Any) -> Getter:
+    """GET a path of the apiserver with the client's credentials (kubernetes >= 31's
+    ``param_serialize`` + ``call_api``, which hands back any status). An unreachable apiserver
+    raises urllib3's error, which ``fulcrum.cli`` reports in one line (exit status 2)."""
+
+    def get(path: str) -> tuple[int, str]:
+        method, url, headers, _, _ = api_client.param_serialize(
+            "GET", path, auth_settings=["BearerToken"]
+        )
+        reply = api_client.call_api(method, url, headers, _request_timeout=TIMEOUT)
+        reply.read()
+        return int(reply.status), bytes(reply.data).decode("utf-8", "replace")
+
+    return get
+
+
+def read(
+    api_client: Any,
+    *,
+    window: float,
+    etcd: Endpoint | None,
+    scheduler: Endpoint | None,
+    controller_manager: Endpoint | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ClusterView:
+    """Read every component twice, ``window`` seconds apart (once with a window of 0)."""
+    from kubernetes import client
+
+    sources = {
+        "etcd": (Component(etcd.url if etcd else None), etcd.get if etcd else None, ("/health",)),
+        "apiserver": (
+            Component("apiserver"),
+            apiserver_getter(api_client),
+            ("/livez", "/readyz"),
+        ),
+        "scheduler": (
+            Component(scheduler.url if scheduler else None),
+            scheduler.get if scheduler else None,
+            ("/healthz",),
+        ),
+        "controller_manager": (
+            Component(controller_manager.url if controller_manager else None),
+            controller_manager.get if controller_manager else None,
+            ("/healthz",),
+        ),
+    }
+    first = {name: _read(get, (), c) for name, (c, get, _) in sources.items()}
+    if window > 0:
+        sleep(window)
+    for name, (component, get, paths) in sources.items():
+        last = _read(get, paths, component)
+        component.last = last
+        before = first[name]
+        if last is not None:
+            component.window = (
+                metrics.delta(before, last, window)
+                if before is not None and window > 0
+                else Scrape(samples=last.samples)
+            )
+    coordination = client.CoordinationV1Api(api_client)
+
+    def leases(namespace: str) -> dict[str, dict[str, Any]]:
+        raw = coordination.list_namespaced_lease(namespace, _preload_content=False).data
+        return {i["metadata"]["name"]: i for i in json.loads(raw)["items"]}
+
+    version = client.VersionApi(api_client).get_code().git_version
+    return ClusterView(
+        window=window,
+        etcd=sources["etcd"][0],
+        apiserver=sources["apiserver"][0],
+        scheduler=sources["scheduler"][0],
+        controller_manager=sources["controller_manager"][0],
+        leases=leases("kube-system"),
+        node_leases=leases("kube-node-lease"),
+        server_version=str(version),
+    )
