@@ -187,7 +187,31 @@ class Writes:
             "reservations": functools.partial(custom, api.RESERVATIONS),
             "ippools": functools.partial(custom, api.IPPOOLS),
             "statefulsets": self.apps.list_stateful_set_for_all_namespaces,
+            "deployments": self.apps.list_deployment_for_all_namespaces,
         }
+
+    # --- Deployments ---------------------------------------------------------------------------
+    def resume_deployment(self, meta: ObjectMeta, hold: str, *, unpause: bool) -> bool:
+        """End Fulcrum's pre-pull hold of a Deployment: remove ``fulcrum.io/prepull-hold`` (if
+        it still says ``hold``) and, with ``unpause``, set ``spec.paused: false`` in the same
+        write (if it is still paused). False if the hold is not (or no longer) this one: a
+        JSON patch whose tests make it touch only the pause Fulcrum made."""
+        key = api.PREPULL_HOLD.replace("~", "~0").replace("/", "~1")
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": f"/metadata/annotations/{key}", "value": hold},
+            {"op": "remove", "path": f"/metadata/annotations/{key}"},
+        ]
+        if unpause:
+            patch += [
+                {"op": "test", "path": "/spec/paused", "value": True},
+                {"op": "replace", "path": "/spec/paused", "value": False},
+            ]
+        try:
+            with _translated():
+                self.apps.patch_namespaced_deployment(meta["name"], meta["namespace"], patch)
+        except (NotFound, Invalid):
+            return False
+        return True
 
     # --- Fulcrum's custom objects ------------------------------------------------------------
     def create_reservation(self, namespace: str, body: dict[str, Any]) -> bool:

@@ -296,6 +296,19 @@ class FakeApiserver:
             raise ApiException(status=422, reason=f"patch: {exc}") from exc
         return self.put(plural, current)
 
+    def patch_namespaced_deployment(self, name: str, namespace: str, body: Any) -> Obj:
+        """A JSON patch (the only kind the controller sends a Deployment)."""
+        found = self.objects["deployments"].get(f"{namespace}/{name}")
+        if found is None:
+            raise _not_found(f"deployment {namespace}/{name}")
+        current = copy.deepcopy(found)
+        try:
+            for op in body:
+                _json_patch(current, op)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ApiException(status=422, reason=f"patch: {exc}") from exc
+        return self.put("deployments", current)
+
     def delete_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Obj:

@@ -97,6 +97,7 @@ REBUILD_RULES = {
     ((GROUP,), ("reservations",), ("get", "list", "watch", "create", "update", "delete")),
     ((GROUP,), ("ippools",), ("get", "list", "watch", "update", "patch")),
     (("apps",), ("statefulsets",), ("list", "watch")),
+    (("apps",), ("deployments",), ("list", "watch", "patch")),
 }
 
 # json tags of k8s.io/kube-scheduler/config/v1 Extender, ExtenderTLSConfig, ExtenderManagedResource

@@ -177,6 +177,15 @@ NEEDS: dict[Need, tuple[str, str]] = {
         "list_stateful_set_for_all_namespaces",
     ),
     ("fulcrum-rebuild", "apps", "statefulsets", "watch"): INFORMER_WATCH,
+    ("fulcrum-rebuild", "apps", "deployments", "list"): (
+        "rebuild/writes.py",
+        "list_deployment_for_all_namespaces",
+    ),
+    ("fulcrum-rebuild", "apps", "deployments", "watch"): INFORMER_WATCH,
+    ("fulcrum-rebuild", "apps", "deployments", "patch"): (
+        "rebuild/writes.py",
+        "self.apps.patch_namespaced_deployment(",
+    ),
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "create"): LEADER,
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "get"): LEADER,
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "update"): LEADER,
