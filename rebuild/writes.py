@@ -191,6 +191,16 @@ class Writes:
         }
 
     # --- Deployments ---------------------------------------------------------------------------
+    def held_deployments(self) -> list[Raw]:
+        """Every Deployment of the cluster that carries ``fulcrum.io/prepull-hold``."""
+        with _translated():
+            found = self.apps.list_deployment_for_all_namespaces(_preload_content=False)
+        return [
+            d
+            for d in orjson.loads(found.data).get("items") or []
+            if api.PREPULL_HOLD in (objects.meta(d).get("annotations") or {})
+        ]
+
     def resume_deployment(self, meta: ObjectMeta, hold: str, *, unpause: bool) -> bool:
         """End Fulcrum's pre-pull hold of a Deployment: remove ``fulcrum.io/prepull-hold`` (if
         it still says ``hold``) and, with ``unpause``, set ``spec.paused: false`` in the same

@@ -296,6 +296,11 @@ class FakeApiserver:
             raise ApiException(status=422, reason=f"patch: {exc}") from exc
         return self.put(plural, current)
 
+    def list_deployment_for_all_namespaces(self, *, _preload_content: bool) -> SimpleNamespace:
+        assert not _preload_content
+        items = [copy.deepcopy(d) for _, d in sorted(self.objects["deployments"].items())]
+        return SimpleNamespace(data=orjson.dumps({"metadata": {}, "items": items}))
+
     def patch_namespaced_deployment(self, name: str, namespace: str, body: Any) -> Obj:
         """A JSON patch (the only kind the controller sends a Deployment)."""
         found = self.objects["deployments"].get(f"{namespace}/{name}")

@@ -14,6 +14,7 @@ import pytest
 from admission.prepull import hold
 from admission.review import mutate
 from kube import api
+from rebuild import release
 from tests.unit.rebuild_fake import NS, OPTED, FakeApiserver, Obj, Rig, pod
 
 OWNER = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "controller": True}
@@ -184,6 +185,22 @@ def test_a_deployment_not_opted_in_is_left_alone() -> None:
     assert rig.reconcile("deployments/ns/web") is None
     assert spec(rig)["paused"] is True and held(rig)
     assert api.PREPULL not in annotations(rig, "web-abc-0")
+
+
+def test_uninstalling_resumes_what_fulcrum_held() -> None:
+    """``fulcrum rebuild --release-all``: no controller will end the hold after it."""
+    rig = rig_with(deployment(paused=True, held=when()))
+    rig.apiserver.put(
+        "deployments",
+        {
+            **deployment(paused=True),
+            "metadata": {"name": "users", "namespace": NS, "uid": "e", "annotations": {}},
+        },
+    )
+    release.release_all(rig.controller.writes)
+    assert spec(rig)["paused"] is False and not held(rig)
+    users = rig.apiserver.get("deployments", "users")
+    assert users is not None and users["spec"]["paused"] is True
 
 
 # --- the admission webhook's hold ----------------------------------------------------------------
