@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 NS = "it-prepull"
 APP = "pp"
-NODE = "real-0"
+NODE = "real-1"
 IMAGE_MB = 60  # a pull long enough (about a third of a second here) to tell before from after
 
 
