@@ -76,8 +76,8 @@ class PrePuller:
         for pod in self.store.all("pods"):
             if objects.namespace(pod) != namespace or api.successor_key(pod) != key:
                 continue
-            if objects.deleting(pod) or not objects.node_name(pod):
-                continue
+            if not objects.node_name(pod):
+                continue  # a terminating one too: its node pulls while it stops (no hold)
             wanted = missing_images(pod, images)
             if wanted:
                 asks.append((pod, ",".join(wanted)))
@@ -94,7 +94,11 @@ class PrePuller:
             self.writes.resume_deployment(objects.meta(deployment), hold, unpause=False)
             return
         elapsed = (datetime.now(UTC) - since).total_seconds() if since else self.wait_seconds
-        waiting = [pod for pod, value in asks if self.answer(pod, value) is None]
+        waiting = [  # a pod deleted meanwhile may be gone before its node answers
+            pod
+            for pod, value in asks
+            if self.answer(pod, value) is None and not objects.deleting(pod)
+        ]
         if waiting and elapsed < self.wait_seconds:
             raise TemporaryError(
                 min(POLL_SECONDS, self.wait_seconds - elapsed + 0.05),

@@ -173,7 +173,16 @@ def test_a_new_request_clears_the_old_answer() -> None:
     assert mine[api.PREPULL] == "app:3" and api.PREPULL_ERROR not in mine
 
 
-def test_pods_already_on_the_new_images_and_deleted_ones_are_not_asked() -> None:
+def test_a_terminating_predecessor_is_asked_too() -> None:
+    """Without a hold the rollout's first batch is terminating by the time the controller sees
+    the template: its node still gets the request, and pulls while the pod stops."""
+    rig = rig_with(deployment())
+    rig.apiserver.delete_pod("web-abc-0")
+    rig.reconcile("deployments/ns/web")
+    assert annotations(rig, "web-abc-0")[api.PREPULL] == "app:2"
+
+
+def test_pods_already_on_the_new_images_are_not_asked() -> None:
     rig = rig_with(deployment("app:1", paused=True, held=when()))
     assert rig.reconcile("deployments/ns/web") is None  # nothing to pull: resumed at once
     assert spec(rig)["paused"] is False
