@@ -61,6 +61,7 @@ class PrePuller:
         # (pod uid, value) -> when asked / when its answer was first seen (monotonic)
         self.asked: dict[tuple[str, str], float] = {}
         self.answered: dict[tuple[str, str], float] = {}
+        self.reported: dict[tuple[str, str], float] = {}  # once per request: status and Event
 
     # --- Deployments -----------------------------------------------------------------------
     def deployment(self, deployment: Raw) -> None:
@@ -158,9 +159,15 @@ class PrePuller:
         return found
 
     def report(self, pod: Raw, value: str, *, since: float | None) -> None:
-        """The pod's rebuild-status: pulled (in how long, from ``since``), failed, or timed out."""
+        """The pod's rebuild-status: pulled (in how long, from ``since``), failed, or timed out;
+        once per request (a resumed rollout's next look does not report it again)."""
+        ref = (objects.uid(pod), value)
+        if ref in self.reported:
+            return
         action, reason = self.outcome(pod, value, since=since)
         self.writes.report(pod, action, reason, warning=action != "pre-pulled")
+        self.reported[ref] = time.monotonic()
+        _bound(self.reported)
 
     def outcome(self, pod: Raw, value: str, *, since: float | None) -> tuple[str, str]:
         """The status action and reason of the pod's pre-pull of ``value``."""

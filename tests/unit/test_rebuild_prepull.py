@@ -113,6 +113,10 @@ def test_the_rollout_resumes_once_every_node_has_answered() -> None:
         got = status(rig, f"web-abc-{i}")
         assert got["action"] == "pre-pulled"
         assert got["reason"].startswith(f"pre-pulled app:2 on {node} in ")
+    # the resumed Deployment's next look reports nothing again
+    events = len(rig.apiserver.events)
+    assert rig.reconcile("deployments/ns/web") is None
+    assert len(rig.apiserver.events) == events
 
 
 def test_a_hold_ends_at_its_bound_and_says_so() -> None:
