@@ -253,6 +253,39 @@ def add_bench_rebuild(sub: Subparsers) -> None:
     bench.set_defaults(func=_cmd_bench_rebuild)
 
 
+def add_bench_node(sub: Subparsers) -> None:
+    """The ``bench-node`` subcommand: what the node agent costs a container start."""
+    bench = sub.add_parser(
+        "bench-node",
+        help="the node agent's cost per container start on a real node: agent on against off, "
+        "alternated (CreateContainer, StartContainer, create->Running, its memory)",
+    )
+    bench.add_argument(
+        "--pods", type=at_least(1), default=10, help="pods per round (default %(default)s)"
+    )
+    bench.add_argument(
+        "--rounds",
+        type=at_least(1),
+        default=4,
+        help="rounds of each, alternated (default %(default)s)",
+    )
+    bench.add_argument(
+        "--name", default="fulcrum-bench-node", help="cluster name (default %(default)s)"
+    )
+    output.add_output(bench, text="a table", progress=True)
+    bench.set_defaults(func=_cmd_bench_node)
+
+
+def _cmd_bench_node(args: argparse.Namespace) -> int:
+    from fulcrum.lab import node_bench
+
+    config = node_bench.Config(name=args.name, pods=args.pods, rounds=args.rounds)
+    result = node_bench.run(config, say=output.progress(args.output, args.output_file))
+    text = node_bench.format_table(result)
+    output.emit(result.to_json(), args.output, text=text, file=args.output_file)
+    return 0
+
+
 def _cmd_bench_rebuild(args: argparse.Namespace) -> int:
     from fulcrum.lab import real_bench
 

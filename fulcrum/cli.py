@@ -16,6 +16,7 @@ from fulcrum import output
 from fulcrum.bench_cli import (
     Subparsers,
     add_bench,
+    add_bench_node,
     add_bench_rebuild,
     add_floors,
     add_nodes_to_score,
@@ -25,6 +26,7 @@ from fulcrum.bench_cli import (
 )
 from fulcrum.harness.binaries import BinaryError
 from fulcrum.inspect_cli import add_inspect
+from fulcrum.node_cli import add_node
 from fulcrum.services_cli import add_services
 
 if TYPE_CHECKING:
@@ -60,9 +62,15 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     import resource
     import time
 
-    from fulcrum.harness import cluster
+    from fulcrum.harness import cluster, nodeagent
 
     started = time.monotonic()
+    agent = nodeagent.AgentOptions(
+        gpus=args.node_gpu,
+        gpu_model=args.node_gpu_model,
+        plugins=args.node_plugins,
+        plugin_options=tuple(args.node_plugin_option),
+    )
     cluster.up(
         args.name,
         nodes=args.nodes,
@@ -71,6 +79,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
         extender_port=args.extender_port,
         extender_config=args.extender_config,
         real_nodes=args.real_nodes,
+        node_agent=agent,
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -185,8 +194,25 @@ def _add_cluster(sub: Subparsers) -> None:
     up.add_argument("--node-memory", default="256Gi", help="memory per node (default %(default)s)")
     up.add_argument("--node-pods", type=int, default=110, help="pods per node (default 110)")
     up.add_argument("--node-ephemeral-storage", default="1Ti", help="per node (default 1Ti)")
-    up.add_argument("--node-gpu", type=int, default=0, help="nvidia.com/gpu per node")
+    up.add_argument(
+        "--node-gpu",
+        type=int,
+        default=0,
+        help="nvidia.com/gpu per node; on real nodes, fake GPUs their fulcrum node advertises",
+    )
     up.add_argument("--node-gpu-model", default="", help="nvidia.com/gpu.product of the nodes")
+    up.add_argument(
+        "--node-plugins",
+        default=None,
+        help="the real nodes' fulcrum node --plugins (default: the agent's default)",
+    )
+    up.add_argument(
+        "--node-plugin-option",
+        action="append",
+        default=[],
+        metavar="PLUGIN.KEY=VALUE",
+        help="a --plugin-option for the real nodes' fulcrum node (repeat for more)",
+    )
     up.add_argument(
         "--real-nodes",
         type=int,
@@ -354,9 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_cmd_build)
     _add_cluster(sub)
     add_services(sub)
+    add_node(sub)
     _add_runs(sub)
     add_bench(sub)
     add_bench_rebuild(sub)
+    add_bench_node(sub)
     sub.add_parser(
         "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
     )

@@ -2,7 +2,8 @@
 ``fulcrum.inspect``; this module finds the cluster (``--kubeconfig``, ``--context``, a local
 ``--name``) and reads its objects once.
 
-``inspect`` exits 0 when every invariant holds, 1 when one is broken, and 2 when the inspection
+``inspect`` exits 0 when every invariant holds, 1 when one is broken or a node's checks report an
+Error or an Alarm (``fulcrum.inspect.node_checks``), and 2 when the inspection
 itself failed (the cluster unreachable, RBAC, bad arguments): ``fulcrum.cli.main`` maps every
 failure of these commands to 2.
 """
@@ -86,7 +87,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         html_report.write_html(args.html, page)
         print(f"wrote {args.html}", file=sys.stderr)
     output.emit(report.to_json(), args.output, text=render(report), file=args.output_file)
-    return 1 if report.violations else 0
+    return 1 if report.broken else 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -120,9 +121,9 @@ def add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     """The ``inspect`` and ``explain`` subcommands."""
     inspect = sub.add_parser(
         "inspect",
-        help="allocation, stranded resources, fragmentation, Reservations, pools and the "
-        "invariants of a cluster; exit status 1 if an invariant is broken, 2 if the "
-        "inspection failed",
+        help="allocation, stranded resources, fragmentation, Reservations, pools, the "
+        "invariants of a cluster and its nodes' checks; exit status 1 if an invariant is broken "
+        "or a node check is in Error or Alarm, 2 if the inspection failed",
     )
     _add_cluster_flags(inspect, what="the cluster to inspect")
     output.add_output(inspect, text="a report")

@@ -10,7 +10,9 @@ plugins take no container hook costs its runtime no NRI round trip):
 - ``container_started`` / ``container_stopped`` / ``pod_removed``: lifecycle notifications;
 - ``pod_changed(pod, agent)``: a pod bound to this node changed in the API (from the agent's
   informer), for work that starts before any container does (pre-pull);
-- ``devices()`` / ``allocate(ids)``: a device-plugin resource advertised to the kubelet;
+- ``devices()`` / ``allocate(ids)`` / ``preferred(...)``: a device-plugin resource advertised to
+  the kubelet;
+- ``node_labels()``: labels the agent sets on its Node;
 - ``check(agent)``: periodic node checks, each a :class:`CheckResult` with a severity.
 
 Plugins see :class:`PodView` (the pod's ``fulcrum.io/`` facts, parsed by ``kube``) and
@@ -136,7 +138,7 @@ class AgentContext(Protocol):
     kubelet_root: Path  # the kubelet's --root-dir
     kubelet_healthz: str  # "http://127.0.0.1:10248/healthz"
     runtime_socket: Path  # the CRI socket (containerd's)
-    options: Mapping[str, str]  # --plugin-option NAME.KEY=VALUE, per plugin name
+    options: Mapping[str, str]  # --plugin-option PLUGIN.KEY=VALUE, as {"PLUGIN.KEY": VALUE}
 
     def pull_image(self, image: str, timeout: float) -> float:
         """Pull through the CRI image service; the seconds it took. Raises on failure."""
@@ -152,6 +154,19 @@ class AgentContext(Protocol):
         """An Event on the pod, or on the node when ``pod`` is None."""
         ...
 
+    def runtime_version(self) -> Mapping[str, str]:
+        """The runtime's CRI ``Version`` (runtime_name, runtime_version...). Raises when the
+        runtime does not answer."""
+        ...
+
+    def kubelet_version(self) -> str | None:
+        """The kubelet's version, as its Node reports it."""
+        ...
+
+    def api_date(self) -> str:
+        """The API server's HTTP ``Date`` header now: a reference clock."""
+        ...
+
 
 FailurePolicy = Literal["ignore", "fail"]
 HOOKS = (
@@ -162,6 +177,7 @@ HOOKS = (
     "pod_changed",
     "devices",
     "check",
+    "node_labels",
 )
 
 
@@ -196,12 +212,23 @@ class NodePlugin:
         return None
 
     def allocate(self, ids: Iterable[str]) -> Adjustment:
+        """The kubelet allocated ``ids`` (of :meth:`devices`) to one container."""
         return Adjustment()
+
+    def preferred(self, available: list[str], must_include: list[str], size: int) -> list[str]:
+        """The ``size`` devices to prefer among ``available`` (the kubelet asks before it
+        allocates); empty leaves the choice to the kubelet."""
+        return []
+
+    def node_labels(self) -> Mapping[str, str]:
+        """Labels the agent puts on its Node (a GPU model...)."""
+        return {}
 
     def check(self, agent: AgentContext) -> Iterable[CheckResult]:
         return ()
 
 
-def hooks_of(plugin: NodePlugin) -> list[str]:
-    """The hooks ``plugin`` overrides (``allocate`` counts with ``devices``)."""
-    return [hook for hook in HOOKS if getattr(type(plugin), hook) is not getattr(NodePlugin, hook)]
+def hooks_of(plugin: NodePlugin | type[NodePlugin]) -> list[str]:
+    """The hooks ``plugin`` overrides (``allocate`` and ``preferred`` go with ``devices``)."""
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    return [hook for hook in HOOKS if getattr(cls, hook) is not getattr(NodePlugin, hook)]

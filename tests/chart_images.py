@@ -22,7 +22,16 @@ from pathlib import Path
 
 from fulcrum.harness import images
 
-FULCRUM_PACKAGES = ("fulcrum", "scheduler", "policies", "extender", "rebuild", "kube", "admission")
+FULCRUM_PACKAGES = (
+    "fulcrum",
+    "scheduler",
+    "policies",
+    "extender",
+    "rebuild",
+    "kube",
+    "admission",
+    "node",
+)
 FULCRUM_IMAGE_FILES = ("pyproject.toml", "deploy/image/build.sh", "deploy/image/constraints.txt")
 # In the wheel, but never run in a pod: editing the test harness must not rebuild the image.
 NOT_IN_PODS = ("fulcrum/harness", "fulcrum/lab")

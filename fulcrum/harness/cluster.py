@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
-from fulcrum.harness import controlplane, processes, realnodes, webhooks
+from fulcrum.harness import controlplane, nodeagent, processes, realnodes, webhooks
 from fulcrum.harness.binaries import NODE_COMPONENTS, BinaryError, cache_dir, ensure_binaries
 from fulcrum.harness.controlplane import FAKE_NODE_ANNOTATION as FAKE_NODE_ANNOTATION
 from fulcrum.harness.processes import free_port as free_port
@@ -375,6 +375,7 @@ def up(
     fulcrum_scheduler: bool = True,
     nodes_to_score: int = 100,
     real_nodes: int = 0,
+    node_agent: nodeagent.AgentOptions | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> ClusterState:
     """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails.
@@ -388,7 +389,8 @@ def up(
     annotation (the webhook sets their ``schedulerName: fulcrum-scheduler``) or by naming it.
     Without ``fulcrum_scheduler``, no fulcrum-scheduler runs on the host either (a test that
     installs the chart's, say). ``real_nodes`` real nodes (``realnodes``) join the kwok nodes,
-    with a registry on loopback they pull from.
+    with a registry on loopback they pull from, each with a ``fulcrum node`` agent
+    (``node_agent``, default options when None).
     """
     port = registration.port if registration else extender_port
     _check_new(name, port, extender)
@@ -425,7 +427,7 @@ def up(
             state.nodes = nodes
             _save_state(state)
         if real_nodes:
-            _start_real_nodes(state, real_nodes, log=log)
+            _start_real_nodes(state, real_nodes, node_agent or nodeagent.AgentOptions(), log=log)
     except BaseException:
         down(name, log=lambda _: None)
         raise
@@ -514,7 +516,13 @@ def _check_real_nodes(name: str, count: int) -> None:
         raise ClusterError(str(exc)) from exc
 
 
-def _start_real_nodes(state: ClusterState, count: int, *, log: Callable[[str], None]) -> None:
+def _start_real_nodes(
+    state: ClusterState,
+    count: int,
+    agent: nodeagent.AgentOptions,
+    *,
+    log: Callable[[str], None],
+) -> None:
     """The registry and ``count`` real nodes (``realnodes``), Ready."""
     name = state.name
     try:
@@ -536,6 +544,7 @@ def _start_real_nodes(state: ClusterState, count: int, *, log: Callable[[str], N
             kubeconfig=kubeconfig_path(name),
             ca=controlplane.pki(state_dir(name), name) / "ca.crt",
             registry_port=state.registry_port,
+            agent=agent,
             log=log,
         )
     except realnodes.RealNodeError as exc:

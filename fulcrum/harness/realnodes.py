@@ -47,7 +47,7 @@ from pathlib import Path
 
 import yaml
 
-from fulcrum.harness import cni, images, kubeproxy, processes
+from fulcrum.harness import cni, images, kubeproxy, nodeagent, processes
 
 POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 POOL_CIDR = ipaddress.ip_network("10.244.128.0/17")  # kept for IP pools: no node's IPAM uses it
@@ -331,10 +331,12 @@ def start(
     kubeconfig: Path,
     ca: Path,
     registry_port: int,
+    agent: nodeagent.AgentOptions | None = None,
     log: Callable[[str], None],
 ) -> list[str]:
     """The registry on ``registry_port`` and ``count`` real nodes of ``cluster`` under
-    ``root``: their names. On failure, what started is left for ``stop``."""
+    ``root``, each with its ``fulcrum node`` agent (``agent``; None: none): their names. On
+    failure, what started is left for ``stop``."""
     root.mkdir(parents=True, exist_ok=True)
     registry = f"127.0.0.1:{registry_port}"
     start_registry(root, registry_port)
@@ -364,6 +366,19 @@ def start(
         )
         names.append(node.name)
         log(f"  {node.name}: kubelet on {GATEWAY}:{node.kubelet_port}, pods {node.pod_cidr()}")
+        if agent is not None:
+            try:
+                port = nodeagent.start(
+                    node.name,
+                    root / node.name,
+                    kubeconfig=kubeconfig,
+                    healthz_port=node.healthz_port,
+                    options=agent,
+                )
+            except processes.ProcessError as exc:
+                raise RealNodeError(f"real node {node.name}: fulcrum node: {exc}") from exc
+            gpus = f", {agent.gpus} fake GPUs {agent.gpu_model}".rstrip() if agent.gpus else ""
+            log(f"  {node.name}: fulcrum node (metrics on 127.0.0.1:{port}{gpus})")
     try:
         cluster_ip = kubeproxy.start(
             root,
@@ -399,6 +414,7 @@ def stop(cluster: str, root: Path, *, log: Callable[[str], None] = print) -> Non
     """Stop every real node of ``cluster`` under ``root`` and remove what they made; safe to
     repeat, and on a half-made node."""
     nodes = sorted(root.glob("real-*")) if root.is_dir() else []
+    nodeagent.stop(nodes)
     kubelets = [pid for d in nodes for pid in processes.processes_under(d / "kubelet.yaml")]
     processes.terminate(kubelets)
     kubeproxy.stop(root)  # before its iptables rules are removed below

@@ -21,6 +21,7 @@ import numpy as np
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fulcrum.inspect.node_checks import NodeChecksSection, node_checks, render_node_checks
 from kube import api, ippool
 from kube.resources import assigned_devices, node_spec, pod_request
 from scheduler.fragmentation import TargetWorkload, fragmentation
@@ -54,6 +55,13 @@ class Inspection:
     emptiable: dict[str, int] | None = None
     violations: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # objects Fulcrum cannot read
+    # what the nodes' agents last reported (fulcrum.inspect.node_checks)
+    node_checks: NodeChecksSection = field(default_factory=NodeChecksSection)
+
+    @property
+    def broken(self) -> bool:
+        """An invariant broken or a node check in Error or Alarm: exit status 1."""
+        return bool(self.violations or self.node_checks.failing)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +267,7 @@ def inspect(
     _reservations(reservations, set(snapshot.names), now, out)
     _pools(pools, pods, out)
     _opted_in(pods, out)
+    out.node_checks = node_checks(nodes, now)
     return out
 
 
@@ -318,6 +327,7 @@ def render(report: Inspection) -> str:
             "invariants: all hold (no over-commitment, no IP held twice, no stale "
             "Reservation, no opted-in pod placed by another scheduler)"
         )
+    lines += render_node_checks(report.node_checks)
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from fulcrum.inspect import report_figures as figures
 from fulcrum.inspect.inspection import Inspection
+from fulcrum.inspect.node_checks import COLUMNS, NodeChecksSection
 from fulcrum.inspect.report_figures import RESOURCES, TOP, ReportError, require
 from scheduler.pod import GPU_MILLI
 
@@ -216,6 +217,43 @@ def _local_rebuild(report: Inspection) -> str:
     return f'<h2>Local rebuild</h2><div class="pair">{reservations}{pools}</div>'
 
 
+def _node_checks(section: NodeChecksSection) -> str:
+    """What the nodes' agents report: checks by severity over the nodes, then every result
+    worse than Info, then the nodes without an agent (kwok's counted, not listed)."""
+    state = "fail" if section.failing else "pass"
+    heading = (
+        f"Node checks: Error or Alarm on {_count(len(section.failing), 'node')}"
+        if section.failing
+        else f"Node checks: {section.reporting} of {_count(section.nodes, 'node')} report"
+    )
+    counts = [(check, *(row[c] for c in COLUMNS)) for check, row in section.counts.items()]
+    details = [
+        (d["node"], d["check"], d["severity"], d["value"], d["threshold"], d["message"])
+        for d in section.details
+    ]
+    notes = []
+    if section.kwok:
+        notes.append(f"{_count(section.kwok, 'kwok node')} run no agent (kwok fakes them)")
+    if section.no_agent:
+        shown = ", ".join(section.no_agent[:TOP])
+        more = f" and {len(section.no_agent) - TOP} more" if len(section.no_agent) > TOP else ""
+        notes.append(f"no agent on {_count(len(section.no_agent), 'node')}: {shown}{more}")
+    notes += [f"stale: {s}" for s in section.stale[:TOP]]
+    notes += [f"unreadable: {u}" for u in section.unreadable[:TOP]]
+    listed = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return (
+        f'<section id="node-checks" data-node-checks="{state}"><h2>{html.escape(heading)}</h2>'
+        + _table("node-checks", ("check", *COLUMNS), counts)
+        + _table(
+            "node-check-details",
+            ("node", "check", "severity", "value", "threshold", "message"),
+            details,
+        )
+        + (f"<ul>{listed}</ul>" if listed else "")
+        + "</section>"
+    )
+
+
 def inspection_html(report: Inspection, *, source: str, now: datetime) -> str:
     """The inspection as a page: summary, invariants, heatmap, histograms, fragmentation,
     Reservations and IP pools, then the nodes and pods behind them."""
@@ -245,7 +283,7 @@ def inspection_html(report: Inspection, *, source: str, now: datetime) -> str:
         ]
     else:
         body.append('<p class="empty">no nodes</p>')
-    body += [_local_rebuild(report), _tables(report)]
+    body += [_local_rebuild(report), _tables(report), _node_checks(report.node_checks)]
     return _page("Fulcrum inspection", f"{source} \u00b7 {now:%Y-%m-%d %H:%M:%S %Z}", body)
 
 

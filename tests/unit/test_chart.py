@@ -160,7 +160,9 @@ def test_deploy_is_the_charts_rendering(helm: Path) -> None:
 def test_object_names_do_not_depend_on_the_release_name(helm: Path) -> None:
     def names(release: str) -> set[tuple[str, str]]:
         text = chart.template(
-            helm, release=release, set_values=["webhook.certificate.source=secret"]
+            helm,
+            release=release,
+            set_values=["webhook.certificate.source=secret", "node.enabled=true"],
         )
         return {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(text) if d}
 
@@ -455,7 +457,13 @@ def _keys(docs: list[Doc]) -> set[tuple[str, str | None, str]]:
 
 
 def test_a_fullname_override_of_fulcrum_changes_nothing(helm: Path) -> None:
-    sets = ("webhook.certificate.source=secret", "podMonitor.enabled=true", "metrics.expose=true")
+    sets = (
+        "webhook.certificate.source=secret",
+        "podMonitor.enabled=true",
+        "metrics.expose=true",
+        "node.enabled=true",
+        "cni.install=true",
+    )
     assert chart.template(helm, set_values=sets) == chart.template(
         helm, set_values=(*sets, "fullnameOverride=fulcrum")
     )
@@ -473,6 +481,7 @@ def test_a_fullname_override_names_every_object_and_every_reference(
         "podMonitor.enabled=true",
         "metrics.expose=true",
         "namespace.create=true",
+        "node.enabled=true",  # cni.install too, but its binary is fulcrum-ipam
         namespace="ns5",
     )
     names = {d["metadata"]["name"] for d in docs if d["kind"] != "Namespace"}
@@ -484,6 +493,11 @@ def test_a_fullname_override_names_every_object_and_every_reference(
     def exists(kind: str, name: str, namespace: str | None = "ns5") -> None:
         assert (kind, namespace, name) in keys, f"{kind} {namespace}/{name} is not rendered"
 
+    for daemonset in find(docs, "DaemonSet"):
+        template = daemonset["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        assert daemonset["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        exists("ServiceAccount", template["spec"]["serviceAccountName"])
     for deployment in find(docs, "Deployment"):
         template = deployment["spec"]["template"]
         labels = template["metadata"]["labels"]
@@ -548,17 +562,20 @@ def test_a_fullname_override_names_every_object_and_every_reference(
 def test_a_second_release_shares_no_object_with_the_first(helm: Path) -> None:
     """Even in one namespace: no object of one release is also the other's, and no selector
     of one selects the other's pods. The CRDs, not rendered here, are shared."""
-    first = render(helm, namespace="fulcrum-system")
+    first = render(helm, "node.enabled=true", "cni.install=true", namespace="fulcrum-system")
     second = render(
         helm,
         "fullnameOverride=fulcrum-canary",
         "schedulerName=fulcrum-canary",
+        "node.enabled=true",
+        "cni.install=true",
         namespace="fulcrum-system",
     )
     assert not _keys(first) & _keys(second)
     for one_release, other in ((first, second), (second, first)):
         pods = [t["metadata"]["labels"] for t in pod_templates(other).values()]
-        for deployment in find(one_release, "Deployment"):
+        pods += [d["spec"]["template"]["metadata"]["labels"] for d in find(other, "DaemonSet")]
+        for deployment in find(one_release, "Deployment") + find(one_release, "DaemonSet"):
             selector = deployment["spec"]["selector"]["matchLabels"]
             assert not any(selector.items() <= labels.items() for labels in pods)
     profiles = [

@@ -28,6 +28,7 @@ UPSTREAM_ROLES = {"extension-apiserver-authentication-reader"}
 KUBE_SCHEDULER = ("charts/fulcrum/templates/configmap.yaml", "resourceLock: leases")
 INFORMER_WATCH = ("kube/informer.py", "def _watch(")
 LEADER = ("fulcrum/run/rebuild_serve.py", "LeaseLock(lease_name, lease_namespace")
+NODE_SERVE = "fulcrum/run/node_serve.py"
 
 Need = tuple[str, str, str, str]  # account, apiGroup, resource, verb
 NEEDS: dict[Need, tuple[str, str]] = {
@@ -189,12 +190,23 @@ NEEDS: dict[Need, tuple[str, str]] = {
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "create"): LEADER,
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "get"): LEADER,
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "update"): LEADER,
+    # --- the node agent (fulcrum node; the chart's node.enabled) ------------------------------
+    ("fulcrum-node", "", "pods", "list"): (NODE_SERVE, "core.list_pod_for_all_namespaces"),
+    ("fulcrum-node", "", "pods", "watch"): INFORMER_WATCH,
+    ("fulcrum-node", "", "pods", "patch"): (NODE_SERVE, "self.core.patch_namespaced_pod("),
+    ("fulcrum-node", "", "nodes", "get"): (NODE_SERVE, "core.read_node(node)"),
+    ("fulcrum-node", "", "nodes", "patch"): (NODE_SERVE, "core.patch_node(node,"),
+    # the FulcrumNodeChecks condition (node/check_report.py's strategic merge patch)
+    ("fulcrum-node", "", "nodes/status", "patch"): (NODE_SERVE, "ctx.core.patch_node_status("),
+    ("fulcrum-node", "", "events", "create"): (NODE_SERVE, "core.create_namespaced_event("),
 }
 
 
 # Rules only the chart's default webhook.certificate.source, generate, grants: deploy/ renders
 # with source: secret (its certificate is the user's), so they are checked on a rendering.
 GENERATE_ONLY = {need for need in NEEDS if need[0] == "fulcrum-webhook" and need[2] != "ippools"}
+# The node agent's, granted only with node.enabled (off in deploy/): checked on a rendering.
+NODE_ONLY = {need for need in NEEDS if need[0] == "fulcrum-node"}
 
 
 def _docs() -> list[dict[str, Any]]:
@@ -243,13 +255,20 @@ def test_every_granted_rule_is_needed_and_every_need_granted() -> None:
     rules = granted()
     unneeded = sorted(rules - NEEDS.keys())
     assert not unneeded, f"rules no code path needs (remove them, or name the code): {unneeded}"
-    missing = sorted(NEEDS.keys() - GENERATE_ONLY - rules)
+    missing = sorted(NEEDS.keys() - GENERATE_ONLY - NODE_ONLY - rules)
     assert not missing, f"code paths without their rule: {missing}"
 
 
 def test_a_generated_certificate_adds_exactly_the_rules_of_its_renewal() -> None:
     generate = granted(_rendered("namespace.create=true", "webhook.certificate.source=generate"))
     assert generate - granted() == GENERATE_ONLY, "rules of source: generate without a NEEDS row"
+
+
+def test_the_node_agent_adds_exactly_its_rules() -> None:
+    node = granted(
+        _rendered("namespace.create=true", "webhook.certificate.source=secret", "node.enabled=true")
+    )
+    assert node - granted() == NODE_ONLY, "rules of node.enabled without a NEEDS row"
 
 
 @pytest.mark.parametrize(("need", "code"), sorted(NEEDS.items()), ids=lambda v: "/".join(v))

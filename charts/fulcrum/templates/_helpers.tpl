@@ -149,3 +149,9 @@ env:
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* The node agent's image (node.image): each empty field is the chart's image's. */}}
+{{- define "fulcrum.nodeImage" -}}
+{{- $image := .Values.node.image | default dict -}}
+{{ $image.repository | default .Values.image.repository }}:{{ $image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
