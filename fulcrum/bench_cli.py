@@ -241,10 +241,10 @@ def add_bench_rebuild(sub: Subparsers) -> None:
     )
     bench.add_argument(
         "--prepull",
-        choices=("hold", "ahead"),
+        choices=("hold", "ahead", "off"),
         default="hold",
         help="hold: an opted-in image change waits, paused, for its nodes to pre-pull (the "
-        "default); ahead: no hold, the nodes pull while the rollout goes on",
+        "default); ahead: no hold, the nodes pull while the rollout goes on; off: no pre-pull",
     )
     bench.add_argument(
         "--name", default="fulcrum-bench-real", help="cluster name (default %(default)s)"

@@ -20,7 +20,8 @@ change until all its successors are Ready, and each successor's time is split by
 ``--prepull``: ``hold`` (the default: the admission webhook pauses the opted-in Deployment's
 image change until its nodes have pulled, ``admission.prepull``), or ``ahead`` (that webhook
 removed: the controller asks the nodes to pull as soon as it sees the new template, while the
-rollout goes on).
+rollout goes on), or ``off`` (no hold, and the nodes' agents run without their ``prepull``
+plugin: nobody answers, the successors pull as before pre-pull existed).
 
 Times are when this process saw each watch event: a pod's status reaches the API server in
 batches, the kubelet's Events one by one, so the split is good to about a tenth of a second.
@@ -38,15 +39,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fulcrum.harness import cluster
+from fulcrum.harness import cluster, nodeagent
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from kube.informer import Informer
+from node.prepull import PrePull
+from node.registry import DEFAULT_PLUGINS
 
 NS = "bench-real"
 POOL = "10.244.210.0/26"
 PHASES = ("held", "wait", "sandbox", "pull", "start", "ready")
-PREPULL_MODES = ("hold", "ahead")
+PREPULL_MODES = ("hold", "ahead", "off")
 HOLD_WEBHOOK = "deployments.prepull.fulcrum.io"
 PULLED = re.compile(r'Successfully pulled image "([^"]+)" in ([0-9.]+)(ms|s)')
 
@@ -224,7 +227,11 @@ def _roll(
 def run(config: Config, *, say: Callable[[str], None] = print) -> Result:
     """A cluster with ``config.real_nodes`` real nodes, the two Deployments, the rounds; the
     cluster is taken down at the end."""
-    cluster.up(config.name, nodes=0, real_nodes=config.real_nodes, log=say)
+    agent = None
+    if config.prepull == "off":  # the agents without their pre-pull plugin: nobody pulls ahead
+        plugins = ",".join(p for p in DEFAULT_PLUGINS if p != PrePull.name)
+        agent = nodeagent.AgentOptions(plugins=plugins)
+    cluster.up(config.name, nodes=0, real_nodes=config.real_nodes, node_agent=agent, log=say)
     try:
         return _measure(config, say)
     finally:
@@ -238,7 +245,7 @@ def _measure(config: Config, say: Callable[[str], None]) -> Result:
     say(f"pushing {len(tags)} images of {config.image_mb} MiB to {registry}")
     refs = rb.push_app_images(registry, tuple(tags), pad_mb=config.image_mb, say=say)
     kit = rr.Kit.of(config.name)
-    if config.prepull == "ahead":
+    if config.prepull in ("ahead", "off"):
         drop_hold_webhook(kit)
         say(f"pre-pull ahead: webhook {HOLD_WEBHOOK} removed, rollouts are not held")
     kit.kubectl("create", "namespace", NS)
