@@ -52,6 +52,9 @@ PREPULL_ERROR = "fulcrum.io/prepull-error"
 # on a Deployment: the admission webhook paused it for a pre-pull at this time (RFC 3339); the
 # controller unpauses it, and only a Deployment that carries this (a user's pause is theirs)
 PREPULL_HOLD = "fulcrum.io/prepull-hold"
+# on a Node: its ``fulcrum node`` runs the prepull plugin (the plugin's node label); only such
+# nodes are asked, so a cluster without agents (kwok) never waits for an answer
+PREPULL_NODE_LABEL = "fulcrum.io/node-prepull"
 DEFAULT_PREPULL_WAIT_SECONDS = 60.0
 MAX_PREPULL_IMAGES = 16
 MAX_IMAGE_CHARS = 512

@@ -12,6 +12,10 @@ the same value once every image is there, or ``fulcrum.io/prepull-error`` with a
 A value that is not a list of image references (``kube.api.parse_images``) is answered with a
 ``PrePullRefused`` Warning Event and ``fulcrum.io/prepull-error``; nothing is pulled.
 
+The plugin labels its Node ``fulcrum.io/node-prepull: enabled`` (the agent sets its plugins'
+labels at start-up): the controller asks only labelled nodes, and never waits for a node
+without an agent.
+
 Options (``--plugin-option prepull.KEY=VALUE``): ``timeout``, seconds per image (default 300);
 ``workers``, pulls at once on this node (default 2: distinct images only, the node's disk and
 link are shared).
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -54,6 +59,10 @@ class PrePull(NodePlugin):
         self.pull_timeout = _positive(options.get("prepull.timeout"), DEFAULT_TIMEOUT, "timeout")
         self.workers = int(_positive(options.get("prepull.workers"), DEFAULT_WORKERS, "workers"))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="prepull")
+
+    def node_labels(self) -> Mapping[str, str]:
+        """``fulcrum.io/node-prepull: enabled``: the controller asks only nodes that answer."""
+        return {api.PREPULL_NODE_LABEL: "enabled"}
 
     def pod_changed(self, pod: PodView, agent: AgentContext) -> None:
         """Queue the pod's pre-pull if it asks for one not answered yet; returns at once."""

@@ -38,6 +38,7 @@ from rebuild.writes import Writes
 
 log = logging.getLogger(__name__)
 
+NODE_SECONDS = 30.0  # how long a node's prepull label is taken as read
 POLL_SECONDS = 5.0  # a held rollout is looked at again at least this often (answers wake it)
 REMEMBERED = 10_000  # requests whose timing is kept, the oldest forgotten first
 
@@ -62,6 +63,7 @@ class PrePuller:
         self.asked: dict[tuple[str, str], float] = {}
         self.answered: dict[tuple[str, str], float] = {}
         self.reported: dict[tuple[str, str], float] = {}  # once per request: status and Event
+        self.nodes: dict[str, tuple[bool, float]] = {}  # node -> (runs prepull, read when)
 
     # --- Deployments -----------------------------------------------------------------------
     def deployment(self, deployment: Raw) -> None:
@@ -77,7 +79,7 @@ class PrePuller:
         for pod in self.store.all("pods"):
             if objects.namespace(pod) != namespace or api.successor_key(pod) != key:
                 continue
-            if not objects.node_name(pod):
+            if not self.pulls_on(objects.node_name(pod)):
                 continue  # a terminating one too: its node pulls while it stops (no hold)
             wanted = missing_images(pod, images)
             if wanted:
@@ -117,7 +119,7 @@ class PrePuller:
         ``wait_seconds`` passed) return how it went ("" when nothing was missing), else raise
         ``TemporaryError``."""
         wanted = missing_images(pod, images)
-        if not wanted or not objects.node_name(pod):
+        if not wanted or not self.pulls_on(objects.node_name(pod)):
             return ""
         value = ",".join(wanted)
         self.ask(pod, value)
@@ -128,6 +130,19 @@ class PrePuller:
             self.writes.report(pod, "waiting", reason, event=False)
             raise TemporaryError(min(POLL_SECONDS, self.wait_seconds - elapsed + 0.05), reason)
         return self.outcome(pod, value, since=asked)[1]
+
+    def pulls_on(self, node: str) -> bool:
+        """Whether ``node`` runs the prepull plugin (its label, read at most every
+        NODE_SECONDS): a node without one is never asked, so nothing waits for it."""
+        if not node:
+            return False
+        now = time.monotonic()
+        known = self.nodes.get(node)
+        if known is None or now - known[1] > NODE_SECONDS:
+            labelled = self.writes.node_labels(node).get(api.PREPULL_NODE_LABEL) == "enabled"
+            known = self.nodes[node] = (labelled, now)
+            _bound(self.nodes)
+        return known[0]
 
     # --- asking and answering ---------------------------------------------------------------
     def ask(self, pod: Raw, value: str) -> None:
@@ -197,7 +212,7 @@ def _hold_start(value: str) -> datetime | None:
     return when if when.utcoffset() is not None else None
 
 
-def _bound(seen: Mapping[Any, float]) -> None:
+def _bound(seen: Mapping[Any, Any]) -> None:
     assert isinstance(seen, dict)
     while len(seen) > REMEMBERED:
         del seen[next(iter(seen))]

@@ -526,6 +526,16 @@ class Writes:
             return ""
         return NOT_READY
 
+    def node_labels(self, node: str) -> dict[str, str]:
+        """The Node's labels; none if it is gone."""
+        try:
+            obj = self.core.read_node(node)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise api_error(exc.status, str(exc.reason)) from exc
+        return dict(obj.metadata.labels or {})
+
     def node_trouble(self, node: str) -> str:
         """Why ``node`` may not have taken a pod back, as an Event says it."""
         try:

@@ -370,8 +370,15 @@ class Rig:
 # --- objects --------------------------------------------------------------------------------
 
 
+PREPULLS = {api.PREPULL_NODE_LABEL: "enabled"}  # its agent runs the prepull plugin
+
+
 def node(
-    *, cordoned: bool = False, ready: bool = True, since: timedelta = timedelta(0)
+    *,
+    cordoned: bool = False,
+    ready: bool = True,
+    since: timedelta = timedelta(0),
+    labels: Mapping[str, str] = PREPULLS,
 ) -> SimpleNamespace:
     """A V1Node as the client returns it: only the fields the controller reads (``since``: how
     long ago its Ready condition last changed)."""
@@ -381,6 +388,7 @@ def node(
         last_transition_time=datetime.now(UTC) - since,
     )
     return SimpleNamespace(
+        metadata=SimpleNamespace(labels=dict(labels)),
         spec=SimpleNamespace(unschedulable=cordoned or None),
         status=SimpleNamespace(conditions=[condition]),
     )

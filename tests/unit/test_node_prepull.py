@@ -78,8 +78,9 @@ def settle(plugin: PrePull, agent: FakeAgent, answers: int) -> None:
     plugin.close()
 
 
-def test_it_takes_pod_changed_only() -> None:
-    assert hooks_of(PrePull()) == ["pod_changed"]
+def test_it_takes_pod_changed_and_labels_its_node() -> None:
+    assert hooks_of(PrePull()) == ["pod_changed", "node_labels"]
+    assert PrePull().node_labels() == {api.PREPULL_NODE_LABEL: "enabled"}
 
 
 def test_the_images_are_pulled_then_the_pod_says_so() -> None:

@@ -16,6 +16,7 @@ from admission.review import mutate
 from kube import api
 from rebuild import release
 from tests.unit.rebuild_fake import NS, OPTED, FakeApiserver, Obj, Rig, pod
+from tests.unit.rebuild_fake import node as fake_node
 
 OWNER = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "controller": True}
 LABELS = {"app": "web", "pod-template-hash": "abc"}
@@ -48,6 +49,7 @@ def when(ago: float = 0.0) -> str:
 def rig_with(dep: Obj, nodes: tuple[str, ...] = ("n1", "n2")) -> Rig:
     apiserver = FakeApiserver()
     for i, node in enumerate(nodes):
+        apiserver.nodes[node] = fake_node()
         apiserver.put(
             "pods",
             pod(f"u{i}", name=f"web-abc-{i}", node_name=node, labels=LABELS, owners=[OWNER]),
@@ -191,6 +193,17 @@ def test_pods_already_on_the_new_images_are_not_asked() -> None:
     assert rig.reconcile("deployments/ns/web") is None  # nothing to pull: resumed at once
     assert spec(rig)["paused"] is False
     assert api.PREPULL not in annotations(rig, "web-abc-0")
+
+
+def test_a_node_without_the_prepull_agent_is_not_asked_nor_waited_for() -> None:
+    """kwok's nodes, or a node whose agent runs without the plugin: no label, no request."""
+    rig = rig_with(deployment(paused=True, held=when()))
+    rig.apiserver.nodes["n2"] = fake_node(labels={})
+    rig.reconcile("deployments/ns/web")
+    assert api.PREPULL not in annotations(rig, "web-abc-1")
+    answer(rig, "web-abc-0")
+    assert rig.reconcile("deployments/ns/web") is None
+    assert spec(rig)["paused"] is False
 
 
 def test_a_deployment_not_opted_in_is_left_alone() -> None:
