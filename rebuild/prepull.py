@@ -63,7 +63,7 @@ class PrePuller:
         self.asked: dict[tuple[str, str], float] = {}
         self.answered: dict[tuple[str, str], float] = {}
         self.reported: dict[tuple[str, str], float] = {}  # once per request: status and Event
-        self.nodes: dict[str, tuple[bool, float]] = {}  # node -> (runs prepull, read when)
+        self.nodes: tuple[set[str], float] | None = None  # nodes running prepull, read when
 
     # --- Deployments -----------------------------------------------------------------------
     def deployment(self, deployment: Raw) -> None:
@@ -132,17 +132,12 @@ class PrePuller:
         return self.outcome(pod, value, since=asked)[1]
 
     def pulls_on(self, node: str) -> bool:
-        """Whether ``node`` runs the prepull plugin (its label, read at most every
-        NODE_SECONDS): a node without one is never asked, so nothing waits for it."""
-        if not node:
-            return False
+        """Whether ``node`` runs the prepull plugin (its label; the labelled nodes listed at
+        most every NODE_SECONDS): a node without one is never asked, so nothing waits for it."""
         now = time.monotonic()
-        known = self.nodes.get(node)
-        if known is None or now - known[1] > NODE_SECONDS:
-            labelled = self.writes.node_labels(node).get(api.PREPULL_NODE_LABEL) == "enabled"
-            known = self.nodes[node] = (labelled, now)
-            _bound(self.nodes)
-        return known[0]
+        if self.nodes is None or now - self.nodes[1] > NODE_SECONDS:
+            self.nodes = (self.writes.labelled_nodes(api.PREPULL_NODE_LABEL, "enabled"), now)
+        return bool(node) and node in self.nodes[0]
 
     # --- asking and answering ---------------------------------------------------------------
     def ask(self, pod: Raw, value: str) -> None:
@@ -212,7 +207,7 @@ def _hold_start(value: str) -> datetime | None:
     return when if when.utcoffset() is not None else None
 
 
-def _bound(seen: Mapping[Any, Any]) -> None:
+def _bound(seen: Mapping[Any, float]) -> None:
     assert isinstance(seen, dict)
     while len(seen) > REMEMBERED:
         del seen[next(iter(seen))]

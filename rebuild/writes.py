@@ -526,15 +526,11 @@ class Writes:
             return ""
         return NOT_READY
 
-    def node_labels(self, node: str) -> dict[str, str]:
-        """The Node's labels; none if it is gone."""
-        try:
-            obj = self.core.read_node(node)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return {}
-            raise api_error(exc.status, str(exc.reason)) from exc
-        return dict(obj.metadata.labels or {})
+    def labelled_nodes(self, label: str, value: str) -> set[str]:
+        """The names of the Nodes labelled ``label=value`` (one list call, however many)."""
+        with _translated():
+            found = self.core.list_node(label_selector=f"{label}={value}", _preload_content=False)
+        return {str(objects.name(n)) for n in orjson.loads(found.data).get("items") or []}
 
     def node_trouble(self, node: str) -> str:
         """Why ``node`` may not have taken a pod back, as an Event says it."""

@@ -237,6 +237,16 @@ class FakeApiserver:
         self.leases[f"{namespace}/{name}"] = copy.deepcopy(body)
         return body
 
+    def list_node(self, *, label_selector: str, _preload_content: bool) -> SimpleNamespace:
+        assert not _preload_content
+        key, value = label_selector.split("=")
+        items = [
+            {"metadata": {"name": name}}
+            for name, n in sorted(self.nodes.items())
+            if n.metadata.labels.get(key) == value
+        ]
+        return SimpleNamespace(data=orjson.dumps({"items": items}))
+
     def read_node(self, name: str) -> SimpleNamespace:
         if name not in self.nodes:
             raise _not_found(f"node {name}")

@@ -93,7 +93,7 @@ REBUILD_RULES = {
     (("",), ("pods/eviction",), ("create",)),
     (("",), ("pods/resize",), ("patch",)),
     (("",), ("events",), ("create",)),
-    (("",), ("nodes",), ("get",)),
+    (("",), ("nodes",), ("get", "list")),
     ((GROUP,), ("reservations",), ("get", "list", "watch", "create", "update", "delete")),
     ((GROUP,), ("ippools",), ("get", "list", "watch", "update", "patch")),
     (("apps",), ("statefulsets",), ("list", "watch")),

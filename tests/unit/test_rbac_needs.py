@@ -135,6 +135,10 @@ NEEDS: dict[Need, tuple[str, str]] = {
     ),
     ("fulcrum-rebuild", "", "events", "create"): ("rebuild/writes.py", "create_namespaced_event("),
     ("fulcrum-rebuild", "", "nodes", "get"): ("rebuild/writes.py", "self.core.read_node(node)"),
+    ("fulcrum-rebuild", "", "nodes", "list"): (
+        "rebuild/writes.py",
+        "self.core.list_node(label_selector=",
+    ),
     ("fulcrum-rebuild", "fulcrum.io", "reservations", "list"): (
         "rebuild/writes.py",
         '"reservations": functools.partial(custom, api.RESERVATIONS)',
