@@ -247,11 +247,13 @@ class DevicePlugin:
 
     def _bind(self) -> None:
         directory = self.socket.parent
-        if not directory.is_dir():
+        if not directory.parent.is_dir():
             raise DevicePluginError(
-                f"{directory} does not exist: is the kubelet running with --root-dir "
-                f"{directory.parent}? (its plugin watcher makes {REGISTRY_DIR}/ at start)"
+                f"{directory.parent} does not exist: is it the kubelet's --root-dir? "
+                f"(the kubelet watches {REGISTRY_DIR}/ in it for plugin sockets)"
             )
+        # made here if the kubelet has not yet: at its start it registers what it finds there
+        directory.mkdir(mode=0o750, exist_ok=True)
         if len(str(self.socket).encode()) > MAX_SOCKET_PATH:
             raise DevicePluginError(
                 f"socket path {self.socket} is longer than a unix socket's {MAX_SOCKET_PATH} "

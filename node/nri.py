@@ -23,13 +23,15 @@ The runtime's side (``pkg/adaptation``), which decides how the agent must behave
   :class:`NRIConnection` answers a CreateContainer whose handler has not finished within
   ``request_timeout - GUARD`` with no adjustment (logged), and stays connected.
 - Errors: any other error status from a handler (our refusals) fails the runtime's operation:
-  for CreateContainer, the CRI CreateContainer call fails with our message in it, which the
-  kubelet reports as the container's ``CreateContainerError`` waiting reason and a ``Failed``
-  Event. The plugin stays connected.
+  for CreateContainer, the kubelet shows the container waiting with reason
+  ``CreateContainerError`` and a ``Failed`` Event, both with the message (seen with containerd
+  2.4.2): ``failed to create containerd container: failed to get NRI adjustment for container:
+  rpc error: code = FailedPrecondition desc = 50-fulcrum: <the exception's text>``; the kubelet
+  retries with backoff. The plugin stays connected.
 - Serialisation: the runtime holds one lock while it calls the plugins for an event, so each
   round trip through the agent adds to every container creation on the node, one at a time.
 - Events: a mask of ``1 << (event - 1)`` bits; a zero mask means *all* events, so an empty
-  subscription is refused here. Since v0.10, every event has its own RPC; older runtimes send
+  subscription is refused here. Since v0.12, every event has its own RPC; older runtimes send
   non-adjusting events (start, stop, remove...) as ``StateChange``; both are handled.
 - Restarts: when containerd stops, the socket closes (``Shutdown`` is not sent by v0.12's
   runtime); containerd removes and re-creates the socket when it starts. :meth:`run`
@@ -205,19 +207,29 @@ def event_mask(events: set[str]) -> int:
     return mask
 
 
-KUBELET_LABELS = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid")
+# What the kubelet and containerd add to a pod's labels and annotations in the sandbox (seen
+# with kubelet 1.34 and containerd 2.4.2): dropped from the view, which then matches the pod's.
+ADDED_LABELS = frozenset(
+    {
+        "io.kubernetes.pod.name",
+        "io.kubernetes.pod.namespace",
+        "io.kubernetes.pod.uid",
+        "io.cri-containerd.kind",
+        "oci_runtime_type",
+    }
+)
+ADDED_ANNOTATIONS = frozenset({"kubernetes.io/config.seen", "kubernetes.io/config.source"})
 RUNTIME_ANNOTATION_PREFIX = "io.kubernetes.cri."  # containerd's own sandbox/container annotations
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:
     """The plugin API's view of an NRI PodSandbox. The kubelet copies the pod's labels and
-    annotations into the sandbox config; it adds the ``io.kubernetes.pod.*`` labels and
-    containerd its ``io.kubernetes.cri.*`` annotations, which are dropped here."""
-    labels = {k: v for k, v in pod.get("labels", {}).items() if k not in KUBELET_LABELS}
+    annotations into the sandbox config; what it and containerd add there is dropped."""
+    labels = {k: v for k, v in pod.get("labels", {}).items() if k not in ADDED_LABELS}
     annotations = {
         k: v
         for k, v in pod.get("annotations", {}).items()
-        if not k.startswith(RUNTIME_ANNOTATION_PREFIX)
+        if not k.startswith(RUNTIME_ANNOTATION_PREFIX) and k not in ADDED_ANNOTATIONS
     }
     return PodView(
         namespace=pod.get("namespace", ""),

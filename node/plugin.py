@@ -7,9 +7,10 @@ plugins take no container hook costs its runtime no NRI round trip):
 - ``create_container(pod, container)``: before the runtime creates a container (NRI
   ``CreateContainer``); returns an :class:`Adjustment` (environment, annotations, device nodes,
   CDI devices) or None, or raises :class:`Refuse` to fail the container with a reason;
-- ``container_started`` / ``container_stopped`` / ``pod_removed``: lifecycle notifications;
-- ``pod_changed(pod, agent)``: a pod bound to this node changed in the API (from the agent's
-  informer), for work that starts before any container does (pre-pull);
+- ``container_started`` / ``container_stopped``: the runtime started / stopped a container;
+- ``pod_changed(pod, agent)`` / ``pod_removed(pod)``: a pod bound to this node changed / was
+  deleted in the API (from the agent's informer), for work that starts before any container
+  does (pre-pull) or claims to track;
 - ``devices()`` / ``allocate(ids)`` / ``preferred(...)``: a device-plugin resource advertised to
   the kubelet;
 - ``node_labels()``: labels the agent sets on its Node;

@@ -66,6 +66,10 @@ PACKAGES = {
     "dnsmasq-base": str(kubeproxy.DNSMASQ),  # the cluster DNS (``kubeproxy``)
 }
 CNI_BIN = "/usr/lib/cni"
+# kubelet v1.34 hard-codes its device manager's directory (its registration socket and its
+# allocation checkpoint) whatever its --root-dir: each kubelet gets its own, mounted there in
+# a mount namespace of its own (``_own_device_plugins``)
+DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 CGROUPS = Path("/sys/fs/cgroup")
 
 
@@ -263,6 +267,39 @@ def _ctr(binaries: Mapping[str, Path], directory: Path) -> list[str]:
     return [str(binaries["ctr"]), "--address", str(directory / "containerd.sock"), "-n", "k8s.io"]
 
 
+def _own_device_plugins(directory: Path, cmd: list[str]) -> list[str]:
+    """``cmd`` (the kubelet) in its own mount namespace where ``DEVICE_PLUGINS`` is the
+    node's ``<dir>/device-plugins``, so kubelets on one host share neither the device manager's
+    socket nor its checkpoint of which pod holds which device.
+
+    The kubelet's own mounts (its pods' volumes, under its root dir) must still reach
+    containerd in the host's namespace: the root dir is made a shared mount first, so the
+    namespace's copy propagates to the host's; the mount holding ``DEVICE_PLUGINS`` is made
+    private in the namespace (not recursively), so the bind over it stays there."""
+    root = directory / "kubelet"
+    plugins = directory / "device-plugins"
+    plugins.mkdir(exist_ok=True)
+    DEVICE_PLUGINS.mkdir(parents=True, exist_ok=True)
+    if _run(["findmnt", "-n", "-o", "TARGET", "-M", str(root)], check=False).strip() != str(root):
+        _run(["mount", "--bind", str(root), str(root)])
+    _run(["mount", "--make-shared", str(root)])
+    script = (
+        f'mount --make-private "$(findmnt -n -o TARGET -T {DEVICE_PLUGINS})" && '
+        f'mount --bind "$0" {DEVICE_PLUGINS} && exec "$@"'
+    )
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "unchanged",
+        "sh",
+        "-c",
+        script,
+        str(plugins),
+        *cmd,
+    ]
+
+
 def start_node(
     cluster: str,
     node: RealNode,
@@ -308,6 +345,7 @@ def start_node(
         f"--config={config}",
         f"--kubeconfig={kubeconfig}",
         f"--root-dir={directory / 'kubelet'}",
+        f"--cert-dir={directory / 'kubelet' / 'pki'}",  # its default is /var/lib/kubelet/pki
         f"--hostname-override={node.name}",
         f"--node-ip={GATEWAY}",
         f"--node-labels={NODE_LABEL}={NODE_VALUE}",
@@ -316,7 +354,11 @@ def start_node(
     env = {"PATH": _shim_path(binaries)}
     try:
         processes.start_process(
-            directory, "kubelet", cmd, f"http://127.0.0.1:{node.healthz_port}/healthz", env
+            directory,
+            "kubelet",
+            _own_device_plugins(directory, cmd),
+            f"http://127.0.0.1:{node.healthz_port}/healthz",
+            env,
         )
     except processes.ProcessError as exc:
         raise RealNodeError(f"real node {node.name}: {exc}") from exc

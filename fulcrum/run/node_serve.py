@@ -155,8 +155,7 @@ class NRIBridge:
     NOTIFY: ClassVar[dict[str, str]] = {
         "StartContainer": "container_started",
         "StopContainer": "container_stopped",
-        "RemovePodSandbox": "pod_removed",
-    }
+    }  # pod_changed and pod_removed come from the API (the informer), not the runtime
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -178,13 +177,12 @@ class NRIBridge:
         self, event: str, pod: Mapping[str, Any], container: Mapping[str, Any] | None
     ) -> None:
         hook = self.NOTIFY.get(event)
-        if hook is None:
+        if hook is None or container is None:
             return
-        args: tuple[Any, ...] = (nri.pod_view(pod),)
-        if container is not None and hook != "pod_removed":
-            args += (nri.container_view(container),)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, functools.partial(self.agent.notify, hook, *args))
+        call = functools.partial(
+            self.agent.notify, hook, nri.pod_view(pod), nri.container_view(container)
+        )
+        await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 class Transport(Protocol):

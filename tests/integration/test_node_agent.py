@@ -25,6 +25,7 @@ from fulcrum.harness import cluster, nodeagent, realnodes
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from kube import api
+from tests.realhost import require_real_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +35,6 @@ ENV_SCRIPT = (
     'echo "GPUS=${NVIDIA_VISIBLE_DEVICES:-none} SM=${CUDA_DEVICE_SM_LIMIT:-none} '
     'TEAM=${TEAM:-none}"; exec sleep 3600'
 )
-
-
-def _require_host() -> None:
-    missing = [p for p, path in realnodes.PACKAGES.items() if not Path(path).exists()]
-    reason = "real nodes need root" if os.geteuid() != 0 else ""
-    if missing:
-        reason = f"real nodes need apt-get install {' '.join(missing)}"
-    if reason and os.environ.get("CI"):
-        pytest.fail(reason)
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +71,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def kit(plugins_dir: Path, scratch: Path) -> Iterator[rr.Kit]:
-    _require_host()
+    require_real_nodes()
     name = f"it-node-{os.getpid()}"
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(plugins_dir), old) if p)
@@ -181,18 +171,19 @@ def test_containers_see_exactly_the_gpus_fulcrum_chose(kit: rr.Kit, busybox: str
         [
             _pod("share-a", busybox, annotations=share),
             _pod("share-b", busybox, annotations=share),
-            _pod("whole", busybox, gpus=1),
+            _pod("whole", busybox, annotations={"fulcrum.io/gpu-model": "T4"}, gpus=1),
         ],
     )
     chosen: dict[str, str] = {}
     for name in ("share-a", "share-b", "whole"):
         seen = _seen(kit, name)
         pod = kit.core.read_namespaced_pod(name, NS)
-        assert pod.spec.scheduler_name == "fulcrum-scheduler"
+        assert pod.spec.scheduler_name == "fulcrum-scheduler", name
         chosen[name] = pod.metadata.annotations[api.GPU_DEVICES]
         assert seen["GPUS"] == chosen[name], (name, seen)
         assert seen["SM"] == ("40" if name.startswith("share") else "none")
     assert chosen["whole"] not in (chosen["share-a"], chosen["share-b"])
+    kit.kubectl("delete", "pod", "-n", NS, "share-a", "share-b", "whole", "--wait=true")
 
 
 def test_a_container_asking_for_other_gpus_is_refused_with_an_event(
@@ -213,7 +204,7 @@ def test_a_container_asking_for_other_gpus_is_refused_with_an_event(
     while not any(e.startswith("FulcrumRefused") for e in _events(kit, "greedy")):
         assert time.monotonic() < deadline, _events(kit, "greedy")
         time.sleep(1)
-    [refused] = [e for e in _events(kit, "greedy") if e.startswith("FulcrumRefused")]
+    refused = next(e for e in _events(kit, "greedy") if e.startswith("FulcrumRefused"))
     assert "asks for GPU all in NVIDIA_VISIBLE_DEVICES; Fulcrum chose" in refused
     status = kit.core.read_namespaced_pod("greedy", NS).status
     waiting = status.container_statuses[0].state.waiting

@@ -22,6 +22,7 @@ from fulcrum.lab import rebuild_run as rr
 from node import cri
 from node import deviceplugin as dp
 from node.plugin import Adjustment
+from tests.realhost import require_real_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -31,24 +32,13 @@ GPU = "nvidia.com/gpu"
 ENV = "FULCRUM_FAKE_GPUS"
 # the env Allocate gave, and the service account token the kubelet mounted (its volumes reach
 # the container)
-TOKEN_DIR = "/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SCRIPT = f'echo "{ENV}=${ENV}"; echo "namespace=$(cat {TOKEN_DIR}/namespace)"'
-
-
-def _require_host() -> None:
-    missing = [p for p, path in realnodes.PACKAGES.items() if not Path(path).exists()]
-    reason = "real nodes need root" if os.geteuid() != 0 else ""
-    if missing:
-        reason = f"real nodes need apt-get install {' '.join(missing)}"
-    if reason and os.environ.get("CI"):
-        pytest.fail(reason)
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def name() -> Iterator[str]:
-    _require_host()
+    require_real_nodes()
     name = f"it-dev-{os.getpid()}"
     cluster.up(name, nodes=1, real_nodes=1, log=print)
     try:
@@ -119,17 +109,23 @@ class FakeGPUs:
 
 
 def _restart_kubelet(directory: Path) -> None:
-    """Stop real-1's kubelet and start it again with the same command line (a kubelet
-    upgrade or crash): its plugin watcher must find the plugin's socket again."""
+    """Stop real-1's kubelet and start it again with the same command line, in the same mount
+    namespace (kept open here meanwhile), as after a kubelet upgrade or crash: its plugin
+    watcher must find the plugin's socket again."""
     (pid,) = processes.processes_under(directory / "kubelet.yaml")
     cmd = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     path = next(e.decode()[5:] for e in environ if e.startswith(b"PATH="))
-    processes.terminate([pid])
     port = yaml.safe_load((directory / "kubelet.yaml").read_text())["healthzPort"]
-    processes.start_process(
-        directory, "kubelet", cmd, f"http://127.0.0.1:{port}/healthz", {"PATH": path}
-    )
+    namespace = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    try:
+        processes.terminate([pid])
+        enter = ["nsenter", f"--mount=/proc/{os.getpid()}/fd/{namespace}", *cmd]
+        processes.start_process(
+            directory, "kubelet", enter, f"http://127.0.0.1:{port}/healthz", {"PATH": path}
+        )
+    finally:
+        os.close(namespace)
 
 
 def test_device_plugin_advertises_allocates_and_goes_unhealthy(name: str, kit: rr.Kit) -> None:

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from fulcrum.harness import cluster, images, processes, realnodes
+from fulcrum.harness import cluster, processes, realnodes
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from kube import api
+from tests.realhost import require_real_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -64,24 +65,9 @@ def _host() -> dict[str, set[str]]:
     }
 
 
-def _require_host() -> None:
-    reason = ""
-    if os.geteuid() != 0:
-        reason = "real nodes need root"
-    missing = [p for p, path in realnodes.PACKAGES.items() if not Path(path).exists()]
-    if not images.DOCKER_REGISTRY.exists():
-        missing.append("docker-registry")
-    if missing:
-        reason = f"real nodes need apt-get install {' '.join(missing)}"
-    if reason and os.environ.get("CI"):
-        pytest.fail(reason)  # .ci/run installs them
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def real() -> Iterator[tuple[str, dict[str, set[str]]]]:
-    _require_host()
+    require_real_nodes()
     before = _host()
     name = f"it-real-{os.getpid()}"
     cluster.up(name, nodes=2, real_nodes=2, log=print)

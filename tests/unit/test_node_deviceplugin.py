@@ -322,8 +322,11 @@ def test_resource_names_the_kubelet_would_refuse_are_refused_at_once(
 
 
 def test_a_missing_registry_dir_and_a_long_path_name_the_fix(root: Path) -> None:
-    with pytest.raises(dp.DevicePluginError, match="is the kubelet running with --root-dir"):
+    with pytest.raises(dp.DevicePluginError, match="nowhere does not exist: is it the kubelet"):
         _plugin(root / "nowhere", Devices(1)).start()
+    (root / dp.REGISTRY_DIR).rmdir()  # a kubelet not started yet: the plugin makes the dir
+    with _plugin(root, Devices(1)) as plugin:
+        assert plugin.socket.is_socket()
     deep = root / ("d" * 100)
     (deep / dp.REGISTRY_DIR).mkdir(parents=True)
     with pytest.raises(dp.DevicePluginError, match="longer than a unix socket"):

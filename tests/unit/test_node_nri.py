@@ -97,8 +97,16 @@ POD = {
     "name": "web-0",
     "uid": "u-1",
     "namespace": "ns",
-    "labels": {"app": "web", "io.kubernetes.pod.name": "web-0"},
-    "annotations": {"fulcrum.io/gpu-devices": "0,1", "io.kubernetes.cri.sandbox-id": "x"},
+    "labels": {
+        "app": "web",
+        "io.kubernetes.pod.name": "web-0",
+        "io.cri-containerd.kind": "sandbox",
+    },
+    "annotations": {
+        "fulcrum.io/gpu-devices": "0,1",
+        "io.kubernetes.cri.sandbox-id": "x",
+        "kubernetes.io/config.seen": "2026-12-07T09:00:02.621601106Z",
+    },
 }
 CONTAINER = {
     "id": "c1",
