@@ -22,12 +22,13 @@ from typing import Any
 
 import pytest
 
-from fulcrum.harness import cluster, images, realnodes
+from fulcrum.harness import cluster
 from fulcrum.harness.binaries import NODE_COMPONENTS, ensure_binaries
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from kube import api
 from kube.informer import Informer
+from tests.realhost import require_real_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -37,24 +38,9 @@ NODE = "real-1"
 IMAGE_MB = 60  # a pull long enough (about a third of a second here) to tell before from after
 
 
-def _require_host() -> None:
-    reason = ""
-    if os.geteuid() != 0:
-        reason = "real nodes need root"
-    missing = [p for p, path in realnodes.PACKAGES.items() if not os.path.exists(path)]
-    if not images.DOCKER_REGISTRY.exists():
-        missing.append("docker-registry")
-    if missing:
-        reason = f"real nodes need apt-get install {' '.join(missing)}"
-    if reason and os.environ.get("CI"):
-        pytest.fail(reason)
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def name() -> Iterator[str]:
-    _require_host()
+    require_real_nodes()
     name = f"it-prepull-{os.getpid()}"
     cluster.up(name, nodes=0, real_nodes=1, log=print)
     try:
