@@ -12,6 +12,8 @@ so an unrelated request costs Fulcrum nothing and is never blocked by it):
 
 ``failurePolicy``, per webhook:
 
+- holding an opted-in Deployment's image change for its pre-pull (mutating) is ``Ignore``:
+  while Fulcrum is down a rollout goes on at once, only without its pre-pull;
 - routing pods (mutating) is ``Fail``: while Fulcrum's webhook is down an opted-in pod is not
   created (the API server answers with the webhook's name, and a workload's controller retries),
   rather than slipping through to default-scheduler, where it would lose its node on the next
@@ -39,7 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 from admission.review import DEFAULT_SCHEDULER, NAMESPACE_LABEL, PREFIX
-from kube.api import GROUP, IPPOOLS, SCHEDULER_NAME, VERSION
+from kube.api import GROUP, IPPOOLS, REBUILD, SCHEDULER_NAME, VERSION
 from kube.resources import GPU
 
 NAME = "fulcrum.io"
@@ -64,6 +66,22 @@ _FULCRUM_GPU_POD = (
     f"object.spec.containers.exists(c, {_GPU_LIMIT.format(c='c', gpu=GPU)}) || "
     f"(has(object.spec.initContainers) && "
     f"object.spec.initContainers.exists(c, {_GPU_LIMIT.format(c='c', gpu=GPU)})))"
+)
+_TEMPLATE_OPTED_IN = (
+    "has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) && "
+    f"'{REBUILD}' in object.spec.template.metadata.annotations && "
+    f"object.spec.template.metadata.annotations['{REBUILD}'] == 'local'"
+)
+# a container without an image is an error here, which (failurePolicy Ignore) skips the
+# webhook: the apiserver refuses such a Deployment anyway
+_IMAGES = "{o}.spec.template.spec.containers.map(c, c.image)"
+_INIT_IMAGES = (
+    "(has({o}.spec.template.spec.initContainers) ? "
+    "{o}.spec.template.spec.initContainers.map(c, c.image) : [])"
+)
+_IMAGES_CHANGE = (
+    f"{_IMAGES.format(o='object')} != {_IMAGES.format(o='oldObject')} || "
+    f"{_INIT_IMAGES.format(o='object')} != {_INIT_IMAGES.format(o='oldObject')}"
 )
 _SPEC_CHANGES = "request.operation == 'CREATE' || object.spec != oldObject.spec"
 _NO_SCHEDULER = (
@@ -108,11 +126,15 @@ def _rule(
     }
 
 
-def webhook_configurations(client_config: dict[str, Any]) -> list[dict[str, Any]]:
+def webhook_configurations(
+    client_config: dict[str, Any], *, prepull_hold: bool = True
+) -> list[dict[str, Any]]:
     """The MutatingWebhookConfiguration and ValidatingWebhookConfiguration for Fulcrum.
 
     ``client_config``: ``{"url": "https://host:port", "caBundle": ...}`` (a local cluster) or
     ``{"service": {"namespace": ..., "name": ..., "port": ...}, "caBundle": ...}``.
+    ``prepull_hold``: register ``deployments.prepull.fulcrum.io``, which pauses an opted-in
+    Deployment's image change until the rebuild controller has pre-pulled it.
     """
 
     def pods() -> list[dict[str, Any]]:
@@ -139,6 +161,19 @@ def webhook_configurations(client_config: dict[str, Any]) -> list[dict[str, Any]
             "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "enabled"}},
         },
     ]
+    if prepull_hold:
+        # an opted-in Deployment's image change arrives paused, for the pre-pull
+        # (admission.prepull); Ignore: while Fulcrum is down the rollout goes on without it
+        mutating.append(
+            _webhook(
+                "deployments.prepull.fulcrum.io",
+                client_config,
+                "/mutate",
+                [_rule("apps", ["deployments"], ["UPDATE"])],
+                {"opted-in": _TEMPLATE_OPTED_IN, "images-change": _IMAGES_CHANGE},
+                "Ignore",
+            )
+        )
     workloads = _rule("apps", ["deployments", "statefulsets", "replicasets"], ["CREATE", "UPDATE"])
     validating = [
         _webhook(

@@ -9,6 +9,8 @@
   and binds every other pod itself. A pod the rebuild controller will hold a room for when it
   goes (``eligibility.reserved_on_delete``) gets the finalizer ``fulcrum.io/rebuild`` at birth,
   which the controller would otherwise add with a write of its own once the pod exists.
+  An opted-in Deployment's image change arrives paused, for the rebuild controller's
+  pre-pull (``admission.prepull``).
 - ``validate``: the ``fulcrum.io/*`` annotations of a pod, or of the pod template of a
   Deployment, StatefulSet or ReplicaSet, read by the parsers the controller and the extender
   use (``kube.api.read_options``, ``kube.api.written_problems``, ``kube.hooks``,
@@ -37,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from admission import prepull
 from admission.ippools import PoolLister, ippool_refusal
 from kube import api, eligibility
 from kube.hooks import HookRegistry, default_hook_registry, hooks_for
@@ -83,6 +86,8 @@ def mutate(
     local rebuild (see the module docstring). ``hooks``: the rebuild hooks installed (default:
     the built-ins and installed plugins); ``scheduler_name``: the kube-scheduler profile that
     calls this release's extender (the chart's ``schedulerName``)."""
+    if (request.get("kind") or {}).get("kind") == "Deployment":
+        return Decision(patch=prepull.hold(request))
     pod = request.get("object")
     if request.get("operation") != "CREATE" or not isinstance(pod, Mapping):
         return Decision()

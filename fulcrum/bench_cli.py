@@ -240,6 +240,13 @@ def add_bench_rebuild(sub: Subparsers) -> None:
         help="rounds, order alternated (default %(default)s)",
     )
     bench.add_argument(
+        "--prepull",
+        choices=("hold", "ahead", "off"),
+        default="hold",
+        help="hold: an opted-in image change waits, paused, for its nodes to pre-pull (the "
+        "default); ahead: no hold, the nodes pull while the rollout goes on; off: no pre-pull",
+    )
+    bench.add_argument(
         "--name", default="fulcrum-bench-real", help="cluster name (default %(default)s)"
     )
     output.add_output(bench, text="a table", progress=True)
@@ -288,6 +295,7 @@ def _cmd_bench_rebuild(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         image_mb=args.image_mb,
         rounds=args.rounds,
+        prepull=args.prepull,
     )
     result = real_bench.run(config, say=output.progress(args.output, args.output_file))
     text = real_bench.format_table(result)

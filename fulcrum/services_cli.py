@@ -112,6 +112,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
         identity=args.identity,
         lease_seconds=args.lease_seconds,
         not_ready_seconds=args.node_not_ready_seconds,
+        prepull_wait=args.prepull_wait,
     )
     return 0
 
@@ -272,6 +273,15 @@ def add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="SECONDS",
         help="a hold on a node not Ready for this long ends as on a deleted node: its successor "
         "is placed normally (default %(default)g)",
+    )
+    rebuild.add_argument(
+        "--prepull-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a rollout the admission webhook paused for its pre-pull, or an OnDelete "
+        "eviction, waits for the nodes to pull the new images before it goes on without "
+        "(default %(default)g; 0: never wait, only ask)",
     )
     rebuild.add_argument(
         "--release-all",

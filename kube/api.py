@@ -43,6 +43,21 @@ DECISION = "fulcrum.io/decision"  # written at bind: why Fulcrum chose the node 
 STATUS = "fulcrum.io/rebuild-status"  # written by the controller: what it did and why
 FINALIZER = "fulcrum.io/rebuild"
 GPU_DEVICES = "fulcrum.io/gpu-devices"  # written at bind: the devices Fulcrum chose, "0,1"
+# Pre-pull for local rebuild (``rebuild.prepull``, ``node.prepull``): the controller asks a
+# predecessor's node to pull the new template's images (PREPULL, "<image>[,<image>...]"); the
+# node's agent answers with PREPULLED (the same value) or PREPULL_ERROR (a message).
+PREPULL = "fulcrum.io/prepull"
+PREPULLED = "fulcrum.io/prepulled"
+PREPULL_ERROR = "fulcrum.io/prepull-error"
+# on a Deployment: the admission webhook paused it for a pre-pull at this time (RFC 3339); the
+# controller unpauses it, and only a Deployment that carries this (a user's pause is theirs)
+PREPULL_HOLD = "fulcrum.io/prepull-hold"
+# on a Node: its ``fulcrum node`` runs the prepull plugin (the plugin's node label); only such
+# nodes are asked, so a cluster without agents (kwok) never waits for an answer
+PREPULL_NODE_LABEL = "fulcrum.io/node-prepull"
+DEFAULT_PREPULL_WAIT_SECONDS = 60.0
+MAX_PREPULL_IMAGES = 16
+MAX_IMAGE_CHARS = 512
 # Written by Fulcrum alone (the extender at bind, the rebuild controller): admission refuses
 # them from anyone else, and every reader checks them (``written_problems``) all the same.
 WRITTEN_BY_FULCRUM = (GPU_DEVICES, ASSIGNED_IP, RESERVATION, DECISION, STATUS)
@@ -66,6 +81,17 @@ _POD_INDEX = "apps.kubernetes.io/pod-index"
 _DURATION = re.compile(r"(?:[0-9]+(?:ms|h|m|s))+")
 _DURATION_PART = re.compile(r"([0-9]+)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+# an image reference as the distribution spec has it: an optional registry host (with a dot, a
+# colon or "localhost"), lower-case path components, an optional tag and an optional digest
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PORT = r":[0-9]{1,5}"
+_IMAGE = re.compile(
+    rf"(?:(?:(?:localhost|{_HOST_PART}(?:\.{_HOST_PART})+)(?:{_PORT})?|{_HOST_PART}{_PORT})/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,})?"
+)
 
 
 # --- annotations --------------------------------------------------------------------------------
@@ -272,6 +298,28 @@ def assigned_ip(annotations: Mapping[str, str] | None) -> str | None:
         ) from None
 
 
+def parse_images(value: str) -> tuple[str, ...]:
+    """The image references of a ``fulcrum.io/prepull`` value: comma-separated, each an image
+    reference (``[host[:port]/]path[:tag][@digest]``), at most MAX_PREPULL_IMAGES of at most
+    MAX_IMAGE_CHARS each. OptionError names the annotation and the bad reference."""
+    if len(value) > MAX_PREPULL_IMAGES * (MAX_IMAGE_CHARS + 1):
+        raise OptionError(PREPULL, value, hint="too long; list at most 16 image references")
+    images = tuple(part.strip() for part in value.split(","))
+    if len(images) > MAX_PREPULL_IMAGES:
+        raise OptionError(
+            PREPULL, value, hint=f"{len(images)} images; list at most {MAX_PREPULL_IMAGES}"
+        )
+    for image in images:
+        if len(image) > MAX_IMAGE_CHARS or not _IMAGE.fullmatch(image):
+            hint = (
+                f"{quoted(image)!r} is not an image reference; write e.g. "
+                "registry.example.com:5000/team/app:1.4 or app@sha256:<64 hex digits>, "
+                "comma-separated"
+            )
+            raise OptionError(PREPULL, value, hint=hint)
+    return images
+
+
 # --- pod facts ----------------------------------------------------------------------------------
 
 
@@ -290,6 +338,30 @@ def claim_names(pod: objects.Raw) -> tuple[str, ...]:
         if claim:
             names[str(claim)] = None
     return tuple(names)
+
+
+def template_images(workload: Any) -> list[str]:
+    """The images of a workload's pod template, init containers first, in order."""
+    spec = workload.get("spec") if isinstance(workload, Mapping) else None
+    template = spec.get("template") if isinstance(spec, Mapping) else None
+    pod_spec = template.get("spec") if isinstance(template, Mapping) else None
+    if not isinstance(pod_spec, Mapping):
+        return []
+    images = []
+    for key in ("initContainers", "containers"):
+        for container in pod_spec.get(key) or []:
+            if isinstance(container, Mapping) and isinstance(container.get("image"), str):
+                images.append(container["image"])
+    return images
+
+
+def template_opted_in(workload: Any) -> bool:
+    """Whether the workload's pod template opts in to local rebuild."""
+    spec = workload.get("spec") if isinstance(workload, Mapping) else None
+    template = spec.get("template") if isinstance(spec, Mapping) else None
+    meta = template.get("metadata") if isinstance(template, Mapping) else None
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return isinstance(annotations, Mapping) and annotations.get(REBUILD) == "local"
 
 
 def successor_key(pod: objects.Raw) -> str | None:

@@ -20,6 +20,7 @@ from node.checks import NodeChecks
 from node.gpu import GpuDevices
 from node.ipam_check import IpamAgreement
 from node.plugin import NodePlugin, hooks_of
+from node.prepull import PrePull
 from policies.plugins import PluginError, PluginRegistry, UnknownPluginError
 
 ENTRY_POINT_GROUP = "fulcrum.node_plugins"
@@ -27,8 +28,9 @@ BUILTINS: dict[str, type[NodePlugin]] = {
     GpuDevices.name: GpuDevices,
     IpamAgreement.name: IpamAgreement,
     NodeChecks.name: NodeChecks,
+    PrePull.name: PrePull,
 }
-DEFAULT_PLUGINS = (GpuDevices.name, IpamAgreement.name, NodeChecks.name)
+DEFAULT_PLUGINS = (GpuDevices.name, IpamAgreement.name, NodeChecks.name, PrePull.name)
 
 
 class PluginRow(TypedDict):

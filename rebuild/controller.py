@@ -19,7 +19,9 @@ How a rebuild goes (``docs/rebuild.md`` has the whole story):
    ``fulcrum.io/rebuild-wait``: its room is released and the successor is placed normally (it
    keeps the IP), with an Event saying why.
 
-OnDelete StatefulSets are brought to their new revision by ``rebuild.inplace``; abandoned
+A template's new images are pulled on each predecessor's node before it goes
+(``rebuild.prepull``). OnDelete StatefulSets are brought to their new revision by
+``rebuild.inplace``; abandoned
 reservations and addresses are collected by ``rebuild.sweep``; every apiserver call is in
 ``rebuild.writes``. All state is in the apiserver; this process keeps only caches.
 """
@@ -42,6 +44,7 @@ from kube.resources import assigned_devices
 from rebuild import inplace
 from rebuild.errors import NotFound, TemporaryError
 from rebuild.metrics import ControllerMetrics
+from rebuild.prepull import PrePuller
 from rebuild.store import Store
 from rebuild.sweep import NOT_READY_SECONDS, SWEEP_SECONDS, Sweep
 from rebuild.workqueue import WorkQueue
@@ -79,10 +82,13 @@ class Controller:
         workers: int = WORKERS,
         scheduler_name: str = api.SCHEDULER_NAME,
         not_ready_seconds: float = NOT_READY_SECONDS,
+        prepull_wait: float = api.DEFAULT_PREPULL_WAIT_SECONDS,
     ) -> None:
         self.writes = Writes(api_client)
         self.queue = WorkQueue()
         self.store = Store(self.queue)
+        # the new images pulled on a predecessor's node before it goes (rebuild.prepull)
+        self.prepull = PrePuller(self.store, self.writes, prepull_wait)
         # a hold on a node deleted, or NotReady over not_ready_seconds, ends (``expire``)
         self.not_ready_seconds = not_ready_seconds
         self.sweep = Sweep(
@@ -163,6 +169,11 @@ class Controller:
             self.sweep()
             return
         kind, ref = key.split("/", 1)
+        if kind == "deployments":
+            found = self.store.get("deployments", ref)
+            if found:
+                self.prepull.deployment(found)
+            return
         if kind == "reservations":
             found = self.store.get("reservations", ref)
             if found:
@@ -246,6 +257,7 @@ class Controller:
                 self.writes,
                 sibling=lambda name: self.store.get("pods", f"{namespace}/{name}"),
                 pacing=self.pacing,
+                prepull=self.prepull.before_eviction,
             )
 
     def bad_object(self, obj: Raw, kind: str, why: str) -> None:

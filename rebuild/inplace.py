@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kube import objects
+from kube import api, objects
 from kube.hooks import HookRegistry, combine, hooks_for
 from kube.objects import ObjectMeta, Raw
 from kube.resources import BIND
@@ -97,13 +97,16 @@ def update(
     *,
     sibling: Callable[[str], Raw | None] = lambda name: None,
     pacing: Pacing | None = None,
+    prepull: Callable[[Raw, list[str]], str] | None = None,
 ) -> None:
     """Bring an OnDelete StatefulSet's pod to its update revision, in place where it can.
 
     ``sibling(name)``: the pod of that name in the pod's namespace, as the store has it.
     Raises ``TemporaryError`` while another replica is missing, not Ready or being replaced
-    (status ``waiting``), while a ``pre_rebuild`` hook postpones it (``delayed``), or while a
-    PodDisruptionBudget refuses its eviction.
+    (status ``waiting``), while a ``pre_rebuild`` hook postpones it (``delayed``), while a
+    PodDisruptionBudget refuses its eviction, or while ``prepull(pod, images)`` waits for the
+    pod's node to pull the new template's images before the pod is evicted (what it returns,
+    how the pull went, ends the ``recreating`` status).
     """
     if sts is None or (sts.get("spec") or {}).get("updateStrategy", {}).get("type") != "OnDelete":
         return
@@ -129,6 +132,7 @@ def update(
             _apply(pod, meta, change, revision, writes)
         else:
             what = change if isinstance(change, str) else "cpu/memory (resize refused)"
+            pulled = prepull(pod, api.template_images(sts)) if prepull is not None else ""
             if not writes.evict_pod(meta):
                 reason = (
                     f"revision {revision} waits: a PodDisruptionBudget forbids evicting "
@@ -137,7 +141,10 @@ def update(
                 writes.report(pod, "waiting", reason)
                 raise TemporaryError(EVICTION_RETRY_SECONDS, reason)
             writes.report(
-                pod, "recreating", f"local recreate for revision {revision}: {what} differs"
+                pod,
+                "recreating",
+                f"local recreate for revision {revision}: {what} differs"
+                + (f"; {pulled}" if pulled else ""),
             )
         pacing.started[sts_key] = (meta["uid"], time.monotonic())
 

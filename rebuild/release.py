@@ -9,7 +9,8 @@ ordinal could not come back and its namespace could not be deleted. So:
   process's own clock, it removes the finalizer of every pod being deleted, without a
   Reservation, with a Warning Event ``RebuildReleased`` saying why;
 - ``release_all`` removes it from every pod of the cluster, for an uninstall (``fulcrum rebuild
-  --release-all``, the chart's pre-delete hook).
+  --release-all``, the chart's pre-delete hook), and resumes every Deployment the admission
+  webhook paused for a pre-pull (``fulcrum.io/prepull-hold``): no controller will.
 
 Nothing is released while the Lease cannot be read (a refusal is not an outage).
 """
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from kube import objects
+from kube import api, objects
 from rebuild.errors import ApiError, Conflict
 from rebuild.writes import Writes
 
@@ -153,5 +154,10 @@ def release_all(
     for pod in writes.finalized_pods(deleting_only=False):
         if writes.release(pod, why, warning=False):
             count += 1
+    for deployment in writes.held_deployments():  # no controller will end their pre-pull hold
+        hold = objects.meta(deployment)["annotations"][api.PREPULL_HOLD]
+        paused = bool((deployment.get("spec") or {}).get("paused"))
+        writes.resume_deployment(objects.meta(deployment), hold, unpause=paused)
+        log.info("resumed Deployment %s, held for a pre-pull", objects.key(deployment))
     writes.events.flush()
     return count

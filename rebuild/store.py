@@ -1,4 +1,5 @@
-"""The informers' sink: the latest pods, Reservations, IPPools and StatefulSets, and work keys.
+"""The informers' sink: the latest pods, Reservations, IPPools, StatefulSets and Deployments,
+and work keys.
 
 Everything the controller decides from is read here, never from the apiserver directly, so one
 reconcile sees one consistent picture; what changed is queued as ``<kind>/<namespace>/<name>``.
@@ -38,13 +39,16 @@ def slim(pod: Raw) -> Raw:
 
 
 def _kept(kind: str, obj: Raw) -> Raw:
+    if kind == "deployments" and not api.template_opted_in(obj):
+        meta = objects.meta(obj)  # nothing to pre-pull for: only that it exists
+        return {"metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}}
     return obj if kind != "pods" or _relevant(objects.meta(obj)) else slim(obj)
 
 
 class Store:
     """The latest object of each kind, and work keys for what changed."""
 
-    KINDS = ("pods", "reservations", "ippools", "statefulsets")
+    KINDS = ("pods", "reservations", "ippools", "statefulsets", "deployments")
 
     def __init__(self, queue: WorkQueue) -> None:
         self.queue = queue
@@ -80,8 +84,17 @@ class Store:
                 self.queue.add(f"pods/{objects.key(pod)}")
             return
         meta = objects.meta(obj)
+        if kind == "deployments":  # an opted-in template: its pre-pull (rebuild.prepull)
+            if api.template_opted_in(obj):
+                self.queue.add(f"deployments/{key}")
+            return
         if kind == "pods" and not _relevant(meta):
             return
+        if kind == "pods" and api.PREPULL in (meta.get("annotations") or {}):
+            # a node's answer to a pre-pull: the Deployment it holds may go on
+            owner = api.successor_key(obj) or ""
+            if owner.startswith("Deployment/"):
+                self.queue.add(f"deployments/{owner.split('/', 1)[1]}")
         # first a pod held by our finalizer (its successor waits for it to go), and an
         # opted-in pod not guarded yet (deleted before that, it would not come back locally)
         finalized = api.FINALIZER in (meta.get("finalizers") or [])

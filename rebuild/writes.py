@@ -187,7 +187,41 @@ class Writes:
             "reservations": functools.partial(custom, api.RESERVATIONS),
             "ippools": functools.partial(custom, api.IPPOOLS),
             "statefulsets": self.apps.list_stateful_set_for_all_namespaces,
+            "deployments": self.apps.list_deployment_for_all_namespaces,
         }
+
+    # --- Deployments ---------------------------------------------------------------------------
+    def held_deployments(self) -> list[Raw]:
+        """Every Deployment of the cluster that carries ``fulcrum.io/prepull-hold``."""
+        with _translated():
+            found = self.apps.list_deployment_for_all_namespaces(_preload_content=False)
+        return [
+            d
+            for d in orjson.loads(found.data).get("items") or []
+            if api.PREPULL_HOLD in (objects.meta(d).get("annotations") or {})
+        ]
+
+    def resume_deployment(self, meta: ObjectMeta, hold: str, *, unpause: bool) -> bool:
+        """End Fulcrum's pre-pull hold of a Deployment: remove ``fulcrum.io/prepull-hold`` (if
+        it still says ``hold``) and, with ``unpause``, set ``spec.paused: false`` in the same
+        write (if it is still paused). False if the hold is not (or no longer) this one: a
+        JSON patch whose tests make it touch only the pause Fulcrum made."""
+        key = api.PREPULL_HOLD.replace("~", "~0").replace("/", "~1")
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": f"/metadata/annotations/{key}", "value": hold},
+            {"op": "remove", "path": f"/metadata/annotations/{key}"},
+        ]
+        if unpause:
+            patch += [
+                {"op": "test", "path": "/spec/paused", "value": True},
+                {"op": "replace", "path": "/spec/paused", "value": False},
+            ]
+        try:
+            with _translated():
+                self.apps.patch_namespaced_deployment(meta["name"], meta["namespace"], patch)
+        except (NotFound, Invalid):
+            return False
+        return True
 
     # --- Fulcrum's custom objects ------------------------------------------------------------
     def create_reservation(self, namespace: str, body: dict[str, Any]) -> bool:
@@ -491,6 +525,12 @@ class Writes:
         if since is not None and (datetime.now(UTC) - since).total_seconds() < not_ready_seconds:
             return ""
         return NOT_READY
+
+    def labelled_nodes(self, label: str, value: str) -> set[str]:
+        """The names of the Nodes labelled ``label=value`` (one list call, however many)."""
+        with _translated():
+            found = self.core.list_node(label_selector=f"{label}={value}", _preload_content=False)
+        return {str(objects.name(n)) for n in orjson.loads(found.data).get("items") or []}
 
     def node_trouble(self, node: str) -> str:
         """Why ``node`` may not have taken a pod back, as an Event says it."""

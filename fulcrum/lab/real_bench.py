@@ -6,6 +6,9 @@ alternating order per round: an image change (to an image of ``image_mb`` MiB th
 pulled yet, from the cluster's registry) and an env change. Each rollout is timed from the
 change until all its successors are Ready, and each successor's time is split by where it went:
 
+- ``held``: the change -> the rollout's first predecessor starting to terminate (for one
+  rollout, not per successor): the Deployment controller's reaction, and for local rebuild with
+  the pre-pull hold (``--prepull hold``) the hold, while the nodes pull the new image;
 - ``wait``: its predecessor starting to terminate -> the successor bound to a node;
 - ``sandbox``: bound -> the kubelet's first image Event for it (``Pulling`` or ``Pulled``),
   which it sends once the pod sandbox is up, network included (CNI ADD: for a local rebuild,
@@ -14,6 +17,12 @@ change until all its successors are Ready, and each successor's time is split by
 - ``start``: the sandbox up -> the kubelet's ``Started`` Event, less the pull;
 - ``ready``: ``Started`` -> Ready (the readiness probe's first success).
 
+``--prepull``: ``hold`` (the default: the admission webhook pauses the opted-in Deployment's
+image change until its nodes have pulled, ``admission.prepull``), or ``ahead`` (that webhook
+removed: the controller asks the nodes to pull as soon as it sees the new template, while the
+rollout goes on), or ``off`` (no hold, and the nodes' agents run without their ``prepull``
+plugin: nobody answers, the successors pull as before pre-pull existed).
+
 Times are when this process saw each watch event: a pod's status reaches the API server in
 batches, the kubelet's Events one by one, so the split is good to about a tenth of a second.
 """
@@ -21,6 +30,7 @@ batches, the kubelet's Events one by one, so the split is good to about a tenth 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import statistics
 import threading
@@ -29,14 +39,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fulcrum.harness import cluster
+from fulcrum.harness import cluster, nodeagent
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 from kube.informer import Informer
+from node.prepull import PrePull
+from node.registry import DEFAULT_PLUGINS
 
 NS = "bench-real"
 POOL = "10.244.210.0/26"
-PHASES = ("wait", "sandbox", "pull", "start", "ready")
+PHASES = ("held", "wait", "sandbox", "pull", "start", "ready")
+PREPULL_MODES = ("hold", "ahead", "off")
+HOLD_WEBHOOK = "deployments.prepull.fulcrum.io"
 PULLED = re.compile(r'Successfully pulled image "([^"]+)" in ([0-9.]+)(ms|s)')
 
 
@@ -47,6 +61,7 @@ class Config:
     replicas: int = 4
     image_mb: int = 200
     rounds: int = 3
+    prepull: str = "hold"  # PREPULL_MODES
 
 
 @dataclass
@@ -103,6 +118,7 @@ class _Phases:
         self.pulls: dict[str, float] = {}  # pod name -> pull seconds
         self.kubelet: dict[str, dict[str, float]] = {}  # pod name -> Event reason -> when seen
         self.names: dict[str, str] = {}
+        self.changed: float | None = None  # when the current rollout's change was made
         self.informer = Informer("pods", functools.partial(kit.core.list_namespaced_pod, NS), self)
         self.events = Informer(
             "events", functools.partial(kit.core.list_namespaced_event, NS), _Pulls(self)
@@ -145,6 +161,8 @@ class _Phases:
         bound = sorted(s["bound"] for s, _ in rows if "bound" in s)
         phases: dict[str, list[float]] = {p: [] for p in PHASES}
         phases["wait"] = [max(0.0, b - g) for g, b in zip(gone, bound, strict=False)]
+        if gone and self.changed is not None:
+            phases["held"] = [max(0.0, gone[0] - self.changed)]
         for s, pull in rows:
             image = min((s[r] for r in ("Pulling", "Pulled") if r in s), default=None)
             if image is None or not {"bound", "Started", "ready"} <= set(s):
@@ -188,14 +206,12 @@ def _roll(
 ) -> Rollout:
     """One workload's rollout after ``command``: its time, and its successors' phases."""
     before = {m.uid for m in rr.members(kit, NS, workload).values()}
-    rolled = rr.roll(
-        kit,
-        NS,
-        {workload: replicas},
-        lambda: kit.kubectl(*command),
-        want,
-        timeout=600,
-    )[workload]
+
+    def make_change() -> None:
+        phases.changed = time.monotonic()
+        kit.kubectl(*command)
+
+    rolled = rr.roll(kit, NS, {workload: replicas}, make_change, want, timeout=600)[workload]
     time.sleep(1)  # the last Events and pod updates reach the watches
     after = {m.uid for m in rr.members(kit, NS, workload).values()}
     split = phases.split(before, after - before)
@@ -211,7 +227,11 @@ def _roll(
 def run(config: Config, *, say: Callable[[str], None] = print) -> Result:
     """A cluster with ``config.real_nodes`` real nodes, the two Deployments, the rounds; the
     cluster is taken down at the end."""
-    cluster.up(config.name, nodes=0, real_nodes=config.real_nodes, log=say)
+    agent = None
+    if config.prepull == "off":  # the agents without their pre-pull plugin: nobody pulls ahead
+        plugins = ",".join(p for p in DEFAULT_PLUGINS if p != PrePull.name)
+        agent = nodeagent.AgentOptions(plugins=plugins)
+    cluster.up(config.name, nodes=0, real_nodes=config.real_nodes, node_agent=agent, log=say)
     try:
         return _measure(config, say)
     finally:
@@ -225,6 +245,9 @@ def _measure(config: Config, say: Callable[[str], None]) -> Result:
     say(f"pushing {len(tags)} images of {config.image_mb} MiB to {registry}")
     refs = rb.push_app_images(registry, tuple(tags), pad_mb=config.image_mb, say=say)
     kit = rr.Kit.of(config.name)
+    if config.prepull in ("ahead", "off"):
+        drop_hold_webhook(kit)
+        say(f"pre-pull ahead: webhook {HOLD_WEBHOOK} removed, rollouts are not held")
     kit.kubectl("create", "namespace", NS)
     rr.apply(
         kit,
@@ -282,11 +305,32 @@ def _measure(config: Config, say: Callable[[str], None]) -> Result:
     return result
 
 
+def drop_hold_webhook(kit: rr.Kit) -> None:
+    """Remove the pre-pull hold (``HOLD_WEBHOOK``) from Fulcrum's mutating configuration."""
+    config = json.loads(kit.kubectl("get", "mutatingwebhookconfiguration", "fulcrum.io", "-o=json"))
+    names = [w["name"] for w in config["webhooks"]]
+    if HOLD_WEBHOOK not in names:
+        return
+    i = names.index(HOLD_WEBHOOK)
+    patch = [
+        {"op": "test", "path": f"/webhooks/{i}/name", "value": HOLD_WEBHOOK},
+        {"op": "remove", "path": f"/webhooks/{i}"},
+    ]
+    kit.kubectl(
+        "patch",
+        "mutatingwebhookconfiguration",
+        "fulcrum.io",
+        "--type=json",
+        f"-p={json.dumps(patch)}",
+    )
+
+
 def format_table(result: Result) -> str:
     lines = [
         f"local rebuild vs plain rollout on {result.config.real_nodes} real nodes, "
         f"{result.config.replicas} pods each, image {result.config.image_mb} MiB, "
-        f"{result.config.rounds} rounds (median per successor, seconds)",
+        f"{result.config.rounds} rounds, pre-pull {result.config.prepull} "
+        "(median per successor, seconds; held: per rollout)",
         f"{'change':6} {'workload':8} {'change->Ready':>13} " + " ".join(f"{p:>7}" for p in PHASES),
     ]
     for change in ("image", "env"):

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from fulcrum.run.kubeconfig import CredentialsError
 from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
-from kube.api import SCHEDULER_NAME
+from kube.api import DEFAULT_PREPULL_WAIT_SECONDS, SCHEDULER_NAME
 from rebuild import release
 from rebuild.controller import WORKERS, Controller
 from rebuild.errors import ApiError
@@ -118,6 +118,7 @@ def run(
     identity: str | None = None,
     lease_seconds: int = 15,
     not_ready_seconds: float = NOT_READY_SECONDS,
+    prepull_wait: float = DEFAULT_PREPULL_WAIT_SECONDS,
 ) -> None:
     """Block forever: campaign for the Lease, and run the controller while leading."""
     try:
@@ -135,8 +136,13 @@ def run(
         raise RebuildError(
             f"--node-not-ready-seconds {not_ready_seconds:g}: give a positive number of seconds"
         )
+    if prepull_wait < 0:
+        raise RebuildError(f"--prepull-wait {prepull_wait:g}: give 0 or more seconds")
     controller = Controller(
-        api_client, scheduler_name=scheduler_name, not_ready_seconds=not_ready_seconds
+        api_client,
+        scheduler_name=scheduler_name,
+        not_ready_seconds=not_ready_seconds,
+        prepull_wait=prepull_wait,
     )
     health_server(health_host, health_port, ready, controller.metrics.registry)
     log.info("health and metrics on http://%s:%d", health_host, health_port)

@@ -237,6 +237,16 @@ class FakeApiserver:
         self.leases[f"{namespace}/{name}"] = copy.deepcopy(body)
         return body
 
+    def list_node(self, *, label_selector: str, _preload_content: bool) -> SimpleNamespace:
+        assert not _preload_content
+        key, value = label_selector.split("=")
+        items = [
+            {"metadata": {"name": name}}
+            for name, n in sorted(self.nodes.items())
+            if n.metadata.labels.get(key) == value
+        ]
+        return SimpleNamespace(data=orjson.dumps({"items": items}))
+
     def read_node(self, name: str) -> SimpleNamespace:
         if name not in self.nodes:
             raise _not_found(f"node {name}")
@@ -296,6 +306,24 @@ class FakeApiserver:
             raise ApiException(status=422, reason=f"patch: {exc}") from exc
         return self.put(plural, current)
 
+    def list_deployment_for_all_namespaces(self, *, _preload_content: bool) -> SimpleNamespace:
+        assert not _preload_content
+        items = [copy.deepcopy(d) for _, d in sorted(self.objects["deployments"].items())]
+        return SimpleNamespace(data=orjson.dumps({"metadata": {}, "items": items}))
+
+    def patch_namespaced_deployment(self, name: str, namespace: str, body: Any) -> Obj:
+        """A JSON patch (the only kind the controller sends a Deployment)."""
+        found = self.objects["deployments"].get(f"{namespace}/{name}")
+        if found is None:
+            raise _not_found(f"deployment {namespace}/{name}")
+        current = copy.deepcopy(found)
+        try:
+            for op in body:
+                _json_patch(current, op)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ApiException(status=422, reason=f"patch: {exc}") from exc
+        return self.put("deployments", current)
+
     def delete_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Obj:
@@ -352,8 +380,15 @@ class Rig:
 # --- objects --------------------------------------------------------------------------------
 
 
+PREPULLS = {api.PREPULL_NODE_LABEL: "enabled"}  # its agent runs the prepull plugin
+
+
 def node(
-    *, cordoned: bool = False, ready: bool = True, since: timedelta = timedelta(0)
+    *,
+    cordoned: bool = False,
+    ready: bool = True,
+    since: timedelta = timedelta(0),
+    labels: Mapping[str, str] = PREPULLS,
 ) -> SimpleNamespace:
     """A V1Node as the client returns it: only the fields the controller reads (``since``: how
     long ago its Ready condition last changed)."""
@@ -363,6 +398,7 @@ def node(
         last_transition_time=datetime.now(UTC) - since,
     )
     return SimpleNamespace(
+        metadata=SimpleNamespace(labels=dict(labels)),
         spec=SimpleNamespace(unschedulable=cordoned or None),
         status=SimpleNamespace(conditions=[condition]),
     )

@@ -278,6 +278,7 @@ def test_only_routing_fails_closed_and_every_webhook_is_narrowed() -> None:
     assert policies == {
         "pods.route.fulcrum.io": "Fail",
         "namespace-pods.route.fulcrum.io": "Fail",
+        "deployments.prepull.fulcrum.io": "Ignore",  # a rollout never waits for Fulcrum down
         "pods.validate.fulcrum.io": "Ignore",
         "workloads.validate.fulcrum.io": "Ignore",
         "ippools.validate.fulcrum.io": "Fail",  # one address in two pools: two pods, one IP

@@ -86,12 +86,12 @@ def test_the_node_agent_is_rendered_only_when_enabled(helm: Path) -> None:
 # --- the command line --------------------------------------------------------------------------
 
 
-def test_the_default_agent_runs_gpu_and_node_checks_on_the_hosts_paths(helm: Path) -> None:
+def test_the_default_agent_runs_gpu_node_checks_and_prepull_on_the_hosts_paths(helm: Path) -> None:
     container = agent(render(helm, "node.enabled=true"))
     args = agent_args(container)
     assert args.node == "$(NODE_NAME)"  # the kubelet expands it from the env below
     assert env(container)["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert args.plugins == "gpu,node-checks"
+    assert args.plugins == "gpu,node-checks,prepull"
     assert args.plugin_option == [CHECKS_ROOT]
     assert args.fake_gpus is None and args.gpu_model is None
     assert args.nri_socket == Path("/var/run/nri/nri.sock")

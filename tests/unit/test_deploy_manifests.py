@@ -93,10 +93,11 @@ REBUILD_RULES = {
     (("",), ("pods/eviction",), ("create",)),
     (("",), ("pods/resize",), ("patch",)),
     (("",), ("events",), ("create",)),
-    (("",), ("nodes",), ("get",)),
+    (("",), ("nodes",), ("get", "list")),
     ((GROUP,), ("reservations",), ("get", "list", "watch", "create", "update", "delete")),
     ((GROUP,), ("ippools",), ("get", "list", "watch", "update", "patch")),
     (("apps",), ("statefulsets",), ("list", "watch")),
+    (("apps",), ("deployments",), ("list", "watch", "patch")),
 }
 
 # json tags of k8s.io/kube-scheduler/config/v1 Extender, ExtenderTLSConfig, ExtenderManagedResource

@@ -135,6 +135,10 @@ NEEDS: dict[Need, tuple[str, str]] = {
     ),
     ("fulcrum-rebuild", "", "events", "create"): ("rebuild/writes.py", "create_namespaced_event("),
     ("fulcrum-rebuild", "", "nodes", "get"): ("rebuild/writes.py", "self.core.read_node(node)"),
+    ("fulcrum-rebuild", "", "nodes", "list"): (
+        "rebuild/writes.py",
+        "self.core.list_node(label_selector=",
+    ),
     ("fulcrum-rebuild", "fulcrum.io", "reservations", "list"): (
         "rebuild/writes.py",
         '"reservations": functools.partial(custom, api.RESERVATIONS)',
@@ -178,6 +182,15 @@ NEEDS: dict[Need, tuple[str, str]] = {
         "list_stateful_set_for_all_namespaces",
     ),
     ("fulcrum-rebuild", "apps", "statefulsets", "watch"): INFORMER_WATCH,
+    ("fulcrum-rebuild", "apps", "deployments", "list"): (
+        "rebuild/writes.py",
+        "list_deployment_for_all_namespaces",
+    ),
+    ("fulcrum-rebuild", "apps", "deployments", "watch"): INFORMER_WATCH,
+    ("fulcrum-rebuild", "apps", "deployments", "patch"): (
+        "rebuild/writes.py",
+        "self.apps.patch_namespaced_deployment(",
+    ),
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "create"): LEADER,
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "get"): LEADER,
     ("fulcrum-rebuild", "coordination.k8s.io", "leases", "update"): LEADER,

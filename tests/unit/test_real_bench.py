@@ -42,6 +42,7 @@ def test_each_phase_comes_from_its_own_signal(monkeypatch: Any) -> None:
     monkeypatch.setattr(time, "monotonic", lambda: next(clock))
     phases = rb._Phases(_Kit())  # type: ignore[arg-type]
     pulls = rb._Pulls(phases)
+    phases.changed = 9.5  # kubectl set image
     phases.apply("pods", "MODIFIED", _pod("old", "a", deleting=True, node="real-1"))  # 10.0
     phases.apply("pods", "ADDED", _pod("new", "b", node="real-1"))  # 10.3: bound
     pulls.apply("events", "ADDED", _event("b", "Pulling"))  # 10.8: the sandbox is up
@@ -53,6 +54,7 @@ def test_each_phase_comes_from_its_own_signal(monkeypatch: Any) -> None:
     pulls.apply("events", "ADDED", _event("b", "Started"))  # 12.9
     phases.apply("pods", "MODIFIED", _pod("new", "b", node="real-1", ready=True))  # 13.2
     split = phases.split({"old"}, ["new"])
+    assert split["held"] == 0.5  # the change -> the first predecessor terminating
     assert round(split["wait"], 3) == 0.3
     assert round(split["sandbox"], 3) == 0.5
     assert split["pull"] == 1.5

@@ -14,7 +14,7 @@ from kube.hooks import LEADER, LEADER_RETRY_SECONDS, ROLE_LABEL
 from kube.resources import BIND
 from rebuild import inplace
 from rebuild.errors import TemporaryError
-from tests.unit.rebuild_fake import HELD, NODE, NS, OLD, OPTED, Obj, cluster
+from tests.unit.rebuild_fake import HELD, NODE, NS, OLD, OPTED, Obj, Rig, cluster
 
 
 def app_container(image: str, env: str) -> Obj:
@@ -99,6 +99,21 @@ def rolled(sts: Obj, *, image: str = "db:1", env: str = "a", cpu: str = "1") -> 
     new["spec"]["template"]["spec"]["containers"] = [container]
     new["status"]["updateRevision"] = "db-2"
     return new
+
+
+def pre_pulled(rig: Rig, name: str = "db-0") -> None:
+    """The controller asks db-0's node for the new image and waits; the node answers (as
+    ``node.prepull`` does); the controller goes on."""
+    assert rig.reconcile(f"pods/ns/{name}") is not None
+    assert rig.apiserver.evicted == []
+    assert rig.apiserver.status(name) == {
+        "action": "waiting",
+        "reason": "pre-pulling db:2 on n1",
+        "time": rig.apiserver.status(name)["time"],
+    }
+    annotations = rig.apiserver.pod(name)["metadata"]["annotations"]
+    annotations[api.PREPULLED] = annotations[api.PREPULL]
+    assert rig.reconcile(f"pods/ns/{name}") is None
 
 
 def test_an_image_change_is_applied_in_place() -> None:
@@ -218,12 +233,13 @@ def test_an_image_change_with_any_other_container_change_is_a_recreate(
     after["spec"]["template"]["spec"]["containers"][0][field] = value
     rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", after))
 
-    rig.reconcile("pods/ns/db-0")
+    pre_pulled(rig)
 
     assert rig.apiserver.evicted == ["ns/db-0"]
     assert rig.apiserver.status("db-0")["action"] == "recreating"
-    assert rig.apiserver.status("db-0")["reason"] == (
-        f"local recreate for revision db-2: spec.containers[0].{field} differs"
+    assert rig.apiserver.status("db-0")["reason"].startswith(
+        f"local recreate for revision db-2: spec.containers[0].{field} differs; "
+        "pre-pulled db:2 on n1 in "
     )
     assert rig.apiserver.pod("db-0")["spec"]["containers"][0]["image"] == "db:1"
 
@@ -244,11 +260,11 @@ def test_an_image_change_with_a_pod_level_change_is_a_recreate(field: str, value
     after["spec"]["template"]["spec"][field] = value
     rig = cluster(("pods", statefulset_pod(before)), ("statefulsets", after))
 
-    rig.reconcile("pods/ns/db-0")
+    pre_pulled(rig)
 
     assert rig.apiserver.evicted == ["ns/db-0"]
     assert rig.apiserver.status("db-0")["action"] == "recreating"
-    assert f": spec.{field} differs" in rig.apiserver.status("db-0")["reason"]
+    assert f": spec.{field} differs; pre-pulled db:2" in rig.apiserver.status("db-0")["reason"]
 
 
 def test_what_admission_adds_to_a_pod_is_no_difference() -> None:
