@@ -26,7 +26,7 @@ def test_a_malformed_plugin_option_is_refused() -> None:
 def test_list_plugins(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["node", "--list-plugins"]) == 0
     out = capsys.readouterr().out
-    for name in ("gpu", "ipam", "node-checks"):
+    for name in ("gpu", "ipam", "node-checks", "prepull"):
         assert f"\n{name} " in "\n" + out
 
 
