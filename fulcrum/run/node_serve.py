@@ -67,7 +67,7 @@ class NodeContext:
     core: Any  # kubernetes.client.CoreV1Api
     events: EventSender
     node_uid: str = ""
-    pods: dict[str, PodView] = field(default_factory=dict)  # uid -> view, from the informer
+    pods: dict[str, PodView] = field(default_factory=dict)  # uid -> view: the informer's last
 
     def pull_image(self, image: str, timeout: float) -> float:
         with CRIClient(self.runtime_socket) as cri:
@@ -143,9 +143,13 @@ class PodSink:
         self.agent.notify("pod_changed", view, self.context)
 
     def replace(self, kind: str, objects_: Iterable[Mapping[str, Any]]) -> None:
-        views = [pod_view(o) for o in objects_]
-        self.context.pods = {v.uid: v for v in views}
-        for view in views:
+        """A (re-)list: pods gone while the watch was down are removed, the rest changed."""
+        views = {v.uid: v for v in map(pod_view, objects_)}
+        gone = [v for uid, v in self.context.pods.items() if uid not in views]
+        self.context.pods = views
+        for view in gone:
+            self.agent.notify("pod_removed", view)
+        for view in views.values():
             self.agent.notify("pod_changed", view, self.context)
 
 

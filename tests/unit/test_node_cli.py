@@ -3,6 +3,8 @@ choices (which NRI events, which options go unused)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fulcrum.cli import main
@@ -40,3 +42,35 @@ def test_nri_events_are_only_those_a_plugin_takes() -> None:
 def test_options_for_plugins_not_running_are_named() -> None:
     options = {"gpu.fake": "2", "node-checks.root": "/host"}
     assert _unused_options(options, [GpuDevices()]) == ["node-checks.root"]
+
+
+def test_a_relist_removes_the_pods_deleted_while_the_watch_was_down() -> None:
+    from unittest.mock import MagicMock
+
+    from fulcrum.run.node_serve import NodeContext, PodSink
+
+    seen: list[tuple[str, str]] = []
+
+    class Tracks(IpamAgreement):
+        def pod_changed(self, pod, agent):  # type: ignore[no-untyped-def]
+            seen.append(("changed", pod.name))
+
+        def pod_removed(self, pod):  # type: ignore[no-untyped-def]
+            seen.append(("removed", pod.name))
+
+    context = NodeContext("n1", Path("/k"), "", Path("/c"), {}, MagicMock(), MagicMock())
+    sink = PodSink(Agent([Tracks()], context), context)
+
+    def pod(name: str) -> dict[str, object]:
+        return {"metadata": {"namespace": "d", "name": name, "uid": f"u-{name}"}}
+
+    sink.replace("pods", [pod("a"), pod("b")])
+    sink.apply("pods", "DELETED", pod("a"))
+    sink.replace("pods", [pod("c")])
+    assert seen == [
+        ("changed", "a"),
+        ("changed", "b"),
+        ("removed", "a"),
+        ("removed", "b"),
+        ("changed", "c"),
+    ]
