@@ -216,6 +216,11 @@ def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -
         ("update", "ippools.fulcrum.io", "-n", "default"),
         ("create", "events", "-n", "default"),
         ("get", "nodes"),  # why a reservation expired
+        ("list", "nodes"),  # the nodes whose agent pre-pulls (their label)
+        # pre-pull: the Deployment informer, and resuming a rollout held for a pre-pull
+        ("list", "deployments.apps", "--all-namespaces"),
+        ("watch", "deployments.apps", "--all-namespaces"),
+        ("patch", "deployments.apps", "-n", "default"),
         # leader election, in fulcrum-system only
         ("create", "leases.coordination.k8s.io", "-n", "fulcrum-system"),
         ("get", lease, "-n", "fulcrum-system"),
@@ -228,7 +233,6 @@ def test_the_rebuild_account_may_do_what_the_controller_does(kubectl: Kubectl) -
         ("update", "leases.coordination.k8s.io/fulcrum-scheduler", "-n", "fulcrum-system"),
         ("create", "pods", "-n", "default"),
         ("create", "pods", "--subresource=binding", "-n", "default"),  # only the extender binds
-        ("list", "nodes"),
         ("update", "nodes"),
         ("get", "secrets", "-n", "kube-system"),
         # trimmed to what the controller calls
