@@ -35,11 +35,19 @@ def api_client(args: argparse.Namespace) -> Any:
     return kubeconfig.api_client(args.kubeconfig or local, user_default=True, context=args.context)
 
 
+class Unanswered(Exception):
+    """The apiserver answered a list with a 5xx or 429 (its etcd down, or overloaded): a finding
+    about the cluster (exit status 1), not a failed inspection."""
+
+
 def objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-    """The cluster's nodes, active pods, Reservations and IPPools, as the apiserver sends them."""
+    """The cluster's nodes, active pods, Reservations and IPPools, as the apiserver sends them;
+    Unanswered when the apiserver answers a list with a 5xx or 429."""
     import orjson
     from kubernetes import client
 
+    from fulcrum.inspect.probe import LIST_TIMEOUT, answered_but_failing
+    from fulcrum.run.failures import status_message
     from kube import api
     from kube.informer import ACTIVE_PODS
 
@@ -47,10 +55,18 @@ def objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], 
 
     def items(call: Any, *call_args: Any, **kwargs: Any) -> list[Any]:
         try:
-            raw = call(*call_args, _preload_content=False, **kwargs).data
+            raw = call(
+                *call_args, _preload_content=False, _request_timeout=LIST_TIMEOUT, **kwargs
+            ).data
         except client.ApiException as exc:
             if exc.status == 404:  # Fulcrum's CRDs are not installed
                 return []
+            if answered_but_failing(exc):
+                what = call_args[-1] if call_args else call.__name__.removeprefix("list_")
+                raise Unanswered(
+                    f"the apiserver answered {exc.status} listing {what}: "
+                    f"{status_message(exc.body)}".rstrip(": ")
+                ) from exc
             raise
         found: list[Any] = orjson.loads(raw)["items"]
         return found
@@ -151,13 +167,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         except html_report.ReportError as exc:
             print(f"fulcrum inspect: error: {exc}", file=sys.stderr)
             return 2
-    nodes, pods, reservations, pools = objects(args)  # an unreachable apiserver: exit 2 here
+    unread: str | None = None
+    try:
+        nodes, pods, reservations, pools = objects(args)  # unreachable: exit 2 here
+    except Unanswered as exc:  # etcd down: the apiserver answers, but 5xx
+        unread, (nodes, pods, reservations, pools) = str(exc), ([], [], [], [])
     view = cluster_view(args)
     now = datetime.now(UTC)
     report = inspect(nodes, pods, reservations, pools, now, plan_seconds=args.plan_seconds)
     results = [
         *cluster_checks.component_checks(view, nodes, pods, now, thresholds),
-        *cluster_checks.fulcrum_checks(report.violations, report.skipped),
+        *(
+            cluster_checks.fulcrum_checks(report.violations, report.skipped)
+            if unread is None
+            else cluster_checks.unread_checks(unread)
+        ),
     ]
     sections = brief.sections(results)
     window = f"rates and percentiles {probe.since(args.window)}"
@@ -173,7 +197,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     document["window_s"] = args.window
     document["sections"] = [s.to_json() for s in sections]
     document["checks"] = [r.to_json() for r in results]
+    if unread is not None:
+        document["unread"] = unread
     text = "\n".join([render(report), *brief.render(sections, window=window)])
+    if unread is not None:
+        text = f"not read: {unread}\n{text}"
+    if args.record is not None:
+        from fulcrum.inspect import history
+
+        recorded = history.record(args.record, history.entry(now, document, view, nodes, pods))
+        print(f"recorded {recorded}", file=sys.stderr)
     output.emit(document, args.output, text=text, file=args.output_file)
     return 1 if report.broken or any(s.failing for s in sections) else 0
 
@@ -278,6 +311,14 @@ def add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     inspect.add_argument(
         "--html", type=Path, default=None, help="also write the report as one HTML file here"
+    )
+    inspect.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also append this run to a history in DIR (one JSON file per run); "
+        "fulcrum report DIR draws its trends",
     )
     _add_check_flags(inspect)
     inspect.set_defaults(func=_cmd_inspect, error_status=2)

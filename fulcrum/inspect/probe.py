@@ -5,7 +5,8 @@ Leases. Every figure that is a rate or a percentile comes from two scrapes ``win
 apart (``metrics.delta``); with a window of 0, from one scrape, since each process started.
 
 A component that does not answer is recorded as such (its checks say so); only the apiserver
-not answering fails the inspection, and that is raised to the caller (exit status 2).
+not answering fails the inspection, and that is raised to the caller (exit status 2). An
+apiserver that answers with a 5xx (etcd down) is a finding: what it could not list is recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from fulcrum.inspect import metrics
 from fulcrum.inspect.metrics import Scrape
 
 TIMEOUT = 10.0
+LIST_TIMEOUT = 60.0  # a list the apiserver cannot serve (etcd down) ends in its own timeout
+
+
+def answered_but_failing(exc: Any) -> bool:
+    """An ApiException that is a finding about the cluster, not a failed inspection: the
+    apiserver answered, but with a 5xx (its storage, etcd, failing) or 429 (overloaded)."""
+    status = int(getattr(exc, "status", 0) or 0)
+    return status >= 500 or status == 429
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class ClusterView:
     node_leases: dict[str, dict[str, Any]]  # kube-node-lease Leases by node
     server_version: str  # the apiserver's gitVersion
     etcd_hint: str = "give --etcd-endpoint"
+    leases_error: str | None = None  # why the Leases could not be read (the apiserver's 5xx)
 
 
 def since(window: float) -> str:
@@ -171,19 +181,35 @@ def read(
                 else Scrape(samples=last.samples)
             )
     coordination = client.CoordinationV1Api(api_client)
+    unread: list[str] = []
 
     def leases(namespace: str) -> dict[str, dict[str, Any]]:
-        raw = coordination.list_namespaced_lease(namespace, _preload_content=False).data
+        try:
+            raw = coordination.list_namespaced_lease(
+                namespace, _preload_content=False, _request_timeout=LIST_TIMEOUT
+            ).data
+        except client.ApiException as exc:
+            if not answered_but_failing(exc):
+                raise  # 401/403: RBAC, the inspection itself fails (exit status 2)
+            unread.append(f"{namespace} Leases: the apiserver answered {exc.status}")
+            return {}
         return {i["metadata"]["name"]: i for i in json.loads(raw)["items"]}
 
-    version = client.VersionApi(api_client).get_code().git_version
+    try:
+        version = str(client.VersionApi(api_client).get_code().git_version)
+    except client.ApiException as exc:
+        if not answered_but_failing(exc):
+            raise
+        version = "unknown"
+    system, node_leases = leases("kube-system"), leases("kube-node-lease")
     return ClusterView(
         window=window,
         etcd=sources["etcd"][0],
         apiserver=sources["apiserver"][0],
         scheduler=sources["scheduler"][0],
         controller_manager=sources["controller_manager"][0],
-        leases=leases("kube-system"),
-        node_leases=leases("kube-node-lease"),
-        server_version=str(version),
+        leases=system,
+        node_leases=node_leases,
+        server_version=version,
+        leases_error="; ".join(unread) or None,
     )
