@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
+
 from fulcrum.inspect import metrics
 from fulcrum.inspect.metrics import Scrape
 
@@ -119,6 +121,20 @@ def _read(getter: Getter | None, paths: tuple[str, ...], component: Component) -
     except (OSError, ssl.SSLError, metrics.MetricsError) as exc:
         component.error = _why(exc)
         return None
+    except urllib3.exceptions.HTTPError as exc:  # the apiserver, through the kubernetes client
+        if not timed_out(exc):
+            raise  # not reached at all: the inspection fails (exit status 2)
+        component.error = f"no answer within {TIMEOUT:g} s"
+        return None
+
+
+def timed_out(exc: BaseException) -> bool:
+    """urllib3's read timeout, bare or as the reason its retries gave up: the server took the
+    connection but did not answer (the apiserver's /metrics asks etcd for its size)."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, urllib3.exceptions.ReadTimeoutError) or isinstance(
+        reason, urllib3.exceptions.ReadTimeoutError
+    )
 
 
 def apiserver_getter(api_client: Any) -> Getter:
@@ -145,8 +161,10 @@ def read(
     scheduler: Endpoint | None,
     controller_manager: Endpoint | None,
     sleep: Callable[[float], None] = time.sleep,
+    lists: bool = True,
 ) -> ClusterView:
-    """Read every component twice, ``window`` seconds apart (once with a window of 0)."""
+    """Read every component twice, ``window`` seconds apart (once with a window of 0); the
+    Leases too unless ``lists`` is False (the apiserver cannot list: it is not ready)."""
     from kubernetes import client
 
     sources = {
@@ -184,6 +202,9 @@ def read(
     unread: list[str] = []
 
     def leases(namespace: str) -> dict[str, dict[str, Any]]:
+        if not lists:
+            unread.append(f"{namespace} Leases: not listed, the apiserver is not ready")
+            return {}
         try:
             raw = coordination.list_namespaced_lease(
                 namespace, _preload_content=False, _request_timeout=LIST_TIMEOUT
@@ -192,6 +213,11 @@ def read(
             if not answered_but_failing(exc):
                 raise  # 401/403: RBAC, the inspection itself fails (exit status 2)
             unread.append(f"{namespace} Leases: the apiserver answered {exc.status}")
+            return {}
+        except urllib3.exceptions.HTTPError as exc:
+            if not timed_out(exc):
+                raise
+            unread.append(f"{namespace} Leases: no answer within {LIST_TIMEOUT:g} s")
             return {}
         return {i["metadata"]["name"]: i for i in json.loads(raw)["items"]}
 

@@ -56,6 +56,17 @@ def test_only_5xx_and_429_are_findings() -> None:
     ]
 
 
+def test_a_read_timeout_is_told_from_an_unreachable_apiserver() -> None:
+    import urllib3
+
+    timeout = urllib3.exceptions.ReadTimeoutError(None, "/metrics", "read timed out")  # type: ignore[arg-type]
+    refused = urllib3.exceptions.NewConnectionError(None, "refused")  # type: ignore[arg-type]
+    assert probe.timed_out(timeout)
+    assert probe.timed_out(urllib3.exceptions.MaxRetryError(None, "/metrics", timeout))  # type: ignore[arg-type]
+    assert not probe.timed_out(refused)
+    assert not probe.timed_out(urllib3.exceptions.MaxRetryError(None, "/", refused))  # type: ignore[arg-type]
+
+
 def test_etcd_down_is_an_error_naming_it_and_exit_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -67,7 +78,9 @@ def test_etcd_down_is_an_error_naming_it_and_exit_1(
         )
 
     monkeypatch.setattr(inspect_cli, "objects", unanswered)
-    monkeypatch.setattr(inspect_cli, "cluster_view", lambda args: etcd_down_view(datetime.now(UTC)))
+    monkeypatch.setattr(
+        inspect_cli, "cluster_view", lambda args, **kw: etcd_down_view(datetime.now(UTC))
+    )
     argv = ["inspect", "--plan-seconds", "0", "--window", "0", "--record", str(tmp_path / "h")]
     assert cli.main([*argv, "-o", "json"]) == 1
     document = json.loads(capsys.readouterr().out)
