@@ -258,7 +258,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     try:
         lines = explain(args.pod, *objects(args), datetime.now(UTC))
-    except ValueError as exc:
+    except (ValueError, Unanswered) as exc:  # Unanswered: etcd down, nothing to explain from
         print(f"fulcrum explain: error: {exc}", file=sys.stderr)
         return 2
     document = {"pod": args.pod, "lines": lines}

@@ -109,6 +109,20 @@ def test_etcd_down_is_an_error_naming_it_and_exit_1(
     assert "etcd: errors: 2" in text and "[-]etcd failed" in text
 
 
+def test_explain_with_etcd_down_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fulcrum import inspect_cli
+
+    def unanswered(args: Any) -> Any:
+        raise inspect_cli.Unanswered("the apiserver is not ready (/readyz answered 500)")
+
+    monkeypatch.setattr(inspect_cli, "objects", unanswered)
+    assert cli.main(["explain", "default/p"]) == 2
+    err = capsys.readouterr().err
+    assert err == "fulcrum explain: error: the apiserver is not ready (/readyz answered 500)\n"
+
+
 def test_a_healthy_run_is_recorded_with_its_figures(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
