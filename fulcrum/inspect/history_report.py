@@ -260,10 +260,12 @@ def scheduling(records: Sequence[Record]) -> str:
     return _lines(
         records,
         [
-            ("p50", lambda r: (r.get("scheduling") or {}).get("p50_ms")),
-            ("p99", lambda r: (r.get("scheduling") or {}).get("p99_ms")),
+            ("attempt p50", lambda r: (r.get("scheduling") or {}).get("p50_ms")),
+            ("attempt p99", lambda r: (r.get("scheduling") or {}).get("p99_ms")),
+            ("pod p50, queued to bound", lambda r: (r.get("scheduling") or {}).get("pod_p50_ms")),
+            ("pod p99, queued to bound", lambda r: (r.get("scheduling") or {}).get("pod_p99_ms")),
         ],
-        "ms per attempt",
+        "ms",
         "no scheduling latency recorded (kube-scheduler's /metrics was not read)",
     )
 
@@ -337,7 +339,8 @@ def history_html(records: Sequence[Record], *, source: str) -> str:
         _figure(
             "scheduling",
             scheduling(records),
-            "kube-scheduler's scheduling attempt latency over each run's --window.",
+            "kube-scheduler's latency over each run's --window: one scheduling attempt, and per "
+            "pod from first queued to bound (every attempt and the queue included).",
         ),
     ]
     subtitle = f"{source}: {len(records)} runs, {first_time} to {last_time}"

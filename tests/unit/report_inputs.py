@@ -133,7 +133,14 @@ def history(directory: Path, runs: int = 10) -> Path:
                 "p50_ms": 2.0 + 0.1 * k,
                 "p99_ms": 40.0 + 3 * k,
             },
-            "scheduling": {"attempts": 12.0 * k, "p50_ms": 1.5, "p99_ms": 8.0 + k},
+            "scheduling": {
+                "attempts": 12.0 * k,
+                "p50_ms": 1.5,
+                "p99_ms": 8.0 + k,
+                "pods": 12.0 * k,
+                "pod_p50_ms": 3.0,
+                "pod_p99_ms": 20.0 + 2 * k,
+            },
         }
         history_.record(directory, record)
     return directory
