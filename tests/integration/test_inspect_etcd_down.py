@@ -92,3 +92,9 @@ def test_stopping_etcd_gives_an_error_naming_it_and_exit_1(
     drawn = fulcrum("report", str(records), "--output-file", str(report))
     assert drawn.returncode == 0, drawn.stderr
     assert "2 runs" in report.read_text()
+    from fulcrum.inspect import history
+
+    first, second = history.load(records)
+    assert first["nodes"] == {"count": 2, "ready": 2} and first["unread"] is None
+    assert first["api"]["codes"] and first["scheduling"] is not None  # found through kwok.yaml
+    assert second["unread"] == document["unread"] and second["nodes"]["count"] == 0
