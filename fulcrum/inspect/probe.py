@@ -149,7 +149,13 @@ def apiserver_getter(api_client: Any) -> Getter:
             "GET", path, auth_settings=["BearerToken"]
         )
         reply = api_client.rest_client.pool_manager.request(
-            method, url, headers=headers, timeout=TIMEOUT, retries=False, preload_content=True
+            method,
+            url,
+            headers=headers,
+            timeout=TIMEOUT,
+            # no retry, but errors as MaxRetryError, the form fulcrum.run.failures describes
+            retries=urllib3.Retry(0, redirect=False),
+            preload_content=True,
         )
         return int(reply.status), bytes(reply.data).decode("utf-8", "replace")
 
