@@ -323,7 +323,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fulcrum.inspect import report
 
     try:
-        page = report.load_documents(args.simulate_json)
+        if len(args.simulate_json) == 1 and args.simulate_json[0].is_dir():
+            from fulcrum.inspect import history_report
+
+            page = history_report.load_directory(args.simulate_json[0])
+        else:
+            page = report.load_documents(args.simulate_json)
     except report.ReportError as exc:
         print(f"fulcrum report: error: {exc}", file=sys.stderr)
         return 2

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fulcrum.inspect import history
-from fulcrum.inspect.report_figures import NO_RESOURCE, _nothing, _svg
+from fulcrum.inspect.report import _figure, _page, _table
+from fulcrum.inspect.report_figures import NO_RESOURCE, ReportError, _nothing, _svg
 
 Record = Mapping[str, Any]
 HEAT_ROWS = 60  # nodes drawn in the heatmap (the busiest on average); the rest are counted
@@ -296,8 +298,6 @@ def severities(records: Sequence[Record]) -> str:
 
 def history_html(records: Sequence[Record], *, source: str) -> str:
     """The history page: the latest run's verdicts, then one figure per trend."""
-    from fulcrum.inspect.report import _figure, _page, _table
-
     last = records[-1]
     first_time, last_time = records[0]["time"], last["time"]
     rows = [
@@ -345,3 +345,12 @@ def history_html(records: Sequence[Record], *, source: str) -> str:
     ]
     subtitle = f"{source}: {len(records)} runs, {first_time} to {last_time}"
     return _page("Fulcrum inspection history", subtitle, body)
+
+
+def load_directory(directory: Path) -> str:
+    """The page for ``fulcrum report DIR``; ReportError naming what is wrong with DIR."""
+    try:
+        records = history.load(directory)
+    except history.HistoryError as exc:
+        raise ReportError(str(exc)) from exc
+    return history_html(records, source=str(directory))

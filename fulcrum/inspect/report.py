@@ -452,16 +452,8 @@ def compare_html(document: Mapping[str, Any], *, source: str) -> str:
 
 def load_documents(paths: Sequence[Path]) -> str:
     """The page for ``fulcrum report``'s inputs: one ``fulcrum compare -o json`` document, or
-    ``fulcrum simulate -o json`` documents, or one directory of ``fulcrum inspect --record``;
-    ReportError naming a file that is neither."""
-    if len(paths) == 1 and paths[0].is_dir():
-        from fulcrum.inspect import history, history_report
-
-        try:
-            records = history.load(paths[0])
-        except history.HistoryError as exc:
-            raise ReportError(str(exc)) from exc
-        return history_report.history_html(records, source=str(paths[0]))
+    ``fulcrum simulate -o json`` documents; ReportError naming a file that is neither. (A
+    directory of ``fulcrum inspect --record`` is ``fulcrum.inspect.history_report.load``'s.)"""
     if len(paths) == 1:
         try:
             document = json.loads(paths[0].read_text(encoding="utf-8"))

@@ -125,12 +125,11 @@ def test_a_compare_report_opens_clean_with_its_figure_drawn(tmp_path: Path) -> N
 
 
 def test_a_history_report_of_10_runs_opens_clean_with_every_figure_drawn(tmp_path: Path) -> None:
-    from fulcrum.inspect.history_report import HISTORY_FIGURES
-    from fulcrum.inspect.report import load_documents
+    from fulcrum.inspect.history_report import HISTORY_FIGURES, load_directory
     from tests.unit.report_inputs import history
 
     page = tmp_path / "history.html"
-    write_html(page, load_documents([history(tmp_path / "records", runs=10)]))
+    write_html(page, load_directory(history(tmp_path / "records", runs=10)))
     opened = chromium(page, "--dump-dom")
     assert console(opened.stderr) == []
     figures = drawn_figures(opened.stdout)
