@@ -323,7 +323,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fulcrum.inspect import report
 
     try:
-        page = report.load_documents(args.simulate_json)
+        if len(args.simulate_json) == 1 and args.simulate_json[0].is_dir():
+            from fulcrum.inspect import history_report
+
+            page = history_report.load_directory(args.simulate_json[0])
+        else:
+            page = report.load_documents(args.simulate_json)
     except report.ReportError as exc:
         print(f"fulcrum report: error: {exc}", file=sys.stderr)
         return 2
@@ -335,14 +340,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _add_report(sub: Subparsers) -> None:
     report = sub.add_parser(
         "report",
-        help="an HTML report of fulcrum simulate -o json runs (one line per policy) or of one "
-        "fulcrum compare -o json",
+        help="an HTML report of fulcrum simulate -o json runs (one line per policy), of one "
+        "fulcrum compare -o json, or of a fulcrum inspect --record DIR history (its trends)",
     )
     report.add_argument(
         "simulate_json",
         type=Path,
         nargs="+",
-        help="files written by fulcrum simulate -o json, or one by fulcrum compare -o json",
+        help="files written by fulcrum simulate -o json, or one by fulcrum compare -o json, or "
+        "the DIR of fulcrum inspect --record DIR",
     )
     report.add_argument(
         "--output-file",

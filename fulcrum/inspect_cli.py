@@ -6,7 +6,10 @@
 Error or an Alarm (``fulcrum.inspect.node_checks``) or a cluster check does (etcd, the control
 plane, the nodes: ``fulcrum.inspect.cluster_checks``), and 2 when the inspection itself failed
 (the cluster unreachable, RBAC, bad arguments or thresholds): ``fulcrum.cli.main`` maps every
-failure of these commands to 2. ``inspect --api`` analyses the apiserver's requests instead.
+failure of these commands to 2. An apiserver that answers but cannot serve (etcd down: /readyz
+failing, lists answered 5xx) is a finding (1), with what could not be read said. ``inspect
+--api`` analyses the apiserver's requests instead; ``--record DIR`` appends the run to a history
+(``fulcrum.inspect.history``) that ``fulcrum report DIR`` draws.
 """
 
 from __future__ import annotations
@@ -35,22 +38,74 @@ def api_client(args: argparse.Namespace) -> Any:
     return kubeconfig.api_client(args.kubeconfig or local, user_default=True, context=args.context)
 
 
+class Unanswered(Exception):
+    """The apiserver answered a list with a 5xx or 429 (its etcd down, or overloaded): a finding
+    about the cluster (exit status 1), not a failed inspection."""
+
+
+def not_ready(api_client_: Any) -> None:
+    """Unanswered when the apiserver's /readyz fails: with etcd down every list would wait for
+    the apiserver's own timeout (60 s each), and none would be served. An unreachable apiserver
+    raises urllib3's error here (exit status 2, one line)."""
+    import urllib3
+
+    from fulcrum.inspect.cluster_checks import failed_health_checks
+    from fulcrum.inspect.probe import TIMEOUT, apiserver_getter, timed_out
+
+    try:
+        status, body = apiserver_getter(api_client_)("/readyz")
+    except urllib3.exceptions.HTTPError as exc:
+        if not timed_out(exc):
+            raise  # not reached at all: exit status 2
+        raise Unanswered(
+            f"the apiserver took the connection but its /readyz did not answer within "
+            f"{TIMEOUT:g} s: nothing was listed"
+        ) from exc
+    if status in (200, 401, 403):  # ready, or /readyz not ours to read: the lists will tell
+        return
+    failing = ", ".join(failed_health_checks(body)) or body.strip()[:200]
+    raise Unanswered(
+        f"the apiserver is not ready (/readyz answered {status}, failing: {failing}): "
+        "the nodes, pods, Reservations and IPPools were not listed"
+    )
+
+
 def objects(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-    """The cluster's nodes, active pods, Reservations and IPPools, as the apiserver sends them."""
+    """The cluster's nodes, active pods, Reservations and IPPools, as the apiserver sends them;
+    Unanswered when the apiserver answers a list with a 5xx or 429."""
     import orjson
+    import urllib3
     from kubernetes import client
 
+    from fulcrum.inspect.probe import LIST_TIMEOUT, answered_but_failing, timed_out
+    from fulcrum.run.failures import status_message
     from kube import api
     from kube.informer import ACTIVE_PODS
 
     api_client_ = api_client(args)
+    not_ready(api_client_)
 
     def items(call: Any, *call_args: Any, **kwargs: Any) -> list[Any]:
         try:
-            raw = call(*call_args, _preload_content=False, **kwargs).data
+            raw = call(
+                *call_args, _preload_content=False, _request_timeout=LIST_TIMEOUT, **kwargs
+            ).data
+        except urllib3.exceptions.HTTPError as exc:
+            if not timed_out(exc):
+                raise  # not reached at all: exit status 2
+            what = call_args[-1] if call_args else call.__name__.removeprefix("list_")
+            raise Unanswered(
+                f"the apiserver did not answer listing {what} within {LIST_TIMEOUT:g} s"
+            ) from exc
         except client.ApiException as exc:
             if exc.status == 404:  # Fulcrum's CRDs are not installed
                 return []
+            if answered_but_failing(exc):
+                what = call_args[-1] if call_args else call.__name__.removeprefix("list_")
+                raise Unanswered(
+                    f"the apiserver answered {exc.status} listing {what}: "
+                    f"{status_message(exc.body)}".rstrip(": ")
+                ) from exc
             raise
         found: list[Any] = orjson.loads(raw)["items"]
         return found
@@ -96,12 +151,13 @@ def endpoints(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
-def cluster_view(args: argparse.Namespace) -> Any:
+def cluster_view(args: argparse.Namespace, *, lists: bool = True) -> Any:
     """What the cluster checks judge (``fulcrum.inspect.probe.ClusterView``), read over
-    --window; None: no components inspected (the unit tests of the invariants)."""
+    --window; None: no components inspected (the unit tests of the invariants). ``lists``
+    False: the apiserver cannot list (etcd down), its Leases are not asked for."""
     from fulcrum.inspect import probe
 
-    return probe.read(api_client(args), window=args.window, **endpoints(args))
+    return probe.read(api_client(args), window=args.window, lists=lists, **endpoints(args))
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -151,13 +207,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         except html_report.ReportError as exc:
             print(f"fulcrum inspect: error: {exc}", file=sys.stderr)
             return 2
-    nodes, pods, reservations, pools = objects(args)  # an unreachable apiserver: exit 2 here
-    view = cluster_view(args)
+    unread: str | None = None
+    try:
+        nodes, pods, reservations, pools = objects(args)  # unreachable: exit 2 here
+    except Unanswered as exc:  # etcd down: the apiserver answers, but 5xx
+        unread, (nodes, pods, reservations, pools) = str(exc), ([], [], [], [])
+    view = cluster_view(args) if unread is None else cluster_view(args, lists=False)
     now = datetime.now(UTC)
     report = inspect(nodes, pods, reservations, pools, now, plan_seconds=args.plan_seconds)
     results = [
         *cluster_checks.component_checks(view, nodes, pods, now, thresholds),
-        *cluster_checks.fulcrum_checks(report.violations, report.skipped),
+        *(
+            cluster_checks.fulcrum_checks(report.violations, report.skipped)
+            if unread is None
+            else cluster_checks.unread_checks(unread)
+        ),
     ]
     sections = brief.sections(results)
     window = f"rates and percentiles {probe.since(args.window)}"
@@ -173,7 +237,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     document["window_s"] = args.window
     document["sections"] = [s.to_json() for s in sections]
     document["checks"] = [r.to_json() for r in results]
+    if unread is not None:
+        document["unread"] = unread
     text = "\n".join([render(report), *brief.render(sections, window=window)])
+    if unread is not None:
+        text = f"not read: {unread}\n{text}"
+    if args.record is not None:
+        from fulcrum.inspect import history
+
+        recorded = history.record(args.record, history.entry(now, document, view, nodes, pods))
+        print(f"recorded {recorded}", file=sys.stderr)
     output.emit(document, args.output, text=text, file=args.output_file)
     return 1 if report.broken or any(s.failing for s in sections) else 0
 
@@ -185,7 +258,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     try:
         lines = explain(args.pod, *objects(args), datetime.now(UTC))
-    except ValueError as exc:
+    except (ValueError, Unanswered) as exc:  # Unanswered: etcd down, nothing to explain from
         print(f"fulcrum explain: error: {exc}", file=sys.stderr)
         return 2
     document = {"pod": args.pod, "lines": lines}
@@ -278,6 +351,14 @@ def add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     inspect.add_argument(
         "--html", type=Path, default=None, help="also write the report as one HTML file here"
+    )
+    inspect.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also append this run to a history in DIR (one JSON file per run); "
+        "fulcrum report DIR draws its trends",
     )
     _add_check_flags(inspect)
     inspect.set_defaults(func=_cmd_inspect, error_status=2)

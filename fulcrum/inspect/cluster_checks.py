@@ -121,6 +121,38 @@ def _counted(
     judge.level(target, check, count, f"{count:g} {what} {window.since} ({total:g} since start)")
 
 
+def failed_health_checks(body: str) -> list[str]:
+    """The apiserver's failing checks in a /readyz or /livez answer ("[-]etcd failed: ...")."""
+    return [line[3:].split(" ")[0] for line in body.splitlines() if line.startswith("[-]")]
+
+
+def _etcd_as_the_apiserver_sees_it(judge: Judge, target: str, api: Component) -> None:
+    """An Error when the apiserver's own etcd check fails: etcd is down or unreachable from the
+    apiserver, even when etcd's address is not known here (no --etcd-endpoint)."""
+    for path in ("/readyz", "/livez"):
+        status, body = api.health.get(path, (0, ""))
+        failing = [c for c in failed_health_checks(body) if c.startswith("etcd")]
+        if status != 200 and failing:
+            judge.fixed(
+                target,
+                "etcd.apiserver_check",
+                Severity.ERROR,
+                f"the apiserver's {path} reports {', '.join(failing)} failing: it cannot reach "
+                "etcd (is etcd running? its --etcd-servers?)",
+            )
+            return
+
+
+def unread_checks(reason: str) -> list[Result]:
+    """The apiserver answered but could not list the nodes and pods (a 5xx: etcd down): an Error
+    in the control plane, and the sections that need those lists say they were not read."""
+    return [
+        Result("control-plane", "apiserver", "apiserver.lists", Severity.ERROR, reason),
+        Result("nodes", "cluster", "nodes.readable", Severity.WARN, f"not read: {reason}"),
+        Result("fulcrum", "cluster", "fulcrum.readable", Severity.WARN, f"not read: {reason}"),
+    ]
+
+
 def etcd_checks(view: ClusterView, thresholds: ClusterThresholds) -> list[Result]:
     judge, etcd = Judge("etcd", thresholds), view.etcd
     target = f"etcd {etcd.endpoint}" if etcd.endpoint else "etcd"
@@ -135,6 +167,7 @@ def etcd_checks(view: ClusterView, thresholds: ClusterThresholds) -> list[Result
         )
     elif etcd.endpoint is not None:
         judge.fixed(target, "etcd.health", Severity.ERROR, f"/health did not answer: {etcd.error}")
+    _etcd_as_the_apiserver_sees_it(judge, target, view.apiserver)
     if _unread(judge, target, ("etcd.metrics",), etcd, view.etcd_hint):
         return judge.results
     last, window = etcd.last, etcd.window
@@ -214,6 +247,9 @@ def etcd_checks(view: ClusterView, thresholds: ClusterThresholds) -> list[Result
 def _lease(judge: Judge, view: ClusterView, name: str, check: str, now: datetime) -> None:
     lease = view.leases.get(name)
     target = f"kube-system/{name}"
+    if lease is None and view.leases_error:
+        judge.fixed(target, check, Severity.WARN, f"not read: {view.leases_error}")
+        return
     if lease is None:
         judge.fixed(target, check, Severity.ERROR, "no Lease: the component never took its lead")
         return
@@ -439,6 +475,9 @@ def _node(judge: Judge, node: Mapping[str, Any], view: ClusterView, now: datetim
             f"kubelet {kubelet}, apiserver {view.server_version}",
         )
     lease = (view.node_leases.get(name) or {}).get("spec") or {}
+    if not lease.get("renewTime") and view.leases_error:
+        judge.fixed(name, "node.lease_age_pct", Severity.WARN, f"not read: {view.leases_error}")
+        return
     if not lease.get("renewTime"):
         judge.fixed(
             name,

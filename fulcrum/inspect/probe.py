@@ -5,7 +5,8 @@ Leases. Every figure that is a rate or a percentile comes from two scrapes ``win
 apart (``metrics.delta``); with a window of 0, from one scrape, since each process started.
 
 A component that does not answer is recorded as such (its checks say so); only the apiserver
-not answering fails the inspection, and that is raised to the caller (exit status 2).
+not answering fails the inspection, and that is raised to the caller (exit status 2). An
+apiserver that answers with a 5xx (etcd down) is a finding: what it could not list is recorded.
 """
 
 from __future__ import annotations
@@ -19,10 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
+
 from fulcrum.inspect import metrics
 from fulcrum.inspect.metrics import Scrape
 
 TIMEOUT = 10.0
+LIST_TIMEOUT = 60.0  # a list the apiserver cannot serve (etcd down) ends in its own timeout
+
+
+def answered_but_failing(exc: Any) -> bool:
+    """An ApiException that is a finding about the cluster, not a failed inspection: the
+    apiserver answered, but with a 5xx (its storage, etcd, failing) or 429 (overloaded)."""
+    status = int(getattr(exc, "status", 0) or 0)
+    return status >= 500 or status == 429
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,7 @@ class ClusterView:
     node_leases: dict[str, dict[str, Any]]  # kube-node-lease Leases by node
     server_version: str  # the apiserver's gitVersion
     etcd_hint: str = "give --etcd-endpoint"
+    leases_error: str | None = None  # why the Leases could not be read (the apiserver's 5xx)
 
 
 def since(window: float) -> str:
@@ -109,19 +121,42 @@ def _read(getter: Getter | None, paths: tuple[str, ...], component: Component) -
     except (OSError, ssl.SSLError, metrics.MetricsError) as exc:
         component.error = _why(exc)
         return None
+    except urllib3.exceptions.HTTPError as exc:  # the apiserver, through the kubernetes client
+        if not timed_out(exc):
+            raise  # not reached at all: the inspection fails (exit status 2)
+        component.error = f"no answer within {TIMEOUT:g} s"
+        return None
+
+
+def timed_out(exc: BaseException) -> bool:
+    """urllib3's read timeout, bare or as the reason its retries gave up: the server took the
+    connection but did not answer (the apiserver's /metrics asks etcd for its size)."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, urllib3.exceptions.ReadTimeoutError) or isinstance(
+        reason, urllib3.exceptions.ReadTimeoutError
+    )
 
 
 def apiserver_getter(api_client: Any) -> Getter:
     """GET a path of the apiserver with the client's credentials (kubernetes >= 31's
-    ``param_serialize`` + ``call_api``, which hands back any status). An unreachable apiserver
-    raises urllib3's error, which ``fulcrum.cli`` reports in one line (exit status 2)."""
+    ``param_serialize``), through the client's own connection pool but without its retries:
+    with etcd down the apiserver's /metrics waits on etcd, and three retries of a 10 s timeout
+    would make every scrape 40 s. An unreachable apiserver raises urllib3's error, which
+    ``fulcrum.cli`` reports in one line (exit status 2)."""
 
     def get(path: str) -> tuple[int, str]:
         method, url, headers, _, _ = api_client.param_serialize(
             "GET", path, auth_settings=["BearerToken"]
         )
-        reply = api_client.call_api(method, url, headers, _request_timeout=TIMEOUT)
-        reply.read()
+        reply = api_client.rest_client.pool_manager.request(
+            method,
+            url,
+            headers=headers,
+            timeout=TIMEOUT,
+            # no retry, but errors as MaxRetryError, the form fulcrum.run.failures describes
+            retries=urllib3.Retry(0, redirect=False),
+            preload_content=True,
+        )
         return int(reply.status), bytes(reply.data).decode("utf-8", "replace")
 
     return get
@@ -135,8 +170,10 @@ def read(
     scheduler: Endpoint | None,
     controller_manager: Endpoint | None,
     sleep: Callable[[float], None] = time.sleep,
+    lists: bool = True,
 ) -> ClusterView:
-    """Read every component twice, ``window`` seconds apart (once with a window of 0)."""
+    """Read every component twice, ``window`` seconds apart (once with a window of 0); the
+    Leases too unless ``lists`` is False (the apiserver cannot list: it is not ready)."""
     from kubernetes import client
 
     sources = {
@@ -171,19 +208,43 @@ def read(
                 else Scrape(samples=last.samples)
             )
     coordination = client.CoordinationV1Api(api_client)
+    unread: list[str] = []
 
     def leases(namespace: str) -> dict[str, dict[str, Any]]:
-        raw = coordination.list_namespaced_lease(namespace, _preload_content=False).data
+        if not lists:
+            unread.append(f"{namespace} Leases: not listed, the apiserver is not ready")
+            return {}
+        try:
+            raw = coordination.list_namespaced_lease(
+                namespace, _preload_content=False, _request_timeout=LIST_TIMEOUT
+            ).data
+        except client.ApiException as exc:
+            if not answered_but_failing(exc):
+                raise  # 401/403: RBAC, the inspection itself fails (exit status 2)
+            unread.append(f"{namespace} Leases: the apiserver answered {exc.status}")
+            return {}
+        except urllib3.exceptions.HTTPError as exc:
+            if not timed_out(exc):
+                raise
+            unread.append(f"{namespace} Leases: no answer within {LIST_TIMEOUT:g} s")
+            return {}
         return {i["metadata"]["name"]: i for i in json.loads(raw)["items"]}
 
-    version = client.VersionApi(api_client).get_code().git_version
+    try:
+        version = str(client.VersionApi(api_client).get_code().git_version)
+    except client.ApiException as exc:
+        if not answered_but_failing(exc):
+            raise
+        version = "unknown"
+    system, node_leases = leases("kube-system"), leases("kube-node-lease")
     return ClusterView(
         window=window,
         etcd=sources["etcd"][0],
         apiserver=sources["apiserver"][0],
         scheduler=sources["scheduler"][0],
         controller_manager=sources["controller_manager"][0],
-        leases=leases("kube-system"),
-        node_leases=leases("kube-node-lease"),
-        server_version=str(version),
+        leases=system,
+        node_leases=node_leases,
+        server_version=version,
+        leases_error="; ".join(unread) or None,
     )

@@ -452,7 +452,8 @@ def compare_html(document: Mapping[str, Any], *, source: str) -> str:
 
 def load_documents(paths: Sequence[Path]) -> str:
     """The page for ``fulcrum report``'s inputs: one ``fulcrum compare -o json`` document, or
-    ``fulcrum simulate -o json`` documents; ReportError naming a file that is neither."""
+    ``fulcrum simulate -o json`` documents; ReportError naming a file that is neither. (A
+    directory of ``fulcrum inspect --record`` is ``fulcrum.inspect.history_report.load``'s.)"""
     if len(paths) == 1:
         try:
             document = json.loads(paths[0].read_text(encoding="utf-8"))

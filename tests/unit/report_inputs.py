@@ -83,3 +83,64 @@ def simulate_json(directory: Path, policy: str, *extra: str) -> Path:
     argv += ["--output-file", str(out)]
     assert simulate.main([*argv, "--seed", "1", "2", *extra]) == 0
     return out
+
+
+def history(directory: Path, runs: int = 10) -> Path:
+    """``runs`` synthetic ``fulcrum inspect --record`` records in ``directory``, a minute apart:
+    six nodes, one lost at the fourth run and one NotReady at the seventh, pods and allocation
+    growing, apiserver requests with a few 5xx, scheduling latency, and Errors at the end."""
+    from fulcrum.inspect import history as history_
+
+    for k in range(runs):
+        names = [f"n{i}" for i in range(6) if not (k >= 3 and i == 5)]
+        allocation = {
+            n: {"cpu": min(1.0, 0.1 * i + 0.05 * k), "memory": 0.3 + 0.02 * k, "pods": 0.1}
+            for i, n in enumerate(names)
+        }
+        errors = 2 if k >= 8 else 0
+        record = {
+            "version": history_.VERSION,
+            "time": (NOW + timedelta(minutes=k)).isoformat(),
+            "unread": None,
+            "sections": [
+                {"name": s, "summary": {"error": e, "alarm": k % 2, "warn": 1, "info": 30}}
+                for s, e in (("etcd", errors), ("control-plane", 0), ("nodes", 0), ("fulcrum", 0))
+            ],
+            "checks": [
+                {
+                    "section": "etcd",
+                    "target": "etcd http://127.0.0.1:2379",
+                    "check": "etcd.health",
+                    "severity": "Error",
+                    "value": None,
+                    "threshold": None,
+                    "message": "/health did not answer: connection refused",
+                }
+            ]
+            * (errors // 2),
+            "nodes": {"count": len(names), "ready": len(names) - (1 if k >= 6 else 0)},
+            "pods": 40 + 12 * k,
+            "resources": {
+                "cpu": {"allocatable": 32000 * len(names), "requested": 4000 * (k + 2)},
+                "memory": {"allocatable": 2**37 * len(names), "requested": 2**34 * (k + 1)},
+                "pods": {"allocatable": 110 * len(names), "requested": 40 + 12 * k},
+                "gpus": {"allocatable": 0, "requested": 0},
+            },
+            "allocation": allocation,
+            "api": {
+                "window_s": 10.0,
+                "codes": {"200": 500.0 + 40 * k, "201": 30.0 * k, "500": float(k % 3)},
+                "p50_ms": 2.0 + 0.1 * k,
+                "p99_ms": 40.0 + 3 * k,
+            },
+            "scheduling": {
+                "attempts": 12.0 * k,
+                "p50_ms": 1.5,
+                "p99_ms": 8.0 + k,
+                "pods": 12.0 * k,
+                "pod_p50_ms": 3.0,
+                "pod_p99_ms": 20.0 + 2 * k,
+            },
+        }
+        history_.record(directory, record)
+    return directory

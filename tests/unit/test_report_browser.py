@@ -122,3 +122,16 @@ def test_a_compare_report_opens_clean_with_its_figure_drawn(tmp_path: Path) -> N
     figures = drawn_figures(opened.stdout)
     assert set(figures) == {"comparison"} and figures["comparison"] > 10, figures
     assert "fulcrum/default throughput per round: 0.50, 0.50" in opened.stdout
+
+
+def test_a_history_report_of_10_runs_opens_clean_with_every_figure_drawn(tmp_path: Path) -> None:
+    from fulcrum.inspect.history_report import HISTORY_FIGURES, load_directory
+    from tests.unit.report_inputs import history
+
+    page = tmp_path / "history.html"
+    write_html(page, load_directory(history(tmp_path / "records", runs=10)))
+    opened = chromium(page, "--dump-dom")
+    assert console(opened.stderr) == []
+    figures = drawn_figures(opened.stdout)
+    assert set(figures) == HISTORY_FIGURES
+    assert all(count > 10 for count in figures.values()), figures
