@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,14 @@ def test_processes_of_a_cluster_whose_name_extends_anothers_are_not_its_own(
     mine = subprocess.Popen([sys.executable, "-c", script, f"--config={rel}/x.yaml"])
     other = subprocess.Popen([sys.executable, "-c", script, f"--config={rel2}/x.yaml"])
     try:
+        # a child shows its own command line only once it has exec'd: on a busy machine, that
+        # can be after Popen returns (this failed once in CI)
+        deadline = time.monotonic() + 10
+        while not all(
+            f"{rel}".encode() in Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in (mine, other)
+        ):
+            assert time.monotonic() < deadline, "the children never exec'd"
+            time.sleep(0.01)
         found = set(processes.processes_under(rel))
         assert mine.pid in found
         assert other.pid not in found
