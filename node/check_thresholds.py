@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import yaml
 
@@ -208,32 +208,41 @@ def parse(
 
 
 class Thresholds:
-    """Every check's levels: the shipped defaults, with a user's file over them."""
+    """Every check's levels: the shipped defaults, with a user's file over them.
+
+    A subclass with other checks (``fulcrum.inspect.thresholds.ClusterThresholds``) names its
+    own ``SPECS``, ``FIXED``, defaults file and the flag that takes a user's file."""
+
+    SPECS: ClassVar[Mapping[str, Spec]] = SPECS
+    FIXED: ClassVar[tuple[str, ...]] = FIXED
+    DEFAULTS: ClassVar[tuple[str, str]] = ("node", "checks.yaml")  # package, resource
+    USER_FILE: ClassVar[str] = "the plugin option node-checks.thresholds names a readable YAML file"
 
     def __init__(self, levels: Mapping[str, Levels]) -> None:
-        missing = [c for c in SPECS if c not in levels]
+        missing = [c for c in self.SPECS if c not in levels]
         if missing:
             raise ThresholdError(f"no levels for {', '.join(missing)}")
         self.levels = dict(levels)
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> Thresholds:
-        """The defaults (``node/checks.yaml``), and ``path``'s levels over them when given."""
-        defaults = resources.files("node").joinpath("checks.yaml").read_text(encoding="utf-8")
-        levels = parse(defaults, "node/checks.yaml")
+    def load(cls, path: Path | str | None = None) -> Self:
+        """The defaults, and ``path``'s levels over them when given."""
+        package, name = cls.DEFAULTS
+        defaults = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+        source = f"{package.replace('.', '/')}/{name}"
+        levels = parse(defaults, source, cls.SPECS, cls.FIXED)
         if path is not None:
             try:
                 text = Path(path).read_text(encoding="utf-8")
             except OSError as exc:
                 raise ThresholdError(
-                    f"{path}: cannot read it ({exc.strerror or exc}); the plugin option "
-                    "node-checks.thresholds names a readable YAML file"
+                    f"{path}: cannot read it ({exc.strerror or exc}); {cls.USER_FILE}"
                 ) from None
-            levels.update(parse(text, str(path)))
+            levels.update(parse(text, str(path), cls.SPECS, cls.FIXED))
         return cls(levels)
 
     def judge(self, check: str, value: float | str) -> tuple[Severity, Bound | None]:
         return self.levels[check].judge(value)
 
     def unit(self, check: str) -> str:
-        return SPECS[check].unit
+        return self.SPECS[check].unit

@@ -9,11 +9,9 @@ defaults, a user's file replacing the levels of each check it names, every mista
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib import resources
-from pathlib import Path
+from typing import ClassVar
 
-from node.check_thresholds import Bound, Levels, Spec, ThresholdError, parse
-from node.plugin import Severity
+from node.check_thresholds import Spec, ThresholdError, Thresholds
 
 __all__ = ["SPECS", "ClusterThresholds", "ThresholdError"]
 
@@ -48,33 +46,14 @@ FIXED = (
     "node.pressure",
     "node.kubelet_version",
 )
-DEFAULTS = "thresholds.yaml"
 
 
-class ClusterThresholds:
+class ClusterThresholds(Thresholds):
     """Every cluster check's levels: the shipped defaults, with a user's file over them."""
 
-    def __init__(self, levels: Mapping[str, Levels]) -> None:
-        missing = [c for c in SPECS if c not in levels]
-        if missing:
-            raise ThresholdError(f"no levels for {', '.join(missing)}")
-        self.levels = dict(levels)
-
-    @classmethod
-    def load(cls, path: Path | str | None = None) -> ClusterThresholds:
-        """The defaults, and ``path``'s levels over them when given."""
-        text = resources.files("fulcrum.inspect").joinpath(DEFAULTS).read_text(encoding="utf-8")
-        levels = parse(text, "fulcrum/inspect/thresholds.yaml", SPECS, FIXED)
-        if path is not None:
-            try:
-                mine = Path(path).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ThresholdError(
-                    f"{path}: cannot read it ({exc.strerror or exc}); --thresholds names a "
-                    "readable YAML file of check: {warn: W, alarm: A, error: E}"
-                ) from None
-            levels.update(parse(mine, str(path), SPECS, FIXED))
-        return cls(levels)
-
-    def judge(self, check: str, value: float) -> tuple[Severity, Bound | None]:
-        return self.levels[check].judge(value)
+    SPECS: ClassVar[Mapping[str, Spec]] = SPECS
+    FIXED: ClassVar[tuple[str, ...]] = FIXED
+    DEFAULTS: ClassVar[tuple[str, str]] = ("fulcrum.inspect", "thresholds.yaml")
+    USER_FILE: ClassVar[str] = (
+        "--thresholds names a readable YAML file of check: {warn: W, alarm: A, error: E}"
+    )
