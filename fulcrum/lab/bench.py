@@ -27,6 +27,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from fulcrum.harness import cluster
 from fulcrum.harness import processes as cluster_processes
+from fulcrum.inspect import metrics
 from fulcrum.lab import DEFAULT_MIX, demo, openb, traces
 from fulcrum.lab import rebuild_run as rr
 from fulcrum.lab.successors import Kept
@@ -138,24 +139,9 @@ def delta(after: Mapping[float, float], before: Mapping[float, float]) -> dict[f
 
 
 def quantile(buckets: Mapping[float, float], q: float) -> float | None:
-    """The ``q`` quantile of cumulative ``buckets`` as Prometheus's histogram_quantile
-    estimates it (linear within a bucket; the highest finite bound if it falls in +Inf);
-    None if the histogram is empty."""
-    ordered = sorted(buckets.items())
-    total = ordered[-1][1] if ordered else 0.0
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for le, count in ordered:
-        if count >= rank:
-            if math.isinf(le):
-                return lower
-            if count == below:
-                return le
-            return lower + (le - lower) * (rank - below) / (count - below)
-        lower, below = le, count
-    return lower
+    """The ``q`` quantile of cumulative ``buckets`` {le: count}, as Prometheus's
+    histogram_quantile estimates it (``fulcrum.inspect.metrics.quantile``); None if empty."""
+    return metrics.quantile(q, buckets.items())
 
 
 def latency(before: list[str], after: list[str]) -> dict[str, dict[str, float | None]]:
