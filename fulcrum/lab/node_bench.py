@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fulcrum.harness import cluster, nodeagent, processes
+from fulcrum.inspect import metrics
 from fulcrum.lab import real_rebuild as rb
 from fulcrum.lab import rebuild_run as rr
 
@@ -80,25 +81,20 @@ class Result:
         }
 
 
-def _histogram(text: str, metric: str, label: str) -> tuple[float, float]:
-    """(sum, count) of one labelled histogram in Prometheus text."""
-    total = count = 0.0
-    for line in text.splitlines():
-        if not line.startswith(metric) or label not in line:
-            continue
-        name, _, value = line.rpartition(" ")
-        if name.startswith(f"{metric}_sum"):
-            total += float(value)
-        elif name.startswith(f"{metric}_count"):
-            count += float(value)
-    return total, count
+def _histogram(text: str, metric: str, **match: str) -> tuple[float, float]:
+    """(sum, count) of one histogram's samples whose labels include ``match``."""
+    scrape = metrics.parse(text)
+    return (
+        scrape.total(f"{metric}_sum", **match) or 0.0,
+        scrape.total(f"{metric}_count", **match) or 0.0,
+    )
 
 
 def _kubelet_ops(kit: rr.Kit) -> dict[str, tuple[float, float]]:
     text = kit.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/metrics")
     metric = "kubelet_runtime_operations_duration_seconds"
     return {
-        op: _histogram(text, metric, f'operation_type="{op}"')
+        op: _histogram(text, metric, operation_type=op)
         for op in ("create_container", "start_container")
     }
 
@@ -108,7 +104,7 @@ def _agent_hooks(port: int) -> tuple[float, float]:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    return _histogram(text, "fulcrum_node_hook_seconds", 'hook="create_container"')
+    return _histogram(text, "fulcrum_node_hook_seconds", hook="create_container")
 
 
 def _pod(name: str, image: str) -> dict[str, Any]:
