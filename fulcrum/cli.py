@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fulcrum import output
 from fulcrum.bench_cli import (
@@ -78,6 +78,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
         extender=not args.no_extender,
         extender_port=args.extender_port,
         extender_config=args.extender_config,
+        python=args.python,
         real_nodes=args.real_nodes,
         node_agent=agent,
     )
@@ -227,6 +228,14 @@ def _add_cluster(sub: Subparsers) -> None:
     )
     up.add_argument("--extender-port", type=int, default=None, help="default: a free port")
     up.add_argument("--extender-config", type=Path, default=None, help="ExtenderConfiguration")
+    up.add_argument(
+        "--python",
+        type=Path,
+        default=None,
+        help="the Python that runs the extender, rebuild controller and webhook: a virtual "
+        "environment's bin/python where plugin packages are pip-installed beside Fulcrum "
+        "(default: the one running this command)",
+    )
     up.set_defaults(func=_cmd_cluster_up)
     for action, func, helptext in (
         ("down", _cmd_cluster_down, "stop every process of the cluster and remove its files"),
@@ -307,14 +316,25 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     from kube.hooks import default_hook_registry
     from policies.registry import BUILTIN, default_registry
 
-    names = default_registry().names()
+    registry = default_registry()
     hooks = default_hook_registry().names()
-    document = {
-        "policies": [{"name": n, "builtin": n in BUILTIN} for n in names],
-        "rebuild_hooks": list(hooks),
-    }
-    lines = [f"{n:28} {'built in' if n in BUILTIN else 'plugin'}" for n in names]
+    rows: list[dict[str, Any]] = [
+        {"name": n, "builtin": True, "source": "built-in"} for n in sorted(BUILTIN, key=str.lower)
+    ]
+    for plugin in registry.installed:
+        row: dict[str, Any] = {"name": plugin.name, "builtin": False, "source": plugin.source}
+        row |= {"distribution": plugin.distribution, "version": plugin.version}
+        row |= {"entry_point": plugin.entry_point, "loaded": not plugin.problem}
+        if plugin.problem:
+            row |= {"problem": plugin.problem, "fix": plugin.fix}
+        rows.append(row)
+    lines = [
+        f"{r['name']:28} {r['source']}" + ("" if r.get("loaded", True) else "  NOT LOADED")
+        for r in rows
+    ]
+    lines += [f"  {r['name']}: {r['problem']}; {r['fix']}" for r in rows if "problem" in r]
     lines.append(f"rebuild hooks: {', '.join(hooks)}")
+    document = {"policies": rows, "rebuild_hooks": list(hooks)}
     output.emit(document, args.output, text="\n".join(lines), file=args.output_file)
     return 0
 

@@ -27,10 +27,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from policies.registry import default_registry
 
     logs.configure(args.log_level, args.log_format)
-    settings = load_settings(args.config, default_registry(), host=args.host, port=args.port)
+    registry = default_registry()
+    settings = load_settings(args.config, registry, host=args.host, port=args.port)
+    if args.check:
+        print(settings.model_dump_json(by_alias=True, exclude_none=True))
+        return 0
     serve(
         settings,
         args.kubeconfig,
+        registry,
         context=args.context,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
@@ -123,6 +128,12 @@ def add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument("--config", type=Path, default=None, help="ExtenderConfiguration YAML")
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="listen port (default 8888)")
+    serve.add_argument(
+        "--check",
+        action="store_true",
+        help="check --config against the policies installed here, print the configuration "
+        "in force as JSON, and exit",
+    )
     kubeconfig.add_flags(
         serve,
         kubeconfig_help="watch this cluster (needed for nodeCacheCapable and bind); default "

@@ -9,7 +9,10 @@ is a factory ``(PolicyContext) -> Policy``::
 
 Nothing is registered by importing anything: :func:`default_registry` builds
 a fresh registry from the built-in table plus the installed entry points each
-time it is called. Names are matched case-insensitively. The generic part (lookup,
+time it is called. Names are matched case-insensitively. A plugin that fails to
+import, or whose name is a built-in's (the built-in wins), is left out and
+listed in ``Registry.installed`` with the problem; naming it raises
+:class:`UnknownPolicyError` saying why and what to do. The generic part (lookup,
 aliases, entry-point loading) is :mod:`policies.plugins`, shared with rebuild hooks.
 """
 
@@ -30,8 +33,14 @@ from policies import (
     random_fit,
     requested_to_capacity_ratio,
 )
+from policies.plugins import (
+    Installed,
+    PluginRegistry,
+    UnknownPluginError,
+    discover_entry_points,
+    load_entry_points,
+)
 from policies.plugins import PluginError as PluginError
-from policies.plugins import PluginRegistry, UnknownPluginError, load_entry_points
 from scheduler.policy import Policy, PolicyContext, PolicyFactory
 
 ENTRY_POINT_GROUP = "fulcrum.policies"
@@ -60,8 +69,12 @@ class UnknownPolicyError(UnknownPluginError):
 class Registry(PluginRegistry[PolicyFactory]):
     """Names -> policy factories. Implements ``scheduler.policy.PolicyCatalog``."""
 
-    def __init__(self, factories: Mapping[str, PolicyFactory]) -> None:
-        super().__init__("policy", factories, aliases=ALIASES, unknown=UnknownPolicyError)
+    def __init__(
+        self, factories: Mapping[str, PolicyFactory], installed: Iterable[Installed] = ()
+    ) -> None:
+        super().__init__(
+            "policy", factories, aliases=ALIASES, unknown=UnknownPolicyError, installed=installed
+        )
 
     def factory(self, name: str) -> PolicyFactory:
         return self.get(name)
@@ -86,11 +99,14 @@ def load_plugins(
 
 
 def default_registry(*, plugins: bool = True) -> Registry:
-    """Built-in policies plus, if ``plugins``, the installed entry-point plugins."""
-    factories: dict[str, PolicyFactory] = dict(BUILTIN)
-    if plugins:
-        factories.update(load_plugins(reserved=[*BUILTIN, *ALIASES]))
-    return Registry(factories)
+    """Built-in policies plus, if ``plugins``, the installed entry-point plugins that load
+    (those that do not are in ``installed``, with their problem)."""
+    if not plugins:
+        return Registry(BUILTIN)
+    loaded, installed = discover_entry_points(
+        ENTRY_POINT_GROUP, kind="policy", reserved=[*BUILTIN, *ALIASES]
+    )
+    return Registry({**BUILTIN, **loaded}, installed)
 
 
 def available(*, plugins: bool = True) -> list[str]:

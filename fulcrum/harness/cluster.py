@@ -78,6 +78,14 @@ class ClusterState:
     binaries: dict[str, str] = field(default_factory=dict)
     real_nodes: list[str] = field(default_factory=list)
     registry_port: int | None = None
+    # the Python that runs the extender, the rebuild controller and the webhook ("": this one)
+    python: str = ""
+    bind_all: bool = False  # fulcrum-scheduler's extenders[] entries, as registered
+
+    @property
+    def fulcrum(self) -> list[str]:
+        """The command that runs ``fulcrum`` in this cluster's Python."""
+        return [self.python or sys.executable, "-m", "fulcrum.cli"]
 
 
 def state_dir(name: str) -> Path:
@@ -203,12 +211,31 @@ def start_process(
 
 
 def start_extender(name: str, port: int) -> int:
-    cmd = [sys.executable, "-m", "fulcrum.cli", "serve", "--port", str(port)]
+    cmd = [*load_state(name).fulcrum, "serve", "--port", str(port)]
     cmd += ["--kubeconfig", str(kubeconfig_path(name))]
-    config = state_dir(name) / "extender-config.yaml"
-    if config.exists():
-        cmd += ["--config", str(config)]
+    if _extender_config(name).exists():
+        cmd += ["--config", str(_extender_config(name))]
     return start_process(name, "extender", cmd, f"http://127.0.0.1:{port}/readyz")
+
+
+def restart_extender(name: str, extender_config: Path | None) -> None:
+    """Start cluster ``name``'s extender again, with ``extender_config`` (None: the defaults).
+
+    Its ``bindAll`` must be the one the cluster was created with: fulcrum-scheduler keeps its
+    extenders[] entries."""
+    state = load_state(name)
+    if _binds_all(extender_config, state.python) != state.bind_all:
+        raise ClusterError(
+            f"{extender_config}: bindAll is not {str(state.bind_all).lower()}, as cluster "
+            f"{name!r} was registered with: keep it, or create another cluster"
+        )
+    processes.stop_process(state.extender_pid)
+    if extender_config is None:
+        _extender_config(name).unlink(missing_ok=True)
+    else:
+        shutil.copyfile(extender_config, _extender_config(name))
+    state.extender_pid = start_extender(name, state.extender_port or 0)
+    _save_state(state)
 
 
 CRDS = Path(__file__).resolve().parents[2] / "deploy" / "crds"
@@ -236,7 +263,7 @@ def start_rebuild(
 ) -> int:
     """Start a local-rebuild controller of cluster ``name``; return once it leads (``leader``)
     or merely serves its health endpoint (a follower waiting for the Lease)."""
-    cmd = [sys.executable, "-m", "fulcrum.cli", "rebuild", "--kubeconfig"]
+    cmd = [*load_state(name).fulcrum, "rebuild", "--kubeconfig"]
     cmd += [str(kubeconfig_path(name)), "--health-port", str(port), "--identity", identity]
     url = f"http://127.0.0.1:{port}/{'readyz' if leader else 'healthz'}"
     return start_process(name, f"rebuild-{identity}", cmd, url)
@@ -270,7 +297,9 @@ def start_webhook(name: str, port: int) -> int:
     # no one else) with the annotations Fulcrum writes
     trusted = (webhooks.kubeconfig_user(kubeconfig_path(name)),)
     try:
-        return webhooks.start(state_dir(name), port, trusted, kubeconfig_path(name))
+        return webhooks.start(
+            state_dir(name), port, trusted, kubeconfig_path(name), load_state(name).fulcrum
+        )
     except processes.ProcessError as exc:
         raise ClusterError(str(exc)) from exc
 
@@ -330,7 +359,11 @@ def _start_fulcrum(
 
 
 def _new_state(
-    name: str, binaries: Mapping[str, Path], reg: ExtenderRegistration, extender_config: Path | None
+    name: str,
+    binaries: Mapping[str, Path],
+    reg: ExtenderRegistration,
+    extender_config: Path | None,
+    python: str,
 ) -> tuple[ClusterState, Path]:
     """A fresh state directory for cluster ``name``: its state and fulcrum-scheduler's config."""
     directory = state_dir(name)
@@ -342,25 +375,33 @@ def _new_state(
         extender_port=reg.port,
         kubectl=str(binaries["kubectl"]),
         binaries={k: str(v) for k, v in binaries.items()},
+        python=python,
+        bind_all=reg.bind_all,
     )
     _save_state(state)
     if extender_config is not None:
-        shutil.copyfile(extender_config, directory / "extender-config.yaml")
+        shutil.copyfile(extender_config, _extender_config(name))
     config_path = directory / "fulcrum-scheduler.yaml"
     config_path.write_text(yaml.safe_dump(scheduler_config(reg, kubeconfig_path(name))))
     return state, config_path
 
 
-def _binds_all(extender_config: Path | None) -> bool:
-    """The ExtenderConfiguration's bindAll, so that kube-scheduler's extenders[] match it; read
-    as ``fulcrum serve`` reads it, so a bad file fails here, before any cluster starts."""
-    from extender.config import ConfigError, load_settings
-    from policies.registry import default_registry
+def _extender_config(name: str) -> Path:
+    return state_dir(name) / "extender-config.yaml"
 
-    try:
-        return load_settings(extender_config, default_registry()).bind_all
-    except ConfigError as exc:
-        raise ClusterError(f"extender configuration: {exc}") from exc
+
+def _binds_all(extender_config: Path | None, python: str) -> bool:
+    """The ExtenderConfiguration's bindAll, so that kube-scheduler's extenders[] match it; read
+    by ``fulcrum serve --check`` in the Python that will serve it (``python``, "": this one),
+    where its plugins are installed, so a bad file fails here, before any cluster starts."""
+    cmd = [python or sys.executable, "-m", "fulcrum.cli", "serve", "--check"]
+    if extender_config is not None and extender_config.exists():
+        cmd += ["--config", str(extender_config)]
+    checked = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if checked.returncode != 0:
+        error = checked.stderr.strip().splitlines()[-1:] or [f"exit {checked.returncode}"]
+        raise ClusterError(f"extender configuration: {error[0].removeprefix('fulcrum: error: ')}")
+    return bool(json.loads(checked.stdout)["bindAll"])
 
 
 def up(
@@ -372,6 +413,7 @@ def up(
     extender_port: int | None = None,
     registration: ExtenderRegistration | None = None,
     extender_config: Path | None = None,
+    python: Path | None = None,
     fulcrum_scheduler: bool = True,
     nodes_to_score: int = 100,
     real_nodes: int = 0,
@@ -385,8 +427,10 @@ def up(
     says, or else on ``extender_port`` (or a free port) with ``percentageOfNodesToScore:
     nodes_to_score``, and, unless ``extender`` is False, starts the extender itself, with
     ``extender_config`` (an ExtenderConfiguration file) if given, the rebuild controller and
-    the admission webhook. Pods opt in with any ``fulcrum.io/``
-    annotation (the webhook sets their ``schedulerName: fulcrum-scheduler``) or by naming it.
+    the admission webhook, all run by ``python`` (default: this Python; another one is a
+    virtual environment where plugin packages are installed beside Fulcrum). Pods opt in
+    with any ``fulcrum.io/`` annotation (the webhook sets their ``schedulerName:
+    fulcrum-scheduler``) or by naming it.
     Without ``fulcrum_scheduler``, no fulcrum-scheduler runs on the host either (a test that
     installs the chart's, say). ``real_nodes`` real nodes (``realnodes``) join the kwok nodes,
     with a registry on loopback they pull from, each with a ``fulcrum node`` agent
@@ -394,6 +438,11 @@ def up(
     """
     port = registration.port if registration else extender_port
     _check_new(name, port, extender)
+    if python is not None and not os.access(python, os.X_OK):
+        raise ClusterError(
+            f"--python {python}: not an executable; give the bin/python of the virtual "
+            "environment where Fulcrum and the plugin packages are installed"
+        )
     if real_nodes:
         _check_real_nodes(name, real_nodes)
     try:
@@ -402,10 +451,10 @@ def up(
         raise ClusterError(str(exc)) from exc
     reg = registration or ExtenderRegistration(
         port=port or free_port(),
-        bind_all=_binds_all(extender_config),
+        bind_all=_binds_all(extender_config, str(python or "")),
         nodes_to_score=nodes_to_score,
     )
-    state, config_path = _new_state(name, binaries, reg, extender_config)
+    state, config_path = _new_state(name, binaries, reg, extender_config, str(python or ""))
     started = time.monotonic()
     try:
         log(

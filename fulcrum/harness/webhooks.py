@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -43,15 +44,16 @@ def start(
     port: int,
     trusted_users: tuple[str, ...] = (),
     kubeconfig: Path | None = None,
+    fulcrum: Sequence[str] = (sys.executable, "-m", "fulcrum.cli"),
 ) -> int:
-    """Start ``fulcrum webhook`` on HTTPS ``port`` (log and certificate under ``directory``;
-    the CA and serving certificate are made once and kept across restarts); ``trusted_users``:
-    the identities Fulcrum's own processes use (``--trusted-user``); IPPools are read with
-    ``kubeconfig``."""
+    """Start ``fulcrum webhook`` (the command ``fulcrum``) on HTTPS ``port`` (log and
+    certificate under ``directory``; the CA and serving certificate are made once and kept
+    across restarts); ``trusted_users``: the identities Fulcrum's own processes use
+    (``--trusted-user``); IPPools are read with ``kubeconfig``."""
     tls = directory / "webhook-tls"
     if not (tls / "tls.key").exists():
         make_serving_cert(tls, ["127.0.0.1", "localhost"])
-    cmd = [sys.executable, "-m", "fulcrum.cli", "webhook", "--port", str(port)]
+    cmd = [*fulcrum, "webhook", "--port", str(port)]
     cmd += ["--tls-cert", str(tls / "tls.crt"), "--tls-key", str(tls / "tls.key")]
     for user in trusted_users:
         cmd += ["--trusted-user", user]

@@ -31,6 +31,7 @@ from fulcrum.run.kubeconfig import configured
 from kube.api import GROUP, RESERVATIONS, VERSION
 from kube.hooks import HookRegistry
 from kube.informer import ACTIVE_PODS, Informer
+from policies.registry import Registry
 from rebuild.release import RELEASE_AFTER_SECONDS, Releaser
 from rebuild.writes import Writes
 
@@ -119,6 +120,7 @@ def check_port_free(host: str, port: int) -> None:
 def serve(
     settings: ExtenderSettings,
     kubeconfig: Path | None,
+    registry: Registry,
     *,
     context: str | None = None,
     metrics_host: str = "127.0.0.1",
@@ -126,7 +128,8 @@ def serve(
     rebuild_lease: tuple[str, str] = ("kube-system", "fulcrum-rebuild"),
     release_after: float = RELEASE_AFTER_SECONDS,
 ) -> None:
-    """Run the extender until stopped; ``metrics_port``: also serve /metrics there.
+    """Run the extender until stopped, with ``registry``'s policies (``settings`` were checked
+    against it); ``metrics_port``: also serve /metrics there.
 
     ``rebuild_lease`` (namespace, name): the rebuild controller's Lease; while no controller
     has renewed it for ``release_after`` seconds (0: never), deleted pods are let go of
@@ -134,6 +137,9 @@ def serve(
     if release_after < 0:
         raise ServeError(f"--release-after {release_after:g}: give seconds, or 0 for never")
     check_port_free(settings.host, settings.port)
+    for plugin in registry.installed:  # load_settings refused a configuration naming one
+        if plugin.problem:
+            log.warning("%s; %s", plugin.problem, plugin.fix)
     cache = gate = binder = None
     if not configured(kubeconfig, context):
         log.warning(
@@ -162,13 +168,13 @@ def serve(
         log.info(
             "cache synced: %d nodes, %d bound pods", len(cache.node_names()), cache.pod_count()
         )
-    app = create_app(settings, cache, binder, gate=gate, events=binder)
-    registry = app.state.metrics.registry
+    app = create_app(settings, cache, binder, registry, gate=gate, events=binder)
+    metrics = app.state.metrics.registry
     if cache is not None:
-        registry.register(ClusterCollector(cache.snapshot_copy))
+        metrics.register(ClusterCollector(cache.snapshot_copy))
     if metrics_port is not None:  # for Prometheus, while the verbs may stay on loopback
         check_port_free(metrics_host, metrics_port)
-        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     tls = settings.tls
     log.info(

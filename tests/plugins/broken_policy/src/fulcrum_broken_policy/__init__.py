@@ -1,0 +1,1 @@
+"""Placement-policy plugins that break on purpose."""
