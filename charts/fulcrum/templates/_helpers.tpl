@@ -134,14 +134,19 @@ tolerations:
 - --log-format={{ .Values.log.format }}
 {{- end }}
 
-{{/* The environment of every Fulcrum container: the chart's, the component's own (.env, a
-list of EnvVar), then extraEnv, last so that it can override any of them. */}}
+{{/* The environment of every Fulcrum container: the chart's, the plugins volume on PYTHONPATH
+(with .plugins, when plugins.packages lists any: fulcrum.pluginsInit), the component's own (.env,
+a list of EnvVar), then extraEnv, last so that it can override any of them. */}}
 {{- define "fulcrum.env" -}}
 env:
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
 - name: HOME
   value: /tmp
+{{- if and .plugins .root.Values.plugins.packages }}
+- name: PYTHONPATH
+  value: /opt/fulcrum-plugins
+{{- end }}
 {{- with .env }}
 {{ toYaml . }}
 {{- end }}
@@ -154,4 +159,67 @@ env:
 {{- define "fulcrum.nodeImage" -}}
 {{- $image := .Values.node.image | default dict -}}
 {{ $image.repository | default .Values.image.repository }}:{{ $image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* Plugin packages (values.yaml, plugins): the init container of a pod of the extender, the
+rebuild controller or the webhook that pip-installs them into the volume "plugins"; nothing when
+none are listed. */}}
+{{- define "fulcrum.pluginsInit" -}}
+{{- with .Values.plugins }}
+{{- if .packages }}
+initContainers:
+- name: install-plugins
+  image: {{ .installer.repository }}:{{ .installer.tag }}
+  imagePullPolicy: {{ .installer.pullPolicy }}
+  # --no-deps: Fulcrum and its dependencies are the image's (fulcrum is on no index)
+  command:
+  - python
+  - -m
+  - pip
+  - install
+  - --no-deps
+  - --no-cache-dir
+  - --disable-pip-version-check
+  - --target=/opt/fulcrum-plugins
+  {{- range .pipArgs }}
+  - {{ . | quote }}
+  {{- end }}
+  {{- range .packages }}
+  - {{ . | quote }}
+  {{- end }}
+  env:
+  - name: HOME
+    value: /tmp
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  {{- include "fulcrum.containerSecurityContext" $ | nindent 2 }}
+  volumeMounts:
+  - name: plugins
+    mountPath: /opt/fulcrum-plugins
+  - name: plugins-tmp
+    mountPath: /tmp
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The plugins volume, read-only, in the container of a Fulcrum process (with
+fulcrum.pluginsInit); nothing when no plugin packages are listed. */}}
+{{- define "fulcrum.pluginsMount" -}}
+{{- if .Values.plugins.packages }}
+- name: plugins
+  mountPath: /opt/fulcrum-plugins
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The volumes of fulcrum.pluginsInit; nothing when no plugin packages are listed. */}}
+{{- define "fulcrum.pluginsVolumes" -}}
+{{- if .Values.plugins.packages }}
+- name: plugins
+  emptyDir:
+    sizeLimit: {{ .Values.plugins.sizeLimit }}
+- name: plugins-tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
 {{- end }}
