@@ -321,13 +321,19 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = [
         {"name": n, "builtin": True, "source": "built-in"} for n in sorted(BUILTIN, key=str.lower)
     ]
-    for plugin in registry.installed:
-        row: dict[str, Any] = {"name": plugin.name, "builtin": False, "source": plugin.source}
-        row |= {"distribution": plugin.distribution, "version": plugin.version}
-        row |= {"entry_point": plugin.entry_point, "loaded": not plugin.problem}
-        if plugin.problem:
-            row |= {"problem": plugin.problem, "fix": plugin.fix}
-        rows.append(row)
+    for plugin in registry.installed:  # where each comes from; why one is not loaded
+        rows.append(
+            {
+                "name": plugin.name,
+                "builtin": False,
+                "source": plugin.source,
+                "distribution": plugin.distribution,
+                "version": plugin.version,
+                "entry_point": plugin.entry_point,
+                "loaded": not plugin.problem,
+                **({"problem": plugin.problem, "fix": plugin.fix} if plugin.problem else {}),
+            }
+        )
     lines = [
         f"{r['name']:28} {r['source']}" + ("" if r.get("loaded", True) else "  NOT LOADED")
         for r in rows

@@ -443,17 +443,17 @@ def up(
             f"--python {python}: not an executable; give the bin/python of the virtual "
             "environment where Fulcrum and the plugin packages are installed"
         )
+    reg = registration or ExtenderRegistration(
+        port=port or free_port(),
+        bind_all=_binds_all(extender_config, str(python or "")),
+        nodes_to_score=nodes_to_score,
+    )
     if real_nodes:
         _check_real_nodes(name, real_nodes)
     try:
         binaries = ensure_binaries(log)
     except BinaryError as exc:
         raise ClusterError(str(exc)) from exc
-    reg = registration or ExtenderRegistration(
-        port=port or free_port(),
-        bind_all=_binds_all(extender_config, str(python or "")),
-        nodes_to_score=nodes_to_score,
-    )
     state, config_path = _new_state(name, binaries, reg, extender_config, str(python or ""))
     started = time.monotonic()
     try:

@@ -69,6 +69,23 @@ def test_an_extender_port_in_use_stops_before_anything_starts(
     assert not cluster.state_dir("port-test").exists()
 
 
+def test_an_extender_configuration_naming_no_installed_policy_stops_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FULCRUM_CACHE_DIR", str(tmp_path))
+    config = tmp_path / "extender.yaml"
+    config.write_text("prioritize: [{policy: TenantAfinity}]\n")
+    with pytest.raises(cluster.ClusterError) as refused:
+        cluster.up("config-test", extender_config=config)
+    assert str(refused.value).startswith(
+        "extender configuration: prioritize[0].policy: unknown policy 'TenantAfinity'; "
+        "available: Archimedes"
+    )
+    with pytest.raises(cluster.ClusterError, match=r"--python .*nope: not an executable"):
+        cluster.up("config-test", python=tmp_path / "nope")
+    assert not cluster.state_dir("config-test").exists()
+
+
 def test_an_unknown_cluster_says_how_to_create_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -85,3 +85,24 @@ def test_broken_plugin_names_itself() -> None:
     broken = EntryPoint(name="Broken", value="no_such_module:create", group="fulcrum.policies")
     with pytest.raises(PluginError, match=r"cannot load plugin policy 'Broken' \(no_such_module"):
         load_plugins([broken])
+
+
+def test_a_broken_or_clashing_plugin_is_left_out_and_named_when_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    points = [
+        EntryPoint(name="Broken", value="no_such_module:create", group=registry.ENTRY_POINT_GROUP),
+        EntryPoint(
+            name="fgd", value="policies.random_fit:create", group=registry.ENTRY_POINT_GROUP
+        ),
+    ]
+    monkeypatch.setattr(policies.plugins, "entry_points", lambda *, group: points)
+    found = default_registry()
+    assert found.create("FGD", PolicyContext()).name == "FGD"  # the built-in
+    assert [(p.name, bool(p.problem)) for p in found.installed] == [("Broken", True), ("fgd", True)]
+    with pytest.raises(UnknownPolicyError) as refused:
+        found.canonical("broken")
+    assert str(refused.value).startswith(
+        "cannot load plugin policy 'Broken' (no_such_module:create): ModuleNotFoundError: "
+    )
+    assert "uninstall it (pip uninstall the package of no_such_module)" in str(refused.value)
