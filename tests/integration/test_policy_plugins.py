@@ -172,9 +172,11 @@ def test_a_plugin_with_bad_scores_does_not_take_the_extender_down(
     namespace = f"it-{policy.lower()}"
     api = serving(namespace, policy, "Archimedes")
     create(api, namespace, 2, prefix="pod")
-    wait_bound(api, namespace, 2, timeout=120)
+    wait_bound(api, namespace, 2, timeout=120)  # placed by Archimedes alone
     assert extender_alive(plugins_cluster)
     assert {r["policy"] for r in records(api, namespace).values()} == {f"{policy}:1+Archimedes:1"}
+    log = (cluster.state_dir(plugins_cluster) / "extender.log").read_text()
+    assert f"policy {policy}: " in log  # what was wrong, named
 
 
 def test_tenant_pods_fill_their_tenants_nodes_then_fall_back(serving: Any) -> None:
