@@ -88,6 +88,13 @@ class Metrics:
         if cache is not None:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
             bad.set_function(lambda: len(cache.bad_objects))
+        self.policy_failures = Counter(
+            "fulcrum_policy_failures",
+            "Placement-policy calls that raised or returned bad scores (their scores are left "
+            "out); the log says what was wrong",
+            ["policy"],
+            registry=self.registry,
+        )
         self._passed = self.decisions.labels("passed")
         self._failed = self.decisions.labels("failed")
         self._retried = self.errors.labels("filter", "200", "retry")
@@ -206,6 +213,7 @@ def create_app(
     app = ExtenderApp(title="Fulcrum scheduler extender", docs_url=None, redoc_url=None)
     metrics = Metrics(cache)
     verbs = Verbs(settings, cache, binder, registry, gate=gate, events=events)
+    verbs.decider.on_failure = lambda policy, _: metrics.policy_failures.labels(policy).inc()
     app.state.metrics, app.state.verbs = metrics, verbs
     limit = settings.max_body_bytes
     app.endpoints = {

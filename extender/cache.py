@@ -27,6 +27,7 @@ from kube.resources import (
     node_spec,
     pod_request,
 )
+from scheduler.attributes import NOTHING, Reads
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -125,7 +126,10 @@ class ClusterCache:
     ``snapshot`` across several calls (scoring, then choosing devices); an observer shares it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reads: Reads = NOTHING) -> None:
+        # the node labels, taints and pod attributes the configured policies read
+        # (``extender.decide.declared_reads``); nothing else is kept
+        self.reads = reads
         self.lock = threading.RLock()
         self.snapshot = Snapshot()
         self.unschedulable: set[str] = set()
@@ -179,7 +183,7 @@ class ClusterCache:
     def upsert_node(self, node: objects.Raw) -> None:
         name = objects.name(node)
         try:
-            spec = node_spec(node)
+            spec = node_spec(node, self.reads)
         except ValueError as exc:
             self.bad_objects[f"node/{name}"] = str(exc)
             log.warning("ignoring node %s: %s", name, exc)
@@ -229,7 +233,7 @@ class ClusterCache:
                     self._pending[uid] = replace(self._pending[uid], watched=True)
                 return
         try:
-            request = pod_request(pod)
+            request = pod_request(pod, self.reads)
         except ValueError as exc:
             self._bad_pod(uid, objects.key(pod), f"ignored: {exc}")
             return

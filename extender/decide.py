@@ -8,9 +8,10 @@ internal 0..100 scale, weighted, then mapped to the extender's 0..10 in ``to_ext
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -21,15 +22,19 @@ from extender.cache import ClusterCache
 from extender.record import Decision, counted, ranked
 from extender.wire import MAX_EXTENDER_SCORE
 from policies.registry import Registry
+from scheduler.attributes import NOTHING, Reads, reads_of
 from scheduler.fragmentation import TargetWorkload
 from scheduler.pod import PodRequest
-from scheduler.policy import Policy, PolicyContext
+from scheduler.policy import Policy, PolicyContext, score_problem
 from scheduler.reasons import explain, explain_counts
 from scheduler.score_cache import ScoreCache
 from scheduler.snapshot import CPU_COL, MEMORY_COL, Snapshot
 from scheduler.workload_model import LiveWorkload, WorkloadPrior, node_cpu_per_gpu
 
+log = logging.getLogger(__name__)
+
 WORKLOAD_REFRESH_SECONDS = 30.0
+FAILURE_LOG_SECONDS = 60.0  # a failing policy is logged once a minute, counted every time
 SEEN_REMEMBERED = 100_000
 CORDONED = "node is cordoned (spec.unschedulable)"
 
@@ -54,6 +59,15 @@ def to_extender_scores(scores: NDArray[np.float64]) -> list[int]:
 class WeightedPolicy:
     name: str
     weight: float
+
+
+def declared_reads(registry: Registry, names: Iterable[str]) -> Reads:
+    """What the policies ``names`` read beyond resources (``scheduler.attributes``): what the
+    cluster cache must keep for them."""
+    reads = NOTHING
+    for name in names:
+        reads |= reads_of(registry.create(name, PolicyContext()))
+    return reads
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,10 @@ class Decider:
         self._built: tuple[float, int, list[tuple[Policy, float]]] | None = None
         self._score_caches: list[ScoreCache] = []
         self._row_index: tuple[int, Snapshot | None, dict[str, int]] = (-1, None, {})
+        self.reads = declared_reads(registry, (w.name for w in self.weights))
+        # a policy that raised or returned bad scores: its name and what was wrong
+        self.on_failure: Callable[[str, str], None] = lambda policy, problem: None
+        self._failure_logged: dict[str, float] = {}
 
     def arrived(self, uid: str, pod: PodRequest) -> None:
         """kube-scheduler asks about pod ``uid``: the first time, it counts as an arrival."""
@@ -174,7 +192,7 @@ class Decider:
         rows, missing = self._rows(snapshot, names)
         fit = snapshot.feasible(pod)
         for policy, _ in self.policies():
-            fit = fit & policy.filter(snapshot, pod)
+            fit = fit & self._vetted_filter(policy, snapshot, pod)
         index = rows[rows >= 0]
         cordoned = np.zeros(index.size, dtype=np.bool_)
         unschedulable = self.cache.unschedulable if self.cache else set()
@@ -221,12 +239,55 @@ class Decider:
         policies = self.policies()
         for (policy, weight), cache in zip(policies, self._score_caches, strict=True):
             # a throw-away snapshot (no cluster cache) must not poison the per-shape caches
-            scores = (
-                cache.scores(policy, snapshot, pod) if self.cache else policy.score(snapshot, pod)
-            )
+            try:
+                scores = (
+                    cache.scores(policy, snapshot, pod)
+                    if self.cache
+                    else policy.score(snapshot, pod)
+                )
+                problem = score_problem(scores, snapshot.num_nodes)
+            except Exception as exc:  # a plugin's bug must not take the extender down
+                problem = f"score raised {type(exc).__name__}: {exc}"
+            if problem:  # the other policies decide this pod
+                self._failed(policy, problem)
+                continue
             total += weight * scores
             weight_sum += weight
         return total / weight_sum if weight_sum else total
+
+    def _vetted_filter(
+        self, policy: Policy, snapshot: Snapshot, pod: PodRequest
+    ) -> NDArray[np.bool_]:
+        """``policy.filter``, or every node if it raised or returned something else than one
+        bool per node."""
+        try:
+            keep = policy.filter(snapshot, pod)
+            shape = getattr(keep, "shape", None)
+            if (
+                isinstance(keep, np.ndarray)
+                and shape == (snapshot.num_nodes,)
+                and keep.dtype == bool
+            ):
+                return keep
+            problem = f"filter must return one bool per node ({snapshot.num_nodes},)"
+        except Exception as exc:
+            problem = f"filter raised {type(exc).__name__}: {exc}"
+        self._failed(policy, problem)
+        return np.ones(snapshot.num_nodes, dtype=np.bool_)
+
+    def _failed(self, policy: Policy, problem: str) -> None:
+        name = getattr(policy, "name", type(policy).__name__)
+        self.on_failure(name, problem)
+        now = time.monotonic()
+        if now - self._failure_logged.get(name, -FAILURE_LOG_SECONDS) >= FAILURE_LOG_SECONDS:
+            self._failure_logged[name] = now
+            log.error(
+                "policy %s: %s; its scores are left out (the other policies decide) until it "
+                "is fixed: run policies.conformance.check_policy on it "
+                "(fulcrum_policy_failures_total counts each failure)",
+                name,
+                problem,
+            )
 
     def prioritize(
         self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str]

@@ -34,6 +34,7 @@ from kube.eligibility import bind_reason
 from kube.names import InvalidName, check_object
 from kube.resources import BIND, node_spec, pod_request
 from policies.registry import Registry, default_registry
+from scheduler.attributes import Reads
 from scheduler.pod import PodRequest
 from scheduler.snapshot import Snapshot
 
@@ -49,9 +50,9 @@ class BadRequest(Exception):
         self.status, self.message = status, message
 
 
-def _pod(args: ExtenderArgs | ExtenderPreemptionArgs) -> PodRequest:
+def _pod(args: ExtenderArgs | ExtenderPreemptionArgs, reads: Reads) -> PodRequest:
     try:
-        return pod_request(args.Pod)
+        return pod_request(args.Pod, reads)
     except ValueError as exc:
         raise BadRequest(422, f"Pod: {exc}") from exc
 
@@ -70,12 +71,12 @@ def _node_names(args: ExtenderArgs) -> list[str]:
     return names
 
 
-def _snapshot_of(args: ExtenderArgs) -> Snapshot:
+def _snapshot_of(args: ExtenderArgs, reads: Reads) -> Snapshot:
     """A throw-away snapshot of the request's Nodes, for an extender without a cluster cache."""
     snapshot = Snapshot(capacity=len(args.Nodes.items) if args.Nodes else 1)
     for i, node in enumerate(args.Nodes.items if args.Nodes else []):
         try:
-            snapshot.add_node(node["metadata"]["name"], **node_spec(node))
+            snapshot.add_node(node["metadata"]["name"], **node_spec(node, reads))
         except (ValueError, KeyError) as exc:
             raise BadRequest(422, f"Nodes.items[{i}]: {exc}") from exc
     return snapshot
@@ -141,6 +142,11 @@ class Verbs:
             settings.workload_prior.prior(),
             record=settings.decision_record,
         )
+        if cache is not None and (cache.reads | self.decider.reads) != cache.reads:
+            raise ValueError(
+                f"the cache keeps {cache.reads.describe()}, the policies read "
+                f"{self.decider.reads.describe()}: ClusterCache(reads=declared_reads(...))"
+            )
         self.binds = (
             BindService(cache, binder, self.decider.devices, gate) if cache and binder else None
         )
@@ -159,7 +165,7 @@ class Verbs:
                     "NodeNames given but this extender has no cluster cache: run it with "
                     "--kubeconfig, or set nodeCacheCapable: false so the scheduler sends Nodes",
                 )
-            yield _snapshot_of(args)
+            yield _snapshot_of(args, self.decider.reads)
             return
         with self.cache.lock:
             yield self.cache.snapshot
@@ -175,7 +181,7 @@ class Verbs:
         wait is the result's Error, which kube-scheduler retries after its back-off."""
         names = _node_names(args)
         try:
-            pod = pod_request(args.Pod)
+            pod = pod_request(args.Pod, self.decider.reads)
         except ValueError as exc:  # kube-scheduler shows node reasons, not an Error's text
             return _nowhere(args, names, f"Pod: {exc}")
         pending = None
@@ -259,7 +265,7 @@ class Verbs:
 
     def prioritize(self, args: ExtenderArgs) -> list[tuple[str, int]]:
         """(host, 0..10 score) per node, in the request's order (a HostPriorityList)."""
-        pod, names = _pod(args), _node_names(args)
+        pod, names = _pod(args, self.decider.reads), _node_names(args)
         with self._view(args) as snapshot:
             scores, internal = self.decider.prioritize(snapshot, pod, names)
         if self.settings.decision_record:
@@ -323,7 +329,7 @@ class Verbs:
                 "preempt needs a cluster cache: run the extender with --kubeconfig, or remove "
                 "preemptVerb from the scheduler's extender configuration",
             )
-        pod = _pod(args)
+        pod = _pod(args, self.decider.reads)
         try:
             candidates, priority = candidates_from_wire(args.model_dump())
         except ValueError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
+from scheduler.attributes import NOTHING, PodAttributes, Reads, Taint
 from scheduler.pod import GPU_MILLI, PodRequest, effective_request, pod_request_from_resources
 
 CPU = "cpu"
@@ -150,8 +151,9 @@ def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return annotations
 
 
-def pod_request(pod: Mapping[str, Any]) -> PodRequest:
-    """The pod's effective request; GPU shares come from ``fulcrum.io/gpu-milli``."""
+def pod_request(pod: Mapping[str, Any], reads: Reads = NOTHING) -> PodRequest:
+    """The pod's effective request; GPU shares come from ``fulcrum.io/gpu-milli``. With
+    ``reads.pod`` (a configured policy reads them) it carries the pod's attributes."""
     requests = pod_requests(pod)
     annotations = _annotations(pod)
     gpu_count = requests.get(GPU, 0)
@@ -176,8 +178,50 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
     models = gpu_models(annotations)
     scalars = {k: v for k, v in requests.items() if k not in (GPU, PODS, BIND)}
     return pod_request_from_resources(
-        scalars, gpu_count=gpu_count, gpu_milli=gpu_milli, gpu_models=models
+        scalars,
+        gpu_count=gpu_count,
+        gpu_milli=gpu_milli,
+        gpu_models=models,
+        attributes=pod_attributes(pod) if reads.pod else None,
     )
+
+
+def _strings(value: Any, field: str) -> Mapping[str, str]:
+    mapping = _mapping(value, field)
+    for key, item in mapping.items():
+        if not isinstance(item, str):
+            raise QuantityError(f"{field}.{key}: expected a string, got {type(item).__name__}")
+    return mapping
+
+
+def pod_attributes(pod: Mapping[str, Any]) -> PodAttributes:
+    """What a policy declaring ``Reads(pod=True)`` sees of ``pod``: labels, namespace,
+    priority and its controller."""
+    meta = _mapping(pod.get("metadata"), "metadata")
+    priority = _mapping(pod.get("spec"), "spec").get("priority") or 0
+    if not isinstance(priority, int):
+        raise QuantityError(f"spec.priority: expected an integer, got {priority!r}")
+    owners = _list(meta.get("ownerReferences"), "metadata.ownerReferences")
+    owner = next((o for o in owners if isinstance(o, Mapping) and o.get("controller")), {})
+    return PodAttributes(
+        namespace=str(meta.get("namespace") or ""),
+        labels=tuple(sorted(_strings(meta.get("labels"), "metadata.labels").items())),
+        priority=priority,
+        owner_kind=str(owner.get("kind") or ""),
+        owner_name=str(owner.get("name") or ""),
+        owner_uid=str(owner.get("uid") or ""),
+    )
+
+
+def node_taints(node: Mapping[str, Any]) -> list[Taint]:
+    taints = _list(_mapping(node.get("spec"), "spec").get("taints"), "spec.taints")
+    out = []
+    for i, taint in enumerate(taints):
+        t = _mapping(taint, f"spec.taints[{i}]")
+        if not isinstance(t.get("key"), str) or not t["key"]:
+            raise QuantityError(f"spec.taints[{i}].key: expected a non-empty string")
+        out.append(Taint(t["key"], str(t.get("value") or ""), str(t.get("effect") or "")))
+    return out
 
 
 def gpu_models(annotations: Mapping[str, str]) -> list[str]:
@@ -256,11 +300,17 @@ def devices_on_node(devices: tuple[int, ...], node_gpus: int, node: str) -> None
         )
 
 
-def node_spec(node: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of ``Snapshot.add_node`` for a Kubernetes node."""
+def node_spec(node: Mapping[str, Any], reads: Reads = NOTHING) -> dict[str, Any]:
+    """Keyword arguments of ``Snapshot.add_node`` for a Kubernetes node, with the labels and
+    taints that ``reads`` names (what the configured policies declared)."""
     allocatable = node_allocatable(node)
     labels = _mapping(_mapping(node.get("metadata"), "metadata").get("labels"), "labels")
-    return {
+    spec: dict[str, Any] = {}
+    if reads.labels:
+        spec["labels"] = {k: str(labels[k]) for k in reads.labels if k in labels}
+    if reads.taints:
+        spec["taints"] = node_taints(node)
+    return spec | {
         "cpu_milli": allocatable.get(CPU, 0),
         "memory": allocatable.get(MEMORY, 0),
         "ephemeral_storage": allocatable.get(EPHEMERAL, 0),

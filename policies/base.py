@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from scheduler.attributes import NOTHING, Reads
 from scheduler.pod import GPU_MILLI, PodRequest
 from scheduler.policy import MAX_SCORE, MIN_SCORE
 from scheduler.snapshot import Snapshot
@@ -22,6 +23,7 @@ class PolicyBase:
 
     name: str = ""
     node_local: bool = True
+    reads: Reads = NOTHING
 
     def score(self, snapshot: Snapshot, pod: PodRequest) -> FloatArray:
         raise NotImplementedError

@@ -14,30 +14,53 @@ and checks, for every pod:
 - deterministic for a seed: two instances built from the same context give
   the same scores and the same choices;
 - never an infeasible node: the chosen node and devices fit the pod;
-- ``node_local`` is honest: scoring a subset of nodes gives the same values.
+- ``node_local`` is honest: scoring a subset of nodes gives the same values;
+- ``reads``, if declared, is a ``scheduler.attributes.Reads``.
+
+The clusters carry zone, instance-type and tenant labels and a few taints, and the pods
+labels, a namespace, a priority and an owner, so policies that read attributes
+(``scheduler.attributes``) are exercised too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from scheduler.attributes import INSTANCE_TYPE, ZONE, PodAttributes, Taint, reads_of
 from scheduler.fragmentation import TargetWorkload
 from scheduler.pod import GPU_MILLI, MIB, PodRequest
-from scheduler.policy import MAX_SCORE, MIN_SCORE, Policy, PolicyContext, PolicyFactory
+from scheduler.policy import Policy, PolicyContext, PolicyFactory, score_problem
 from scheduler.select import choose_node
 from scheduler.snapshot import Snapshot
 
 MODELS = ("A100", "T4", "V100")
+TENANT = "fulcrum.io/tenant"  # a node label the random clusters carry, beside zone and type
 
 
 class ConformanceError(AssertionError):
     """A policy broke one of the rules above; the message says which and where."""
 
 
+def random_attributes(rng: np.random.Generator) -> PodAttributes:
+    """A pod's namespace, labels, priority and owner (one of eight ReplicaSets, or none)."""
+    owner = int(rng.integers(9))
+    tenant = str(rng.choice(["a", "b", "c"]))
+    return PodAttributes(
+        namespace=str(rng.choice(["default", "team-a"])),
+        labels=(("app", f"app-{owner}"), ("tenant", tenant)) if owner else (),
+        priority=int(rng.choice([0, 1000])),
+        owner_kind="ReplicaSet" if owner else "",
+        owner_name=f"rs-{owner}" if owner else "",
+        owner_uid=f"uid-{owner}" if owner else "",
+    )
+
+
 def random_pod(rng: np.random.Generator) -> PodRequest:
+    """A random pod; ``with_attributes`` below gives it attributes."""
     kind = rng.integers(4)
     cpu = int(rng.choice([0, 500, 1000, 4000, 16000]))
     memory = int(rng.choice([0, 512, 4096, 32768])) * MIB
@@ -60,10 +83,17 @@ def random_pod(rng: np.random.Generator) -> PodRequest:
     )
 
 
+def with_attributes(pod: PodRequest, rng: np.random.Generator) -> PodRequest:
+    return replace(pod, attributes=random_attributes(rng))
+
+
 def random_snapshot(rng: np.random.Generator, nodes: int = 40) -> Snapshot:
+    """Random nodes in three zones, some labelled for a tenant, a few tainted, partly filled
+    by pods of eight owners."""
     snapshot = Snapshot()
     for i in range(nodes):
         gpus = int(rng.choice([0, 1, 2, 4, 8]))
+        tenant = str(rng.choice(["a", "b", ""]))
         snapshot.add_node(
             f"node-{i:03d}",
             cpu_milli=int(rng.choice([8000, 32000, 96000])),
@@ -71,9 +101,12 @@ def random_snapshot(rng: np.random.Generator, nodes: int = 40) -> Snapshot:
             ephemeral_storage=100 << 30,
             gpu_count=gpus,
             gpu_model=str(rng.choice(MODELS)) if gpus else None,
+            labels={ZONE: f"zone-{i % 3}", INSTANCE_TYPE: f"type-{gpus}"}
+            | ({TENANT: tenant} if tenant else {}),
+            taints=[Taint("dedicated", "gpu", "NoSchedule")] if i % 7 == 0 else [],
         )
     for j in range(nodes * 2):
-        pod = random_pod(rng)
+        pod = with_attributes(random_pod(rng), rng)
         fits = np.flatnonzero(snapshot.feasible(pod))
         if fits.size:
             row = int(rng.choice(fits))
@@ -104,14 +137,11 @@ def _fail(name: str, seed: int, pod: PodRequest, message: str) -> ConformanceErr
 
 def _score_problem(snapshot: Snapshot, scores: Any, again: Any) -> str:
     """What is wrong with one policy's ``scores`` (``again``: a second instance's), or ""."""
-    if not isinstance(scores, np.ndarray) or scores.shape != (snapshot.num_nodes,):
-        return f"score must return shape ({snapshot.num_nodes},)"
+    problem = score_problem(scores, snapshot.num_nodes)
+    if problem:
+        return problem
     if not np.issubdtype(scores.dtype, np.floating):
         return f"scores must be floats, got {scores.dtype}"
-    if not np.all(np.isfinite(scores)):
-        return "scores must be finite"
-    if scores.min() < MIN_SCORE or scores.max() > MAX_SCORE:
-        return f"scores out of 0..100: {scores.min()}..{scores.max()}"
     if not np.array_equal(scores, again):
         return "two instances with the same seed disagree"
     if any(
@@ -140,8 +170,12 @@ def check_policy(
         name = getattr(first, "name", type(first).__name__)
         if not isinstance(first, Policy):
             raise ConformanceError(f"policy {name!r} does not implement scheduler.policy.Policy")
+        try:
+            reads_of(first)
+        except TypeError as exc:
+            raise ConformanceError(str(exc)) from None
         for _ in range(pods_per_seed):
-            pod = random_pod(rng)
+            pod = with_attributes(random_pod(rng), rng)
             before = _state(snapshot)
             pod_before = PodRequest(**{f: getattr(pod, f) for f in PodRequest.__slots__})
             scores = first.score(snapshot, pod)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from scheduler.attributes import PodAttributes
+
 MIB = 1 << 20
 GPU_MILLI = 1000
 
@@ -31,7 +33,9 @@ class PodRequest:
     ``(name, quantity)`` pairs so that the request stays hashable.
 
     Two requests with the same fields are the same *shape*; the simulator uses
-    that to reuse scores.
+    that to reuse scores. ``attributes`` (labels, namespace, priority, owner) is not part of
+    the shape: it is set only when a configured policy declared it reads it
+    (``scheduler.attributes.Reads``).
     """
 
     cpu_milli: int = 0
@@ -41,6 +45,7 @@ class PodRequest:
     gpu_milli: int = 0
     gpu_models: frozenset[str] = field(default_factory=frozenset)
     extended: tuple[tuple[str, int], ...] = ()
+    attributes: PodAttributes | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("cpu_milli", "memory", "ephemeral_storage", "gpu_count", "gpu_milli"):
@@ -109,6 +114,7 @@ def pod_request_from_resources(
     gpu_count: int = 0,
     gpu_milli: int = GPU_MILLI,
     gpu_models: Iterable[str] = (),
+    attributes: PodAttributes | None = None,
 ) -> PodRequest:
     """Build a :class:`PodRequest` from an effective-request mapping.
 
@@ -127,4 +133,5 @@ def pod_request_from_resources(
         gpu_milli=gpu_milli if gpu_count else 0,
         gpu_models=frozenset(gpu_models),
         extended=extended,
+        attributes=attributes,
     )

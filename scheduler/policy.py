@@ -35,6 +35,10 @@ class Policy(Protocol):
     - ``node_local`` promises that a node's score depends only on that node's
       row and the pod, so callers may cache per node and rescore only nodes
       that changed.
+
+    Optionally, ``reads`` (a ``scheduler.attributes.Reads``) declares what the policy
+    reads beyond resources: node labels, taints, the pod's attributes. Only declared
+    attributes are kept; a policy without ``reads`` sees resources only.
     """
 
     name: str
@@ -45,6 +49,27 @@ class Policy(Protocol):
     def filter(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.bool_]: ...
 
     def select_devices(self, snapshot: Snapshot, row: int, pod: PodRequest) -> tuple[int, ...]: ...
+
+
+def score_problem(scores: object, nodes: int) -> str:
+    """What is wrong with a policy's ``scores`` of ``nodes`` nodes, or "": they must be a numpy
+    array of one finite number per node within 0..100."""
+    if not isinstance(scores, np.ndarray) or scores.shape != (nodes,):
+        got = getattr(scores, "shape", type(scores).__name__)
+        return f"score must return an array of shape ({nodes},), one value per node; got {got}"
+    if not np.issubdtype(scores.dtype, np.number) or np.issubdtype(
+        scores.dtype, np.complexfloating
+    ):
+        return f"scores must be real numbers, got dtype {scores.dtype}"
+    if nodes == 0:
+        return ""
+    finite = np.isfinite(scores)
+    if not finite.all():
+        return f"scores must be finite: {int(nodes - finite.sum())} are NaN or infinite"
+    low, high = float(scores.min()), float(scores.max())
+    if low < MIN_SCORE or high > MAX_SCORE:
+        return f"scores out of 0..100: {low:g}..{high:g} (clip them: policies.base.clip_scores)"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)

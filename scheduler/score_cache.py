@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from scheduler.attributes import reads_of
 from scheduler.pod import PodRequest
 from scheduler.policy import Policy
 from scheduler.snapshot import Snapshot
@@ -28,9 +29,10 @@ class ScoreCache:
         """``policy.score(snapshot, pod)``, rescoring only changed nodes when possible.
 
         Returns an array owned by the cache: copy it before modifying it.
-        Falls back to a full score for policies that are not ``node_local``.
+        Falls back to a full score for policies that are not ``node_local`` or that read
+        attributes (two pods of one shape may differ in labels or owner).
         """
-        if not policy.node_local:
+        if not policy.node_local or reads_of(policy):
             return np.asarray(policy.score(snapshot, pod), dtype=np.float64)
         if snapshot.layout != self._layout:
             self._entries.clear()

@@ -16,12 +16,13 @@ views for speed, so writing into them is a bug the conformance suite catches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from scheduler.attributes import LabelColumn, NodeAttributes, Taint
 from scheduler.pod import BASE_RESOURCES, GPU_MILLI, PodRequest
 
 CPU_COL, MEMORY_COL, EPHEMERAL_COL, PODS_COL = 0, 1, 2, 3
@@ -111,6 +112,7 @@ class Snapshot:
         self._version = 0
         self._layout = 0
         self._supply: tuple[int, dict[str, int]] | None = None
+        self._attributes = NodeAttributes()
 
     # ------------------------------------------------------------------ reads
     @property
@@ -200,6 +202,35 @@ class Snapshot:
     def pods_on(self, node: str) -> frozenset[str]:
         return frozenset(self._pods_by_node.get(node, ()))
 
+    # ------------------------------------------------- attributes (scheduler.attributes)
+    def label_column(self, key: str) -> LabelColumn:
+        """Label ``key`` over the rows as integer codes (-1: the node lacks it); only keys some
+        policy declared in its ``reads`` are kept, others read as absent everywhere."""
+        return self._attributes.column(key, self._names, self._layout)
+
+    def taints(self, row: int) -> tuple[Taint, ...]:
+        """Node ``row``'s taints (empty unless some policy declared ``Reads(taints=True)``)."""
+        return self._attributes.taints.get(self._names[row], ())
+
+    def has_taint(
+        self, key: str, effects: Iterable[str] = ("NoSchedule", "NoExecute")
+    ) -> BoolArray:
+        """Rows with a taint ``key`` of one of ``effects``."""
+        wanted = set(effects)
+        marks = self._attributes.taints
+        return np.fromiter(
+            (
+                any(t.key == key and t.effect in wanted for t in marks.get(n, ()))
+                for n in self._names
+            ),
+            dtype=np.bool_,
+            count=self._n,
+        )
+
+    def owner_counts(self, owner: str) -> IntArray:
+        """Per row, the placed pods whose ``attributes.owner`` is ``owner``."""
+        return self._attributes.owner_counts(owner, self._index, self._n)
+
     # -------------------------------------------------------------- node CRUD
     def add_node(
         self,
@@ -212,10 +243,13 @@ class Snapshot:
         gpu_count: int = 0,
         gpu_model: str | None = None,
         extended: Mapping[str, int] | None = None,
+        labels: Mapping[str, str] | None = None,
+        taints: Sequence[Taint] = (),
     ) -> int:
         """Add a node with its *allocatable* resources (after system reservation).
 
-        ``memory`` and ``ephemeral_storage`` are bytes. Returns the row index.
+        ``memory`` and ``ephemeral_storage`` are bytes; ``labels`` and ``taints`` are what
+        policies declared they read (``scheduler.attributes``). Returns the row index.
         """
         if name in self._index:
             raise ValueError(f"node {name!r} already exists")
@@ -227,6 +261,7 @@ class Snapshot:
         self._index[name] = row
         self._pods_by_node[name] = set()
         self._layout += 1
+        self._attributes.set_node(name, labels, taints)
         self._write_node(
             row, cpu_milli, memory, ephemeral_storage, max_pods, gpu_count, gpu_model, extended
         )
@@ -245,6 +280,8 @@ class Snapshot:
         gpu_count: int = 0,
         gpu_model: str | None = None,
         extended: Mapping[str, int] | None = None,
+        labels: Mapping[str, str] | None = None,
+        taints: Sequence[Taint] = (),
     ) -> None:
         """Change a node's allocatable resources, keeping the pods on it.
 
@@ -253,6 +290,7 @@ class Snapshot:
         """
         row = self._index[name]
         self._layout += 1
+        self._attributes.set_node(name, labels, taints)
         used = self._allocatable[row] - self._free[row]
         old_gpu_count = int(self._gpu_count[row])
         gpu_used = GPU_MILLI - self._gpu_free[row, :old_gpu_count]
@@ -271,6 +309,7 @@ class Snapshot:
         dropped = sorted(self._pods_by_node.pop(name, set()))
         for key in dropped:
             del self._pods[key]
+        self._attributes.remove_node(name)
         last = self._n - 1
         if row != last:
             for array in self._row_arrays():
@@ -386,6 +425,8 @@ class Snapshot:
             if check and self._gpu_free[row, j] < pod.gpu_milli:
                 raise ValueError(f"device {j} of node {node!r} lacks {pod.gpu_milli} milli")
         self._apply(row, pod, devices, -1)
+        if pod.attributes is not None and pod.attributes.owner:
+            self._attributes.placed(pod.attributes.owner, node, +1)
         placement = Placement(node, pod, tuple(devices))
         self._pods[key] = placement
         self._pods_by_node[node].add(key)
@@ -396,6 +437,9 @@ class Snapshot:
         placement = self._pods.pop(key)
         self._pods_by_node[placement.node].discard(key)
         self._apply(self._index[placement.node], placement.pod, placement.devices, +1)
+        attributes = placement.pod.attributes
+        if attributes is not None and attributes.owner:
+            self._attributes.placed(attributes.owner, placement.node, -1)
         return placement
 
     # ---------------------------------------------------------------- copies
@@ -423,6 +467,7 @@ class Snapshot:
         other._pods_by_node = {k: set(v) for k, v in self._pods_by_node.items()}
         other._version, other._layout = self._version, self._layout
         other._supply = self._supply
+        other._attributes = self._attributes.copy()
         return other
 
     def take(self, rows: NDArray[np.intp]) -> Snapshot:
@@ -451,6 +496,7 @@ class Snapshot:
         other._layout = self._layout
         self.gpu_supply_by_model()
         other._supply = self._supply
+        other._attributes = NodeAttributes(self._attributes.labels, self._attributes.taints)
         return other
 
     # -------------------------------------------------------------- internals

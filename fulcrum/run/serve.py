@@ -24,6 +24,7 @@ from extender.apiserver import KubeBinder
 from extender.app import create_app
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
+from extender.decide import declared_reads
 from extender.rebuild_gate import RebuildGate
 from fulcrum.inspect.inspection import ClusterCollector
 from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
@@ -34,6 +35,7 @@ from kube.informer import ACTIVE_PODS, Informer
 from policies.registry import Registry
 from rebuild.release import RELEASE_AFTER_SECONDS, Releaser
 from rebuild.writes import Writes
+from scheduler.attributes import NOTHING, Reads
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +69,19 @@ def has_reservations(api: Any) -> bool:
 
 
 def start_cache(
-    api: Any, *, hooks: HookRegistry | None = None, sync_timeout: float = 120
+    api: Any,
+    *,
+    hooks: HookRegistry | None = None,
+    sync_timeout: float = 120,
+    reads: Reads = NOTHING,
 ) -> tuple[ClusterCache, RebuildGate, list[Informer]]:
     """The extender's cache and rebuild gate, fed by informers and synced.
 
     The gate is the Reservations' sink when their CRD is installed. ``hooks``: the rebuild
     hooks the controller knows, for the eligibility rule (default: built-ins and plugins).
+    ``reads``: the node labels, taints and pod attributes the policies read.
     """
-    cache = ClusterCache()
+    cache = ClusterCache(reads)
     gate = RebuildGate(cache, hooks)
     informers = [
         Informer("nodes", api.list_node, cache),
@@ -148,7 +155,8 @@ def serve(
         )
     else:
         api = core_api(kubeconfig, context)
-        cache, gate, _ = start_cache(api)
+        names = [p.policy for p in settings.prioritize]
+        cache, gate, _ = start_cache(api, reads=declared_reads(registry, names))
         binder = KubeBinder(api.api_client.configuration)
         if release_after > 0:
             namespace, name = rebuild_lease

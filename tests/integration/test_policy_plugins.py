@@ -34,7 +34,6 @@ PACKAGES = [
     ROOT / "examples" / "fulcrum-zone-spread",
     ROOT / "tests" / "plugins" / "broken_policy",
 ]
-PACKAGES = [p for p in PACKAGES if p.exists()]  # TODO(i32): drop once the examples are on main
 CPU_NODES = [f"kwok-node-{i:05d}" for i in range(4)]
 GPU_NODES = [f"kwok-gpu-{i:05d}" for i in range(2)]
 NODE = {"cpu": "8", "memory": "32Gi"}  # room for four pods of 2 CPUs

@@ -1,0 +1,1 @@
+"""TenantAffinity: a Fulcrum placement-policy plugin."""

@@ -1,0 +1,1 @@
+"""ZoneSpread: a Fulcrum placement-policy plugin."""
