@@ -19,11 +19,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from fulcrum.harness import cluster, processes
+from fulcrum.harness import chart, cluster, processes
 from fulcrum.lab import rebuild_run as rr
 from fulcrum.lab.workload import PodShape, ensure_namespace, pod_manifest, wait_bound
 from kube.api import DECISION
+from tests.integration.test_deploy_dryrun import Kubectl
 from tests.pluginenv import fresh_venv
+from tests.unit.test_chart import helm
+
+__all__ = ["helm"]  # the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +204,28 @@ def test_zone_spread_spreads_a_deployment_over_the_zones(serving: Any) -> None:
     zone_of = {node: zone for zone, nodes in ZONES.items() for node in nodes}
     assert Counter(zone_of[n] for n in placement.values()) == dict.fromkeys(ZONES, 2), placement
     assert {r["policy"] for r in records(api, "it-zones").values()} == {"ZoneSpread"}
+
+
+def test_the_charts_plugin_installer_passes_pod_security_restricted(
+    plugins_cluster: str, helm: Path, tmp_path: Path
+) -> None:
+    """The init container (plugins.packages) through the apiserver's validation and Pod
+    Security admission, in the "restricted" namespace the chart creates (kwok runs no
+    containers: tests/unit/test_chart_plugins.py runs its pip command)."""
+    namespace = "fulcrum-plugins-it"
+    sets = ["namespace.create=true", "webhook.certificate.source=secret"]
+    sets.append("plugins.packages={fulcrum-tenant-affinity==0.1.0}")
+    rendered = chart.split_sources(chart.template(helm, namespace=namespace, set_values=sets))
+    files = {}
+    for source in ("namespace.yaml", "deployment.yaml", "rebuild.yaml", "webhook.yaml"):
+        files[source] = tmp_path / source
+        files[source].write_text(rendered[f"templates/{source}"])
+    state = cluster.load_state(plugins_cluster)
+    kubectl = Kubectl(state.kubectl, cluster.kubeconfig_path(plugins_cluster))
+    kubectl.ok("apply", "-f", str(files.pop("namespace.yaml")))
+    paths = [arg for path in files.values() for arg in ("-f", str(path))]
+    result = kubectl.run("apply", "--dry-run=server", *paths)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "PodSecurity" not in result.stderr, result.stderr
+    for deployment in ("fulcrum-scheduler", "fulcrum-rebuild", "fulcrum-webhook"):
+        assert f"deployment.apps/{deployment} created (server dry run)" in result.stdout
