@@ -159,7 +159,7 @@ def annotation_problems(
     try:
         named_hooks(annotations)
     except ValueError as exc:
-        problems.append(f"{where}.annotations[fulcrum.io/rebuild-hooks]: {exc}")
+        problems.append(f"{where}.annotations[{ANNOTATION}]: {exc}")
     pod = {"metadata": {"annotations": annotations}, "spec": spec or {}}
     try:
         request = pod_request(pod)
@@ -286,7 +286,7 @@ def plugin_hook_warnings(where: str, annotations: Mapping[str, str]) -> list[str
         return []  # a problem, reported as such
     builtin = {name.lower() for name in BUILTIN}
     return [
-        f"{where}.annotations[fulcrum.io/rebuild-hooks]: {name!r} is not a built-in rebuild "
+        f"{where}.annotations[{ANNOTATION}]: {name!r} is not a built-in rebuild "
         f"hook: the rebuild controller refuses this pod (an Event) unless it has it; if it does "
         f"not, {INSTALL_HINT}"
         for name in dict.fromkeys(names)
