@@ -27,7 +27,6 @@ from admission.ippools import PoolLister
 from admission.review import Decision, mutate, response, validate
 from kube import api
 from kube.asgi import BodyError, read_body
-from kube.hooks import HookRegistry, default_hook_registry
 from kube.metrics import standard_registry
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ def _reply(status: int, body: Any, headers: dict[str, str] | None = None) -> Res
 
 
 def create_app(
-    hooks: HookRegistry | None = None,
     *,
     scheduler_name: str = api.SCHEDULER_NAME,
     trusted_users: Iterable[str] = (),
@@ -58,7 +56,6 @@ def create_app(
     ``registry``: what ``/metrics`` serves (the process adds its certificate's expiry to it);
     by default a new ``standard_registry``.
     """
-    hook_registry = hooks if hooks is not None else default_hook_registry()
     trusted = frozenset(trusted_users)
     metrics = registry if registry is not None else standard_registry("webhook")
     reviews = Counter(
@@ -110,15 +107,11 @@ def create_app(
 
     @app.post("/mutate")
     async def mutate_endpoint(request: Request) -> Response:
-        return await review(
-            request, lambda req: mutate(req, hook_registry, scheduler_name=scheduler_name)
-        )
+        return await review(request, lambda req: mutate(req, scheduler_name=scheduler_name))
 
     @app.post("/validate")
     async def validate_endpoint(request: Request) -> Response:
-        return await review(
-            request, lambda req: validate(req, hook_registry, trusted=trusted, pools=pools)
-        )
+        return await review(request, lambda req: validate(req, trusted=trusted, pools=pools))
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -14,7 +14,9 @@
 - ``validate``: the ``fulcrum.io/*`` annotations of a pod, or of the pod template of a
   Deployment, StatefulSet or ReplicaSet, read by the parsers the controller and the extender
   use (``kube.api.read_options``, ``kube.api.written_problems``, ``kube.hooks``,
-  ``kube.resources``): a bad value is denied with the field and the allowed values. Warnings for
+  ``kube.resources``): a bad value is denied with the field and the allowed values. Rebuild
+  hooks are the controller's to know (``kube.hooks``): a well-spelt name is allowed, with a
+  warning when it is not built in, and the controller refuses one it lacks. Warnings for
   what is legal but will not do what the user wants (a surge rollout of an opted-in Deployment,
   the opt-in on the workload's own metadata).
 
@@ -42,7 +44,7 @@ import orjson
 from admission import prepull
 from admission.ippools import PoolLister, ippool_refusal
 from kube import api, eligibility
-from kube.hooks import HookRegistry, default_hook_registry, hooks_for
+from kube.hooks import ANNOTATION, BUILTIN, INSTALL_HINT, named_hooks
 from kube.resources import BIND, assigned_devices, marked_for_bind, pod_request
 
 PREFIX = "fulcrum.io/"
@@ -76,16 +78,10 @@ def _fulcrum(annotations: Mapping[str, str]) -> list[str]:
     return sorted(k for k in annotations if k.startswith(PREFIX))
 
 
-def mutate(
-    request: Obj,
-    hooks: HookRegistry | None = None,
-    *,
-    scheduler_name: str = api.SCHEDULER_NAME,
-) -> Decision:
+def mutate(request: Obj, *, scheduler_name: str = api.SCHEDULER_NAME) -> Decision:
     """Route a pod to fulcrum-scheduler, mark it for Fulcrum's bind if it needs it, guard it for
-    local rebuild (see the module docstring). ``hooks``: the rebuild hooks installed (default:
-    the built-ins and installed plugins); ``scheduler_name``: the kube-scheduler profile that
-    calls this release's extender (the chart's ``schedulerName``)."""
+    local rebuild (see the module docstring). ``scheduler_name``: the kube-scheduler profile
+    that calls this release's extender (the chart's ``schedulerName``)."""
     if (request.get("kind") or {}).get("kind") == "Deployment":
         return Decision(patch=prepull.hold(request))
     pod = request.get("object")
@@ -105,17 +101,17 @@ def mutate(
                 f"nor keeps its node on rebuild; use {scheduler_name} or remove the field"
             ]
         )
-    decision.patch += bind_mark(pod) + guard(pod, hooks or default_hook_registry())
+    decision.patch += bind_mark(pod) + guard(pod)
     return decision
 
 
-def guard(pod: Obj, hooks: HookRegistry) -> list[dict[str, Any]]:
+def guard(pod: Obj) -> list[dict[str, Any]]:
     """A JSON patch adding the finalizer ``fulcrum.io/rebuild`` if the controller will hold this
     pod's room when it goes and nothing put the finalizer there yet; else none."""
     meta = _meta(pod)
     options = api.read_options(_annotations(meta))
     finalizers = meta.get("finalizers")
-    if not eligibility.reserved_on_delete(pod, options, hooks):
+    if not eligibility.reserved_on_delete(pod, options):
         return []
     if not isinstance(finalizers, list) or not finalizers:
         return [{"op": "add", "path": "/metadata/finalizers", "value": [api.FINALIZER]}]
@@ -153,7 +149,6 @@ def annotation_problems(
     annotations: Mapping[str, str],
     options: api.RebuildOptions,
     spec: Any,
-    hooks: HookRegistry,
 ) -> list[str]:
     """Every bad ``fulcrum.io/*`` annotation of one pod (or pod template), each naming its
     field (``where``: the path of the pod's metadata) and what is allowed; ``options``: the
@@ -162,9 +157,9 @@ def annotation_problems(
     errors = [*options.errors, *written]
     problems = [f"{where}.annotations[{e.annotation}]: {e}" for e in errors]
     try:
-        hooks_for(annotations, hooks)
+        named_hooks(annotations)
     except ValueError as exc:
-        problems.append(f"{where}.annotations[fulcrum.io/rebuild-hooks]: {exc}")
+        problems.append(f"{where}.annotations[{ANNOTATION}]: {exc}")
     pod = {"metadata": {"annotations": annotations}, "spec": spec or {}}
     try:
         request = pod_request(pod)
@@ -235,7 +230,6 @@ def _workload_warnings(
 
 def validate(
     request: Obj,
-    hooks: HookRegistry,
     *,
     trusted: frozenset[str] = frozenset(),
     pools: PoolLister | None = None,
@@ -269,16 +263,35 @@ def validate(
     if written and user not in trusted:
         return Decision(allowed=False, message=forged(where, written, user))
     options = api.read_options(annotations)
-    problems = annotation_problems(where, annotations, options, pod.get("spec"), hooks)
+    problems = annotation_problems(where, annotations, options, pod.get("spec"))
     if changed is not None:  # judge only what this update changes
         problems = [p for p in problems if _names_any(p, changed)]
     warnings = _workload_warnings(kind, obj, annotations, options) if kind != "Pod" else []
     loss = eligibility.data_loss(pod, options) if options.enabled else ""
     if loss:
         warnings.append(f"the controller will refuse local rebuild: {loss}")
+    if changed is None or ANNOTATION in changed:
+        warnings += plugin_hook_warnings(where, annotations)
     if problems:
         return Decision(allowed=False, message="; ".join(problems), warnings=warnings)
     return Decision(warnings=warnings)
+
+
+def plugin_hook_warnings(where: str, annotations: Mapping[str, str]) -> list[str]:
+    """A warning for each hook the pod names that is not built in: the rebuild controller runs
+    it only if its package is installed there, and refuses the pod otherwise."""
+    try:
+        names = named_hooks(annotations)
+    except ValueError:
+        return []  # a problem, reported as such
+    builtin = {name.lower() for name in BUILTIN}
+    return [
+        f"{where}.annotations[{ANNOTATION}]: {name!r} is not a built-in rebuild "
+        f"hook: the rebuild controller refuses this pod (an Event) unless it has it; if it does "
+        f"not, {INSTALL_HINT}"
+        for name in dict.fromkeys(names)
+        if name.lower() not in builtin
+    ]
 
 
 def _names_any(problem: str, changed: set[str]) -> bool:

@@ -35,7 +35,6 @@ from extender.rebuild_gate import RebuildGate
 from fulcrum.lab import traces
 from fulcrum.lab.openb import node_manifest, pod_manifest, sample
 from kube.eligibility import bind_reason
-from kube.hooks import default_hook_registry
 from kube.resources import BIND, pod_request
 from scheduler.trace import load_nodes, load_pods
 
@@ -91,7 +90,7 @@ async def replay(n_nodes: int, n_pods: int, seed: int, *, record: bool = True) -
     pods = load_pods(traces.pod_list("default"))
     picked = sample(nodes, pods, n_nodes, n_pods, seed=seed)
     cache = ClusterCache()
-    gate = RebuildGate(cache, default_hook_registry(plugins=False))  # as fulcrum serve wires it
+    gate = RebuildGate(cache)  # as fulcrum serve wires it
     for row in picked.nodes:
         cache.apply("nodes", "ADDED", node_manifest(nodes, row))
     settings = ExtenderSettings(decide_in_filter=True, decision_record=record)

@@ -28,7 +28,6 @@ from extender.rebuild_gate import RebuildGate
 from fulcrum.harness.cluster import free_port
 from fulcrum.lab import traces
 from fulcrum.lab.openb import node_manifest, pod_manifest
-from kube.hooks import default_hook_registry
 from kube.resources import pod_request
 from scheduler.trace import load_nodes, load_pods
 
@@ -40,7 +39,7 @@ def build_cache(
     pods = load_pods(traces.pod_list("default"))
     rng = np.random.default_rng(seed)
     cache = ClusterCache()
-    gate = RebuildGate(cache, default_hook_registry(plugins=False))  # as fulcrum serve wires it
+    gate = RebuildGate(cache)  # as fulcrum serve wires it
     for i, row in enumerate(rng.integers(0, len(nodes), n_nodes).tolist()):
         manifest = node_manifest(nodes, row)
         manifest["metadata"]["name"] = f"node-{i:05d}"  # type: ignore[index]

@@ -41,8 +41,7 @@ import numpy as np
 from extender.cache import ClusterCache, PendingPod
 from extender.decide import Decider, FilterOutcome, retry
 from kube import api, objects
-from kube.eligibility import reserved_on_delete
-from kube.hooks import HookRegistry, default_hook_registry
+from kube.eligibility import refused_by_controller, reserved_on_delete
 from kube.objects import Raw
 from kube.resources import pod_request
 from scheduler.pod import PodRequest
@@ -105,13 +104,13 @@ def _revision(labels: Mapping[str, str]) -> str:
 class RebuildGate:
     """Holds, promises, claims, leaving predecessors and create-first nodes for local rebuild.
 
-    Subscribes itself to ``cache`` (one gate per cache). ``hooks``: the rebuild hooks the
-    controller knows, for the eligibility rule (default: the built-ins and installed plugins).
+    Subscribes itself to ``cache`` (one gate per cache). It loads no rebuild hooks: a pod
+    naming a well-spelt one is taken as the controller would take it, unless the controller
+    said it refused the pod (``kube.eligibility``).
     """
 
-    def __init__(self, cache: ClusterCache, hooks: HookRegistry | None = None) -> None:
+    def __init__(self, cache: ClusterCache) -> None:
         self.cache, self.lock = cache, cache.lock
-        self.hooks = hooks if hooks is not None else default_hook_registry()
         self.reservations: dict[str, api.Reservation] = {}  # namespace/name ->
         self.bad_objects: dict[str, str] = {}  # key -> why it was ignored
         self._requests: dict[str, PodRequest] = {}  # reservation -> its predecessor's request
@@ -219,11 +218,12 @@ class RebuildGate:
 
     def pod_deleted(self, pod: Raw, uid: str, node: str) -> None:
         """Also called with the pod's last state when it leaves, in case the watch never showed
-        it terminating: pods the controller will not reserve for are skipped."""
+        it terminating: pods the controller will not reserve for, or said it refused, are
+        skipped."""
         annotations = objects.annotations(pod)
         if uid in self._leaving or uid in self._released or api.REBUILD not in annotations:
             return
-        if not reserved_on_delete(pod, api.read_options(annotations), self.hooks):
+        if not reserved_on_delete(pod, api.read_options(annotations)) or refused_by_controller(pod):
             return
         key = api.successor_key(pod)
         if key is not None:

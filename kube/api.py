@@ -275,6 +275,16 @@ def written_problems(annotations: Mapping[str, str] | None) -> list[OptionError]
     return errors
 
 
+def rebuild_status(annotations: Mapping[str, str]) -> dict[str, Any]:
+    """The controller's last ``fulcrum.io/rebuild-status`` on a pod, {} if none or unreadable."""
+    raw = annotations.get(STATUS)
+    try:
+        value = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _json_object(raw: str) -> bool:
     if len(raw) > MAX_WRITTEN_CHARS:
         return False

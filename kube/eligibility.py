@@ -4,6 +4,13 @@ and the one rule for which pods only Fulcrum's bind can bind: the webhook and th
 The controller refuses a pod (an Event, ``fulcrum.io/rebuild-status``, no finalizer) exactly
 when ``refusal`` says why; the extender expects a Reservation for a deleted pod exactly when
 ``reserved_on_delete`` is true. One function, so the two can never disagree about a pod.
+
+About hooks, the controller is the one authority (``kube.hooks``): it passes the hooks it
+runs, and refuses a pod naming one it lacks; the extender and the webhook pass none and check
+only the names' spelling, so a pod the controller takes is never refused, nor its room left
+unheld, because they run without the hook's package. A pod naming a hook the controller lacks
+is refused by the controller (so it holds no room), which the extender learns from the pod's
+status (``refused_by_controller``).
 """
 
 from __future__ import annotations
@@ -11,21 +18,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kube import api, objects
-from kube.hooks import HookRegistry, hooks_for
+from kube.hooks import HookRegistry, hooks_for, named_hooks
 from kube.objects import Raw
 from scheduler.pod import PodRequest
 
 
-def refusal(pod: Raw, options: api.RebuildOptions, hooks: HookRegistry) -> str:
+def refusal(pod: Raw, options: api.RebuildOptions, hooks: HookRegistry | None = None) -> str:
     """Why this pod's ``fulcrum.io/*`` annotations cannot be honoured, or "".
 
     ``options`` is ``api.read_options`` of the pod's annotations; ``hooks`` the rebuild hooks
-    this process knows (an unknown name in ``fulcrum.io/rebuild-hooks`` is a refusal).
+    the controller runs (a name in ``fulcrum.io/rebuild-hooks`` it lacks is a refusal), or None
+    where hooks are not run (the webhook, the extender): a badly spelt name is still refused.
     """
     if options.errors:
         return "; ".join(str(e) for e in options.errors)
     try:
-        hooks_for(objects.annotations(pod), hooks)
+        if hooks is None:
+            named_hooks(objects.annotations(pod))
+        else:
+            hooks_for(objects.annotations(pod), hooks)
     except ValueError as exc:
         return str(exc)
     if not options.enabled:
@@ -53,13 +64,22 @@ def data_loss(pod: Raw, options: api.RebuildOptions) -> str:
     )
 
 
-def reserved_on_delete(pod: Raw, options: api.RebuildOptions, hooks: HookRegistry) -> bool:
+def reserved_on_delete(
+    pod: Raw, options: api.RebuildOptions, hooks: HookRegistry | None = None
+) -> bool:
     """Whether the controller holds this pod's node for its successor when the pod goes.
 
     Opted in, not refused, and ``delete-first`` (a ``create-first`` successor starts beside
-    its predecessor, so nothing is held).
+    its predecessor, so nothing is held). ``hooks``: as for ``refusal``.
     """
     return options.enabled and options.order == "delete-first" and not refusal(pod, options, hooks)
+
+
+def refused_by_controller(pod: Raw) -> bool:
+    """Whether the controller's last word on this pod (``fulcrum.io/rebuild-status``) is a
+    refusal: then it holds nothing for it, whatever another process makes of its annotations
+    (the controller runs the hooks, and may lack one a pod names)."""
+    return api.rebuild_status(objects.annotations(pod)).get("action") == "refused"
 
 
 def bind_reason(annotations: Mapping[str, str], request: PodRequest) -> str:

@@ -23,11 +23,21 @@ the hook (a class will do), called once when the registry is built::
     [project.entry-points."fulcrum.rebuild_hooks"]
     drain-connections = "my_package.hooks:DrainConnections"
 
-Names are case-insensitive and must not clash with the built-ins.
+Names are case-insensitive, must not clash with the built-ins, and are written as
+``HOOK_NAME`` says (letters, digits, ``-``, ``_``, ``.``; at most 63).
+
+Only the controller runs hooks, so only the controller loads them: one authority. The admission
+webhook and the extender read the annotation with :func:`named_hooks`, which checks the names'
+spelling and nothing else, and take a pod naming any well-spelt hook as the controller would if
+it had that hook; the controller refuses a pod naming one it lacks (an Event and
+``fulcrum.io/rebuild-status``, with :data:`INSTALL_HINT`) and lets it go without a hold. So a hook
+package is installed where the controller runs, and the three processes may run different
+images, or be upgraded one at a time, without refusing a pod the controller would take.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
@@ -43,6 +53,12 @@ ANNOTATION = "fulcrum.io/rebuild-hooks"
 DEFAULT_HOOKS = "ready"
 ROLE_LABEL = "fulcrum.io/role"
 LEADER = "leader"
+
+HOOK_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+INSTALL_HINT = (
+    "install the package that provides it where the rebuild controller runs "
+    '(docs/rebuild.md, "Shipping a hook"), or fix the name'
+)
 
 READY_RETRY_SECONDS = 1.0
 LEADER_RETRY_SECONDS = 5.0
@@ -84,6 +100,10 @@ HookRegistry = PluginRegistry[RebuildHook]
 
 class UnknownHookError(ValueError):
     """A pod names a hook that is not registered; the message lists the available ones."""
+
+
+class HookNameError(ValueError):
+    """A pod's ``fulcrum.io/rebuild-hooks`` names a hook no plugin could be called."""
 
 
 def _ready_verdict(pod: Raw) -> Verdict:
@@ -142,7 +162,14 @@ def load_plugins(
     and plugins that fail to import raise :class:`policies.plugins.PluginError`.
     """
     points = ENTRY_POINT_GROUP if discovered is None else discovered
-    return dict(load_entry_points(points, kind="rebuild hook", reserved=reserved))
+    loaded = load_entry_points(points, kind="rebuild hook", reserved=reserved)
+    for name in loaded:
+        if not HOOK_NAME.fullmatch(name):
+            raise PluginError(
+                f"plugin rebuild hook {name!r}: no pod could name it in {ANNOTATION}; rename "
+                "its entry point to letters, digits, '-', '_' and '.' (at most 63)"
+            )
+    return dict(loaded)
 
 
 def default_hook_registry(*, plugins: bool = True) -> HookRegistry:
@@ -159,21 +186,37 @@ def default_hook_registry(*, plugins: bool = True) -> HookRegistry:
     return PluginRegistry("rebuild hook", hooks, unknown=UnknownHookError)
 
 
-def hooks_for(annotations: Mapping[str, str] | None, registry: HookRegistry) -> list[RebuildHook]:
-    """The hooks a pod asks for in its ``fulcrum.io/rebuild-hooks`` annotation, in order.
+def named_hooks(annotations: Mapping[str, str] | None) -> list[str]:
+    """The hook names a pod gives in its ``fulcrum.io/rebuild-hooks`` annotation, in order.
 
-    A missing or blank annotation means ``ready``; repeated names count once. An unknown
-    name raises :class:`UnknownHookError`.
+    A missing or blank annotation means ``ready``. A name spelt as no hook could be
+    (``HOOK_NAME``) raises :class:`HookNameError`; whether a hook of that name is installed
+    is the controller's question (:func:`hooks_for`).
     """
     value = (annotations or {}).get(ANNOTATION, "")
     names = [part.strip() for part in value.split(",") if part.strip()] or [DEFAULT_HOOKS]
-    hooks: dict[str, RebuildHook] = {}
     for name in names:
+        if not HOOK_NAME.fullmatch(name):
+            raise HookNameError(
+                f"annotation {ANNOTATION}={quoted(value)!r}: {quoted(name)!r} is not a hook "
+                "name; give comma-separated names of letters, digits, '-', '_' and '.' "
+                "(at most 63 each)"
+            )
+    return names
+
+
+def hooks_for(annotations: Mapping[str, str] | None, registry: HookRegistry) -> list[RebuildHook]:
+    """The hooks a pod asks for (:func:`named_hooks`), in order, from ``registry``.
+
+    Repeated names count once. A badly spelt name raises :class:`HookNameError`; one not in
+    ``registry`` :class:`UnknownHookError`, naming it, the hooks there are and the fix.
+    """
+    hooks: dict[str, RebuildHook] = {}
+    for name in named_hooks(annotations):
         if name not in registry:
             raise UnknownHookError(
-                f"annotation {ANNOTATION}={quoted(value)!r}: unknown rebuild hook "
-                f"{quoted(name)!r}; "
-                f"available: {', '.join(registry.names())}"
+                f"annotation {ANNOTATION}: the rebuild controller has no hook "
+                f"{quoted(name)!r} (it has {', '.join(registry.names())}); {INSTALL_HINT}"
             )
         canonical = registry.canonical(name)
         hooks.setdefault(canonical, registry.get(canonical))

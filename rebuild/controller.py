@@ -48,7 +48,7 @@ from rebuild.prepull import PrePuller
 from rebuild.store import Store
 from rebuild.sweep import NOT_READY_SECONDS, SWEEP_SECONDS, Sweep
 from rebuild.workqueue import WorkQueue
-from rebuild.writes import COMPONENT, NODE_GONE, NOT_READY, Writes, status
+from rebuild.writes import COMPONENT, NODE_GONE, NOT_READY, Writes
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,11 @@ class Controller:
         for i in range(self.workers):
             threading.Thread(target=self._work, name=f"rebuild-{i}", daemon=True).start()
         threading.Thread(target=self._sweeper, name="rebuild-sweep", daemon=True).start()
-        log.info("rebuild controller %s running", self.identity)
+        log.info(
+            "rebuild controller %s running; rebuild hooks: %s",
+            self.identity,
+            ", ".join(self.hooks.names()),
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -229,6 +233,8 @@ class Controller:
         meta = objects.meta(pod)
         if api.FINALIZER not in objects.finalizers(pod):
             self.writes.add_finalizer(meta)
+        if eligibility.refused_by_controller(pod):  # no longer: say so, for the extender
+            self.writes.report(pod, "guarded", "no longer refused: its room is held when it goes")
         if not objects.node_name(pod):
             return
         scheduler = objects.pod_spec(pod).get("schedulerName") or "default-scheduler"
@@ -244,7 +250,7 @@ class Controller:
         claimed = objects.annotations(pod).get(api.RESERVATION)
         if claimed:
             self.finish(pod, claimed)
-            if status(objects.annotations(pod)).get("action") == "claimed":
+            if api.rebuild_status(objects.annotations(pod)).get("action") == "claimed":
                 return
         sts = inplace.statefulset_key(meta)
         if sts is not None:
@@ -350,7 +356,7 @@ class Controller:
         the reservation, or None if it is gone already."""
         namespace, uid = objects.namespace(pod), objects.uid(pod)
         found = self.store.get("reservations", f"{namespace}/{claimed}")
-        action = status(objects.annotations(pod)).get("action")
+        action = api.rebuild_status(objects.annotations(pod)).get("action")
         if found is None and action not in ("claimed", "rebuilt"):
             # our reservations watch may lag the pods watch: ask before deciding it is done
             found = self.writes.read_custom(api.RESERVATIONS, namespace, claimed)
@@ -377,7 +383,7 @@ class Controller:
         Raises ``TemporaryError`` while its post-rebuild hooks do not agree yet.
         """
         reservation = self.take_over(pod, claimed)
-        current = status(objects.annotations(pod))
+        current = api.rebuild_status(objects.annotations(pod))
         if reservation is not None:
             node = objects.node_name(pod)
             where = f"back on node {node}"

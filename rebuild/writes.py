@@ -51,16 +51,6 @@ def _translated() -> Iterator[None]:
         raise api_error(exc.status or 0, str(exc.reason)) from exc
 
 
-def status(annotations: Mapping[str, str]) -> dict[str, Any]:
-    """The controller's last ``fulcrum.io/rebuild-status`` on a pod, {} if none or unreadable."""
-    raw = annotations.get(api.STATUS)
-    try:
-        value = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _release(holder: str, pool: dict[str, Any]) -> dict[str, Any] | None:
     return ippool.release(pool, holder)
 
@@ -477,7 +467,7 @@ class Writes:
         """Write the status annotation and an Event, unless the pod already says exactly this."""
         meta = objects.meta(pod)
         reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
-        current = status(meta.get("annotations") or {})
+        current = api.rebuild_status(meta.get("annotations") or {})
         if current.get("action") == action and current.get("reason") == reason:
             return
         now = datetime.now(UTC).isoformat()

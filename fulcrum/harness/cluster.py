@@ -259,14 +259,34 @@ def install_crds(name: str, kubectl: Path) -> None:
 
 
 def start_rebuild(
-    name: str, port: int, *, identity: str = "fulcrum-rebuild-0", leader: bool = True
+    name: str,
+    port: int,
+    *,
+    identity: str = "fulcrum-rebuild-0",
+    leader: bool = True,
+    python: Path | None = None,
 ) -> int:
     """Start a local-rebuild controller of cluster ``name``; return once it leads (``leader``)
-    or merely serves its health endpoint (a follower waiting for the Lease)."""
-    cmd = [*load_state(name).fulcrum, "rebuild", "--kubeconfig"]
+    or merely serves its health endpoint (a follower waiting for the Lease). ``python``: the
+    Python that runs it (default: the cluster's, ``up(python=...)``), e.g. a virtual environment
+    where rebuild-hook packages are installed, as they are in the controller's image
+    (docs/rebuild.md)."""
+    fulcrum = [str(python), "-m", "fulcrum.cli"] if python else load_state(name).fulcrum
+    cmd = [*fulcrum, "rebuild", "--kubeconfig"]
     cmd += [str(kubeconfig_path(name)), "--health-port", str(port), "--identity", identity]
     url = f"http://127.0.0.1:{port}/{'readyz' if leader else 'healthz'}"
     return start_process(name, f"rebuild-{identity}", cmd, url)
+
+
+def restart_rebuild(name: str, *, python: Path | None = None) -> int:
+    """Stop cluster ``name``'s rebuild controller and start another, run by ``python`` (see
+    ``start_rebuild``); it takes the same identity, so it leads at once. Its pid."""
+    state = load_state(name)
+    processes.stop_process(state.rebuild_pid)
+    state.rebuild_port = free_port()
+    state.rebuild_pid = start_rebuild(name, state.rebuild_port, python=python)
+    _save_state(state)
+    return state.rebuild_pid
 
 
 def _start_fulcrum_scheduler(name: str, kube_scheduler: Path, config: Path) -> tuple[int, int]:

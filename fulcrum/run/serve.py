@@ -30,7 +30,6 @@ from fulcrum.inspect.inspection import ClusterCollector
 from fulcrum.run.kubeconfig import api_client as kubeconfig_api_client
 from fulcrum.run.kubeconfig import configured
 from kube.api import GROUP, RESERVATIONS, VERSION
-from kube.hooks import HookRegistry
 from kube.informer import ACTIVE_PODS, Informer
 from policies.registry import Registry
 from rebuild.release import RELEASE_AFTER_SECONDS, Releaser
@@ -69,20 +68,15 @@ def has_reservations(api: Any) -> bool:
 
 
 def start_cache(
-    api: Any,
-    *,
-    hooks: HookRegistry | None = None,
-    sync_timeout: float = 120,
-    reads: Reads = NOTHING,
+    api: Any, *, sync_timeout: float = 120, reads: Reads = NOTHING
 ) -> tuple[ClusterCache, RebuildGate, list[Informer]]:
     """The extender's cache and rebuild gate, fed by informers and synced.
 
-    The gate is the Reservations' sink when their CRD is installed. ``hooks``: the rebuild
-    hooks the controller knows, for the eligibility rule (default: built-ins and plugins).
-    ``reads``: the node labels, taints and pod attributes the policies read.
+    The gate is the Reservations' sink when their CRD is installed. ``reads``: the node
+    labels, taints and pod attributes the policies read.
     """
     cache = ClusterCache(reads)
-    gate = RebuildGate(cache, hooks)
+    gate = RebuildGate(cache)
     informers = [
         Informer("nodes", api.list_node, cache),
         Informer("pods", api.list_pod_for_all_namespaces, cache, field_selector=ACTIVE_PODS),

@@ -1,7 +1,9 @@
 """Every ``fulcrum.io/`` annotation, generated (valid, near-valid, garbage, huge, unicode), fed
 to admission (validate and mutate), the extender (its cache applying the pod, a filter through
 the verbs) and the controller's readers (``read_options``, ``written_problems``, the
-Reservation made from the pod, eligibility): they agree on accept or refuse, and none raises."""
+Reservation made from the pod, eligibility): they agree on accept or refuse, and none raises.
+Which rebuild hooks exist is the controller's to say (``kube.hooks``): the others defer to it,
+so it is modelled here with every well-spelt hook a pod names installed."""
 
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ from extender.rebuild_gate import RebuildGate
 from extender.verbs import Verbs
 from extender.wire import ExtenderArgs
 from kube import api, eligibility
-from kube.hooks import default_hook_registry, hooks_for
+from kube.hooks import HookRegistry, ReadyHook, UnknownHookError, hooks_for, named_hooks
 from kube.resources import MAX_GPUS, assigned_devices, pod_request
+from policies.plugins import PluginRegistry
 from tests import builders
 
-HOOKS = default_hook_registry(plugins=False)
 TRUSTED = "system:serviceaccount:fulcrum-system:fulcrum-rebuild"
 SETTINGS = ExtenderSettings(prioritize=(PolicyWeight(policy="MostAllocated", weight=1),))
 # what the extender reads of a pod's annotations to place it
@@ -43,7 +45,7 @@ VALID = {
     api.RESERVATION: ["rb-1", "rb-abc.def"],
     api.DECISION: ['{"policy": "fgd", "node": "n1"}'],
     api.STATUS: ['{"action": "claimed", "reason": "back"}'],
-    "fulcrum.io/rebuild-hooks": ["pvc"],
+    "fulcrum.io/rebuild-hooks": ["pvc", "leader-aware,drained", "Ready", "drain.v2"],
 }
 NEAR = [
     "0,0",
@@ -106,14 +108,25 @@ def review(obj: dict[str, Any], user: str) -> dict[str, Any]:
     }
 
 
+def controller_with(notes: dict[str, str]) -> HookRegistry:
+    """A controller that has every well-spelt hook ``notes`` names, besides the built-ins."""
+    try:
+        names = named_hooks(notes)
+    except ValueError:
+        names = []
+    hooks = {"ready": ReadyHook(), **{name: ReadyHook() for name in names}}
+    return PluginRegistry("rebuild hook", hooks, unknown=UnknownHookError)
+
+
 def controller_problems(obj: dict[str, Any]) -> list[str]:
     """What the controller's readers report bad of a pod (each reader, as the controller calls
     it), after making the Reservation it would hold for it; raises nothing else."""
     notes = api.objects.annotations(obj)
     options = api.read_options(notes)
+    hooks = controller_with(notes)
     problems = [str(e) for e in (*options.errors, *api.written_problems(notes))]
     try:
-        hooks_for(notes, HOOKS)
+        hooks_for(notes, hooks)
     except ValueError as exc:
         problems.append(str(exc))
     devices = ip = None
@@ -127,8 +140,8 @@ def controller_problems(obj: dict[str, Any]) -> list[str]:
         ip = api.assigned_ip(notes)
     except ValueError as exc:  # the written problems named it already
         assert any(e.annotation == api.ASSIGNED_IP for e in api.written_problems(notes)), exc
-    eligibility.refusal(obj, options, HOOKS)
-    eligibility.reserved_on_delete(obj, options, HOOKS)
+    eligibility.refusal(obj, options, hooks)
+    eligibility.reserved_on_delete(obj, options, hooks)
     held = api.Reservation(
         name=api.reservation_name("u"),
         namespace="ns",
@@ -157,11 +170,11 @@ def test_admission_extender_and_controller_agree(
 
     # admission: Fulcrum's own account is judged on the values only; anyone else, also on
     # writing what only Fulcrum writes
-    trusted = validate(review(bound, TRUSTED), HOOKS, trusted=frozenset({TRUSTED}))
-    anyone = validate(review(bound, "alice"), HOOKS, trusted=frozenset({TRUSTED}))
+    trusted = validate(review(bound, TRUSTED), trusted=frozenset({TRUSTED}))
+    anyone = validate(review(bound, "alice"), trusted=frozenset({TRUSTED}))
     forged = any(key in notes for key in api.WRITTEN_BY_FULCRUM)
     assert anyone.allowed == (trusted.allowed and not forged)
-    mutate(review(pod(notes, gpus, cpu), "alice"), HOOKS)
+    mutate(review(pod(notes, gpus, cpu), "alice"))
 
     # the controller's readers
     assert trusted.allowed == (not controller_problems(bound))
@@ -169,12 +182,12 @@ def test_admission_extender_and_controller_agree(
     # the extender: a node with every device a pod may name, the pod bound there, then the
     # same pod pending through filter
     cache = ClusterCache()
-    gate = RebuildGate(cache, HOOKS)
+    gate = RebuildGate(cache)
     cache.apply("nodes", "ADDED", builders.node("n1", cpu="64", gpus=MAX_GPUS, model="A100"))
     cache.apply("pods", "ADDED", bound)
     read = {k: v for k, v in notes.items() if k in EXTENDER_READS}
     extender_view = validate(
-        review(pod(read, gpus, cpu, node="n1"), TRUSTED), HOOKS, trusted=frozenset({TRUSTED})
+        review(pod(read, gpus, cpu, node="n1"), TRUSTED), trusted=frozenset({TRUSTED})
     )
     assert extender_view.allowed == ("pod/ns/u" not in cache.bad_objects), cache.bad_objects
     pending = pod(notes, gpus, cpu)

@@ -12,7 +12,6 @@ from admission.app import create_app
 from admission.ippools import ippool_refusal
 from admission.review import validate
 from kube import ippool
-from kube.hooks import default_hook_registry
 
 
 def pool(namespace: str, name: str, *, cidr: str | None = None, addresses: Any = None) -> Any:
@@ -104,11 +103,10 @@ def review(obj: Any, operation: str = "CREATE") -> dict[str, Any]:
 
 
 def test_validate_routes_ippools_to_the_overlap_check() -> None:
-    hooks = default_hook_registry()
     overlapping = pool("team-b", "web2", cidr="10.0.0.4/30")
-    decision = validate(review(overlapping, "UPDATE"), hooks, pools=listed)
+    decision = validate(review(overlapping, "UPDATE"), pools=listed)
     assert not decision.allowed and "overlap IPPool team-a/web" in decision.message
-    assert validate(review(pool("team-b", "x", cidr="10.0.3.0/29")), hooks, pools=listed).allowed
+    assert validate(review(pool("team-b", "x", cidr="10.0.3.0/29")), pools=listed).allowed
 
 
 def test_the_webhook_answers_with_the_refusal() -> None:

@@ -19,10 +19,8 @@ from admission.review import mutate, validate
 from fulcrum.harness.certs import make_serving_cert
 from fulcrum.harness.webhooks import kubeconfig_user
 from kube import api
-from kube.hooks import default_hook_registry
 from tests import builders
 
-HOOKS = default_hook_registry(plugins=False)
 EXTENDER = "system:serviceaccount:fulcrum-system:fulcrum-extender"
 REBUILD = "system:serviceaccount:fulcrum-system:fulcrum-rebuild"
 TRUSTED = frozenset({EXTENDER, REBUILD})
@@ -55,42 +53,42 @@ def pod(annotations: dict[str, str], **kwargs: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("key", api.WRITTEN_BY_FULCRUM)
 def test_a_fulcrum_written_annotation_is_refused_from_anyone_else(key: str) -> None:
-    decision = validate(review(pod({key: WRITTEN[key]})), HOOKS, trusted=TRUSTED)
+    decision = validate(review(pod({key: WRITTEN[key]})), trusted=TRUSTED)
     assert not decision.allowed
     assert (
         key in decision.message and "alice is not one of its service accounts" in decision.message
     )
 
-    assert validate(review(pod({key: WRITTEN[key]}), user=REBUILD), HOOKS, trusted=TRUSTED).allowed
+    assert validate(review(pod({key: WRITTEN[key]}), user=REBUILD), trusted=TRUSTED).allowed
 
 
 def test_nobody_is_trusted_by_default() -> None:
-    assert not validate(review(pod(WRITTEN), user=REBUILD), HOOKS).allowed
-    assert not validate(review(pod(WRITTEN), user=""), HOOKS, trusted=TRUSTED).allowed
+    assert not validate(review(pod(WRITTEN), user=REBUILD)).allowed
+    assert not validate(review(pod(WRITTEN), user=""), trusted=TRUSTED).allowed
 
 
 @pytest.mark.parametrize("key", api.WRITTEN_BY_FULCRUM)
 def test_an_update_may_not_add_or_change_one(key: str) -> None:
     before = pod({api.REBUILD: "local"})
     added = pod({api.REBUILD: "local", key: WRITTEN[key]})
-    assert not validate(review(added, old=before), HOOKS, trusted=TRUSTED).allowed
+    assert not validate(review(added, old=before), trusted=TRUSTED).allowed
     changed = pod({api.REBUILD: "local", key: WRITTEN[key] + "0"})
-    assert not validate(review(changed, old=added), HOOKS, trusted=TRUSTED).allowed
-    assert validate(review(changed, old=added, user=REBUILD), HOOKS, trusted=TRUSTED).allowed
+    assert not validate(review(changed, old=added), trusted=TRUSTED).allowed
+    assert validate(review(changed, old=added, user=REBUILD), trusted=TRUSTED).allowed
     # removing it, or leaving it as it was, is no forgery
-    assert validate(review(before, old=added), HOOKS, trusted=TRUSTED).allowed
+    assert validate(review(before, old=added), trusted=TRUSTED).allowed
     same = copy.deepcopy(added)
     same["metadata"]["labels"] = {"touched": "yes"}
-    assert validate(review(same, old=added), HOOKS, trusted=TRUSTED).allowed
+    assert validate(review(same, old=added), trusted=TRUSTED).allowed
 
 
 def test_an_update_of_a_pod_already_bad_is_allowed_unless_it_changes_a_bad_value() -> None:
     bad = pod({api.REBUILD: "local", api.GPU_DEVICES: "x", "fulcrum.io/rebuild-wait": "soon"})
     finalized = copy.deepcopy(bad)
     finalized["metadata"]["finalizers"] = []  # e.g. a finalizer removed: nothing Fulcrum reads
-    assert validate(review(finalized, old=bad), HOOKS, trusted=TRUSTED).allowed
+    assert validate(review(finalized, old=bad), trusted=TRUSTED).allowed
     worse = pod({api.REBUILD: "local", api.GPU_DEVICES: "x", "fulcrum.io/rebuild-wait": "later"})
-    decision = validate(review(worse, old=bad), HOOKS, trusted=TRUSTED)
+    decision = validate(review(worse, old=bad), trusted=TRUSTED)
     assert not decision.allowed and "rebuild-wait" in decision.message
     assert "gpu-devices" not in decision.message  # judged: only what the update changed
 
@@ -98,19 +96,19 @@ def test_an_update_of_a_pod_already_bad_is_allowed_unless_it_changes_a_bad_value
 def test_a_workload_template_may_not_carry_one() -> None:
     template = pod({api.ASSIGNED_IP: "10.0.0.2"})
     deployment = {"metadata": {"name": "web"}, "spec": {"template": template}}
-    decision = validate(review(deployment, kind="Deployment"), HOOKS, trusted=TRUSTED)
+    decision = validate(review(deployment, kind="Deployment"), trusted=TRUSTED)
     assert not decision.allowed and "spec.template.metadata.annotations" in decision.message
 
 
 def test_a_trusted_user_still_gets_bad_values_refused_on_create() -> None:
     no_gpu = pod({api.GPU_DEVICES: "0"})
-    decision = validate(review(no_gpu, user=REBUILD), HOOKS, trusted=TRUSTED)
+    decision = validate(review(no_gpu, user=REBUILD), trusted=TRUSTED)
     assert not decision.allowed and "takes 0 GPUs" in decision.message
 
 
 @pytest.mark.parametrize("value", ["NaN", "sNaN", "1e999999"])
 def test_hostile_quantities_are_refused_by_both_webhooks_over_http(value: str) -> None:
-    client = TestClient(create_app(HOOKS, trusted_users=TRUSTED))
+    client = TestClient(create_app(trusted_users=TRUSTED))
     body = pod({api.REBUILD: "local"}, cpu=value)
     for path in ("/validate", "/mutate"):
         answer = client.post(path, content=orjson.dumps({"request": review(body)}))
@@ -122,7 +120,7 @@ def test_hostile_quantities_are_refused_by_both_webhooks_over_http(value: str) -
 
 
 def test_a_huge_gpu_model_is_refused_with_a_short_message() -> None:
-    decision = validate(review(pod({"fulcrum.io/gpu-model": "A" * 200_000})), HOOKS)
+    decision = validate(review(pod({"fulcrum.io/gpu-model": "A" * 200_000})))
     assert not decision.allowed
     assert "not a node label value" in decision.message and len(decision.message) < 500
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -81,7 +82,7 @@ class FakeApiserver:
 
 def cluster() -> tuple[ClusterCache, RebuildGate, Decider, FakeApiserver, BindService]:
     cache = ClusterCache()
-    gate = RebuildGate(cache, hooks.default_hook_registry(plugins=False))
+    gate = RebuildGate(cache)
     for name in ("n1", "n2", "n3"):
         cache.apply("nodes", "ADDED", node(name))
     decider = Decider(cache, default_registry(), [WeightedPolicy("LeastAllocated", 1)])
@@ -382,12 +383,14 @@ def test_a_predecessor_that_terminated_slowly_still_makes_its_successor_wait_onc
     assert gate.settling(noted(cache, successor))
 
 
-def test_a_pod_refused_for_an_unknown_hook_makes_no_successor_wait() -> None:
-    """The controller refuses a pod whose rebuild hooks it does not know (``kube.eligibility``):
-    no Reservation comes, so its successor must not wait out LEAVING_GRACE for one."""
+def test_a_pod_the_controller_refused_for_a_hook_it_lacks_makes_no_successor_wait() -> None:
+    """The extender loads no hooks; the controller refuses a pod naming one it lacks, and says
+    so in the pod's status: no Reservation comes, so its successor must not wait out
+    LEAVING_GRACE for one."""
     cache, gate, decider, _, _ = cluster()
+    refused = orjson.dumps({"action": "refused", "reason": "no hook 'nope'"}).decode()
     unknown = {**OPTED, hooks.ANNOTATION: "nope"}
-    old = pod("old", name="web-0", node_name="n1", annotations=unknown)
+    old = pod("old", name="web-0", node_name="n1", annotations={**unknown, api.STATUS: refused})
     cache.apply("pods", "ADDED", old)
     cache.apply("pods", "DELETED", old)
     successor = pod("new", name="web-0", annotations=unknown)
@@ -398,6 +401,21 @@ def test_a_pod_refused_for_an_unknown_hook_makes_no_successor_wait() -> None:
     assert not gate.settling(pending)
     with cache.lock:
         assert gate.filter(decider, cache.snapshot, pending, ["n1", "n2", "n3"]) is None
+
+
+@pytest.mark.parametrize("named", ["drain-connections", "leader-aware,drain-connections"])
+def test_a_pod_naming_a_hook_only_the_controller_has_keeps_its_room(named: str) -> None:
+    """The extender runs without the hook's package: the pod's room is held all the same from
+    when it goes until its Reservation shows."""
+    cache, gate, _, _, _ = cluster()
+    annotations = {**OPTED, hooks.ANNOTATION: named}
+    old = pod("old", name="web-0", node_name="n1", annotations=annotations)
+    cache.apply("pods", "ADDED", old)
+    cache.apply("pods", "DELETED", old)
+    successor = pod("new", name="web-0", annotations=annotations)
+    cache.apply("pods", "ADDED", successor)
+    assert gate.leaving(noted(cache, successor)) == ["n1"]
+    assert cache.snapshot.free[0, 0] == 2000  # its room, held on n1
 
 
 def test_a_pods_relist_keeps_the_charge_of_a_hold() -> None:
@@ -425,7 +443,7 @@ def test_a_predecessor_back_in_the_cache_takes_its_room_from_the_hold() -> None:
 def test_one_gate_per_cache() -> None:
     cache, _, _, _, _ = cluster()
     with pytest.raises(ValueError, match="already has an observer"):
-        RebuildGate(cache, hooks.default_hook_registry(plugins=False))
+        RebuildGate(cache)
 
 
 def test_a_wait_only_time_or_a_reservation_ends_is_an_error_the_scheduler_retries() -> None:

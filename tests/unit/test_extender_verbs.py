@@ -16,7 +16,6 @@ from extender.rebuild_gate import RebuildGate
 from extender.verbs import BadRequest, Verbs
 from extender.wire import ExtenderArgs, ExtenderBindingArgs, ExtenderPreemptionArgs
 from kube.api import SCHEDULER_NAME
-from kube.hooks import default_hook_registry
 from kube.resources import BIND
 from tests import builders
 from tests.builders import node
@@ -62,7 +61,7 @@ def test_bind_and_preempt_need_a_cluster() -> None:
 
 
 def test_a_gate_must_observe_the_verbs_cache() -> None:
-    gate = RebuildGate(ClusterCache(), default_hook_registry(plugins=False))
+    gate = RebuildGate(ClusterCache())
     with pytest.raises(ValueError, match="observe"):
         Verbs(SETTINGS, ClusterCache(), gate=gate)
 

@@ -43,7 +43,7 @@ def test_a_pod_without_the_opt_in_is_neither_refused_nor_held() -> None:
     ("annotations", "kwargs", "says"),
     [
         ({api.REBUILD: "lcoal"}, {}, 'rebuild="lcoal" is not allowed; use one of: local'),
-        ({api.REBUILD: "local", HOOKS: "nope"}, {}, "unknown rebuild hook 'nope'"),
+        ({api.REBUILD: "local", HOOKS: "nope"}, {}, "the rebuild controller has no hook 'nope'"),
         (
             {api.REBUILD: "local"},
             {"volumes": [{"name": "scratch", "emptyDir": {}}]},

@@ -15,6 +15,8 @@ import policies.plugins
 from kube.hooks import (
     ANNOTATION,
     BUILTIN,
+    INSTALL_HINT,
+    HookNameError,
     LeaderAwareHook,
     ReadyHook,
     RebuildHook,
@@ -24,6 +26,7 @@ from kube.hooks import (
     default_hook_registry,
     hooks_for,
     load_plugins,
+    named_hooks,
 )
 from policies.plugins import PluginError
 from tests import builders
@@ -104,9 +107,24 @@ def test_an_unknown_hook_names_the_annotation_and_the_alternatives(
         hooks_for({ANNOTATION: "ready,nope"}, registry)
     message = str(caught.value)
     assert ANNOTATION in message
-    assert "'nope'" in message
-    assert "available: leader-aware, ready" in message
+    assert "the rebuild controller has no hook 'nope' (it has leader-aware, ready)" in message
+    assert message.endswith(INSTALL_HINT)
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize("value", ["drain connections", "ready;drain", "-drain", "a" * 64, "é"])
+def test_a_name_no_hook_could_have_is_refused_by_everyone(
+    value: str, registry: hooks.HookRegistry
+) -> None:
+    """The webhook and the extender check spelling only (``named_hooks``); the controller too."""
+    for read in (named_hooks, lambda a: hooks_for(a, registry)):
+        with pytest.raises(HookNameError, match="is not a hook name; give comma-separated"):
+            read({ANNOTATION: f"ready,{value}"})
+
+
+def test_any_well_spelt_name_is_left_to_the_controller() -> None:
+    names = named_hooks({ANNOTATION: "ready, drain-connections,Vendor.Hook_2"})
+    assert names == ["ready", "drain-connections", "Vendor.Hook_2"]
 
 
 # --- combining verdicts ------------------------------------------------------------------------
@@ -195,3 +213,9 @@ def test_a_plugin_whose_factory_fails_names_itself(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(hooks, "load_plugins", lambda **_: {"failing": failing})
     with pytest.raises(PluginError, match="cannot create rebuild hook 'failing': no config"):
         default_hook_registry()
+
+
+def test_a_plugin_no_pod_could_name_stops_the_controller_at_start_up() -> None:
+    spaced = EntryPoint(name="my hook", value="kube.hooks:ReadyHook", group=hooks.ENTRY_POINT_GROUP)
+    with pytest.raises(PluginError, match=r"'my hook': no pod could name it in fulcrum.io/rebu"):
+        load_plugins([spaced])

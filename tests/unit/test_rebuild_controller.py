@@ -13,6 +13,8 @@ import pytest
 from kube import api, eligibility, ippool
 from kube.api import EXPIRED_GRACE
 from kube.hooks import ANNOTATION as HOOKS
+from kube.hooks import ReadyHook, UnknownHookError
+from policies.plugins import PluginRegistry
 from rebuild.controller import CRASH_ENV
 from tests.unit.rebuild_fake import (
     BOUND,
@@ -102,11 +104,32 @@ def test_an_unknown_hook_is_refused_by_the_rule_the_extender_uses() -> None:
     rig.reconcile("pods/ns/web-0")
 
     expected = eligibility.refusal(refused, api.read_options(annotations), rig.controller.hooks)
-    assert "unknown rebuild hook 'drained'" in expected
+    assert "the rebuild controller has no hook 'drained'" in expected
+    assert 'where the rebuild controller runs (docs/rebuild.md, "Shipping a hook")' in expected
     [event] = rig.apiserver.events
     assert (event["reason"], event["message"]) == ("RebuildRefused", expected)
     assert rig.apiserver.status("web-0")["reason"] == expected
+    assert eligibility.refused_by_controller(rig.apiserver.pod("web-0"))
     assert finalizers(rig) == []
+
+
+def test_a_refused_pod_is_guarded_once_the_controller_has_its_hook() -> None:
+    """Upgraded with the hook's package, the controller holds the pod's room after all, and
+    its status says so (the extender reads a refusal there)."""
+    annotations = {**BOUND, HOOKS: "ready,drained"}
+    rig = cluster(("pods", pod(OLD, annotations=annotations, finalized=False)))
+    rig.reconcile("pods/ns/web-0")
+    assert rig.apiserver.status("web-0")["action"] == "refused"
+
+    rig.restart()
+    rig.controller.hooks = PluginRegistry(
+        "rebuild hook", {"ready": ReadyHook(), "drained": ReadyHook()}, unknown=UnknownHookError
+    )
+    rig.reconcile("pods/ns/web-0")
+
+    assert finalizers(rig) == [api.FINALIZER]
+    assert rig.apiserver.status("web-0")["action"] == "guarded"
+    assert not eligibility.refused_by_controller(rig.apiserver.pod("web-0"))
 
 
 def test_a_create_first_pod_is_not_guarded_and_leaves_without_a_reservation() -> None:

@@ -1,0 +1,1 @@
+"""An example Fulcrum rebuild hook (docs/rebuild.md, "Hooks")."""
