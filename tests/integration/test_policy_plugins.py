@@ -217,7 +217,7 @@ def test_the_charts_plugin_installer_passes_pod_security_restricted(
     sets.append("plugins.packages={fulcrum-tenant-affinity==0.1.0}")
     rendered = chart.split_sources(chart.template(helm, namespace=namespace, set_values=sets))
     files = {}
-    for source in ("namespace.yaml", "deployment.yaml", "rebuild.yaml", "webhook.yaml"):
+    for source in ("namespace.yaml", "deployment.yaml", "rebuild.yaml"):
         files[source] = tmp_path / source
         files[source].write_text(rendered[f"templates/{source}"])
     state = cluster.load_state(plugins_cluster)
@@ -227,5 +227,5 @@ def test_the_charts_plugin_installer_passes_pod_security_restricted(
     result = kubectl.run("apply", "--dry-run=server", *paths)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert "PodSecurity" not in result.stderr, result.stderr
-    for deployment in ("fulcrum-scheduler", "fulcrum-rebuild", "fulcrum-webhook"):
+    for deployment in ("fulcrum-scheduler", "fulcrum-rebuild"):
         assert f"deployment.apps/{deployment} created (server dry run)" in result.stdout

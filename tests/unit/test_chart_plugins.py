@@ -1,5 +1,6 @@
 """Plugin packages in the chart (values ``plugins.*``): an init container pip-installs them into a
-volume on the PYTHONPATH of the extender, the rebuild controller and the webhook. The rendered
+volume on the PYTHONPATH of the extender and the rebuild controller (the webhook loads no
+plugin). The rendered
 install command is run here, as the init container runs it, and the plugin it installs is then
 found as the extender would find it.
 
@@ -29,7 +30,6 @@ PLUGINS = "/opt/fulcrum-plugins"
 PODS = {  # Deployment -> its container that runs Fulcrum
     "fulcrum-scheduler": "extender",
     "fulcrum-rebuild": "rebuild",
-    "fulcrum-webhook": "webhook",
 }
 
 

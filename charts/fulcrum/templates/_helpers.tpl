@@ -161,9 +161,9 @@ env:
 {{ $image.repository | default .Values.image.repository }}:{{ $image.tag | default .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
-{{/* Plugin packages (values.yaml, plugins): the init container of a pod of the extender, the
-rebuild controller or the webhook that pip-installs them into the volume "plugins"; nothing when
-none are listed. */}}
+{{/* Plugin packages (values.yaml, plugins): the init container of a pod of the extender or the
+rebuild controller that pip-installs them into the volume "plugins"; nothing when none are
+listed. */}}
 {{- define "fulcrum.pluginsInit" -}}
 {{- with .Values.plugins }}
 {{- if .packages }}
