@@ -314,12 +314,22 @@ def _cmd_cluster_list(args: argparse.Namespace) -> int:
 
 def _cmd_policies(args: argparse.Namespace) -> int:
     from kube.hooks import default_hook_registry
-    from policies.registry import BUILTIN, default_registry
+    from policies.registry import BUILTIN, Registry, default_registry
+    from scheduler.attributes import reads_of
+    from scheduler.policy import PolicyContext
+
+    def reads(registry: Registry, name: str) -> str:
+        """What the policy declares it reads beyond resources (scheduler.attributes)."""
+        try:
+            return reads_of(registry.create(name, PolicyContext())).describe()
+        except Exception as exc:  # a plugin's bug: shown, not raised
+            return f"? ({type(exc).__name__}: {exc})"
 
     registry = default_registry()
     hooks = default_hook_registry().names()
     rows: list[dict[str, Any]] = [
-        {"name": n, "builtin": True, "source": "built-in"} for n in sorted(BUILTIN, key=str.lower)
+        {"name": n, "builtin": True, "source": "built-in", "reads": reads(registry, n)}
+        for n in sorted(BUILTIN, key=str.lower)
     ]
     for plugin in registry.installed:  # where each comes from; why one is not loaded
         rows.append(
@@ -332,10 +342,12 @@ def _cmd_policies(args: argparse.Namespace) -> int:
                 "entry_point": plugin.entry_point,
                 "loaded": not plugin.problem,
                 **({"problem": plugin.problem, "fix": plugin.fix} if plugin.problem else {}),
+                **({} if plugin.problem else {"reads": reads(registry, plugin.name)}),
             }
         )
     lines = [
-        f"{r['name']:28} {r['source']}" + ("" if r.get("loaded", True) else "  NOT LOADED")
+        f"{r['name']:28} {r['source']}"
+        + (f"  reads: {r['reads']}" if r.get("loaded", True) else "  NOT LOADED")
         for r in rows
     ]
     lines += [f"  {r['name']}: {r['problem']}; {r['fix']}" for r in rows if "problem" in r]

@@ -41,7 +41,12 @@ def test_policies_print_the_same_document_as_json_and_yaml(
 ) -> None:
     assert cli.main(["policies", "-o", fmt]) == 0
     document = yaml.safe_load(capsys.readouterr().out)  # JSON is YAML too
-    assert {"name": "Archimedes", "builtin": True, "source": "built-in"} in document["policies"]
+    assert {
+        "name": "Archimedes",
+        "builtin": True,
+        "source": "built-in",
+        "reads": "resources only",
+    } in document["policies"]
     assert document["rebuild_hooks"][:2] == ["leader-aware", "ready"]
 
 
@@ -57,9 +62,12 @@ def test_output_file_takes_the_result_off_standard_output(
     assert cli.main(["policies", "-o", "yaml", "--output-file", str(out)]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == f"wrote {out}\n"
-    assert {"name": "FGD", "builtin": True, "source": "built-in"} in yaml.safe_load(
-        out.read_text()
-    )["policies"]
+    assert {
+        "name": "FGD",
+        "builtin": True,
+        "source": "built-in",
+        "reads": "resources only",
+    } in yaml.safe_load(out.read_text())["policies"]
 
 
 def test_an_output_file_in_a_missing_folder_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -51,8 +51,14 @@ def test_policies_lists_each_plugin_with_where_it_comes_from(python: Path) -> No
         "version": "0.1.0",
         "entry_point": "fulcrum_policy_example.gpu_nodes_for_gpu_pods:create",
         "loaded": True,
+        "reads": "resources only",
     }
-    assert rows["Archimedes"] == {"name": "Archimedes", "builtin": True, "source": "built-in"}
+    assert rows["Archimedes"] == {
+        "name": "Archimedes",
+        "builtin": True,
+        "source": "built-in",
+        "reads": "resources only",
+    }
     broken = rows["BrokenAtImport"]
     assert not broken["loaded"]
     assert (
