@@ -318,8 +318,16 @@ def add_bench_configmaps(sub: Subparsers) -> None:
     bench.add_argument(
         "--window",
         type=positive,
+        default=90,
+        help="seconds of the steady state, pods running; a kubelet resyncs each pod every "
+        "60-90 s (default %(default)s)",
+    )
+    bench.add_argument(
+        "--baseline",
+        type=positive,
         default=60,
-        help="seconds of the baseline (no pods) and of the steady state (default %(default)s)",
+        help="seconds of the baseline, no pods: every other client's requests (default "
+        "%(default)s)",
     )
     bench.add_argument(
         "--updates",
@@ -345,6 +353,7 @@ def _cmd_bench_configmaps(args: argparse.Namespace) -> int:
         pods=args.pods,
         configmaps=args.configmaps,
         window=args.window,
+        baseline=args.baseline,
         updates=args.updates,
     )
     result = configmap_bench.run(config, say=output.progress(args.output, args.output_file))
