@@ -65,6 +65,9 @@ def _scrape(gets: int, lists: int, other: int, watches: int) -> metrics.Scrape:
             "# TYPE apiserver_longrunning_requests gauge",
             f'apiserver_longrunning_requests{{{labels.format(r="configmaps")},verb="WATCH"}} '
             f"{watches}",
+            "# TYPE etcd_requests_total counter",
+            f'etcd_requests_total{{operation="get",type="configmaps"}} {gets // 2}',
+            f'etcd_requests_total{{operation="get",type="pods"}} {other}',
         ]
     )
     return metrics.parse(text + "\n")
@@ -80,8 +83,9 @@ def test_the_kubelets_share_is_the_steady_window_less_the_baseline() -> None:
     figures = row.figures(pods=10)
     assert figures["configmap_get_per_min"] == 148  # 150 less the baseline's 2
     assert figures["watches_opened"] == 10
+    assert figures["etcd_configmap_reads_per_min"] == 74  # 75 less the baseline's 1
     assert figures["configmap_share"] == 0.625
     assert figures["per_pod_per_min"] == 14.8
     assert (figures["propagation_median_s"], figures["propagation_max_s"]) == (44.0, 61.0)
     table = cb.format_table(cb.Result(cb.Config(pods=10), [row]))
-    assert "| Get | 148.0 | 0.0 | 10 | 240.0 (62.0) | 62.5 % | 14.8 | 44.0 / 61.0 |" in table
+    assert "| Get | 148.0 | 0.0 | 10 | 74.0 | 240.0 (62.0) | 62.5 % | 14.8 | 44.0 / 61.0 |" in table
