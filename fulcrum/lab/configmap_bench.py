@@ -140,7 +140,7 @@ def window(before: metrics.Scrape, after: metrics.Scrape, seconds: float) -> Win
     gauge = after.total("apiserver_longrunning_requests", resource="configmaps", verb="WATCH")
     etcd: dict[str, float] = {}
     for labels, value in metrics.delta(before, after, seconds).series("etcd_requests_total"):
-        if labels.get("type", "").endswith("configmaps") and value > 0:
+        if (labels.get("resource"), labels.get("group", "")) == ("configmaps", "") and value:
             op = labels.get("operation", "")
             etcd[op] = etcd.get(op, 0.0) + value
     return Window(round(seconds, 2), verbs, sum(r.count for r in rows), gauge or 0.0, etcd)

@@ -66,8 +66,8 @@ def _scrape(gets: int, lists: int, other: int, watches: int) -> metrics.Scrape:
             f'apiserver_longrunning_requests{{{labels.format(r="configmaps")},verb="WATCH"}} '
             f"{watches}",
             "# TYPE etcd_requests_total counter",
-            f'etcd_requests_total{{operation="get",type="configmaps"}} {gets // 2}',
-            f'etcd_requests_total{{operation="get",type="pods"}} {other}',
+            f'etcd_requests_total{{operation="get",group="",resource="configmaps"}} {gets // 2}',
+            f'etcd_requests_total{{operation="get",group="",resource="pods"}} {other}',
         ]
     )
     return metrics.parse(text + "\n")
