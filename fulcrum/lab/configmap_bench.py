@@ -132,14 +132,15 @@ class Result:
 
 def window(before: metrics.Scrape, after: metrics.Scrape, seconds: float) -> Window:
     """The requests between two scrapes of the apiserver's /metrics."""
-    rows = api_requests.analyse(metrics.delta(before, after, seconds))
+    between = metrics.delta(before, after, seconds)
+    rows = api_requests.analyse(between)
     verbs: dict[str, float] = {}
     for r in rows:
         if r.resource == "configmaps":
             verbs[r.verb] = verbs.get(r.verb, 0.0) + r.count
     gauge = after.total("apiserver_longrunning_requests", resource="configmaps", verb="WATCH")
     etcd: dict[str, float] = {}
-    for labels, value in metrics.delta(before, after, seconds).series("etcd_requests_total"):
+    for labels, value in between.series("etcd_requests_total"):
         if (labels.get("resource"), labels.get("group", "")) == ("configmaps", "") and value:
             op = labels.get("operation", "")
             etcd[op] = etcd.get(op, 0.0) + value
