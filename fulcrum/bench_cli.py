@@ -276,6 +276,92 @@ def add_bench_node(sub: Subparsers) -> None:
     bench.set_defaults(func=_cmd_bench_node)
 
 
+STRATEGIES = ("Get", "Cache", "Watch")  # the kubelet's configMapAndSecretChangeDetectionStrategy
+
+
+def strategies(text: str) -> tuple[str, ...]:
+    """An argparse type: a comma-separated list of ``STRATEGIES``."""
+    chosen = tuple(s.strip() for s in text.split(",") if s.strip())
+    wrong = [s for s in chosen if s not in STRATEGIES]
+    if wrong or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give some of {','.join(STRATEGIES)}, comma-separated"
+        )
+    return chosen
+
+
+def add_bench_configmaps(sub: Subparsers) -> None:
+    """The ``bench-configmaps`` subcommand: the kubelets' configmap requests per strategy."""
+    bench = sub.add_parser(
+        "bench-configmaps",
+        help="pods mounting configmaps on real nodes, per kubelet configmap strategy (Get, "
+        "Cache, Watch) on a fresh cluster each: the kubelets' configmap GETs and watches "
+        "against the apiserver's total, and how soon an update reaches the mounted file",
+    )
+    bench.add_argument(
+        "--strategies",
+        type=strategies,
+        default=STRATEGIES,
+        help="the kubelets' configMapAndSecretChangeDetectionStrategy, one run each, in this "
+        "order (default Get,Cache,Watch)",
+    )
+    bench.add_argument(
+        "--real-nodes", type=at_least(1), default=2, help="real nodes (default %(default)s)"
+    )
+    bench.add_argument("--pods", type=at_least(1), default=30, help="pods (default %(default)s)")
+    bench.add_argument(
+        "--configmaps",
+        type=at_least(1),
+        default=5,
+        help="configmaps each pod mounts, its own (default %(default)s)",
+    )
+    bench.add_argument(
+        "--window",
+        type=positive,
+        default=90,
+        help="seconds of the steady state, pods running; a kubelet resyncs each pod every "
+        "60-90 s (default %(default)s)",
+    )
+    bench.add_argument(
+        "--baseline",
+        type=positive,
+        default=60,
+        help="seconds of the baseline, no pods: every other client's requests (default "
+        "%(default)s)",
+    )
+    bench.add_argument(
+        "--updates",
+        type=at_least(0),
+        default=10,
+        help="mounted configmaps changed at the end, each timed until its file shows it; 0: "
+        "none (default %(default)s)",
+    )
+    bench.add_argument(
+        "--name", default="fulcrum-bench-cm", help="cluster name prefix (default %(default)s)"
+    )
+    output.add_output(bench, text="a table", progress=True)
+    bench.set_defaults(func=_cmd_bench_configmaps)
+
+
+def _cmd_bench_configmaps(args: argparse.Namespace) -> int:
+    from fulcrum.lab import configmap_bench
+
+    config = configmap_bench.Config(
+        name=args.name,
+        strategies=args.strategies,
+        real_nodes=args.real_nodes,
+        pods=args.pods,
+        configmaps=args.configmaps,
+        window=args.window,
+        baseline=args.baseline,
+        updates=args.updates,
+    )
+    result = configmap_bench.run(config, say=output.progress(args.output, args.output_file))
+    text = configmap_bench.format_table(result)
+    output.emit(result.to_json(), args.output, text=text, file=args.output_file)
+    return 0
+
+
 def _cmd_bench_node(args: argparse.Namespace) -> int:
     from fulcrum.lab import node_bench
 

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from fulcrum import output
 from fulcrum.bench_cli import (
+    STRATEGIES,
     Subparsers,
     add_bench,
+    add_bench_configmaps,
     add_bench_node,
     add_bench_rebuild,
     add_floors,
@@ -81,6 +83,7 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
         python=args.python,
         real_nodes=args.real_nodes,
         node_agent=agent,
+        kubelet_configmap_strategy=args.kubelet_configmap_strategy,
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -220,6 +223,14 @@ def _add_cluster(sub: Subparsers) -> None:
         default=0,
         help="real nodes beside the kwok nodes: a kubelet with containerd, runc and CNI each, "
         "labelled fulcrum.io/node=real; needs root (default %(default)s)",
+    )
+    up.add_argument(
+        "--kubelet-configmap-strategy",
+        choices=STRATEGIES,
+        default="Watch",
+        help="the real nodes' kubelet configMapAndSecretChangeDetectionStrategy: how it keeps "
+        "mounted configmaps and secrets current (Get: a GET each per pod sync; Cache: the same "
+        "through a TTL cache; Watch: a watch each) (default %(default)s, the kubelet's)",
     )
     up.add_argument(
         "--no-extender",
@@ -429,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_bench_rebuild(sub)
     add_bench_node(sub)
+    add_bench_configmaps(sub)
     sub.add_parser(
         "simulate", add_help=False, help="replay an openb-format trace (fulcrum simulate --help)"
     )

@@ -438,6 +438,7 @@ def up(
     nodes_to_score: int = 100,
     real_nodes: int = 0,
     node_agent: nodeagent.AgentOptions | None = None,
+    kubelet_configmap_strategy: str = "Watch",
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> ClusterState:
     """Create cluster ``name`` with ``nodes`` kwok nodes; undo everything if any step fails.
@@ -454,7 +455,8 @@ def up(
     Without ``fulcrum_scheduler``, no fulcrum-scheduler runs on the host either (a test that
     installs the chart's, say). ``real_nodes`` real nodes (``realnodes``) join the kwok nodes,
     with a registry on loopback they pull from, each with a ``fulcrum node`` agent
-    (``node_agent``, default options when None).
+    (``node_agent``, default options when None); their kubelets'
+    ``configMapAndSecretChangeDetectionStrategy`` is ``kubelet_configmap_strategy``.
     """
     port = registration.port if registration else extender_port
     _check_new(name, port, extender)
@@ -468,6 +470,11 @@ def up(
         bind_all=_binds_all(extender_config, str(python or "")),
         nodes_to_score=nodes_to_score,
     )
+    if kubelet_configmap_strategy not in realnodes.CONFIGMAP_STRATEGIES:
+        raise ClusterError(
+            f"--kubelet-configmap-strategy {kubelet_configmap_strategy}: give one of "
+            f"{', '.join(realnodes.CONFIGMAP_STRATEGIES)}"
+        )
     if real_nodes:
         _check_real_nodes(name, real_nodes)
     try:
@@ -496,7 +503,8 @@ def up(
             state.nodes = nodes
             _save_state(state)
         if real_nodes:
-            _start_real_nodes(state, real_nodes, node_agent or nodeagent.AgentOptions(), log=log)
+            agent = node_agent or nodeagent.AgentOptions()
+            _start_real_nodes(state, real_nodes, agent, kubelet_configmap_strategy, log=log)
     except BaseException:
         down(name, log=lambda _: None)
         raise
@@ -589,6 +597,7 @@ def _start_real_nodes(
     state: ClusterState,
     count: int,
     agent: nodeagent.AgentOptions,
+    configmap_strategy: str,
     *,
     log: Callable[[str], None],
 ) -> None:
@@ -614,6 +623,7 @@ def _start_real_nodes(
             ca=controlplane.pki(state_dir(name), name) / "ca.crt",
             registry_port=state.registry_port,
             agent=agent,
+            configmap_strategy=configmap_strategy,
             log=log,
         )
     except realnodes.RealNodeError as exc:

@@ -71,6 +71,11 @@ CNI_BIN = "/usr/lib/cni"
 # a mount namespace of its own (``_own_device_plugins``)
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 CGROUPS = Path("/sys/fs/cgroup")
+# the kubelet's configMapAndSecretChangeDetectionStrategy: how it keeps the configmaps and
+# secrets its pods mount up to date; Watch (its default) watches each one, Cache re-reads one
+# older than the node's TTL annotation (the TTL controller's, 0 s below 100 nodes), Get re-reads
+# each at every pod sync
+CONFIGMAP_STRATEGIES = ("Get", "Cache", "Watch")
 
 
 class RealNodeError(RuntimeError):
@@ -173,7 +178,14 @@ imports = []
 """
 
 
-def _kubelet_config(cluster: str, node: RealNode, directory: Path, ca: Path) -> dict[str, object]:
+def _kubelet_config(
+    cluster: str, node: RealNode, directory: Path, ca: Path, configmap_strategy: str = "Watch"
+) -> dict[str, object]:
+    if configmap_strategy not in CONFIGMAP_STRATEGIES:
+        raise RealNodeError(
+            f"kubelet configMapAndSecretChangeDetectionStrategy {configmap_strategy!r}: "
+            f"give one of {', '.join(CONFIGMAP_STRATEGIES)}"
+        )
     sock = f"unix://{directory}/containerd.sock"
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -209,6 +221,7 @@ def _kubelet_config(cluster: str, node: RealNode, directory: Path, ca: Path) -> 
         },
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
+        "configMapAndSecretChangeDetectionStrategy": configmap_strategy,
     }
 
 
@@ -311,9 +324,11 @@ def start_node(
     registry: str,
     ipam_plugin: Path,
     pause_archive: Path,
+    configmap_strategy: str = "Watch",
 ) -> None:
-    """containerd (with the pause image imported) and a kubelet for ``node``, in
-    ``directory``; returns once the kubelet's healthz answers."""
+    """containerd (with the pause image imported) and a kubelet for ``node`` (its
+    ``configMapAndSecretChangeDetectionStrategy``: ``configmap_strategy``), in ``directory``;
+    returns once the kubelet's healthz answers."""
     for sub in ("cni-bin", "net.d", "pod-logs", "kubelet", f"certs.d/{registry}"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(ipam_plugin, directory / "cni-bin" / "fulcrum-ipam")
@@ -339,7 +354,9 @@ def start_node(
     _run([*_ctr(binaries, directory), "images", "import", str(pause_archive)])
     _make_cgroup_root(cgroup_root(cluster, node.name))
     config = directory / "kubelet.yaml"
-    config.write_text(yaml.safe_dump(_kubelet_config(cluster, node, directory, ca)))
+    config.write_text(
+        yaml.safe_dump(_kubelet_config(cluster, node, directory, ca, configmap_strategy))
+    )
     cmd = [
         str(binaries["kubelet"]),
         f"--config={config}",
@@ -374,11 +391,12 @@ def start(
     ca: Path,
     registry_port: int,
     agent: nodeagent.AgentOptions | None = None,
+    configmap_strategy: str = "Watch",
     log: Callable[[str], None],
 ) -> list[str]:
     """The registry on ``registry_port`` and ``count`` real nodes of ``cluster`` under
-    ``root``, each with its ``fulcrum node`` agent (``agent``; None: none): their names. On
-    failure, what started is left for ``stop``."""
+    ``root``, each with its ``fulcrum node`` agent (``agent``; None: none) and its kubelet's
+    ``configmap_strategy``: their names. On failure, what started is left for ``stop``."""
     root.mkdir(parents=True, exist_ok=True)
     registry = f"127.0.0.1:{registry_port}"
     start_registry(root, registry_port)
@@ -405,6 +423,7 @@ def start(
             registry=registry,
             ipam_plugin=ipam,
             pause_archive=pause,
+            configmap_strategy=configmap_strategy,
         )
         names.append(node.name)
         log(f"  {node.name}: kubelet on {GATEWAY}:{node.kubelet_port}, pods {node.pod_cidr()}")
