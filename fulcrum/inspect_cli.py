@@ -163,20 +163,13 @@ def cluster_view(args: argparse.Namespace, *, lists: bool = True) -> Any:
 def _cmd_api(args: argparse.Namespace) -> int:
     import time
 
-    from fulcrum.inspect import api_requests, metrics, probe
+    from fulcrum.inspect import api_requests, metrics
 
-    get = probe.apiserver_getter(api_client(args))
-
-    def scrape() -> metrics.Scrape:
-        status, text = get("/metrics")
-        if status != 200:
-            raise RuntimeError(f"the apiserver's /metrics answered {status}: {text[:200]}")
-        return metrics.parse(text)
-
-    first = scrape()
+    client = api_client(args)
+    first = api_requests.scrape(client)
     if args.window > 0:
         time.sleep(args.window)
-        window = metrics.delta(first, scrape(), args.window)
+        window = metrics.delta(first, api_requests.scrape(client), args.window)
     else:
         window = first
     document = api_requests.document(window)
