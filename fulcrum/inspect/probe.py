@@ -169,11 +169,14 @@ def read(
     etcd: Endpoint | None,
     scheduler: Endpoint | None,
     controller_manager: Endpoint | None,
+    meanwhile: Callable[[], bool] = lambda: True,
     sleep: Callable[[float], None] = time.sleep,
-    lists: bool = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ClusterView:
-    """Read every component twice, ``window`` seconds apart (once with a window of 0); the
-    Leases too unless ``lists`` is False (the apiserver cannot list: it is not ready)."""
+    """Read every component twice, at least ``window`` seconds apart (once with a window of
+    0), the window measured; ``meanwhile()`` runs between the two reads (the inspection lists
+    and judges the cluster while the window passes, not after it) and says whether the
+    apiserver can list: False (it is not ready), its Leases are not asked for."""
     from kubernetes import client
 
     sources = {
@@ -195,8 +198,11 @@ def read(
         ),
     }
     first = {name: _read(get, (), c) for name, (c, get, _) in sources.items()}
+    started = clock()
+    lists = meanwhile()
     if window > 0:
-        sleep(window)
+        sleep(max(0.0, window - (clock() - started)))
+        window = round(clock() - started, 1)
     for name, (component, get, paths) in sources.items():
         last = _read(get, paths, component)
         component.last = last

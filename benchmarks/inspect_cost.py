@@ -1,0 +1,167 @@
+"""What ``fulcrum inspect`` costs on a big kwok cluster (a benchmark: it asserts nothing, but
+says whether issue 33's bounds held: within 30 s, and no more than 5 % on the apiserver's
+request rate while it runs).
+
+A fresh cluster ``--name`` of ``--nodes`` nodes (``fulcrum bench``'s 32 cpu / 256Gi / 110
+pods) and ``--pods`` pods of the bench's mix, created with default-scheduler paused and released
+at once, as ``fulcrum bench`` does. Then ``--runs`` times: ``fulcrum inspect --name NAME -o
+json`` (every section, its default --window and --plan-seconds, a process of its own, as a user
+runs it), timed; the apiserver's requests (``apiserver_request_total``) and kube-apiserver's CPU
+seconds over it; then a window of the same length without it, the baseline. ``--profile FILE``
+also runs one inspection under cProfile. The cluster is torn down at the end, whatever happens.
+
+    CI=true flock /tmp/fulcrum-cluster.lock .venv/bin/python benchmarks/inspect_cost.py \\
+        [--nodes 1000] [--pods 25000] [--runs 3] [--profile /tmp/inspect.prof] [-o json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from fulcrum.harness import cluster
+from fulcrum.harness import processes as cluster_processes
+from fulcrum.inspect import api_requests, metrics
+from fulcrum.lab import DEFAULT_MIX, bench, openb
+from fulcrum.lab.workload import pod_manifest
+
+SECONDS, RATE = 30.0, 0.05  # the issue's bounds
+APISERVER = "kube-apiserver"
+
+
+@dataclass
+class Window:
+    seconds: float
+    requests: float  # apiserver_request_total's increase
+    apiserver_cpu: float  # kube-apiserver's CPU seconds
+    lists: dict[str, float]  # LIST requests by resource (the inspection's own, mostly)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def measure(client: Any, processes: dict[int, str], action: Callable[[], object]) -> Window:
+    """The apiserver's requests and CPU while ``action`` runs."""
+    pids = {pid: label for pid, label in processes.items() if label == APISERVER}
+    before, cpu = api_requests.scrape(client), cluster_processes.cpu_seconds(pids)
+    started = time.monotonic()
+    action()
+    seconds = time.monotonic() - started
+    after, cpu_after = api_requests.scrape(client), cluster_processes.cpu_seconds(pids)
+    window = metrics.delta(before, after, seconds)
+    lists = {
+        r.resource: r.count for r in api_requests.analyse(window) if r.verb == "LIST" and r.count
+    }
+    return Window(
+        seconds,
+        window.total("apiserver_request_total") or 0.0,
+        cpu_after[APISERVER] - cpu[APISERVER],
+        lists,
+    )
+
+
+def inspect_command(name: str, profile: Path | None = None) -> list[str]:
+    run = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    return [sys.executable, *run, "-m", "fulcrum", "inspect", "--name", name, "-o", "json"]
+
+
+def inspect(name: str, profile: Path | None = None) -> None:
+    """One inspection as a user runs it; exit status 0 or 1 (a finding) are both a run."""
+    done = subprocess.run(inspect_command(name, profile), capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"fulcrum inspect exited {done.returncode}: {done.stderr[-2000:]}")
+
+
+def populate(name: str, pods: int, say: Callable[[str], None]) -> int:
+    """``pods`` pods of the bench's mix, bound by default-scheduler; how many were bound."""
+    manifests = [
+        pod_manifest(f"cost-{i:06d}", shape, scheduler=bench.DEFAULT)
+        for i, shape in enumerate(bench.pod_shapes(DEFAULT_MIX, pods))
+    ]
+    timeout = max(600.0, pods / 10)
+    placed = openb.place_paused(
+        name, "inspect-cost", manifests, bench.DEFAULT, timeout=timeout, log=say
+    )
+    return len(placed.placed)
+
+
+def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    cluster.up(args.name, nodes=args.nodes, shape=bench.NODE, log=say)
+    try:
+        bound = populate(args.name, args.pods, say)
+        say(f"{bound}/{args.pods} pods bound; settling {args.settle:g} s")
+        time.sleep(args.settle)
+        client = cluster.core_api(args.name).api_client
+        processes = cluster.process_labels(args.name)
+        runs = []
+        for i in range(args.runs):
+            during = measure(client, processes, lambda: inspect(args.name))
+            pause = functools.partial(time.sleep, during.seconds)
+            baseline = measure(client, processes, pause)
+            added = (during.rate - baseline.rate) / baseline.rate
+            say(
+                f"run {i + 1}: inspect {during.seconds:.1f} s; apiserver {during.rate:.1f} req/s "
+                f"during it, {baseline.rate:.1f} without ({100 * added:+.1f} %); kube-apiserver "
+                f"CPU {during.apiserver_cpu:.1f} s against {baseline.apiserver_cpu:.1f} s; "
+                f"LISTs {during.lists}"
+            )
+            runs.append({"inspect": asdict(during), "baseline": asdict(baseline), "added": added})
+        if args.profile:
+            inspect(args.name, args.profile)
+            say(f"profile of one inspection: {args.profile}")
+    finally:
+        cluster.down(args.name, log=say)
+    seconds = [r["inspect"]["seconds"] for r in runs]
+    added = [r["added"] for r in runs]
+    return {
+        "command": " ".join(inspect_command(args.name)),
+        "nodes": args.nodes,
+        "pods": args.pods,
+        "bound": bound,
+        "runs": runs,
+        "seconds_median": statistics.median(seconds),
+        "seconds_max": max(seconds),
+        "added_median": statistics.median(added),
+        "added_max": max(added),
+        "within_bounds": max(seconds) <= SECONDS and max(added) <= RATE,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=25000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds after binding")
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE")
+    parser.add_argument("--name", default="fulcrum-inspect-cost")
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    args = parser.parse_args()
+    result = run(args, lambda line: print(line, file=sys.stderr, flush=True))
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{args.nodes} nodes, {result['bound']} pods: fulcrum inspect took "
+            f"{result['seconds_median']:.1f} s (median of {args.runs}, max "
+            f"{result['seconds_max']:.1f}); the apiserver's request rate "
+            f"{100 * result['added_median']:+.1f} % while it ran (max "
+            f"{100 * result['added_max']:+.1f} %); within {SECONDS:g} s and "
+            f"{100 * RATE:g} %: {'yes' if result['within_bounds'] else 'no'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
