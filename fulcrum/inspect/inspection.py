@@ -391,7 +391,7 @@ class ClusterCollector(Collector):
             labels=["resource"],
         )
         per_node = GaugeMetricFamily(
-            "fulcrum_node_allocated_ratio",
+            "fulcrum_cluster_node_allocated_ratio",
             "Requested over allocatable on each node, by resource (gpu: GPU milli); one series "
             "per node and resource",
             labels=["node", "resource"],

@@ -70,7 +70,7 @@ def test_the_seeds_panels_are_there_and_laid_out_without_overlap() -> None:
         "fulcrum_cluster_available_nodes",  # nodes and available nodes
         "fulcrum_cluster_available{",  # available resources
         "fulcrum_cluster_pods",  # the pod count
-        "fulcrum_node_allocated_ratio",  # each node's allocation
+        "fulcrum_cluster_node_allocated_ratio",  # each node's allocation
         "apiserver_request_total",  # requests by return code
         "apiserver_request_duration_seconds_bucket",  # and latency
         "scheduler_pod_scheduling_sli_duration_seconds_bucket",  # scheduling time per pod
@@ -107,8 +107,8 @@ def test_the_extender_serves_node_counts_and_per_node_allocation() -> None:
     assert scrape.total("fulcrum_cluster_pods") == 1
     assert scrape.total("fulcrum_cluster_allocatable", resource="cpu") == 12  # cores
     assert scrape.total("fulcrum_cluster_available", resource="cpu") == 11
-    assert scrape.total("fulcrum_node_allocated_ratio", node="n0", resource="cpu") == 0.25
-    assert scrape.total("fulcrum_node_allocated_ratio", node="n1", resource="cpu") == 0
+    assert scrape.total("fulcrum_cluster_node_allocated_ratio", node="n0", resource="cpu") == 0.25
+    assert scrape.total("fulcrum_cluster_node_allocated_ratio", node="n1", resource="cpu") == 0
     cache.apply("nodes", "MODIFIED", node("n2", "True"))  # Ready again
     assert (
         metrics.parse(generate_latest(registry).decode()).total("fulcrum_cluster_available_nodes")
