@@ -51,6 +51,11 @@ class Window:
         return self.requests / self.seconds
 
 
+def added(during: Window, baseline: Window) -> float:
+    """What the inspection added to the apiserver's request rate, a share of the baseline's."""
+    return (during.rate - baseline.rate) / baseline.rate
+
+
 def measure(client: Any, processes: dict[int, str], action: Callable[[], object]) -> Window:
     """The apiserver's requests and CPU while ``action`` runs."""
     pids = {pid: label for pid, label in processes.items() if label == APISERVER}
@@ -104,37 +109,39 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
         time.sleep(args.settle)
         client = cluster.core_api(args.name).api_client
         processes = cluster.process_labels(args.name)
-        runs = []
+        runs: list[tuple[Window, Window]] = []  # (inspect, baseline)
         for i in range(args.runs):
             during = measure(client, processes, lambda: inspect(args.name))
             pause = functools.partial(time.sleep, during.seconds)
             baseline = measure(client, processes, pause)
-            added = (during.rate - baseline.rate) / baseline.rate
             say(
                 f"run {i + 1}: inspect {during.seconds:.1f} s; apiserver {during.rate:.1f} req/s "
-                f"during it, {baseline.rate:.1f} without ({100 * added:+.1f} %); kube-apiserver "
-                f"CPU {during.apiserver_cpu:.1f} s against {baseline.apiserver_cpu:.1f} s; "
+                f"during it, {baseline.rate:.1f} without "
+                f"({100 * added(during, baseline):+.1f} %); kube-apiserver CPU "
+                f"{during.apiserver_cpu:.1f} s against {baseline.apiserver_cpu:.1f} s; "
                 f"LISTs {during.lists}"
             )
-            runs.append({"inspect": asdict(during), "baseline": asdict(baseline), "added": added})
+            runs.append((during, baseline))
         if args.profile:
             inspect(args.name, args.profile)
             say(f"profile of one inspection: {args.profile}")
     finally:
         cluster.down(args.name, log=say)
-    seconds = [r["inspect"]["seconds"] for r in runs]
-    added = [r["added"] for r in runs]
+    seconds = [during.seconds for during, _ in runs]
+    more = [added(during, baseline) for during, baseline in runs]
     return {
         "command": " ".join(inspect_command(args.name)),
         "nodes": args.nodes,
         "pods": args.pods,
         "bound": bound,
-        "runs": runs,
+        "runs": [
+            {"inspect": asdict(d), "baseline": asdict(b), "added": added(d, b)} for d, b in runs
+        ],
         "seconds_median": statistics.median(seconds),
         "seconds_max": max(seconds),
-        "added_median": statistics.median(added),
-        "added_max": max(added),
-        "within_bounds": max(seconds) <= SECONDS and max(added) <= RATE,
+        "added_median": statistics.median(more),
+        "added_max": max(more),
+        "within_bounds": max(seconds) <= SECONDS and max(more) <= RATE,
     }
 
 
