@@ -44,7 +44,7 @@ def scrape(api_client: Any) -> metrics.Scrape:
     status, text = probe.apiserver_getter(api_client)("/metrics")
     if status != 200:
         raise RuntimeError(f"the apiserver's /metrics answered {status}: {text.strip()[:200]}")
-    return metrics.parse(text)
+    return metrics.parse(text, probe.APISERVER_FAMILIES)
 
 
 def analyse(scrape: metrics.Scrape) -> list[Row]:

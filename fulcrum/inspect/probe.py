@@ -26,6 +26,13 @@ from fulcrum.inspect import metrics
 from fulcrum.inspect.metrics import Scrape
 
 TIMEOUT = 10.0
+# every family of the apiserver's that the inspection reads (its checks, its history, --api);
+# the rest of its /metrics is not parsed
+APISERVER_FAMILIES = (
+    "apiserver_request_total",
+    "apiserver_request_duration_seconds",
+    "apiserver_current_inflight_requests",
+)
 LIST_TIMEOUT = 60.0  # a list the apiserver cannot serve (etcd down) ends in its own timeout
 
 
@@ -106,8 +113,14 @@ def _why(exc: BaseException) -> str:
     return str(reason or exc)
 
 
-def _read(getter: Getter | None, paths: tuple[str, ...], component: Component) -> Scrape | None:
-    """Health paths into ``component``, then one scrape of /metrics; errors recorded."""
+def _read(
+    getter: Getter | None,
+    paths: tuple[str, ...],
+    component: Component,
+    families: tuple[str, ...] = (),
+) -> Scrape | None:
+    """Health paths into ``component``, then one scrape of /metrics (only ``families``, if
+    named); errors recorded."""
     if getter is None:
         return None
     try:
@@ -117,7 +130,7 @@ def _read(getter: Getter | None, paths: tuple[str, ...], component: Component) -
         if status != 200:
             component.error = f"/metrics answered {status}: {text.strip()[:200]}"
             return None
-        return metrics.parse(text)
+        return metrics.parse(text, families)
     except (OSError, ssl.SSLError, metrics.MetricsError) as exc:
         component.error = _why(exc)
         return None
@@ -197,14 +210,15 @@ def read(
             ("/healthz",),
         ),
     }
-    first = {name: _read(get, (), c) for name, (c, get, _) in sources.items()}
+    only = {"apiserver": APISERVER_FAMILIES}
+    first = {name: _read(get, (), c, only.get(name, ())) for name, (c, get, _) in sources.items()}
     started = clock()
     lists = meanwhile()
     if window > 0:
         sleep(max(0.0, window - (clock() - started)))
         window = round(clock() - started, 1)
     for name, (component, get, paths) in sources.items():
-        last = _read(get, paths, component)
+        last = _read(get, paths, component, only.get(name, ()))
         component.last = last
         before = first[name]
         if last is not None:
