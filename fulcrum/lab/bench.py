@@ -161,7 +161,7 @@ def requests_between(
 ) -> dict[str, Any]:
     """The apiserver's requests between two scrapes of its /metrics ``seconds`` apart, by
     resource and verb (``fulcrum inspect --api``'s table and JSON)."""
-    return api_requests.document(metrics.delta(before, after, seconds))
+    return api_requests.document(metrics.delta(before, after, round(seconds, 2)))
 
 
 def poster(api: Any, path: str) -> Callable[[bytes], None]:
