@@ -1,8 +1,9 @@
 """What ``fulcrum inspect``'s cluster checks read, read: etcd's ``/health`` and ``/metrics``,
 the apiserver's ``/livez``, ``/readyz`` and ``/metrics``, kube-scheduler's and
 kube-controller-manager's ``/healthz`` and ``/metrics`` when their address is known, and the
-Leases. Every figure that is a rate or a percentile comes from two scrapes ``window`` seconds
-apart (``metrics.delta``); with a window of 0, from one scrape, since each process started.
+Leases. Every figure that is a rate or a percentile comes from two scrapes at least ``window``
+seconds apart, the time between them measured (``metrics.delta``); with a window of 0, from one
+scrape, since each process started.
 
 A component that does not answer is recorded as such (its checks say so); only the apiserver
 not answering fails the inspection, and that is raised to the caller (exit status 2). An
