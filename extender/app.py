@@ -85,9 +85,19 @@ class Metrics:
             "or accepts); the log names each",
             registry=self.registry,
         )
+        nodes = Gauge(
+            "fulcrum_cluster_nodes", "Nodes in the informer cache", registry=self.registry
+        )
+        available = Gauge(
+            "fulcrum_cluster_available_nodes",
+            "Nodes in the informer cache that are Ready and schedulable (not cordoned)",
+            registry=self.registry,
+        )
         if cache is not None:
             lag.set_function(lambda: time.monotonic() - cache.last_event)
             bad.set_function(lambda: len(cache.bad_objects))
+            nodes.set_function(lambda: len(cache.node_names()))
+            available.set_function(cache.available_nodes)
         self.policy_failures = Counter(
             "fulcrum_policy_failures",
             "Placement-policy calls that raised or returned bad scores (their scores are left "

@@ -133,6 +133,7 @@ class ClusterCache:
         self.lock = threading.RLock()
         self.snapshot = Snapshot()
         self.unschedulable: set[str] = set()
+        self.not_ready: set[str] = set()  # its Ready condition not True (metrics only)
         self._node_specs: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, PendingPod] = {}
         self._assumed: dict[str, PendingPod] = {}  # pods we bound, until the watch agrees
@@ -189,10 +190,14 @@ class ClusterCache:
             log.warning("ignoring node %s: %s", name, exc)
             return
         with self.lock:
-            if objects.unschedulable(node):
-                self.unschedulable.add(name)
-            else:
-                self.unschedulable.discard(name)
+            for names, in_it in (
+                (self.unschedulable, objects.unschedulable(node)),
+                (self.not_ready, not objects.ready(node)),
+            ):
+                if in_it:
+                    names.add(name)
+                else:
+                    names.discard(name)
             if self._has(name):
                 if self._node_specs.get(name) != spec:  # heartbeats change nothing we use
                     self.snapshot.update_node(name, **spec)
@@ -206,6 +211,7 @@ class ClusterCache:
     def delete_node(self, name: str) -> None:
         with self.lock:
             self.unschedulable.discard(name)
+            self.not_ready.discard(name)
             if not self._has(name):
                 return
             self._node_specs.pop(name, None)
@@ -438,6 +444,12 @@ class ClusterCache:
     def node_names(self) -> list[str]:
         with self.lock:
             return list(self.snapshot.names)
+
+    def available_nodes(self) -> int:
+        """Nodes Ready and schedulable (not cordoned)."""
+        with self.lock:
+            unavailable = self.unschedulable | self.not_ready
+            return sum(1 for name in self.snapshot.names if name not in unavailable)
 
     def pod_count(self) -> int:
         with self.lock:

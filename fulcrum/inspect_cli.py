@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,32 +152,26 @@ def endpoints(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
-def cluster_view(args: argparse.Namespace, *, lists: bool = True) -> Any:
+def cluster_view(args: argparse.Namespace, meanwhile: Callable[[], bool]) -> Any:
     """What the cluster checks judge (``fulcrum.inspect.probe.ClusterView``), read over
-    --window; None: no components inspected (the unit tests of the invariants). ``lists``
-    False: the apiserver cannot list (etcd down), its Leases are not asked for."""
+    --window, with ``meanwhile()`` run within the window (it lists the cluster and says whether
+    it could: False, etcd down, and the Leases are not asked for); None: no components
+    inspected (the unit tests of the invariants)."""
     from fulcrum.inspect import probe
 
-    return probe.read(api_client(args), window=args.window, lists=lists, **endpoints(args))
+    return probe.read(api_client(args), window=args.window, meanwhile=meanwhile, **endpoints(args))
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
     import time
 
-    from fulcrum.inspect import api_requests, metrics, probe
+    from fulcrum.inspect import api_requests, metrics
 
-    get = probe.apiserver_getter(api_client(args))
-
-    def scrape() -> metrics.Scrape:
-        status, text = get("/metrics")
-        if status != 200:
-            raise RuntimeError(f"the apiserver's /metrics answered {status}: {text[:200]}")
-        return metrics.parse(text)
-
-    first = scrape()
+    client = api_client(args)
+    first = api_requests.scrape(client)
     if args.window > 0:
         time.sleep(args.window)
-        window = metrics.delta(first, scrape(), args.window)
+        window = metrics.delta(first, api_requests.scrape(client), args.window)
     else:
         window = first
     document = api_requests.document(window)
@@ -207,14 +202,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         except html_report.ReportError as exc:
             print(f"fulcrum inspect: error: {exc}", file=sys.stderr)
             return 2
-    unread: str | None = None
-    try:
-        nodes, pods, reservations, pools = objects(args)  # unreachable: exit 2 here
-    except Unanswered as exc:  # etcd down: the apiserver answers, but 5xx
-        unread, (nodes, pods, reservations, pools) = str(exc), ([], [], [], [])
-    view = cluster_view(args) if unread is None else cluster_view(args, lists=False)
     now = datetime.now(UTC)
-    report = inspect(nodes, pods, reservations, pools, now, plan_seconds=args.plan_seconds)
+    listed: dict[str, Any] = {"unread": None}
+
+    def list_and_inspect() -> bool:
+        """Within the metrics' window: the objects listed and the inspection of them."""
+        try:
+            found = objects(args)  # unreachable: exit 2 here
+        except Unanswered as exc:  # etcd down: the apiserver answers, but 5xx
+            listed["unread"], found = str(exc), ([], [], [], [])
+        listed["objects"] = found
+        listed["report"] = inspect(*found, now, plan_seconds=args.plan_seconds)
+        return listed["unread"] is None
+
+    view = cluster_view(args, list_and_inspect)
+    unread: str | None = listed["unread"]
+    nodes, pods, _, _ = listed["objects"]
+    report = listed["report"]
     results = [
         *cluster_checks.component_checks(view, nodes, pods, now, thresholds),
         *(
@@ -224,7 +228,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         ),
     ]
     sections = brief.sections(results)
-    window = f"rates and percentiles {probe.since(args.window)}"
+    seconds = args.window if view is None else view.window
+    window = f"rates and percentiles {probe.since(seconds)}"
     if args.html is not None:
         where = str(args.kubeconfig or args.name or "the current kubeconfig context")
         if args.context is not None:
@@ -234,7 +239,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         html_report.write_html(args.html, page)
         print(f"wrote {args.html}", file=sys.stderr)
     document = report.to_json()
-    document["window_s"] = args.window
+    document["window_s"] = seconds
     document["sections"] = [s.to_json() for s in sections]
     document["checks"] = [r.to_json() for r in results]
     if unread is not None:

@@ -170,9 +170,9 @@ def volumes(pod: Raw) -> Sequence[Volume]:
     return pod_spec(pod).get("volumes") or ()
 
 
-def ready(pod: Raw) -> bool:
-    """Its ``Ready`` condition is ``True``."""
-    conditions = pod_status(pod).get("conditions") or ()
+def ready(obj: Raw) -> bool:
+    """A pod's or a node's ``Ready`` condition is ``True``."""
+    conditions = pod_status(obj).get("conditions") or ()
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 

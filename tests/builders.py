@@ -118,3 +118,15 @@ def reservation(
         expires_at=expires,
         phase=phase,
     ).to_object()
+
+
+def cluster_view(view: Any) -> Any:
+    """A stand-in for ``fulcrum.inspect_cli.cluster_view`` (monkeypatched): runs what the
+    command does within the metrics' window (its lists and inspection), then gives ``view``
+    (a ``probe.ClusterView``, or None: no components inspected)."""
+
+    def read(args: Any, meanwhile: Any) -> Any:
+        meanwhile()
+        return view
+
+    return read

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fulcrum.inspect import metrics
+from fulcrum.inspect import metrics, probe
 
 DOMINANT = 0.2  # a resource with at least this share of the requests is named
 LISTED = 30  # rows in the text table
@@ -36,6 +36,15 @@ def _resource(labels: dict[str, str]) -> str:
         return sub or "(non-resource)"
     name = f"{resource}/{sub}" if sub else resource
     return f"{name}.{group}" if group else name
+
+
+def scrape(api_client: Any) -> metrics.Scrape:
+    """The apiserver's /metrics now, read with ``api_client``'s credentials; RuntimeError when
+    it answers other than 200 (an unreachable apiserver: urllib3's error)."""
+    status, text = probe.apiserver_getter(api_client)("/metrics")
+    if status != 200:
+        raise RuntimeError(f"the apiserver's /metrics answered {status}: {text.strip()[:200]}")
+    return metrics.parse(text, probe.APISERVER_FAMILIES)
 
 
 def analyse(scrape: metrics.Scrape) -> list[Row]:
@@ -99,7 +108,8 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def render(doc: dict[str, Any]) -> str:
+def render(doc: dict[str, Any], *, listed: int = LISTED) -> str:
+    """The table, the ``listed`` most requested rows."""
     rows = doc["api_requests"]
     lines = [f"apiserver requests {doc['since']}: {doc['total']:g} in all"]
     for d in doc["dominant"]:
@@ -114,7 +124,7 @@ def render(doc: dict[str, Any]) -> str:
             _ms(r["p99_ms"]),
             " ".join(f"{c}:{n:g}" for c, n in r["codes"].items()),
         )
-        for r in rows[:LISTED]
+        for r in rows[:listed]
     ]
     widths = [max(len(row[i]) for row in table) for i in range(6)]
     for row in table:
@@ -123,6 +133,6 @@ def render(doc: dict[str, Any]) -> str:
             for i, (c, w) in enumerate(zip(row, widths, strict=False))
         ]
         lines.append("  " + "  ".join(cells) + "  " + row[6])
-    if len(rows) > LISTED:
-        lines.append(f"  and {len(rows) - LISTED} more (-o json has them all)")
+    if len(rows) > listed:
+        lines.append(f"  and {len(rows) - listed} more (-o json has them all)")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from typing import Any
 from fulcrum.inspect import metrics
 from fulcrum.inspect.cluster_checks import LONG_VERBS
 from fulcrum.inspect.probe import ClusterView
+from kube import objects
 
 VERSION = 1
 SUFFIX = ".inspection.json"
@@ -30,11 +31,6 @@ RESOURCES = ("cpu", "memory", "pods", "gpus")  # NodeRow's (used, allocatable) p
 
 class HistoryError(Exception):
     """No history: the directory is missing, empty or holds a record that is not one."""
-
-
-def _ready(node: Mapping[str, Any]) -> bool:
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _api(view: ClusterView | None) -> dict[str, Any] | None:
@@ -106,7 +102,7 @@ def entry(
         "unread": document.get("unread"),
         "sections": [{"name": s["name"], "summary": s["summary"]} for s in document["sections"]],
         "checks": [c for c in document["checks"] if c["severity"] != "Info"],
-        "nodes": {"count": len(nodes), "ready": sum(1 for n in nodes if _ready(n))},
+        "nodes": {"count": len(nodes), "ready": sum(1 for n in nodes if objects.ready(n))},
         "pods": len(pods),
         "resources": resources,
         "allocation": allocation,

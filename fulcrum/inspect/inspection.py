@@ -29,6 +29,13 @@ from scheduler.pod import GPU_MILLI
 from scheduler.snapshot import CPU_COL, MEMORY_COL, PODS_COL, Snapshot
 
 Obj = Mapping[str, Any]
+# the figures' resources on /metrics: label, NodeRow's (used, allocatable) pair, its unit
+RESOURCES = (
+    ("cpu", "cpu", 1000),
+    ("memory", "memory", 1),
+    ("pods", "pods", 1),
+    ("gpu", "gpus", GPU_MILLI),
+)
 EXHAUSTED = 0.05  # a resource with less than this share free is exhausted
 IDLE = 0.5  # ... while another with more than this share free sits idle
 
@@ -336,8 +343,9 @@ class ClusterCollector(Collector):
     seconds from a copy of a snapshot (``snapshot``: the extender's cache gives one, copied
     under its lock) and cached between: a scrape within ``max_age`` of the last computation
     only reads the cached figures, so scrapes, however frequent, never hold up the filter for
-    more than one copy per ``max_age``. Allocation per resource, GPU fragmentation, nodes with
-    stranded resources."""
+    more than one copy per ``max_age``. Allocation per resource, in the cluster and on each node,
+    allocatable and available resources, bound pods, GPU fragmentation, nodes with stranded
+    resources."""
 
     def __init__(
         self,
@@ -370,16 +378,40 @@ class ClusterCollector(Collector):
             "Requested over allocatable in the whole cluster, by resource (gpu: GPU milli)",
             labels=["resource"],
         )
-        for resource, attr in (
-            ("cpu", "cpu"),
-            ("memory", "memory"),
-            ("pods", "pods"),
-            ("gpu", "gpus"),
-        ):
+        allocatable = GaugeMetricFamily(
+            "fulcrum_cluster_allocatable",
+            "Allocatable in the whole cluster, by resource (cpu in cores, memory in bytes, pods, "
+            "gpu in GPUs)",
+            labels=["resource"],
+        )
+        available = GaugeMetricFamily(
+            "fulcrum_cluster_available",
+            "Allocatable minus requested in the whole cluster, by resource (units as "
+            "fulcrum_cluster_allocatable)",
+            labels=["resource"],
+        )
+        per_node = GaugeMetricFamily(
+            "fulcrum_cluster_node_allocated_ratio",
+            "Requested over allocatable on each node, by resource (gpu: GPU milli); one series "
+            "per node and resource",
+            labels=["node", "resource"],
+        )
+        for resource, attr, unit in RESOURCES:
             used = sum(getattr(n, attr)[0] for n in rows)
             total = sum(getattr(n, attr)[1] for n in rows)
             allocated.add_metric([resource], used / total if total else 0.0)
-        yield allocated
+            allocatable.add_metric([resource], total / unit)
+            available.add_metric([resource], (total - used) / unit)
+            for n in rows:
+                node_used, node_total = getattr(n, attr)
+                if node_total:
+                    per_node.add_metric([n.name, resource], node_used / node_total)
+        yield from (allocated, allocatable, available, per_node)
+        yield GaugeMetricFamily(
+            "fulcrum_cluster_pods",
+            "Pods bound to the cluster's nodes and not finished",
+            value=sum(n.pods[0] for n in rows),
+        )
         yield GaugeMetricFamily(
             "fulcrum_cluster_gpu_fragmentation_ratio",
             "GPU milli the running pods' shapes cannot use (FGD), over all GPU milli",

@@ -1,8 +1,9 @@
 """What ``fulcrum inspect``'s cluster checks read, read: etcd's ``/health`` and ``/metrics``,
 the apiserver's ``/livez``, ``/readyz`` and ``/metrics``, kube-scheduler's and
 kube-controller-manager's ``/healthz`` and ``/metrics`` when their address is known, and the
-Leases. Every figure that is a rate or a percentile comes from two scrapes ``window`` seconds
-apart (``metrics.delta``); with a window of 0, from one scrape, since each process started.
+Leases. Every figure that is a rate or a percentile comes from two scrapes at least ``window``
+seconds apart, the time between them measured (``metrics.delta``); with a window of 0, from one
+scrape, since each process started.
 
 A component that does not answer is recorded as such (its checks say so); only the apiserver
 not answering fails the inspection, and that is raised to the caller (exit status 2). An
@@ -26,6 +27,13 @@ from fulcrum.inspect import metrics
 from fulcrum.inspect.metrics import Scrape
 
 TIMEOUT = 10.0
+# every family of the apiserver's that the inspection reads (its checks, its history, --api);
+# the rest of its /metrics is not parsed
+APISERVER_FAMILIES = (
+    "apiserver_request_total",
+    "apiserver_request_duration_seconds",
+    "apiserver_current_inflight_requests",
+)
 LIST_TIMEOUT = 60.0  # a list the apiserver cannot serve (etcd down) ends in its own timeout
 
 
@@ -106,8 +114,14 @@ def _why(exc: BaseException) -> str:
     return str(reason or exc)
 
 
-def _read(getter: Getter | None, paths: tuple[str, ...], component: Component) -> Scrape | None:
-    """Health paths into ``component``, then one scrape of /metrics; errors recorded."""
+def _read(
+    getter: Getter | None,
+    paths: tuple[str, ...],
+    component: Component,
+    families: tuple[str, ...] = (),
+) -> Scrape | None:
+    """Health paths into ``component``, then one scrape of /metrics (only ``families``, if
+    named); errors recorded."""
     if getter is None:
         return None
     try:
@@ -117,7 +131,7 @@ def _read(getter: Getter | None, paths: tuple[str, ...], component: Component) -
         if status != 200:
             component.error = f"/metrics answered {status}: {text.strip()[:200]}"
             return None
-        return metrics.parse(text)
+        return metrics.parse(text, families)
     except (OSError, ssl.SSLError, metrics.MetricsError) as exc:
         component.error = _why(exc)
         return None
@@ -169,11 +183,14 @@ def read(
     etcd: Endpoint | None,
     scheduler: Endpoint | None,
     controller_manager: Endpoint | None,
+    meanwhile: Callable[[], bool] = lambda: True,
     sleep: Callable[[float], None] = time.sleep,
-    lists: bool = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ClusterView:
-    """Read every component twice, ``window`` seconds apart (once with a window of 0); the
-    Leases too unless ``lists`` is False (the apiserver cannot list: it is not ready)."""
+    """Read every component twice, at least ``window`` seconds apart (once with a window of
+    0), the window measured; ``meanwhile()`` runs between the two reads (the inspection lists
+    and judges the cluster while the window passes, not after it) and says whether the
+    apiserver can list: False (it is not ready), its Leases are not asked for."""
     from kubernetes import client
 
     sources = {
@@ -194,11 +211,15 @@ def read(
             ("/healthz",),
         ),
     }
-    first = {name: _read(get, (), c) for name, (c, get, _) in sources.items()}
+    only = {"apiserver": APISERVER_FAMILIES}
+    first = {name: _read(get, (), c, only.get(name, ())) for name, (c, get, _) in sources.items()}
+    started = clock()
+    lists = meanwhile()
     if window > 0:
-        sleep(window)
+        sleep(max(0.0, window - (clock() - started)))
+        window = round(clock() - started, 1)
     for name, (component, get, paths) in sources.items():
-        last = _read(get, paths, component)
+        last = _read(get, paths, component, only.get(name, ()))
         component.last = last
         before = first[name]
         if last is not None:

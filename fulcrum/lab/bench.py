@@ -5,9 +5,10 @@ It reproduces the seed system's test cluster: 1,000 nodes of 32 cpu / 256Gi / 11
 configmaps (the apiserver and etcd carry them, as a real cluster's do), then the pods, created
 with the scheduler paused and released at once (``openb.place_paused``). Reported per scheduler:
 throughput, nodes used against the lower bound, scheduling latency from kube-scheduler's own
-histograms, CPU per pod and resident memory of each process, and the apiserver's request rate.
-Then the local-rebuild roll (``demo.rebuild_pair``): an opted-in Deployment beside a plain
-one, the same change to both.
+histograms, CPU per pod and resident memory of each process, and the apiserver's request rate
+with its requests by resource and verb (``fulcrum inspect --api``'s table). Then the
+local-rebuild roll (``demo.rebuild_pair``): an opted-in Deployment beside a plain one, the same
+change to both, with its requests too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from fulcrum.harness import cluster
 from fulcrum.harness import processes as cluster_processes
-from fulcrum.inspect import metrics
+from fulcrum.inspect import api_requests, metrics
 from fulcrum.lab import DEFAULT_MIX, demo, openb, traces
 from fulcrum.lab import rebuild_run as rr
 from fulcrum.lab.successors import Kept
@@ -45,6 +46,7 @@ SLI = "scheduler_pod_scheduling_sli_duration_seconds"
 ATTEMPT = "scheduler_scheduling_attempt_duration_seconds"  # one attempt, scheduled ones only
 _LE = re.compile(r'[{,]le="([^"]*)"')
 NOT_PROCESSES = {openb.MACHINE, openb.STEAL, openb.SWITCHES}
+API_ROWS = 12  # rows of each phase's apiserver request table in the text (-o json: all)
 
 
 @dataclass(frozen=True)
@@ -154,18 +156,12 @@ def latency(before: list[str], after: list[str]) -> dict[str, dict[str, float | 
     return out
 
 
-def apiserver_requests(api: Any) -> float:
-    """``apiserver_request_total`` summed over its labels, from the apiserver's /metrics (read
-    with the cluster's kubeconfig credentials)."""
-    client = api.api_client
-    request = client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
-    reply = client.call_api(*request[:3])
-    reply.read()
-    if reply.status != 200:
-        raise cluster.ClusterError(f"the apiserver's /metrics answered HTTP {reply.status}")
-    prefix = "apiserver_request_total{"
-    lines = reply.data.decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+def requests_between(
+    before: metrics.Scrape, after: metrics.Scrape, seconds: float
+) -> dict[str, Any]:
+    """The apiserver's requests between two scrapes of its /metrics ``seconds`` apart, by
+    resource and verb (``fulcrum inspect --api``'s table and JSON)."""
+    return api_requests.document(metrics.delta(before, after, round(seconds, 2)))
 
 
 def poster(api: Any, path: str) -> Callable[[bytes], None]:
@@ -231,6 +227,9 @@ class Phase:
     apiserver_qps: float  # requests per second, resumed to all bound and listed
     cpu_seconds: dict[str, float]  # per process, resumed to last pod bound (openb._usage)
     rss_mib: dict[str, float]  # per process, at the end
+    # the apiserver's requests, resumed to all bound, by resource x verb (api_requests.document);
+    # None in a run saved before they were recorded
+    api_requests: dict[str, Any] | None = None
 
     @property
     def throughput(self) -> float:
@@ -267,17 +266,18 @@ def run_round(
     ]
     port = cluster.scheduler_metrics_port(name, scheduler)
     metrics_before = scheduler_metrics(port)
-    marks: dict[str, float] = {}
+    marks: dict[str, Any] = {}
 
     def mark() -> None:
-        marks["requests"], marks["at"] = apiserver_requests(api), time.monotonic()
+        marks["scrape"], marks["at"] = api_requests.scrape(api.api_client), time.monotonic()
 
     timeout = max(600.0, len(manifests) / 10)
     done = openb.place_paused(
         name, namespace, manifests, scheduler, timeout=timeout, log=log, on_resume=mark
     )
-    requests = apiserver_requests(api) - marks["requests"]
-    qps = requests / (time.monotonic() - marks["at"])
+    seconds = time.monotonic() - marks["at"]
+    requests = requests_between(marks["scrape"], api_requests.scrape(api.api_client), seconds)
+    qps = requests["total"] / seconds
     phase = Phase(
         scheduler=scheduler,
         pods=len(manifests),
@@ -290,6 +290,7 @@ def run_round(
         apiserver_qps=qps,
         cpu_seconds=done.cpu_seconds,
         rss_mib=rss_by_process(name),
+        api_requests=requests,
     )
     log(
         f"  {scheduler}: {phase.bound}/{phase.pods} bound in {phase.schedule_seconds:.1f} s "
@@ -378,7 +379,13 @@ def on_cluster(
                         log=log,
                     )
                 )
-        rolled = roll(name, rebuild, log=log) if rebuild else None
+        rolled = None
+        if rebuild:
+            client = cluster.core_api(name).api_client
+            before, started = api_requests.scrape(client), time.monotonic()
+            rolled = roll(name, rebuild, log=log)
+            seconds = time.monotonic() - started
+            rolled["api_requests"] = requests_between(before, api_requests.scrape(client), seconds)
     finally:
         cluster.down(name, log=log)
     return phases, rolled
@@ -500,6 +507,10 @@ def format_table(bench: Bench) -> str:
         lines.append(f"| {label.ljust(width)} | {values} |")
     if bench.config.rounds > 1:
         lines.append(f"(the round of median throughput of {bench.config.rounds})")
+    for phase in shown:
+        if phase.api_requests is not None:
+            lines += ["", f"{phase.scheduler}, resumed to all bound:"]
+            lines.append(api_requests.render(phase.api_requests, listed=API_ROWS))
     if bench.rebuild:
         lines.append("")
         lines.extend(format_rebuild(bench.rebuild))
@@ -526,4 +537,7 @@ def format_rebuild(rebuild: Mapping[str, Any]) -> list[str]:
             f"{r['p50']:.2f} s p99 {r['p99']:.2f} s; {_kept(r)}"
         )
     lines.append(f"  local/plain time: {rebuild['ratio']:.2f}")
+    if "api_requests" in rebuild:
+        lines += ["", "the local-rebuild roll, both Deployments created and rolled:"]
+        lines.append(api_requests.render(rebuild["api_requests"], listed=API_ROWS))
     return lines

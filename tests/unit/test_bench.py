@@ -13,6 +13,7 @@ import pytest
 from fulcrum import cli
 from fulcrum.harness import cluster
 from fulcrum.harness.cluster import NodeShape
+from fulcrum.inspect import metrics
 from fulcrum.lab import bench
 from fulcrum.lab.successors import Kept
 from fulcrum.lab.workload import PodShape
@@ -110,6 +111,19 @@ def test_latency_is_the_difference_between_two_reads() -> None:
     assert bench.latency(METRICS, METRICS)["sli"] == {"p50": None, "p90": None, "p99": None}
 
 
+def _requests() -> dict[str, object]:
+    """The apiserver's requests over 10 s: half of what kube-apiserver 1.34 had served when its
+    /metrics was recorded (tests/unit/data/apiserver.metrics) came before the window."""
+    after = metrics.parse((Path(__file__).parent / "data" / "apiserver.metrics").read_text())
+    before = metrics.Scrape(
+        {n: {labels: v / 2 for labels, v in series.items()} for n, series in after.samples.items()}
+    )
+    return bench.requests_between(before, after, 10.0)
+
+
+REQUESTS = _requests()
+
+
 def _phase(scheduler: str, throughput: float) -> bench.Phase:
     return bench.Phase(
         scheduler=scheduler,
@@ -126,6 +140,7 @@ def _phase(scheduler: str, throughput: float) -> bench.Phase:
         apiserver_qps=1234.4,
         cpu_seconds={"kube-apiserver": 0.6, scheduler: 0.3, "(machine)": 1.2, "(stolen)": 0.0},
         rss_mib={"kube-apiserver": 400.2, "etcd": 80.0},
+        api_requests=REQUESTS,
     )
 
 
@@ -145,6 +160,7 @@ REBUILD = {
         **Kept(20, 19, pooled=0, ip=0, with_claims=0, claims=0).to_json(),
     },
     "ratio": 1.25,
+    "api_requests": REQUESTS,
 }
 
 
@@ -205,6 +221,24 @@ def test_the_json_names_the_config_every_round_and_the_rebuild() -> None:
     assert first["latency"]["sli"]["p99"] == 1.0
     assert {"bound", "nodes_used", "apiserver_qps", "rss_mib", "schedule_seconds"} <= set(first)
     assert document["rebuild"]["local"]["same_node"] == 20
+
+
+def test_each_phase_has_the_apiservers_requests_by_resource_and_verb() -> None:
+    top = REQUESTS["api_requests"][0]  # type: ignore[index]
+    assert (top["resource"], top["verb"], top["count"]) == ("leases.coordination.k8s.io", "PUT", 37)
+    assert top["rate"] == 3.7 and top["codes"] == {"200": 37}  # over the 10 s
+    table = bench.format_table(_bench())
+    for phase in ("default-scheduler, resumed to all bound:", "fulcrum-scheduler, resumed to"):
+        assert phase in table
+    assert "the local-rebuild roll, both Deployments created and rolled:" in table
+    assert table.count("leases.coordination.k8s.io  PUT") == 3  # two phases and the roll
+    document = orjson.loads(orjson.dumps(_bench().to_json()))
+    assert document["schedulers"][bench.FULCRUM][0]["api_requests"] == REQUESTS
+    assert document["rebuild"]["api_requests"]["total"] == REQUESTS["total"]
+    legacy = dict(document["schedulers"][bench.FULCRUM][0])
+    del legacy["api_requests"]  # a run saved before they were recorded
+    old = bench.Bench.from_json({**document, "schedulers": {bench.FULCRUM: [legacy]}})
+    assert "resumed to all bound" not in bench.format_table(old)
 
 
 def test_bench_flags_and_defaults() -> None:

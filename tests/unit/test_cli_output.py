@@ -262,7 +262,7 @@ def test_inspect_exits_1_for_a_broken_invariant_and_2_for_its_own_failure(
     over = builders.pod("b", node_name="n1", cpu="4")  # with a: 6 cpu on a node of 4
     cluster_objects: list[Any] = [[node], [fits], [], []]
     monkeypatch.setattr(inspect_cli, "objects", lambda args: tuple(cluster_objects))
-    monkeypatch.setattr(inspect_cli, "cluster_view", lambda args: None)  # no components
+    monkeypatch.setattr(inspect_cli, "cluster_view", builders.cluster_view(None))  # no components
     argv = ["inspect", "--plan-seconds", "0"]
 
     assert cli.main([*argv, "-o", "json"]) == 0

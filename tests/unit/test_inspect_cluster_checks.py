@@ -269,7 +269,7 @@ def test_the_command_exits_1_for_an_error_and_carries_the_sections(
     monkeypatch.setattr(
         inspect_cli,
         "cluster_view",
-        lambda args: view(leases=fresh, node_leases={"n1": lease(5, 40, now=now)}),
+        builders.cluster_view(view(leases=fresh, node_leases={"n1": lease(5, 40, now=now)})),
     )
     argv = ["inspect", "--plan-seconds", "0", "--window", "0"]
     assert cli.main([*argv, "-o", "json"]) == 0  # a Warn is not a failure

@@ -16,6 +16,7 @@ import pytest
 from fulcrum import cli
 from fulcrum.inspect import history, probe
 from fulcrum.inspect.probe import Component
+from tests import builders
 from tests.unit.report_inputs import history as synthetic_history
 from tests.unit.test_inspect_cluster_checks import component, lease, ready_node, view
 
@@ -79,7 +80,7 @@ def test_etcd_down_is_an_error_naming_it_and_exit_1(
 
     monkeypatch.setattr(inspect_cli, "objects", unanswered)
     monkeypatch.setattr(
-        inspect_cli, "cluster_view", lambda args, **kw: etcd_down_view(datetime.now(UTC))
+        inspect_cli, "cluster_view", builders.cluster_view(etcd_down_view(datetime.now(UTC)))
     )
     argv = ["inspect", "--plan-seconds", "0", "--window", "0", "--record", str(tmp_path / "h")]
     assert cli.main([*argv, "-o", "json"]) == 1
@@ -127,7 +128,6 @@ def test_a_healthy_run_is_recorded_with_its_figures(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from fulcrum import inspect_cli
-    from tests import builders
 
     node = ready_node()
     pod = builders.pod("p1", node_name="n1")
@@ -137,7 +137,7 @@ def test_a_healthy_run_is_recorded_with_its_figures(
     monkeypatch.setattr(
         inspect_cli,
         "cluster_view",
-        lambda args: view(leases=fresh, node_leases={"n1": lease(5, 40, now=now)}),
+        builders.cluster_view(view(leases=fresh, node_leases={"n1": lease(5, 40, now=now)})),
     )
     directory = tmp_path / "h"
     for _ in range(2):

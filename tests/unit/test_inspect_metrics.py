@@ -5,13 +5,15 @@ families the checks read): parsing, windows, quantiles from buckets, the request
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 
-from fulcrum.inspect import api_requests, metrics
+from fulcrum.inspect import api_requests, metrics, probe
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parents[2]
 
 
 def recorded(name: str) -> metrics.Scrape:
@@ -97,3 +99,24 @@ def test_rates_over_a_window_and_non_resource_paths() -> None:
         ("/healthz", 2, 0.2),
     ]
     assert rows[0].p99_ms is None  # no buckets served
+
+
+def test_only_the_families_named_are_parsed() -> None:
+    text = (DATA / "apiserver.metrics").read_text()
+    whole = metrics.parse(text)
+    some = metrics.parse(text, ("apiserver_request_total", "apiserver_request_duration_seconds"))
+    assert set(some.samples) == {
+        "apiserver_request_total",
+        "apiserver_request_duration_seconds_bucket",
+        "apiserver_request_duration_seconds_sum",
+        "apiserver_request_duration_seconds_count",
+    }
+    assert some.samples["apiserver_request_total"] == whole.samples["apiserver_request_total"]
+
+
+def test_every_apiserver_family_the_inspection_reads_is_parsed() -> None:
+    """The apiserver's /metrics is parsed for probe.APISERVER_FAMILIES only: a check that reads
+    another family must add it there, or it would read nothing."""
+    source = " ".join(p.read_text() for p in (ROOT / "fulcrum" / "inspect").glob("*.py"))
+    read = set(re.findall(r"\"(apiserver_[a-z_]+)\"", source))
+    assert read and read <= set(probe.APISERVER_FAMILIES)

@@ -135,7 +135,7 @@ def test_the_command_exits_1_for_an_error_or_alarm_and_0_for_a_warn(
 
     nodes: list[Any] = cluster(AHEAD)
     monkeypatch.setattr(inspect_cli, "objects", lambda args: (nodes, [], [], []))
-    monkeypatch.setattr(inspect_cli, "cluster_view", lambda args: None)  # no components
+    monkeypatch.setattr(inspect_cli, "cluster_view", builders.cluster_view(None))  # no components
     argv = ["inspect", "--plan-seconds", "0"]
     assert cli.main([*argv, "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["node_checks"]["failing"] == []
