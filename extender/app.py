@@ -6,6 +6,7 @@ readiness. What the verbs answer is ``extender.verbs``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +28,7 @@ from extender.bind import Binder
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.events import EventSink
+from extender.nominate import Nominator
 from extender.rebuild_gate import RebuildGate
 from extender.verbs import BadRequest, Verbs
 from extender.wire import (
@@ -216,6 +218,18 @@ def create_app(
         "/preempt": _endpoint("preempt", ExtenderPreemptionArgs, verbs.preempt, metrics, limit),
         "/bind": _endpoint("bind", ExtenderBindingArgs, verbs.bind, metrics, limit, metrics.bound),
     }
+
+    if settings.nominate and cache is not None and events is not None:
+        nominator = Nominator(
+            cache, verbs.decider, events, settings.scheduler_name, binds=verbs.fulcrum_binds
+        )
+        app.state.nominator = nominator
+        running: list[asyncio.Task[None]] = []  # a reference, for the life of the server
+
+        async def start_nominator() -> None:
+            running.append(asyncio.create_task(nominator.run()))
+
+        app.router.on_startup.append(start_nominator)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -181,6 +181,7 @@ class Verbs:
         pending = None
         if self.cache is not None:
             self._unassume(objects.uid(args.Pod))
+            self.cache.unnominate(objects.uid(args.Pod))  # decided anew, over the names sent
             noted = self.cache.note_pending(args.Pod, pod)
             unmarked = self._unmarked(noted) if self.binds is not None else ""
             if unmarked:
@@ -202,7 +203,7 @@ class Verbs:
                 self.events.nominate(namespace, name, pending.uid, out.nominate)
             return ExtenderFilterResult(Error=out.retry)
         if pending is not None and self.binds is not None:
-            if not self._fulcrum_binds(pending):
+            if not self.fulcrum_binds(pending):
                 if choose and out.passed:
                     self._assume(pending.uid, out.passed[0])
             elif self.settings.decision_record:
@@ -222,14 +223,14 @@ class Verbs:
             FailedAndUnresolvableNodes=out.unresolvable,
         )
 
-    def _fulcrum_binds(self, pod: PendingPod) -> bool:
+    def fulcrum_binds(self, pod: PendingPod) -> bool:
         """Whether kube-scheduler sends this pod to our bind (else it binds the pod itself)."""
         return self.settings.bind_all or pod.marked
 
     def _unmarked(self, pod: PendingPod) -> str:
         """Why this pod cannot be placed: only our bind can bind it, but kube-scheduler would
         not call it; or ""."""
-        reason = "" if self._fulcrum_binds(pod) else bind_reason(pod.annotations, pod.request)
+        reason = "" if self.fulcrum_binds(pod) else bind_reason(pod.annotations, pod.request)
         if not reason:
             return ""
         return (

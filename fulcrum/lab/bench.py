@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 import random
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -273,8 +275,16 @@ def run_round(
         marks["requests"], marks["at"] = apiserver_requests(api), time.monotonic()
 
     timeout = max(600.0, len(manifests) / 10)
+    extender = cluster.load_state(name).extender_pid if scheduler == FULCRUM else None
     done = openb.place_paused(
-        name, namespace, manifests, scheduler, timeout=timeout, log=log, on_resume=mark
+        name,
+        namespace,
+        manifests,
+        scheduler,
+        timeout=timeout,
+        log=log,
+        on_resume=mark,
+        paused_with=[extender] if extender else [],
     )
     requests = apiserver_requests(api) - marks["requests"]
     qps = requests / (time.monotonic() - marks["at"])
@@ -311,6 +321,8 @@ class Config:
     rebuild: int = 1000
     name: str = "fulcrum-bench"
     nodes_to_score: int = 100  # fulcrum-scheduler's percentageOfNodesToScore
+    nominate: bool = False  # the extender nominates its pick as each pod arrives
+    fulcrum_first: bool = False  # fulcrum-scheduler's cluster before default-scheduler's
 
 
 def rollout_json(rollout: rr.Rollout) -> dict[str, Any]:
@@ -351,14 +363,20 @@ def on_cluster(
     name = f"{config.name}-{'rebuild' if scheduler is None else scheduler.split('-')[0]}"
     extender = scheduler != DEFAULT or bool(rebuild)
     log(f"{scheduler or 'local rebuild'}: fresh cluster {name!r}, {config.nodes} nodes")
-    cluster.up(
-        name,
-        nodes=config.nodes,
-        shape=NODE,
-        extender=extender,
-        nodes_to_score=config.nodes_to_score,
-        log=log,
-    )
+    with tempfile.TemporaryDirectory(prefix="fulcrum-bench-") as tmp:
+        extender_config = None
+        if config.nominate and scheduler == FULCRUM:
+            extender_config = Path(tmp) / "extender.yaml"
+            extender_config.write_text("nominate: true\n")
+        cluster.up(
+            name,
+            nodes=config.nodes,
+            shape=NODE,
+            extender=extender,
+            extender_config=extender_config,
+            nodes_to_score=config.nodes_to_score,
+            log=log,
+        )
     phases: list[Phase] = []
     try:
         if scheduler is not None:
@@ -428,10 +446,11 @@ def run_bench(config: Config, *, log: Callable[[str], None]) -> Bench:
         f"bench: {config.pods} pods ({config.shapes}) on {config.nodes} nodes of {NODE.cpu} cpu/"
         f"{NODE.memory}/{NODE.pods} pods, {config.configmaps} configmaps; lower bound {bound}; "
         f"fulcrum-scheduler's percentageOfNodesToScore {config.nodes_to_score}"
+        + (", the extender nominates" if config.nominate else "")
     )
     phases: dict[str, list[Phase]] = {}
     rolled = None
-    schedulers = SCHEDULERS[config.scheduler]
+    schedulers = SCHEDULERS[config.scheduler][:: -1 if config.fulcrum_first else 1]
     for scheduler in schedulers:
         rebuild = config.rebuild if scheduler == FULCRUM else 0
         phases[scheduler], got = on_cluster(config, scheduler, shapes, rebuild=rebuild, log=log)
