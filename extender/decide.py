@@ -162,14 +162,22 @@ class Decider:
         return self._built[2]
 
     def filter(
-        self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str], *, choose: bool = False
+        self,
+        snapshot: Snapshot,
+        pod: PodRequest,
+        names: Sequence[str],
+        *,
+        choose: bool = False,
+        record: bool = True,
     ) -> FilterOutcome:
         """Nodes that fit, with a reason for each that does not.
 
         With ``choose``, only the best-scoring node that fits passes (ties: the fullest, so
         equal nodes fill best-fit): kube-scheduler then skips scoring altogether. The
         others are left out without reasons, which kube-scheduler needs only for a pod that
-        cannot be placed (its FailedScheduling event, preemption).
+        cannot be placed (its FailedScheduling event, preemption). ``record``: the outcome
+        carries the decision record's figures (the best-ranked, and with the configured
+        ``record`` why the others failed); False for a pod whose record nobody writes.
         """
         rows, missing = self._rows(snapshot, names)
         fit = self._fit(snapshot, pod)
@@ -185,6 +193,8 @@ class Decider:
             candidates = index[good]
             scores = self.scores(snapshot, pod)[candidates]
             best = fullest(snapshot, candidates[scores == scores.max()])
+            if not record:
+                return FilterOutcome([snapshot.names[int(best)]], {}, {}, feasible=len(good))
             why: list[tuple[str, int]] = []
             if self.record:
                 unfit = index[~fit[index]]

@@ -195,7 +195,11 @@ class Verbs:
             if self.gate is not None and pending is not None:
                 out = self.gate.filter(self.decider, snapshot, pending, names, choose=choose)
             if out is None:
-                out = self.decider.filter(snapshot, pod, names, choose=choose)
+                # the record is written only on the pods Fulcrum binds
+                record = (
+                    self.binds is not None and pending is not None and self.fulcrum_binds(pending)
+                )
+                out = self.decider.filter(snapshot, pod, names, choose=choose, record=record)
         if out.retry:
             nominated = objects.pod_status(args.Pod).get("nominatedNodeName")
             if pending is not None and out.nominate and out.nominate != nominated:
