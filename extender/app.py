@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -204,11 +205,27 @@ def create_app(
     gate: RebuildGate | None = None,
     events: EventSink | None = None,
 ) -> ExtenderApp:
-    """The extender over ``Verbs(settings, cache, binder, registry, gate=..., events=...)``."""
-    app = ExtenderApp(title="Fulcrum scheduler extender", docs_url=None, redoc_url=None)
+    """The extender over ``Verbs(settings, cache, binder, registry, gate=..., events=...)``;
+    with ``settings.nominate``, a cache and ``events``, its nominator runs with the server."""
     metrics = Metrics(cache)
     verbs = Verbs(settings, cache, binder, registry, gate=gate, events=events)
-    app.state.metrics, app.state.verbs = metrics, verbs
+    nominator = None
+    if settings.nominate and cache is not None and events is not None:
+        nominator = Nominator(
+            cache, verbs.decider, events, settings.scheduler_name, binds=verbs.fulcrum_binds
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(nominator.run()) if nominator else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = ExtenderApp(
+        title="Fulcrum scheduler extender", docs_url=None, redoc_url=None, lifespan=lifespan
+    )
+    app.state.metrics, app.state.verbs, app.state.nominator = metrics, verbs, nominator
     limit = settings.max_body_bytes
     app.endpoints = {
         "/filter": _endpoint(
@@ -218,18 +235,6 @@ def create_app(
         "/preempt": _endpoint("preempt", ExtenderPreemptionArgs, verbs.preempt, metrics, limit),
         "/bind": _endpoint("bind", ExtenderBindingArgs, verbs.bind, metrics, limit, metrics.bound),
     }
-
-    if settings.nominate and cache is not None and events is not None:
-        nominator = Nominator(
-            cache, verbs.decider, events, settings.scheduler_name, binds=verbs.fulcrum_binds
-        )
-        app.state.nominator = nominator
-        running: list[asyncio.Task[None]] = []  # a reference, for the life of the server
-
-        async def start_nominator() -> None:
-            running.append(asyncio.create_task(nominator.run()))
-
-        app.router.on_startup.append(start_nominator)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -140,13 +140,12 @@ def test_the_app_writes_the_nominations_in_the_background() -> None:
     app = create_app(SETTINGS, cache, events=sink)
 
     async def serve_a_while() -> None:
-        for start in app.router.on_startup:
-            await start()
-        cache.apply("pods", "ADDED", pod("a"))
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if sink.nominated:
-                return
+        async with app.router.lifespan_context(app):
+            cache.apply("pods", "ADDED", pod("a"))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if sink.nominated:
+                    return
 
     asyncio.run(serve_a_while())
     assert sink.nominated == {"ns/a": "n1"}
