@@ -29,6 +29,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from fulcrum.harness import cluster
 from fulcrum.harness import processes as cluster_processes
+from fulcrum.harness.registration import SCHEDULER_GC
 from fulcrum.inspect import metrics
 from fulcrum.lab import DEFAULT_MIX, demo, openb, traces
 from fulcrum.lab import rebuild_run as rr
@@ -323,6 +324,7 @@ class Config:
     nodes_to_score: int = 100  # fulcrum-scheduler's percentageOfNodesToScore
     nominate: bool = False  # the extender nominates its pick as each pod arrives
     fulcrum_first: bool = False  # fulcrum-scheduler's cluster before default-scheduler's
+    go_default_gc: bool = False  # fulcrum-scheduler at Go's default GC, not SCHEDULER_GC
 
 
 def rollout_json(rollout: rr.Rollout) -> dict[str, Any]:
@@ -375,6 +377,7 @@ def on_cluster(
             extender=extender,
             extender_config=extender_config,
             nodes_to_score=config.nodes_to_score,
+            scheduler_gc={} if config.go_default_gc else SCHEDULER_GC,
             log=log,
         )
     phases: list[Phase] = []
@@ -447,6 +450,7 @@ def run_bench(config: Config, *, log: Callable[[str], None]) -> Bench:
         f"{NODE.memory}/{NODE.pods} pods, {config.configmaps} configmaps; lower bound {bound}; "
         f"fulcrum-scheduler's percentageOfNodesToScore {config.nodes_to_score}"
         + (", the extender nominates" if config.nominate else "")
+        + (", fulcrum-scheduler at Go's default GC" if config.go_default_gc else "")
     )
     phases: dict[str, list[Phase]] = {}
     rolled = None
