@@ -144,8 +144,7 @@ class ClusterCache:
         self.last_event = time.monotonic()
         self.changes = 0
         # uids of pods the watch showed pending for the first time, without a nominated node,
-        # oldest first, while ``arrivals_wanted`` (the nominator, ``extender.nominate``, takes
-        # them)
+        # while ``arrivals_wanted`` (the nominator, ``extender.nominate``, takes them)
         self.arrivals_wanted = False
         self.arrivals: deque[str] = deque()
         self._nominees: dict[str, str] = {}  # pending pod uid -> its nomination's placeholder

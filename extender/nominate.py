@@ -4,10 +4,7 @@ kube-scheduler tries a pod's ``status.nominatedNodeName`` first, and when that n
 filters it goes no further: it filters one node instead of every node, and sends the extender's
 filter one name instead of all the feasible ones. So, with ``nominate: true``, the extender
 decides each pod as the pod watch first shows it pending (``ClusterCache.arrivals``), in batches,
-and writes its pick as the pod's nomination (one ``pods/status`` PATCH per pod). Newest first:
-with a backlog, kube-scheduler takes the oldest pods first, so the nominator works from the other
-end, and kube-scheduler does not overtake its writes (pods it reaches first are decided at filter
-as without nominations) until the two meet; without a backlog the order makes no difference.
+in arrival order, and writes its pick as the pod's nomination (one ``pods/status`` PATCH per pod).
 The pick is charged to its node at once (``ClusterCache.nominate``), so the next pods are
 decided around it as kube-scheduler's own accounting of nominated pods does; the charge is lifted
 when kube-scheduler asks about the pod (``Verbs.filter``), which then decides it as always, over
@@ -66,7 +63,7 @@ class Nominator:
         cache = self.cache
         with cache.lock:
             for _ in range(min(limit, len(cache.arrivals))):
-                pod = cache.pending(cache.arrivals.pop())
+                pod = cache.pending(cache.arrivals.popleft())
                 if pod is None or not self.wanted(pod):
                     continue
                 node = self.decider.pick(cache.snapshot, pod.request)

@@ -70,15 +70,14 @@ def picks(nominator: Nominator) -> dict[str, str]:
     return {p.uid: n for p, n in nominator.decide()}
 
 
-def test_arrivals_are_decided_newest_first_each_around_the_last() -> None:
-    """Each pick is charged at once: the pods decided later no longer fit the node the first
+def test_arrivals_are_decided_in_turn_each_around_the_last() -> None:
+    """Each pick is charged at once: the third pod no longer fits the node the first two
     filled, as kube-scheduler's accounting of nominated pods has it too."""
     cache, _, nominator = setup(node("n1"), node("n2"))
     cache.apply("pods", "ADDED", pod("busy", node_name="n2", phase="Running"))
     for uid in ("a", "b", "c"):
         cache.apply("pods", "ADDED", pod(uid, cpu="2"))
-    decided = [(p.uid, n) for p, n in nominator.decide()]
-    assert decided == [("c", "n2"), ("b", "n1"), ("a", "n1")]  # MostAllocated, then full
+    assert picks(nominator) == {"a": "n2", "b": "n1", "c": "n1"}  # MostAllocated, then full
     assert used_cpu(cache, "n1") == 4000 and used_cpu(cache, "n2") == 3000
     assert not cache.arrivals and not picks(nominator)  # each pod decided once
 
