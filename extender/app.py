@@ -6,9 +6,11 @@ readiness. What the verbs answer is ``extender.verbs``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -27,6 +29,7 @@ from extender.bind import Binder
 from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.events import EventSink
+from extender.nominate import Nominator
 from extender.rebuild_gate import RebuildGate
 from extender.verbs import BadRequest, Verbs
 from extender.wire import (
@@ -219,12 +222,28 @@ def create_app(
     gate: RebuildGate | None = None,
     events: EventSink | None = None,
 ) -> ExtenderApp:
-    """The extender over ``Verbs(settings, cache, binder, registry, gate=..., events=...)``."""
-    app = ExtenderApp(title="Fulcrum scheduler extender", docs_url=None, redoc_url=None)
+    """The extender over ``Verbs(settings, cache, binder, registry, gate=..., events=...)``;
+    with ``settings.nominate``, a cache and ``events``, its nominator runs with the server."""
     metrics = Metrics(cache)
     verbs = Verbs(settings, cache, binder, registry, gate=gate, events=events)
+    nominator = None
+    if settings.nominate and cache is not None and events is not None:
+        nominator = Nominator(
+            cache, verbs.decider, events, settings.scheduler_name, binds=verbs.fulcrum_binds
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(nominator.run()) if nominator else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = ExtenderApp(
+        title="Fulcrum scheduler extender", docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     verbs.decider.on_failure = lambda policy, _: metrics.policy_failures.labels(policy).inc()
-    app.state.metrics, app.state.verbs = metrics, verbs
+    app.state.metrics, app.state.verbs, app.state.nominator = metrics, verbs, nominator
     limit = settings.max_body_bytes
     app.endpoints = {
         "/filter": _endpoint(

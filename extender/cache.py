@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -147,6 +148,11 @@ class ClusterCache:
         self.synced: dict[str, threading.Event] = {}  # kind -> set once its informer listed
         self.last_event = time.monotonic()
         self.changes = 0
+        # uids of pods the watch showed pending for the first time, without a nominated node,
+        # while ``arrivals_wanted`` (the nominator, ``extender.nominate``, takes them)
+        self.arrivals_wanted = False
+        self.arrivals: deque[str] = deque()
+        self._nominees: dict[str, str] = {}  # pending pod uid -> its nomination's placeholder
 
     def observe(self, observer: PodObserver) -> None:
         """Tell ``observer`` about pods from now on; one observer per cache, so that no two
@@ -255,6 +261,10 @@ class ClusterCache:
                 self._forget(uid)
                 if not node and phase not in TERMINAL_PHASES:
                     self._pending[uid] = replace(pending_pod(pod, request), watched=True)
+                    if self.arrivals_wanted and not objects.pod_status(pod).get(
+                        "nominatedNodeName"
+                    ):
+                        self.arrivals.append(uid)
                 return
             self._pending.pop(uid, None)
             self._forget(uid)
@@ -319,6 +329,8 @@ class ClusterCache:
 
     def _forget(self, uid: str) -> None:
         self._assumed.pop(uid, None)
+        if uid in self._nominees:
+            self._release_nominee(uid)
         if uid in self.snapshot.pods():
             self.snapshot.release(uid)
             self.changes += 1
@@ -358,6 +370,32 @@ class ClusterCache:
                     lifting, placed.pod, placed.node, devices=placed.devices, check=False
                 )
 
+    # --- nominations ---------------------------------------------------------------------
+    def nominate(self, uid: str, node: str) -> bool:
+        """Charge pending pod ``uid`` to ``node``, the node Fulcrum nominated for it, until its
+        filter (``unnominate``), its binding or its deletion; False if it is not pending."""
+        with self.lock:
+            pending = self._pending.get(uid)
+            if pending is None or uid in self._nominees or not self._has(node):
+                return False
+            key = f"{uid}/nominated"
+            self._placeholders.add(key)
+            self._place(key, pending.request, node, None)
+            self._nominees[uid] = key
+            return True
+
+    def unnominate(self, uid: str) -> None:
+        """Lift the charge of ``uid``'s nomination: kube-scheduler asks about the pod itself."""
+        if uid in self._nominees:
+            with self.lock:
+                if uid in self._nominees:
+                    self._release_nominee(uid)
+
+    def _release_nominee(self, uid: str) -> None:
+        key = self._nominees.pop(uid)
+        self._placeholders.discard(key)
+        self._forget(key)
+
     # --- binds -----------------------------------------------------------------------------
     def assume(self, uid: str, node: str, devices: tuple[int, ...] | None = None) -> bool:
         """Charge pending pod ``uid`` to ``node`` now (we bound it), ahead of the watch."""
@@ -365,6 +403,8 @@ class ClusterCache:
             pending = self._pending.pop(uid, None)
             if pending is None:
                 return uid in self.snapshot.pods()
+            if uid in self._nominees:
+                self._release_nominee(uid)
             self._place(uid, pending.request, node, devices)
             self._assumed[uid] = pending
             self._observer.pod_bound(uid, node, pending)

@@ -8,6 +8,7 @@ prioritize:                 # weighted policies, by registry name (case-insensit
 - {policy: MostAllocated, weight: 1}
 decideInFilter: true        # filter passes only Fulcrum's pick; kube-scheduler skips scoring
 decisionRecord: true        # write why each node was chosen on its pod (fulcrum.io/decision)
+nominate: false             # nominate Fulcrum's pick as each pod arrives (extender/nominate.py)
 workloadPrior:              # the GPU pod to expect before any is seen (scheduler/workload_model.py)
   cpuShare: 0.5             # CPU kept beside each GPU for it: this share of the GPU nodes' per GPU
   # cpuPerGpuMilli: 4000    # or this much, in milli
@@ -119,6 +120,10 @@ class ExtenderSettings(_Config):
     # true: a single entry with bindVerb, Fulcrum binds every pod. false needs decideInFilter
     # (with kube-scheduler scoring, Fulcrum could not know the node to charge at filter).
     bind_all: bool = False
+    # Fulcrum nominates its pick for each new pending pod kube-scheduler binds
+    # (status.nominatedNodeName, extender/nominate.py): kube-scheduler then filters that one
+    # node first and sends filter one name; one status write per pod (docs/benchmarks.md)
+    nominate: bool = False
     workload_prior: WorkloadPriorSettings = WorkloadPriorSettings()
     tls: TLS | None = None
     # the kube-scheduler profile that calls this extender: bind serves only pods it knows whose
@@ -133,6 +138,15 @@ class ExtenderSettings(_Config):
                 "decideInFilter: true, so that Fulcrum knows and charges the one node it passes; "
                 "with decideInFilter: false set bindAll: true (and bindVerb on the single "
                 "extenders[] entry)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _nominations_need_kube_scheduler_binds(self) -> ExtenderSettings:
+        if self.nominate and self.bind_all:
+            raise ValueError(
+                "nominate: true nominates only pods kube-scheduler binds itself, and with "
+                "bindAll: true Fulcrum binds them all: set bindAll: false, or nominate: false"
             )
         return self
 

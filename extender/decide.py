@@ -180,24 +180,30 @@ class Decider:
         return self._built[2]
 
     def filter(
-        self, snapshot: Snapshot, pod: PodRequest, names: Sequence[str], *, choose: bool = False
+        self,
+        snapshot: Snapshot,
+        pod: PodRequest,
+        names: Sequence[str],
+        *,
+        choose: bool = False,
+        record: bool = True,
     ) -> FilterOutcome:
         """Nodes that fit, with a reason for each that does not.
 
         With ``choose``, only the best-scoring node that fits passes (ties: the fullest, so
         equal nodes fill best-fit): kube-scheduler then skips scoring altogether. The
         others are left out without reasons, which kube-scheduler needs only for a pod that
-        cannot be placed (its FailedScheduling event, preemption).
+        cannot be placed (its FailedScheduling event, preemption). ``record``: the outcome
+        carries the decision record's figures (the best-ranked, and with the configured
+        ``record`` why the others failed); False for a pod whose record nobody writes.
         """
         rows, missing = self._rows(snapshot, names)
-        fit = snapshot.feasible(pod)
-        for policy, _ in self.policies():
-            fit = fit & self._vetted_filter(policy, snapshot, pod)
+        fit = self._fit(snapshot, pod)
         index = rows[rows >= 0]
         cordoned = np.zeros(index.size, dtype=np.bool_)
         unschedulable = self.cache.unschedulable if self.cache else set()
         if unschedulable:
-            lookup = self._row_index[2]
+            lookup = self._lookup(snapshot)
             cordoned = np.isin(index, [lookup[n] for n in unschedulable if n in lookup])
         ok = fit[index] & ~cordoned
         good = np.flatnonzero(ok).tolist()
@@ -205,6 +211,8 @@ class Decider:
             candidates = index[good]
             scores = self.scores(snapshot, pod)[candidates]
             best = fullest(snapshot, candidates[scores == scores.max()])
+            if not record:
+                return FilterOutcome([snapshot.names[int(best)]], {}, {}, feasible=len(good))
             why: list[tuple[str, int]] = []
             if self.record:
                 unfit = index[~fit[index]]
@@ -231,6 +239,26 @@ class Decider:
                 (out.unresolvable if unresolvable else out.failed)[known[i]] = reason
         out.passed.extend(known[i] for i in good)
         return out
+
+    def pick(self, snapshot: Snapshot, pod: PodRequest) -> str:
+        """The node ``filter`` with ``choose`` would pass if sent every node, or "" if none
+        fits: what Fulcrum nominates (``extender.nominate``)."""
+        ok = self._fit(snapshot, pod)
+        if self.cache is not None and self.cache.unschedulable:
+            lookup = self._lookup(snapshot)
+            ok[[lookup[n] for n in self.cache.unschedulable if n in lookup]] = False
+        candidates = np.flatnonzero(ok)
+        if not candidates.size:
+            return ""
+        scores = self.scores(snapshot, pod)[candidates]
+        return snapshot.names[fullest(snapshot, candidates[scores == scores.max()])]
+
+    def _fit(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.bool_]:
+        """Every node's fit: resources and devices, and each policy's own filter."""
+        fit = snapshot.feasible(pod)
+        for policy, _ in self.policies():
+            fit = fit & self._vetted_filter(policy, snapshot, pod)
+        return fit
 
     def scores(self, snapshot: Snapshot, pod: PodRequest) -> NDArray[np.float64]:
         """The configured policies' weighted mean score of every node, 0..100."""
@@ -311,13 +339,17 @@ class Decider:
 
     def _rows(self, snapshot: Snapshot, names: Sequence[str]) -> tuple[NDArray[np.intp], list[str]]:
         """Snapshot rows of ``names`` (-1 for unknown names) and the unknown names."""
+        lookup = self._lookup(snapshot)
+        rows = np.fromiter(map(lookup.get, names, repeat(-1)), dtype=np.intp, count=len(names))
+        missing = [names[i] for i in np.flatnonzero(rows < 0).tolist()]
+        return rows, missing
+
+    def _lookup(self, snapshot: Snapshot) -> dict[str, int]:
+        """Node name -> snapshot row, rebuilt when the snapshot's rows change."""
         if self._row_index[0] != snapshot.layout or self._row_index[1] is not snapshot:
             self._row_index = (
                 snapshot.layout,
                 snapshot,
                 {n: i for i, n in enumerate(snapshot.names)},
             )
-        lookup = self._row_index[2]
-        rows = np.fromiter(map(lookup.get, names, repeat(-1)), dtype=np.intp, count=len(names))
-        missing = [names[i] for i in np.flatnonzero(rows < 0).tolist()]
-        return rows, missing
+        return self._row_index[2]

@@ -187,6 +187,7 @@ class Verbs:
         pending = None
         if self.cache is not None:
             self._unassume(objects.uid(args.Pod))
+            self.cache.unnominate(objects.uid(args.Pod))  # decided anew, over the names sent
             noted = self.cache.note_pending(args.Pod, pod)
             unmarked = self._unmarked(noted) if self.binds is not None else ""
             if unmarked:
@@ -200,7 +201,11 @@ class Verbs:
             if self.gate is not None and pending is not None:
                 out = self.gate.filter(self.decider, snapshot, pending, names, choose=choose)
             if out is None:
-                out = self.decider.filter(snapshot, pod, names, choose=choose)
+                # the record is written only on the pods Fulcrum binds
+                record = (
+                    self.binds is not None and pending is not None and self.fulcrum_binds(pending)
+                )
+                out = self.decider.filter(snapshot, pod, names, choose=choose, record=record)
         if out.retry:
             nominated = objects.pod_status(args.Pod).get("nominatedNodeName")
             if pending is not None and out.nominate and out.nominate != nominated:
@@ -208,7 +213,7 @@ class Verbs:
                 self.events.nominate(namespace, name, pending.uid, out.nominate)
             return ExtenderFilterResult(Error=out.retry)
         if pending is not None and self.binds is not None:
-            if not self._fulcrum_binds(pending):
+            if not self.fulcrum_binds(pending):
                 if choose and out.passed:
                     self._assume(pending.uid, out.passed[0])
             elif self.settings.decision_record:
@@ -228,14 +233,14 @@ class Verbs:
             FailedAndUnresolvableNodes=out.unresolvable,
         )
 
-    def _fulcrum_binds(self, pod: PendingPod) -> bool:
+    def fulcrum_binds(self, pod: PendingPod) -> bool:
         """Whether kube-scheduler sends this pod to our bind (else it binds the pod itself)."""
         return self.settings.bind_all or pod.marked
 
     def _unmarked(self, pod: PendingPod) -> str:
         """Why this pod cannot be placed: only our bind can bind it, but kube-scheduler would
         not call it; or ""."""
-        reason = "" if self._fulcrum_binds(pod) else bind_reason(pod.annotations, pod.request)
+        reason = "" if self.fulcrum_binds(pod) else bind_reason(pod.annotations, pod.request)
         if not reason:
             return ""
         return (

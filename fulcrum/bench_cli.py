@@ -205,6 +205,24 @@ def add_bench(sub: Subparsers) -> None:
     )
     add_nodes_to_score(bench)
     bench.add_argument(
+        "--nominate",
+        action="store_true",
+        help="the extender nominates its pick for each pod as it arrives (nominate: true), so "
+        "fulcrum-scheduler filters that node first and sends the extender one name",
+    )
+    bench.add_argument(
+        "--fulcrum-first",
+        action="store_true",
+        help="with --scheduler both: fulcrum-scheduler's cluster first (to alternate the order "
+        "between runs)",
+    )
+    bench.add_argument(
+        "--go-default-gc",
+        action="store_true",
+        help="fulcrum-scheduler with Go's default garbage collector (GOGC 100, no memory "
+        "limit), not the harness's GOGC=800 GOMEMLIMIT=1800MiB",
+    )
+    bench.add_argument(
         "--name", default="fulcrum-bench", help="cluster name prefix (default %(default)s)"
     )
     add_floors(bench, rounds="each one's round of median throughput; needs --scheduler both")
@@ -407,6 +425,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         rebuild=args.rebuild,
         name=args.name,
         nodes_to_score=args.nodes_to_score,
+        nominate=args.nominate,
+        fulcrum_first=args.fulcrum_first,
+        go_default_gc=args.go_default_gc,
     )
     result = bench.run_bench(config, log=output.progress(args.output, args.output_file))
     text = bench.format_table(result)

@@ -289,12 +289,14 @@ def restart_rebuild(name: str, *, python: Path | None = None) -> int:
     return state.rebuild_pid
 
 
-def _start_fulcrum_scheduler(name: str, kube_scheduler: Path, config: Path) -> tuple[int, int]:
+def _start_fulcrum_scheduler(
+    name: str, kube_scheduler: Path, config: Path, go_gc: Mapping[str, str]
+) -> tuple[int, int]:
     port = free_port()
     cmd = [str(kube_scheduler), f"--config={config}", "--bind-address=127.0.0.1"]
     cmd += [f"--secure-port={port}", "--authorization-always-allow-paths=/healthz,/readyz,/metrics"]
     url = f"https://127.0.0.1:{port}/healthz"
-    pid = start_process(name, "fulcrum-scheduler", cmd, url, SCHEDULER_GC)
+    pid = start_process(name, "fulcrum-scheduler", cmd, url, go_gc)
     return pid, port
 
 
@@ -350,11 +352,12 @@ def _start_fulcrum(
     *,
     extender: bool,
     scheduler: bool,
+    go_gc: Mapping[str, str],
     log: Callable[[str], None],
 ) -> None:
     """The rebuild controller, the extender and the admission webhook (unless not
-    ``extender``), then fulcrum-scheduler (unless not ``scheduler``); ``state`` is saved after
-    each, so ``down`` finds what started."""
+    ``extender``), then fulcrum-scheduler (unless not ``scheduler``, with ``go_gc`` in its
+    environment); ``state`` is saved after each, so ``down`` finds what started."""
     name = state.name
     if extender:
         state.rebuild_port = free_port()
@@ -372,7 +375,7 @@ def _start_fulcrum(
     if not scheduler:
         return
     state.scheduler_pid, state.scheduler_port = _start_fulcrum_scheduler(
-        name, Path(state.binaries["kube-scheduler"]), config
+        name, Path(state.binaries["kube-scheduler"]), config, go_gc
     )
     log(f"  {FULCRUM_SCHEDULER} ready (pid {state.scheduler_pid}), extender registered")
     _save_state(state)
@@ -436,6 +439,7 @@ def up(
     python: Path | None = None,
     fulcrum_scheduler: bool = True,
     nodes_to_score: int = 100,
+    scheduler_gc: Mapping[str, str] = SCHEDULER_GC,
     real_nodes: int = 0,
     node_agent: nodeagent.AgentOptions | None = None,
     kubelet_configmap_strategy: str = "Watch",
@@ -446,7 +450,8 @@ def up(
     kwokctl runs the control plane with a plain ``default-scheduler``. Fulcrum adds a second
     kube-scheduler, ``fulcrum-scheduler``, with the extender registered as ``registration``
     says, or else on ``extender_port`` (or a free port) with ``percentageOfNodesToScore:
-    nodes_to_score``, and, unless ``extender`` is False, starts the extender itself, with
+    nodes_to_score``, and ``scheduler_gc`` (its Go garbage collector's environment: Go's
+    defaults if empty), and, unless ``extender`` is False, starts the extender itself, with
     ``extender_config`` (an ExtenderConfiguration file) if given, the rebuild controller and
     the admission webhook, all run by ``python`` (default: this Python; another one is a
     virtual environment where plugin packages are installed beside Fulcrum). Pods opt in
@@ -494,7 +499,13 @@ def up(
             raise ClusterError(str(exc)) from exc
         install_crds(name, binaries["kubectl"])
         _start_fulcrum(
-            state, reg.port, config_path, extender=extender, scheduler=fulcrum_scheduler, log=log
+            state,
+            reg.port,
+            config_path,
+            extender=extender,
+            scheduler=fulcrum_scheduler,
+            go_gc=scheduler_gc,
+            log=log,
         )
         if nodes:
             log(f"registering {nodes} kwok nodes ({shape or NodeShape()})")

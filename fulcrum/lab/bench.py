@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 import random
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from fulcrum.harness import cluster
 from fulcrum.harness import processes as cluster_processes
+from fulcrum.harness.registration import SCHEDULER_GC
 from fulcrum.inspect import api_requests, metrics
 from fulcrum.lab import DEFAULT_MIX, demo, openb, traces
 from fulcrum.lab import rebuild_run as rr
@@ -272,8 +275,16 @@ def run_round(
         marks["scrape"], marks["at"] = api_requests.scrape(api.api_client), time.monotonic()
 
     timeout = max(600.0, len(manifests) / 10)
+    extender = cluster.load_state(name).extender_pid if scheduler == FULCRUM else None
     done = openb.place_paused(
-        name, namespace, manifests, scheduler, timeout=timeout, log=log, on_resume=mark
+        name,
+        namespace,
+        manifests,
+        scheduler,
+        timeout=timeout,
+        log=log,
+        on_resume=mark,
+        paused_with=[extender] if extender else [],
     )
     seconds = time.monotonic() - marks["at"]
     requests = requests_between(marks["scrape"], api_requests.scrape(api.api_client), seconds)
@@ -312,6 +323,9 @@ class Config:
     rebuild: int = 1000
     name: str = "fulcrum-bench"
     nodes_to_score: int = 100  # fulcrum-scheduler's percentageOfNodesToScore
+    nominate: bool = False  # the extender nominates its pick as each pod arrives
+    fulcrum_first: bool = False  # fulcrum-scheduler's cluster before default-scheduler's
+    go_default_gc: bool = False  # fulcrum-scheduler at Go's default GC, not SCHEDULER_GC
 
 
 def rollout_json(rollout: rr.Rollout) -> dict[str, Any]:
@@ -352,14 +366,21 @@ def on_cluster(
     name = f"{config.name}-{'rebuild' if scheduler is None else scheduler.split('-')[0]}"
     extender = scheduler != DEFAULT or bool(rebuild)
     log(f"{scheduler or 'local rebuild'}: fresh cluster {name!r}, {config.nodes} nodes")
-    cluster.up(
-        name,
-        nodes=config.nodes,
-        shape=NODE,
-        extender=extender,
-        nodes_to_score=config.nodes_to_score,
-        log=log,
-    )
+    with tempfile.TemporaryDirectory(prefix="fulcrum-bench-") as tmp:
+        extender_config = None
+        if config.nominate and scheduler == FULCRUM:
+            extender_config = Path(tmp) / "extender.yaml"
+            extender_config.write_text("nominate: true\n")
+        cluster.up(
+            name,
+            nodes=config.nodes,
+            shape=NODE,
+            extender=extender,
+            extender_config=extender_config,
+            nodes_to_score=config.nodes_to_score,
+            scheduler_gc={} if config.go_default_gc else SCHEDULER_GC,
+            log=log,
+        )
     phases: list[Phase] = []
     try:
         if scheduler is not None:
@@ -435,10 +456,12 @@ def run_bench(config: Config, *, log: Callable[[str], None]) -> Bench:
         f"bench: {config.pods} pods ({config.shapes}) on {config.nodes} nodes of {NODE.cpu} cpu/"
         f"{NODE.memory}/{NODE.pods} pods, {config.configmaps} configmaps; lower bound {bound}; "
         f"fulcrum-scheduler's percentageOfNodesToScore {config.nodes_to_score}"
+        + (", the extender nominates" if config.nominate else "")
+        + (", fulcrum-scheduler at Go's default GC" if config.go_default_gc else "")
     )
     phases: dict[str, list[Phase]] = {}
     rolled = None
-    schedulers = SCHEDULERS[config.scheduler]
+    schedulers = SCHEDULERS[config.scheduler][:: -1 if config.fulcrum_first else 1]
     for scheduler in schedulers:
         rebuild = config.rebuild if scheduler == FULCRUM else 0
         phases[scheduler], got = on_cluster(config, scheduler, shapes, rebuild=rebuild, log=log)

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,23 +269,33 @@ class _Bindings:
 
 
 def _create_paused(
-    api: Any, namespace: str, manifests: list[dict[str, Any]], pid: int, informer: Informer
+    api: Any,
+    namespace: str,
+    manifests: list[dict[str, Any]],
+    pids: Sequence[int],
+    informer: Informer,
 ) -> float:
-    """Create the pods with the scheduler ``pid`` stopped (SIGSTOP; the caller resumes it) and
-    start ``informer``; the seconds creating took."""
+    """Create the pods with the processes ``pids`` stopped (SIGSTOP; the caller resumes them)
+    and start ``informer``; the seconds creating took."""
     creating = time.monotonic()
-    os.kill(pid, signal.SIGSTOP)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda m: api.create_namespaced_pod(namespace, m), manifests))
         created = time.monotonic() - creating
         informer.start()
         informer.synced.wait(60)
-        time.sleep(2)  # let watchers (Fulcrum's cache among them) catch up before the clock starts
+        time.sleep(2)  # let the watchers that run catch up before the clock starts
     except BaseException:
-        os.kill(pid, signal.SIGCONT)
+        _resume(pids)
         raise
     return created
+
+
+def _resume(pids: Sequence[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
 
 
 def _wait_bound(
@@ -342,10 +352,13 @@ def place_paused(
     timeout: float = 600,
     log: Callable[[str], None],
     on_resume: Callable[[], object] = lambda: None,
+    paused_with: Sequence[int] = (),
 ) -> Placement:
-    """Create ``manifests`` in ``namespace`` with ``scheduler`` paused (SIGSTOP), resume it
-    (``on_resume`` is called just before) and wait until they are bound or binding stalls:
-    the time to bind them all measures the scheduler, not how fast this process creates pods."""
+    """Create ``manifests`` in ``namespace`` with ``scheduler`` paused (SIGSTOP), and the
+    processes ``paused_with`` (the extender: what it does about the new pods counts in the
+    window, as the scheduler's own does), resume them (``on_resume`` is called just before) and
+    wait until the pods are bound or binding stalls: the time to bind them all measures the
+    scheduler, not how fast this process creates pods."""
     api = cluster.core_api(name)
     ensure_namespace(api, namespace)
     pid = cluster.scheduler_pid(name, scheduler)
@@ -354,16 +367,17 @@ def place_paused(
     algorithm_before = scheduling_algorithm(port)  # while it runs: a stopped one cannot answer
     bindings = _Bindings()
     informer = Informer("pods", functools.partial(api.list_namespaced_pod, namespace), bindings)
-    created = _create_paused(api, namespace, manifests, pid, informer)
+    paused = [*paused_with, pid]
+    created = _create_paused(api, namespace, manifests, paused, informer)
     log(f"  {scheduler}: {len(manifests)} pods created in {created:.1f} s (scheduler paused)")
     try:
         on_resume()
     except BaseException:
-        os.kill(pid, signal.SIGCONT)
+        _resume(paused)
         raise
     cpu_before = _usage(processes)
     started = time.monotonic()
-    os.kill(pid, signal.SIGCONT)
+    _resume(paused)
     try:
         bound_at, cpu_after = _wait_bound(
             bindings, len(manifests), started, processes, scheduler, timeout, log

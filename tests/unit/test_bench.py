@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -247,11 +248,27 @@ def test_bench_flags_and_defaults() -> None:
     assert (args.scheduler, args.rounds, args.output) == ("both", 1, "text")
     assert args.shapes == bench.DEFAULT_MIX
     assert args.nodes_to_score == 100
+    assert not (args.nominate or args.fulcrum_first or args.go_default_gc)  # off unless asked
     for bad in (["--scheduler", "other"], ["--nodes-to-score", "101"]):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(["bench", *bad])
     compare = cli.build_parser().parse_args(["compare", "--nodes-to-score", "10"])
     assert compare.nodes_to_score == 10  # fulcrum compare takes the same setting
+
+
+def test_fulcrum_first_runs_fulcrum_schedulers_cluster_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order: list[str | None] = []
+
+    def on_cluster(config: bench.Config, scheduler: str | None, *_: object, **__: object) -> Any:
+        order.append(scheduler)
+        return [], None
+
+    monkeypatch.setattr(bench, "on_cluster", on_cluster)
+    config = bench.Config(nodes=1, pods=1, rebuild=0, fulcrum_first=True)
+    bench.run_bench(config, log=lambda _: None)
+    assert order == [bench.FULCRUM, bench.DEFAULT]
 
 
 def test_nodes_to_score_is_fulcrum_schedulers_percentage() -> None:
