@@ -114,6 +114,7 @@ class BindService:
         with self._guard:
             if uid in self._in_flight:
                 return replace(ticket, error=f"a bind of pod {pod} is already in progress")
+            self.cache.unnominate(uid)  # filter's charge of its pick: the bind charges it now
             already = self.cache.bound_node(uid)
             if already == node:
                 return replace(ticket, done=True)

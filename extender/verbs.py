@@ -216,8 +216,13 @@ class Verbs:
             if not self.fulcrum_binds(pending):
                 if choose and out.passed:
                     self._assume(pending.uid, out.passed[0])
-            elif self.settings.decision_record:
-                self.records.note(pending.uid, out.record(self.decider.label, len(names)))
+            else:
+                if choose and out.passed and pending.successor is None and self.cache is not None:
+                    # kube-scheduler binds asynchronously: the next pod's filter may come before
+                    # this pod's bind, and must see it where it goes (its room, its owner's count)
+                    self.cache.nominate(pending.uid, out.passed[0])
+                if self.settings.decision_record:
+                    self.records.note(pending.uid, out.record(self.decider.label, len(names)))
         if args.NodeNames is not None:
             return ExtenderFilterResult(
                 NodeNames=out.passed,

@@ -3,6 +3,7 @@ the extender's guard against a policy that raises or returns bad scores."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from extender.cache import ClusterCache
 from extender.config import ExtenderSettings
 from extender.decide import Decider, WeightedPolicy, declared_reads
 from extender.verbs import Verbs
+from extender.wire import ExtenderArgs, ExtenderBindingArgs
 from kube.resources import QuantityError, node_spec, pod_request
 from policies.base import PolicyBase
 from policies.registry import BUILTIN, Registry
@@ -278,3 +280,48 @@ def test_score_problem_accepts_good_scores() -> None:
     assert score_problem(np.array([0.0, 100.0]), 2) == ""
     assert score_problem(np.zeros(0), 0) == ""
     assert "real numbers" in score_problem(np.array(["a"]), 1)
+
+
+class Binder:
+    """pods/binding that always succeeds (Fulcrum binds: bindAll)."""
+
+    async def bind(self, namespace: str, name: str, uid: str, node: str, annotations: Any) -> None:
+        pass
+
+    async def current(self, namespace: str, name: str) -> tuple[str, str]:
+        return "", ""
+
+    async def allocate_ip(self, *args: Any) -> str:
+        raise AssertionError("no IP pools here")
+
+
+def test_the_next_filter_sees_a_pick_whose_bind_has_not_come_yet() -> None:
+    """kube-scheduler binds asynchronously: with Fulcrum binding (bindAll), the second
+    replica's filter may come before the first's bind, and still counts it in its zone."""
+    registry = Registry(dict(BUILTIN) | {"ZoneSpread": lambda c: ZoneSpread()})
+    settings = ExtenderSettings.model_validate(
+        {"prioritize": [{"policy": "ZoneSpread"}], "bindAll": True}
+    )
+    cache = ClusterCache(declared_reads(registry, ["ZoneSpread"]))
+    for zone in "ab":
+        cache.upsert_node(node(f"{zone}-0", cpu="8", memory="16Gi", labels={ZONE: zone}))
+    verbs = Verbs(settings, cache, Binder(), registry=registry)
+    names = ["a-0", "b-0"]
+    replicas = [
+        pod(f"u{i}", name=f"web-{i}", owners=[rs("web")], scheduler="fulcrum-scheduler")
+        for i in range(2)
+    ]
+    for raw in replicas:
+        cache.upsert_pod(raw)
+    picks = [
+        (asyncio.run(verbs.filter(ExtenderArgs(Pod=raw, NodeNames=names))).NodeNames or [""])[0]
+        for raw in replicas
+    ]
+    assert sorted(picks) == names  # one per zone, though neither is bound yet
+    for raw, node_name in zip(replicas, picks, strict=True):
+        meta = raw["metadata"]
+        args = ExtenderBindingArgs(
+            PodName=meta["name"], PodNamespace="ns", PodUID=meta["uid"], Node=node_name
+        )
+        assert asyncio.run(verbs.bind(args)).Error == ""
+    assert cache.snapshot.owner_counts("uid-web").tolist() == [1, 1]  # charged once each
