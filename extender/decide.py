@@ -290,10 +290,9 @@ class Decider:
         bool per node."""
         try:
             keep = policy.filter(snapshot, pod)
-            shape = getattr(keep, "shape", None)
             if (
                 isinstance(keep, np.ndarray)
-                and shape == (snapshot.num_nodes,)
+                and keep.shape == (snapshot.num_nodes,)
                 and keep.dtype == bool
             ):
                 return keep
